@@ -7,6 +7,9 @@ use serde::de::DeserializeOwned;
 
 use crate::{EncodeError, PayloadError, Protocol, msgpack};
 
+/// How deeply MessagePack payloads may nest when deserialized (serde_json's built-in limit is the same).
+const MAX_DEPTH: usize = 128;
+
 /// One serialized value in a given protocol: JSON text or exactly one MessagePack value.
 ///
 /// Decoded messages keep their arguments, results and items as slices of the received frame, so
@@ -90,7 +93,13 @@ impl Payload {
     pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, PayloadError> {
         match self.protocol {
             Protocol::Json => Ok(serde_json::from_slice(&self.bytes)?),
-            Protocol::MessagePack => Ok(rmp_serde::from_slice(&self.bytes)?),
+            Protocol::MessagePack => {
+                let mut de = rmp_serde::Deserializer::from_read_ref(&self.bytes[..]);
+                // The default limit (1024) lets a nested payload from the network overflow a 2 MiB
+                // thread stack in recursive visitors; match serde_json's limit instead.
+                de.set_max_depth(MAX_DEPTH);
+                Ok(T::deserialize(&mut de)?)
+            }
         }
     }
 }
