@@ -16,6 +16,9 @@ use crate::{
 /// The largest VarInt prefix, in bytes.
 pub(crate) const MAX_LENGTH_PREFIX: usize = 5;
 
+/// The largest body a length prefix may announce.
+const MAX_BODY_LEN: usize = 0x7fff_ffff;
+
 /// Reads a VarInt length prefix. `Ok(None)` if more bytes are needed; otherwise the length and the
 /// prefix size.
 pub(crate) fn read_length_prefix(buf: &[u8]) -> Result<Option<(usize, usize)>, DecodeError> {
@@ -402,6 +405,12 @@ pub(crate) fn write_message(msg: &HubMessage, out: &mut Vec<u8>) -> Result<(), E
     out.resize(start + MAX_LENGTH_PREFIX, 0);
     write_body(msg, out)?;
     let body_len = out.len() - start - MAX_LENGTH_PREFIX;
+    if body_len > MAX_BODY_LEN {
+        // Every reader rejects a prefix announcing more than 2^31 - 1 bytes.
+        return Err(EncodeError::MessagePack(rmp_serde::encode::Error::Syntax(
+            "messages over 2GB in size are not supported".into(),
+        )));
+    }
     let mut prefix = Vec::with_capacity(MAX_LENGTH_PREFIX);
     write_length_prefix(body_len, &mut prefix);
     let body_start = start + prefix.len();
@@ -518,4 +527,71 @@ fn write_payload(payload: &Payload, out: &mut Vec<u8>) -> Result<(), EncodeError
     }
     out.extend_from_slice(payload.as_bytes());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn length_prefix_round_trips_at_boundaries() {
+        for (length, encoded) in [
+            (0usize, &[0x00u8][..]),
+            (11, &[0x0b]),
+            (127, &[0x7f]),
+            (128, &[0x80, 0x01]),
+            (5248, &[0x80, 0x29]),
+            (16_383, &[0xff, 0x7f]),
+            (16_384, &[0x80, 0x80, 0x01]),
+            (MAX_BODY_LEN, &[0xff, 0xff, 0xff, 0xff, 0x07]),
+        ] {
+            let mut out = Vec::new();
+            write_length_prefix(length, &mut out);
+            assert_eq!(out, encoded, "{length}");
+            assert_eq!(
+                read_length_prefix(encoded).ok().flatten(),
+                Some((length, encoded.len()))
+            );
+            // Any strict prefix of a multi-byte VarInt is incomplete, not an error.
+            for cut in 0..encoded.len() {
+                assert!(matches!(read_length_prefix(&encoded[..cut]), Ok(None)));
+            }
+        }
+    }
+
+    #[test]
+    fn skipper_handles_every_marker_family() {
+        let values: &[&[u8]] = &[
+            &[0x05],
+            &[0xe0],
+            &[0xc0],
+            &[0xcc, 0x01],
+            &[0xcd, 0x01, 0x02],
+            &[0xd2, 0, 0, 0, 1],
+            &[0xcb, 0, 0, 0, 0, 0, 0, 0, 0],
+            &[0xca, 0, 0, 0, 0],
+            &[0xa2, b'h', b'i'],
+            &[0xd9, 0x01, b'x'],
+            &[0xc4, 0x02, 1, 2],
+            &[0x92, 0x01, 0xa1, b'a'],
+            &[0xdc, 0x00, 0x01, 0xc3],
+            &[0x81, 0xa1, b'k', 0x90],
+            &[0xde, 0x00, 0x01, 0x01, 0x02],
+            &[0xd4, 0x01, 0x00],
+            &[0xd6, 0xff, 0, 0, 0, 1],
+            &[0xc7, 0x01, 0x05, 0xaa],
+        ];
+        for value in values {
+            let mut buf = value.to_vec();
+            buf.push(0xc0);
+            assert_eq!(skip_value(&buf, 0).ok(), Some(value.len()), "{value:02x?}");
+            for cut in 0..value.len() {
+                assert!(
+                    skip_value(&value[..cut], 0).is_err(),
+                    "{value:02x?} cut {cut}"
+                );
+            }
+        }
+        assert!(skip_value(&[0xc1], 0).is_err());
+    }
 }

@@ -107,7 +107,7 @@ impl Payload {
 /// Turns a Rust value into the argument list of an outgoing invocation.
 ///
 /// Implemented for tuples of up to 8 [`Serialize`] elements (`()` is no arguments, `(x,)` is one), for
-/// `Vec<T>` and `[T]` of `Serialize` elements (one argument per element), and for lists of already
+/// `Vec<T>`, `[T]` and `[T; N]` of `Serialize` elements (one argument per element), and for lists of already
 /// serialized [`Payload`]s (which must be in the requested protocol).
 pub trait ToArguments {
     /// Serializes each argument in `protocol`.
@@ -127,6 +127,12 @@ impl<T: Serialize> ToArguments for [T] {
 }
 
 impl<T: Serialize> ToArguments for Vec<T> {
+    fn to_arguments(&self, protocol: Protocol) -> Result<Vec<Payload>, EncodeError> {
+        self.as_slice().to_arguments(protocol)
+    }
+}
+
+impl<T: Serialize, const N: usize> ToArguments for [T; N] {
     fn to_arguments(&self, protocol: Protocol) -> Result<Vec<Payload>, EncodeError> {
         self.as_slice().to_arguments(protocol)
     }

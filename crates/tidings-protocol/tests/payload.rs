@@ -10,6 +10,10 @@ struct Point {
     y: Option<String>,
 }
 
+fn count(args: impl ToArguments, protocol: Protocol) -> usize {
+    args.to_arguments(protocol).unwrap().len()
+}
+
 #[test]
 fn tuples_up_to_eight_and_lists() {
     for protocol in [Protocol::Json, Protocol::MessagePack] {
@@ -41,6 +45,8 @@ fn tuples_up_to_eight_and_lists() {
         assert_eq!(list.len(), 2);
         let slice: &[i32] = &[1, 2, 3];
         assert_eq!(slice.to_arguments(protocol).unwrap().len(), 3);
+        assert_eq!([1, 2].to_arguments(protocol).unwrap().len(), 2);
+        assert_eq!(count(&("a", 1), protocol), 2, "references forward");
         assert_eq!(
             list.to_arguments(protocol).unwrap(),
             list,
