@@ -46,7 +46,9 @@ fn tuples_up_to_eight_and_lists() {
         let slice: &[i32] = &[1, 2, 3];
         assert_eq!(slice.to_arguments(protocol).unwrap().len(), 3);
         assert_eq!([1, 2].to_arguments(protocol).unwrap().len(), 2);
-        assert_eq!(count(&("a", 1), protocol), 2, "references forward");
+        let pair = ("a", 1);
+        assert_eq!(count(&pair, protocol), 2, "references forward");
+        assert_eq!(count(pair, protocol), 2);
         assert_eq!(
             list.to_arguments(protocol).unwrap(),
             list,
