@@ -46,7 +46,7 @@ fn tuples_up_to_eight_and_lists() {
         let slice: &[i32] = &[1, 2, 3];
         assert_eq!(slice.to_arguments(protocol).unwrap().len(), 3);
         assert_eq!([1, 2].to_arguments(protocol).unwrap().len(), 2);
-        let pair = ("a", 1);
+        let pair = (String::from("a"), 1);
         assert_eq!(count(&pair, protocol), 2, "references forward");
         assert_eq!(count(pair, protocol), 2);
         assert_eq!(
