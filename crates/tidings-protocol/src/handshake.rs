@@ -46,6 +46,9 @@ fn first_object(buf: &[u8]) -> Result<Option<Record>, HandshakeError> {
 /// `Ok(None)` means the request is incomplete (no `0x1E` yet); otherwise the request and the number of
 /// bytes it used, separator included — any bytes after that are already hub messages. Other properties
 /// (such as `minorVersion`) are ignored.
+///
+/// The maximum message size applies to the handshake too; that check is the caller's: reject when
+/// `Ok(None)` comes back with more than the limit buffered, or when the bytes used exceed it.
 pub fn parse_request(buf: &[u8]) -> Result<Option<(HandshakeRequest, usize)>, HandshakeError> {
     let Some((map, consumed)) = first_object(buf)? else {
         return Ok(None);
