@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every check and test of the repository. Installs what the tests need
+# where it is missing (npm packages for the JS-client suite, cargo-fuzz).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo test"
+cargo test --workspace
+
+if [[ -x scripts/fuzz-build.sh || -f scripts/fuzz-build.sh ]]; then
+    step "fuzz targets build"
+    bash scripts/fuzz-build.sh
+fi
+
+if [[ -f tests/js/package.json ]]; then
+    step "JS-client end-to-end suite"
+    cargo build -p tidings-server
+    (cd tests/js && npm ci --no-audit --no-fund && TIDINGS_BIN="$PWD/../../target/debug/tidings" node --test)
+fi
+
+step "all checks passed"
