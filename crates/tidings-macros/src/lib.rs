@@ -1,1 +1,407 @@
-//! placeholder
+//! Procedural macros for tidings. Use them through the `tidings` crate
+//! (`#[tidings::hub]`), whose documentation describes them.
+
+use heck::ToUpperCamelCase;
+use proc_macro::TokenStream;
+use proc_macro2::{Span, TokenStream as TokenStream2};
+use quote::{format_ident, quote, quote_spanned};
+use syn::{
+    Attribute, Error, FnArg, ImplItem, ImplItemFn, ItemImpl, LitStr, Pat, ReturnType, Type,
+    parse_macro_input, spanned::Spanned,
+};
+
+/// Turns an `impl` block into a hub; see the `tidings` crate documentation.
+///
+/// * Every method becomes a hub method named in PascalCase
+///   (`send_message` → `SendMessage`), or as `#[hub(name = "...")]` says.
+///   `#[hub(skip)]` leaves a method out.
+/// * Parameters are deserialized from the invocation's arguments in order;
+///   a `&Context` parameter (anywhere) receives the caller's context.
+/// * The return type may be `()`, any `Serialize` type, or
+///   `Result<T, E>` where `E: Into<HubError>`.
+/// * `#[on_connected]` marks the connection hook (`&Context` parameter,
+///   returns `()` or `Result<(), E>`); `#[on_disconnected]` the
+///   disconnection hook (`&Context` and/or `Option<ConnectionError>`).
+#[proc_macro_attribute]
+pub fn hub(attr: TokenStream, item: TokenStream) -> TokenStream {
+    if !attr.is_empty() {
+        return Error::new(
+            Span::call_site(),
+            "#[hub] on an impl block takes no arguments",
+        )
+        .to_compile_error()
+        .into();
+    }
+    let input = parse_macro_input!(item as ItemImpl);
+    match expand(input) {
+        Ok(tokens) => tokens.into(),
+        Err(error) => error.to_compile_error().into(),
+    }
+}
+
+enum Role {
+    Method { name: String },
+    Skip,
+    OnConnected,
+    OnDisconnected,
+}
+
+struct MethodInfo {
+    ident: syn::Ident,
+    name: String,
+    arity: usize,
+    handler: syn::Ident,
+}
+
+fn expand(mut input: ItemImpl) -> syn::Result<TokenStream2> {
+    if !input.generics.params.is_empty() {
+        return Err(Error::new(
+            input.generics.span(),
+            "#[hub] does not support generic hubs",
+        ));
+    }
+    if let Some((_, path, _)) = &input.trait_ {
+        return Err(Error::new(
+            path.span(),
+            "#[hub] goes on an inherent impl block, not a trait impl",
+        ));
+    }
+    let self_ty = input.self_ty.clone();
+    let mut methods = Vec::new();
+    let mut handlers = Vec::new();
+    let mut on_connected = None;
+    let mut on_disconnected = None;
+
+    for item in &mut input.items {
+        let ImplItem::Fn(function) = item else {
+            continue;
+        };
+        let role = take_role(function)?;
+        match role {
+            Role::Skip => {}
+            Role::Method { name } => {
+                let index = methods.len();
+                let handler = format_ident!("__tidings_handler_{}", index);
+                let (arity, tokens) = method_handler(function, &handler)?;
+                handlers.push(tokens);
+                methods.push(MethodInfo {
+                    ident: function.sig.ident.clone(),
+                    name,
+                    arity,
+                    handler,
+                });
+            }
+            Role::OnConnected => {
+                if on_connected.is_some() {
+                    return Err(Error::new(
+                        function.sig.span(),
+                        "only one #[on_connected] method is allowed",
+                    ));
+                }
+                on_connected = Some(connected_hook(function)?);
+            }
+            Role::OnDisconnected => {
+                if on_disconnected.is_some() {
+                    return Err(Error::new(
+                        function.sig.span(),
+                        "only one #[on_disconnected] method is allowed",
+                    ));
+                }
+                on_disconnected = Some(disconnected_hook(function)?);
+            }
+        }
+    }
+
+    let mut seen = std::collections::HashMap::new();
+    for method in &methods {
+        if let Some(other) = seen.insert(method.name.to_lowercase(), &method.ident) {
+            return Err(Error::new(
+                method.ident.span(),
+                format!(
+                    "hub method name '{}' clashes with `{}` (names are matched case-insensitively)",
+                    method.name, other
+                ),
+            ));
+        }
+    }
+
+    let descriptors = methods.iter().map(|m| {
+        let name = &m.name;
+        let arity = m.arity;
+        let handler = &m.handler;
+        quote! {
+            ::tidings::__private::MethodDescriptor {
+                name: #name,
+                kind: ::tidings::__private::MethodKind::Unary,
+                arity: #arity,
+                stream_params: 0,
+                handler: <#self_ty>::#handler,
+            }
+        }
+    });
+
+    Ok(quote! {
+        #input
+
+        #[doc(hidden)]
+        #[allow(non_snake_case, clippy::all)]
+        impl #self_ty {
+            #(#handlers)*
+        }
+
+        impl ::tidings::__private::Hub for #self_ty {
+            fn methods() -> &'static [::tidings::__private::MethodDescriptor<Self>] {
+                const METHODS: &[::tidings::__private::MethodDescriptor<#self_ty>] = &[
+                    #(#descriptors),*
+                ];
+                METHODS
+            }
+            #on_connected
+            #on_disconnected
+        }
+    })
+}
+
+/// Reads and removes the tidings attributes of a method.
+fn take_role(function: &mut ImplItemFn) -> syn::Result<Role> {
+    let mut role = None;
+    let mut name = None;
+    let mut kept: Vec<Attribute> = Vec::new();
+    for attr in std::mem::take(&mut function.attrs) {
+        if attr.path().is_ident("on_connected") {
+            role = Some(Role::OnConnected);
+        } else if attr.path().is_ident("on_disconnected") {
+            role = Some(Role::OnDisconnected);
+        } else if attr.path().is_ident("hub") {
+            attr.parse_nested_meta(|meta| {
+                if meta.path.is_ident("name") {
+                    let value: LitStr = meta.value()?.parse()?;
+                    if value.value().is_empty() {
+                        return Err(meta.error("a hub method name cannot be empty"));
+                    }
+                    name = Some(value.value());
+                    Ok(())
+                } else if meta.path.is_ident("skip") {
+                    role = Some(Role::Skip);
+                    Ok(())
+                } else {
+                    Err(meta.error("expected `name = \"...\"` or `skip`"))
+                }
+            })?;
+        } else {
+            kept.push(attr);
+        }
+    }
+    function.attrs = kept;
+    Ok(match role {
+        Some(role) => role,
+        None => Role::Method {
+            name: name.unwrap_or_else(|| function.sig.ident.to_string().to_upper_camel_case()),
+        },
+    })
+}
+
+fn check_receiver(function: &ImplItemFn) -> syn::Result<()> {
+    match function.sig.inputs.first() {
+        Some(FnArg::Receiver(r)) if r.reference.is_some() && r.mutability.is_none() => Ok(()),
+        _ => Err(Error::new(
+            function.sig.span(),
+            "hub methods take `&self` (the hub is shared by every connection)",
+        )),
+    }
+}
+
+/// Whether a type is `Context` or `&Context`; the first flag says "by reference".
+fn context_param(ty: &Type) -> Option<bool> {
+    match ty {
+        Type::Reference(r) => context_param(&r.elem).map(|_| true),
+        Type::Path(p) => {
+            let last = p.path.segments.last()?;
+            (last.ident == "Context" && last.arguments.is_empty()).then_some(false)
+        }
+        _ => None,
+    }
+}
+
+fn is_error_param(ty: &Type) -> bool {
+    let Type::Path(p) = ty else { return false };
+    let Some(last) = p.path.segments.last() else {
+        return false;
+    };
+    if last.ident != "Option" {
+        return false;
+    }
+    quote!(#last).to_string().contains("ConnectionError")
+}
+
+fn returns_result(output: &ReturnType) -> bool {
+    match output {
+        ReturnType::Type(_, ty) => match &**ty {
+            Type::Path(p) => p.path.segments.last().is_some_and(|s| s.ident == "Result"),
+            _ => false,
+        },
+        ReturnType::Default => false,
+    }
+}
+
+fn returns_unit(output: &ReturnType) -> bool {
+    match output {
+        ReturnType::Default => true,
+        ReturnType::Type(_, ty) => matches!(&**ty, Type::Tuple(t) if t.elems.is_empty()),
+    }
+}
+
+fn await_if_async(function: &ImplItemFn) -> TokenStream2 {
+    if function.sig.asyncness.is_some() {
+        quote!(.await)
+    } else {
+        TokenStream2::new()
+    }
+}
+
+fn method_handler(
+    function: &ImplItemFn,
+    handler: &syn::Ident,
+) -> syn::Result<(usize, TokenStream2)> {
+    check_receiver(function)?;
+    let ident = &function.sig.ident;
+    let mut bindings = Vec::new();
+    let mut args = Vec::new();
+    let mut arity = 0usize;
+    for input in function.sig.inputs.iter().skip(1) {
+        let FnArg::Typed(pat_type) = input else {
+            continue;
+        };
+        if let Pat::Ident(_) | Pat::Wild(_) = &*pat_type.pat {
+        } else {
+            return Err(Error::new(
+                pat_type.pat.span(),
+                "hub method parameters must be plain names",
+            ));
+        }
+        let ty = &pat_type.ty;
+        match context_param(ty) {
+            Some(true) => args.push(quote!(__call.context())),
+            Some(false) => args.push(quote!(::core::clone::Clone::clone(__call.context()))),
+            None => {
+                let var = format_ident!("__arg{}", arity);
+                let index = arity;
+                bindings.push(quote_spanned! {ty.span()=>
+                    let #var: #ty = __call.arg(#index)?;
+                });
+                args.push(quote!(#var));
+                arity += 1;
+            }
+        }
+    }
+    let awaited = await_if_async(function);
+    let output = &function.sig.output;
+    let finish = if returns_unit(output) {
+        quote! {
+            let () = __out;
+            ::tidings::__private::Result::Ok(::tidings::__private::MethodOutput::Void)
+        }
+    } else if returns_result(output) {
+        quote! {
+            match __out {
+                ::tidings::__private::Result::Ok(__value) => __call.output(&__value),
+                ::tidings::__private::Result::Err(__error) => ::tidings::__private::Result::Err(
+                    ::core::convert::Into::<::tidings::__private::HubError>::into(__error),
+                ),
+            }
+        }
+    } else {
+        quote!(__call.output(&__out))
+    };
+    let tokens = quote! {
+        fn #handler(
+            __hub: ::tidings::__private::Arc<Self>,
+            __call: ::tidings::__private::Call,
+        ) -> ::tidings::__private::MethodFuture {
+            ::tidings::__private::Box::pin(async move {
+                #(#bindings)*
+                let __out = __hub.#ident(#(#args),*)#awaited;
+                #finish
+            })
+        }
+    };
+    Ok((arity, tokens))
+}
+
+fn connected_hook(function: &ImplItemFn) -> syn::Result<TokenStream2> {
+    check_receiver(function)?;
+    let ident = &function.sig.ident;
+    let mut args = Vec::new();
+    for input in function.sig.inputs.iter().skip(1) {
+        let FnArg::Typed(pat_type) = input else {
+            continue;
+        };
+        match context_param(&pat_type.ty) {
+            Some(true) => args.push(quote!(&__cx)),
+            Some(false) => args.push(quote!(::core::clone::Clone::clone(&__cx))),
+            None => {
+                return Err(Error::new(
+                    pat_type.ty.span(),
+                    "#[on_connected] takes only a `&Context` parameter",
+                ));
+            }
+        }
+    }
+    let awaited = await_if_async(function);
+    let finish = if returns_result(&function.sig.output) {
+        quote!(__out.map_err(::core::convert::Into::<::tidings::__private::HubError>::into))
+    } else {
+        quote! {
+            let () = __out;
+            ::tidings::__private::Result::Ok(())
+        }
+    };
+    Ok(quote! {
+        fn on_connected(
+            self: ::tidings::__private::Arc<Self>,
+            __cx: ::tidings::__private::Context,
+        ) -> ::tidings::BoxFuture<'static, ::tidings::__private::Result<(), ::tidings::__private::HubError>> {
+            ::tidings::__private::Box::pin(async move {
+                let __out = self.#ident(#(#args),*)#awaited;
+                #finish
+            })
+        }
+    })
+}
+
+fn disconnected_hook(function: &ImplItemFn) -> syn::Result<TokenStream2> {
+    check_receiver(function)?;
+    let ident = &function.sig.ident;
+    let mut args = Vec::new();
+    for input in function.sig.inputs.iter().skip(1) {
+        let FnArg::Typed(pat_type) = input else {
+            continue;
+        };
+        if let Some(by_ref) = context_param(&pat_type.ty) {
+            args.push(if by_ref {
+                quote!(&__cx)
+            } else {
+                quote!(::core::clone::Clone::clone(&__cx))
+            });
+        } else if is_error_param(&pat_type.ty) {
+            args.push(quote!(::core::clone::Clone::clone(&__error)));
+        } else {
+            return Err(Error::new(
+                pat_type.ty.span(),
+                "#[on_disconnected] takes `&Context` and/or `Option<ConnectionError>`",
+            ));
+        }
+    }
+    let awaited = await_if_async(function);
+    Ok(quote! {
+        fn on_disconnected(
+            self: ::tidings::__private::Arc<Self>,
+            __cx: ::tidings::__private::Context,
+            __error: ::core::option::Option<::tidings::ConnectionError>,
+        ) -> ::tidings::BoxFuture<'static, ()> {
+            ::tidings::__private::Box::pin(async move {
+                let _ = self.#ident(#(#args),*)#awaited;
+            })
+        }
+    })
+}

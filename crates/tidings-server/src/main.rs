@@ -1,1 +1,173 @@
-fn main() {}
+//! The standalone tidings server: the chat, test and dashboard hubs on one
+//! port, in memory.
+
+mod auth;
+mod hubs;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use clap::Parser;
+use tidings::{HubEndpoint, HubOptions, MemoryLifetimeManager, Shutdown};
+use tracing_subscriber::EnvFilter;
+
+use crate::{
+    auth::JwtAuthenticator,
+    hubs::{chat::ChatHub, dashboard::DashboardHub, test::TestHub},
+};
+
+/// A SignalR-compatible real-time server.
+#[derive(Debug, Parser)]
+#[command(name = "tidings", version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "TIDINGS_LISTEN", default_value = "127.0.0.1:5000")]
+    listen: SocketAddr,
+
+    /// Send the real text of hub method errors to clients.
+    #[arg(long, env = "TIDINGS_DETAILED_ERRORS")]
+    detailed_errors: bool,
+
+    /// Secret for HS256 bearer tokens; without it every client is anonymous.
+    #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+
+    /// Server keep-alive (Ping) interval, in milliseconds.
+    #[arg(long, env = "TIDINGS_KEEP_ALIVE_MS", default_value_t = 15_000)]
+    keep_alive_ms: u64,
+
+    /// Close clients silent for this long, in milliseconds.
+    #[arg(long, env = "TIDINGS_CLIENT_TIMEOUT_MS", default_value_t = 30_000)]
+    client_timeout_ms: u64,
+
+    /// Time allowed for the handshake, in milliseconds.
+    #[arg(long, env = "TIDINGS_HANDSHAKE_TIMEOUT_MS", default_value_t = 15_000)]
+    handshake_timeout_ms: u64,
+
+    /// Largest message a client may send, in bytes (0 = unlimited).
+    #[arg(long, env = "TIDINGS_MAX_MESSAGE_SIZE", default_value_t = 32 * 1024)]
+    max_message_size: usize,
+
+    /// How many invocations of one client may run at once.
+    #[arg(long, env = "TIDINGS_MAX_PARALLEL_INVOCATIONS", default_value_t = 1)]
+    max_parallel_invocations: usize,
+
+    /// How many messages may wait for one client before it is closed as a slow consumer.
+    #[arg(long, env = "TIDINGS_OUTBOUND_BUFFER", default_value_t = 1024)]
+    outbound_buffer: usize,
+
+    /// Period of the dashboard's metrics push, in milliseconds.
+    #[arg(long, env = "TIDINGS_METRICS_PERIOD_MS", default_value_t = 2_000)]
+    metrics_period_ms: u64,
+}
+
+impl Args {
+    fn hub_options(&self) -> HubOptions {
+        HubOptions::default()
+            .enable_detailed_errors(self.detailed_errors)
+            .keep_alive_interval(Duration::from_millis(self.keep_alive_ms))
+            .client_timeout_interval(Duration::from_millis(self.client_timeout_ms))
+            .handshake_timeout(Duration::from_millis(self.handshake_timeout_ms))
+            .maximum_receive_message_size(
+                (self.max_message_size > 0).then_some(self.max_message_size),
+            )
+            .maximum_parallel_invocations_per_client(self.max_parallel_invocations)
+            .outbound_buffer_capacity(self.outbound_buffer)
+    }
+}
+
+fn endpoint<H: tidings::Hub>(
+    hub: H,
+    args: &Args,
+    shutdown: &Shutdown,
+    manager: &Arc<MemoryLifetimeManager>,
+    auth: &Option<Arc<JwtAuthenticator>>,
+) -> HubEndpoint<H> {
+    let mut endpoint = HubEndpoint::new(hub)
+        .options(args.hub_options())
+        .shutdown(shutdown)
+        .lifetime_manager(Arc::clone(manager) as Arc<dyn tidings::LifetimeManager>);
+    if let Some(auth) = auth {
+        let auth = Arc::clone(auth);
+        endpoint =
+            endpoint.authenticator(move |parts: &axum::http::request::Parts| auth.principal(parts));
+    }
+    endpoint
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let shutdown = Shutdown::new();
+    let auth = args
+        .jwt_secret
+        .as_ref()
+        .map(|secret| Arc::new(JwtAuthenticator::new(secret.as_bytes())));
+
+    let managers: Vec<Arc<MemoryLifetimeManager>> = (0..3)
+        .map(|_| Arc::new(MemoryLifetimeManager::new()))
+        .collect();
+    let chat = endpoint(ChatHub, &args, &shutdown, &managers[0], &auth);
+    let test = endpoint(TestHub, &args, &shutdown, &managers[1], &auth);
+    let dashboard = endpoint(DashboardHub, &args, &shutdown, &managers[2], &auth);
+
+    let metrics = tokio::spawn(hubs::dashboard::push_metrics(
+        dashboard.context(),
+        managers.clone(),
+        Duration::from_millis(args.metrics_period_ms.max(100)),
+    ));
+
+    let app = axum::Router::new()
+        .route("/health", axum::routing::get(|| async { "ok" }))
+        .nest("/hubs/chat", chat.into_router())
+        .nest("/hubs/test", test.into_router())
+        .nest("/hubs/dashboard", dashboard.into_router());
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let local = listener.local_addr()?;
+    tracing::info!(address = %local, "tidings listening");
+    // Scripts read this line to learn the port when listening on port 0.
+    println!("listening on http://{local}");
+
+    let signal_shutdown = shutdown.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down: closing connections");
+            let drained = signal_shutdown.shutdown(Duration::from_secs(10)).await;
+            tracing::info!(drained, "connections closed");
+        })
+        .await?;
+    metrics.abort();
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

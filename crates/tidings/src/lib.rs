@@ -1,1 +1,132 @@
-//! placeholder
+//! # tidings
+//!
+//! A real-time hub server for axum and tokio that speaks the ASP.NET Core
+//! SignalR protocol: the official `@microsoft/signalr` clients (JavaScript,
+//! .NET, Java, Python) connect to it unmodified, over WebSockets with the JSON
+//! or MessagePack hub protocol.
+//!
+//! ## A hub
+//!
+//! A hub is a value whose `async` methods clients invoke by name. Mark an
+//! `impl` block with [`#[hub]`](macro@hub):
+//!
+//! ```
+//! use tidings::{Context, HubError, hub};
+//!
+//! struct Chat;
+//!
+//! #[hub]
+//! impl Chat {
+//!     // Clients call it as "SendMessage" (matched case-insensitively).
+//!     async fn send_message(&self, cx: &Context, user: String, text: String) -> Result<(), HubError> {
+//!         cx.clients().all().send("ReceiveMessage", (user, text)).await?;
+//!         Ok(())
+//!     }
+//!
+//!     // Typed arguments and results; a `&Context` parameter is optional.
+//!     async fn add(&self, a: i64, b: i64) -> i64 {
+//!         a + b
+//!     }
+//!
+//!     #[hub(name = "Fail")]
+//!     async fn fail(&self) -> Result<(), HubError> {
+//!         // A HubError::new message always reaches the client; other errors
+//!         // only with detailed errors enabled.
+//!         Err(HubError::new("not today"))
+//!     }
+//!
+//!     #[on_connected]
+//!     async fn joined(&self, cx: &Context) -> Result<(), HubError> {
+//!         cx.clients().caller().send("Connected", (cx.connection_id(),)).await?;
+//!         Ok(())
+//!     }
+//! }
+//! ```
+//!
+//! ## Serving it
+//!
+//! [`HubEndpoint`] turns a hub into an axum [`Router`](axum::Router) holding
+//! `POST /negotiate` and the transport endpoint; nest it at the hub's path:
+//!
+//! ```no_run
+//! # use tidings::{HubEndpoint, HubOptions};
+//! # struct Chat;
+//! # #[tidings::hub] impl Chat { async fn ping(&self) {} }
+//! # async fn run() -> std::io::Result<()> {
+//! let chat = HubEndpoint::new(Chat).options(HubOptions::default().enable_detailed_errors(true));
+//! let push = chat.context(); // a HubContext: send from any task
+//! let app = axum::Router::new().nest("/hubs/chat", chat.into_router());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:5000").await?;
+//! axum::serve(listener, app).await
+//! # }
+//! ```
+//!
+//! ## Targets
+//!
+//! [`Context::clients`] and [`HubContext::clients`] choose recipients the way
+//! ASP.NET Core's `Clients` does: `all`, `all_except`, `caller`, `others`,
+//! `client`, `clients`, `group`, `groups`, `group_except`,
+//! `others_in_group`, `user`, `users`. Group membership goes through
+//! [`Context::groups`] / [`HubContext::groups`]; a connection leaves all its
+//! groups when it disconnects.
+//!
+//! ## Behaviour shared with ASP.NET Core
+//!
+//! * Method lookup is case-insensitive; unknown methods, wrong argument
+//!   counts and wrong argument types are answered with the same Completion
+//!   errors ASP.NET Core sends; an invocation without id gets no answer.
+//! * [`HubOptions`] has ASP.NET Core's defaults: keep-alive 15 s, client
+//!   timeout 30 s, handshake timeout 15 s, 32 KiB message limit, one
+//!   invocation at a time per client.
+//!
+//! ## Performance contract
+//!
+//! * A message to many clients is serialized once per hub protocol
+//!   ([`SerializedMessage`]), not once per connection.
+//! * Each connection has a bounded outbound queue; a client that does not
+//!   read is closed instead of growing memory
+//!   ([`HubOptions::outbound_buffer_capacity`]).
+//! * No lock is held across an `.await`.
+//!
+//! ## Scale-out
+//!
+//! Delivery and membership go through a [`LifetimeManager`]; the default is
+//! the in-memory [`MemoryLifetimeManager`]. A backplane implements the trait
+//! and is installed with [`HubEndpoint::lifetime_manager`].
+
+mod auth;
+mod connection;
+mod context;
+mod dispatch;
+mod endpoint;
+mod error;
+mod hub;
+mod lifetime;
+mod message;
+mod options;
+mod session;
+mod shutdown;
+mod transport;
+
+pub use auth::{AuthError, Authenticator, Principal, bearer_token};
+pub use connection::ConnectionHandle;
+pub use context::{ClientProxy, Clients, Context, Groups, HubContext};
+pub use dispatch::{Call, MethodOutput};
+pub use endpoint::HubEndpoint;
+pub use error::{ConnectionError, GroupError, HubError, SendError};
+pub use hub::{BoxFuture, Hub, MethodDescriptor, MethodFuture, MethodKind};
+pub use lifetime::{LifetimeManager, MemoryLifetimeManager, Target};
+pub use message::SerializedMessage;
+pub use options::HubOptions;
+pub use shutdown::Shutdown;
+pub use tidings_macros::hub;
+pub use tidings_protocol::Protocol;
+
+/// Items used by code that `#[hub]` generates. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::{
+        Call, Context, Hub, HubError, MethodDescriptor, MethodFuture, MethodKind, MethodOutput,
+    };
+    pub use std::{boxed::Box, result::Result, sync::Arc};
+}

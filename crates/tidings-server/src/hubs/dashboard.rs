@@ -1,0 +1,48 @@
+//! `/hubs/dashboard`: live server metrics, pushed every 2 s from a
+//! background task through a hub context.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+use tidings::{HubContext, MemoryLifetimeManager, hub};
+
+/// The dashboard hub: clients only listen for `Metrics`.
+#[derive(Debug, Default)]
+pub struct DashboardHub;
+
+#[hub]
+impl DashboardHub {}
+
+/// One `Metrics` sample.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Metrics {
+    uptime_seconds: u64,
+    connections: usize,
+    timestamp: String,
+}
+
+/// Pushes a `Metrics` sample to every dashboard client every `period`,
+/// until the task is dropped.
+pub async fn push_metrics(
+    dashboard: HubContext,
+    managers: Vec<Arc<MemoryLifetimeManager>>,
+    period: Duration,
+) {
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(period);
+    loop {
+        ticker.tick().await;
+        let sample = Metrics {
+            uptime_seconds: started.elapsed().as_secs(),
+            connections: managers.iter().map(|m| m.connection_count()).sum(),
+            timestamp: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        };
+        if let Err(error) = dashboard.clients().all().send("Metrics", (sample,)).await {
+            tracing::warn!(%error, "cannot push metrics");
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! `/hubs/test`: an interop hub that exercises every target and error path;
+//! the end-to-end suites drive it with the official clients.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tidings::{ConnectionError, Context, HubError, hub};
+
+/// The interop hub.
+#[derive(Debug, Default)]
+pub struct TestHub;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct InvalidOperationException(String);
+
+#[hub]
+impl TestHub {
+    /// Returns its argument.
+    async fn echo(&self, value: Value) -> Value {
+        value
+    }
+
+    /// Integer addition.
+    async fn add(&self, a: i64, b: i64) -> i64 {
+        a + b
+    }
+
+    /// Fails with an ordinary error: clients see its text only with detailed errors.
+    async fn throw(&self, message: String) -> Result<(), HubError> {
+        Err(InvalidOperationException(message).into())
+    }
+
+    /// Fails with a HubException: clients always see its text.
+    async fn throw_hub_exception(&self, message: String) -> Result<(), HubError> {
+        Err(HubError::new(message))
+    }
+
+    /// Panics; the server answers with an error and keeps the connection.
+    async fn panic(&self) -> i32 {
+        panic!("a hub method panicked on purpose")
+    }
+
+    /// Returns `value` after `ms` milliseconds.
+    async fn delay(&self, ms: u64, value: Value) -> Value {
+        tokio::time::sleep(Duration::from_millis(ms.min(10_000))).await;
+        value
+    }
+
+    /// A method without a result.
+    async fn nothing(&self) {}
+
+    async fn get_connection_id(&self, cx: &Context) -> String {
+        cx.connection_id().to_owned()
+    }
+
+    async fn get_user_identifier(&self, cx: &Context) -> Option<String> {
+        cx.user_identifier().map(str::to_owned)
+    }
+
+    async fn get_claim(&self, cx: &Context, kind: String) -> Option<String> {
+        cx.user().claim(&kind).map(str::to_owned)
+    }
+
+    async fn get_query(&self, cx: &Context, key: String) -> Option<String> {
+        cx.query(&key).map(str::to_owned)
+    }
+
+    async fn get_header(&self, cx: &Context, name: String) -> Option<String> {
+        cx.headers()
+            .get(name.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+
+    /// Closes the caller's connection from the server.
+    async fn abort(&self, cx: &Context) {
+        cx.abort();
+    }
+
+    async fn join_group(&self, cx: &Context, group: String) -> Result<(), HubError> {
+        cx.groups().add(cx.connection_id(), &group).await?;
+        Ok(())
+    }
+
+    async fn leave_group(&self, cx: &Context, group: String) -> Result<(), HubError> {
+        cx.groups().remove(cx.connection_id(), &group).await?;
+        Ok(())
+    }
+
+    /// Adds another connection (by id) to a group.
+    async fn add_to_group(
+        &self,
+        cx: &Context,
+        connection_id: String,
+        group: String,
+    ) -> Result<(), HubError> {
+        cx.groups().add(&connection_id, &group).await?;
+        Ok(())
+    }
+
+    async fn send_to_group(
+        &self,
+        cx: &Context,
+        group: String,
+        message: Value,
+    ) -> Result<(), HubError> {
+        cx.clients()
+            .group(group)
+            .send("GroupMessage", (message,))
+            .await?;
+        Ok(())
+    }
+
+    async fn send_to_groups(
+        &self,
+        cx: &Context,
+        groups: Vec<String>,
+        message: Value,
+    ) -> Result<(), HubError> {
+        cx.clients()
+            .groups(groups)
+            .send("GroupMessage", (message,))
+            .await?;
+        Ok(())
+    }
+
+    async fn send_to_group_except(
+        &self,
+        cx: &Context,
+        group: String,
+        excluded: Vec<String>,
+        message: Value,
+    ) -> Result<(), HubError> {
+        cx.clients()
+            .group_except(group, excluded)
+            .send("GroupMessage", (message,))
+            .await?;
+        Ok(())
+    }
+
+    async fn send_to_others_in_group(
+        &self,
+        cx: &Context,
+        group: String,
+        message: Value,
+    ) -> Result<(), HubError> {
+        cx.clients()
+            .others_in_group(group)
+            .send("GroupMessage", (message,))
+            .await?;
+        Ok(())
+    }
+
+    async fn send_to_user(
+        &self,
+        cx: &Context,
+        user: String,
+        message: Value,
+    ) -> Result<(), HubError> {
+        cx.clients()
+            .user(user)
+            .send("UserMessage", (message,))
+            .await?;
+        Ok(())
+    }
+
+    async fn send_to_users(
+        &self,
+        cx: &Context,
+        users: Vec<String>,
+        message: Value,
+    ) -> Result<(), HubError> {
+        cx.clients()
+            .users(users)
+            .send("UserMessage", (message,))
+            .await?;
+        Ok(())
+    }
+
+    async fn send_to_connection(
+        &self,
+        cx: &Context,
+        connection_id: String,
+        message: Value,
+    ) -> Result<(), HubError> {
+        cx.clients()
+            .client(connection_id)
+            .send("DirectMessage", (message,))
+            .await?;
+        Ok(())
+    }
+
+    async fn send_to_connections(
+        &self,
+        cx: &Context,
+        ids: Vec<String>,
+        message: Value,
+    ) -> Result<(), HubError> {
+        cx.clients()
+            .clients(ids)
+            .send("DirectMessage", (message,))
+            .await?;
+        Ok(())
+    }
+
+    async fn send_to_caller(&self, cx: &Context, message: Value) -> Result<(), HubError> {
+        cx.clients()
+            .caller()
+            .send("DirectMessage", (message,))
+            .await?;
+        Ok(())
+    }
+
+    async fn broadcast(&self, cx: &Context, message: Value) -> Result<(), HubError> {
+        cx.clients().all().send("Broadcast", (message,)).await?;
+        Ok(())
+    }
+
+    async fn broadcast_others(&self, cx: &Context, message: Value) -> Result<(), HubError> {
+        cx.clients().others().send("Broadcast", (message,)).await?;
+        Ok(())
+    }
+
+    async fn broadcast_all_except(
+        &self,
+        cx: &Context,
+        excluded: Vec<String>,
+        message: Value,
+    ) -> Result<(), HubError> {
+        cx.clients()
+            .all_except(excluded)
+            .send("Broadcast", (message,))
+            .await?;
+        Ok(())
+    }
+
+    /// Joins the `observers` group, which hears about every disconnection.
+    async fn observe(&self, cx: &Context) -> Result<(), HubError> {
+        cx.groups().add(cx.connection_id(), "observers").await?;
+        Ok(())
+    }
+
+    /// Observers receive `ClientDisconnected(connectionId, error)`.
+    #[on_disconnected]
+    async fn disconnected(&self, cx: &Context, error: Option<ConnectionError>) {
+        let error = error.map(|e| e.to_string());
+        let _ = cx
+            .clients()
+            .group("observers")
+            .send("ClientDisconnected", (cx.connection_id().to_owned(), error))
+            .await;
+    }
+}

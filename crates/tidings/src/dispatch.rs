@@ -1,0 +1,204 @@
+//! Dispatch of one invocation: method lookup, argument binding, running the
+//! handler, and turning its outcome into the Completion ASP.NET Core would
+//! send — error texts included, since clients match on them.
+
+use std::{collections::HashMap, panic::AssertUnwindSafe, sync::Arc};
+
+use futures_util::FutureExt;
+use serde::{Serialize, de::DeserializeOwned};
+use tidings_protocol::{Completion, HubMessage, Invocation, Payload};
+
+use crate::{
+    Context, HubError,
+    error::HubErrorKind,
+    hub::{Hub, MethodDescriptor, MethodKind},
+};
+
+/// The text ASP.NET Core uses when arguments cannot be bound.
+const BINDING_ERROR: &str = "Error binding arguments. Make sure that the types of the provided values match the types of the hub method being invoked.";
+
+/// One invocation as seen by a generated handler.
+#[derive(Debug)]
+pub struct Call {
+    cx: Context,
+    arguments: Vec<Payload>,
+}
+
+impl Call {
+    pub(crate) fn new(cx: Context, arguments: Vec<Payload>) -> Self {
+        Call { cx, arguments }
+    }
+
+    /// The calling connection's context.
+    pub fn context(&self) -> &Context {
+        &self.cx
+    }
+
+    /// Deserializes argument `index`. A value of the wrong type is a binding
+    /// error, reported to the client as ASP.NET Core reports it.
+    pub fn arg<T: DeserializeOwned>(&self, index: usize) -> Result<T, HubError> {
+        let payload = self
+            .arguments
+            .get(index)
+            .ok_or_else(|| HubError::binding(BINDING_ERROR))?;
+        payload.deserialize().map_err(|error| {
+            tracing::debug!(index, %error, "cannot bind an argument");
+            HubError::binding(BINDING_ERROR)
+        })
+    }
+
+    /// Serializes a method's return value in the caller's protocol.
+    pub fn output<T: Serialize + ?Sized>(&self, value: &T) -> Result<MethodOutput, HubError> {
+        let payload = self.cx.protocol().encode_value(value)?;
+        Ok(MethodOutput::Value(payload))
+    }
+}
+
+/// What a method produced.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum MethodOutput {
+    /// No value (sent as `result: null`, as ASP.NET Core does).
+    Void,
+    /// A serialized value.
+    Value(Payload),
+}
+
+/// The method table of a hub, indexed case-insensitively.
+pub(crate) struct Methods<H: 'static> {
+    by_name: HashMap<String, &'static MethodDescriptor<H>>,
+}
+
+impl<H: Hub> Methods<H> {
+    pub(crate) fn new() -> Self {
+        let mut by_name = HashMap::new();
+        for method in H::methods() {
+            let previous = by_name.insert(method.name.to_lowercase(), method);
+            assert!(
+                previous.is_none(),
+                "hub method names must differ case-insensitively: '{}'",
+                method.name
+            );
+        }
+        Methods { by_name }
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&'static MethodDescriptor<H>> {
+        // Most clients send the exact name; only allocate when it differs in case.
+        if let Some(m) = self.by_name.get(name) {
+            return Some(m);
+        }
+        self.by_name.get(&name.to_lowercase()).copied()
+    }
+}
+
+/// What the dispatcher decided before running anything.
+pub(crate) enum Prepared<H: 'static> {
+    /// Run this method.
+    Run(&'static MethodDescriptor<H>),
+    /// Reply with this error (if the invocation wants a reply).
+    Reject(String),
+}
+
+/// Validates an invocation against the method table (ASP.NET Core's order
+/// of checks: existence, kind, argument count, stream count).
+pub(crate) fn prepare<H: Hub>(
+    methods: &Methods<H>,
+    invocation: &Invocation,
+    streaming: bool,
+    detailed: bool,
+) -> Prepared<H> {
+    let target = &invocation.target;
+    let Some(method) = methods.get(target) else {
+        return Prepared::Reject(format!(
+            "Failed to invoke '{target}' due to an error on the server. HubException: Method does not exist."
+        ));
+    };
+    match (method.kind, streaming) {
+        (MethodKind::Stream, false) => {
+            return Prepared::Reject(format!(
+                "The client attempted to invoke the streaming '{target}' method with a non-streaming invocation."
+            ));
+        }
+        (MethodKind::Unary, true) => {
+            return Prepared::Reject(format!(
+                "The client attempted to invoke the non-streaming '{target}' method with a streaming invocation."
+            ));
+        }
+        _ => {}
+    }
+    let provided = invocation.arguments.len();
+    if provided != method.arity {
+        let mut text = format!("Failed to invoke '{target}' due to an error on the server.");
+        if detailed {
+            text.push_str(&format!(
+                " InvalidDataException: Invocation provides {provided} argument(s) but target expects {}.",
+                method.arity
+            ));
+        }
+        return Prepared::Reject(text);
+    }
+    let streams = invocation.stream_ids.len();
+    if streams != method.stream_params {
+        return Prepared::Reject(format!(
+            "An unexpected error occurred invoking '{target}' on the server. HubException: Client sent {streams} stream(s), Hub method expects {}.",
+            method.stream_params
+        ));
+    }
+    Prepared::Run(method)
+}
+
+/// Runs a unary method and builds its Completion (`None` for a
+/// non-blocking invocation, which gets no answer).
+pub(crate) async fn run_unary<H: Hub>(
+    hub: Arc<H>,
+    method: &'static MethodDescriptor<H>,
+    cx: Context,
+    invocation: Invocation,
+) -> Option<HubMessage> {
+    let detailed = cx.options().enable_detailed_errors;
+    let protocol = cx.protocol();
+    let target = invocation.target;
+    let call = Call::new(cx, invocation.arguments);
+    // A panicking method must not take the connection down with it: it is
+    // reported like any other failure.
+    let outcome = AssertUnwindSafe((method.handler)(hub, call))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "the hub method panicked".to_owned());
+            tracing::error!(%target, %message, "hub method panicked");
+            Err(HubError {
+                kind: HubErrorKind::Internal {
+                    type_name: "Panic".to_owned(),
+                    message,
+                },
+            })
+        });
+    let id = invocation.invocation_id?;
+    let completion = match outcome {
+        Ok(MethodOutput::Void) => Completion::value(id, Payload::null(protocol)),
+        Ok(MethodOutput::Value(payload)) => Completion::value(id, payload),
+        Err(error) => Completion::error(id, error_text(&target, &error, detailed)),
+    };
+    Some(HubMessage::Completion(completion))
+}
+
+/// The error text of a failed invocation, as ASP.NET Core words it.
+pub(crate) fn error_text(target: &str, error: &HubError, detailed: bool) -> String {
+    let mut text = match error.kind {
+        HubErrorKind::Binding(_) => {
+            format!("Failed to invoke '{target}' due to an error on the server.")
+        }
+        _ => format!("An unexpected error occurred invoking '{target}' on the server."),
+    };
+    if let Some(detail) = error.detail(detailed) {
+        text.push(' ');
+        text.push_str(&detail);
+    }
+    text
+}

@@ -1,0 +1,367 @@
+//! [`HubEndpoint`]: one hub mounted in an axum router — the negotiate
+//! endpoint, the transport endpoint, and the registry of negotiated
+//! connections waiting for their transport.
+//!
+//! ```text
+//! POST {hub}/negotiate      → connection id + secret token, transports
+//! GET  {hub}?id=<token>     → WebSocket upgrade → transport → session
+//! GET  {hub}                → WebSocket without negotiation (new connection)
+//! ```
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    extract::{FromRequestParts, Request, State, ws::WebSocketUpgrade},
+    http::{StatusCode, header, request::Parts},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use base64::Engine;
+use tidings_protocol::{AvailableTransport, NegotiateResponse, TransferFormat, TransportType};
+
+use crate::{
+    HubContext, HubOptions, Principal, Shutdown,
+    auth::{AuthError, Authenticator, SharedAuthenticator, form_urlencoded_pairs},
+    connection::ConnectionInit,
+    context::HubShared,
+    dispatch::Methods,
+    hub::Hub,
+    lifetime::{LifetimeManager, MemoryLifetimeManager},
+    transport,
+};
+
+/// A hub ready to be mounted in an axum [`Router`].
+///
+/// ```no_run
+/// # use tidings::{HubEndpoint, HubError, Context};
+/// # struct Chat;
+/// # #[tidings::hub] impl Chat { async fn ping(&self) -> String { "pong".into() } }
+/// # async fn run() {
+/// let chat = HubEndpoint::new(Chat);
+/// let pusher = chat.context(); // send from background tasks
+/// let app = axum::Router::new().nest("/hubs/chat", chat.into_router());
+/// # let _ = (app, pusher);
+/// # }
+/// ```
+pub struct HubEndpoint<H: Hub> {
+    hub: Arc<H>,
+    options: HubOptions,
+    lifetime: Arc<dyn LifetimeManager>,
+    authenticator: Option<SharedAuthenticator>,
+    shutdown: Shutdown,
+}
+
+impl<H: Hub> std::fmt::Debug for HubEndpoint<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubEndpoint")
+            .field("hub", &std::any::type_name::<H>())
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H: Hub> HubEndpoint<H> {
+    /// An endpoint for `hub` with default options and an in-memory lifetime
+    /// manager.
+    pub fn new(hub: H) -> Self {
+        HubEndpoint {
+            hub: Arc::new(hub),
+            options: HubOptions::default(),
+            lifetime: Arc::new(MemoryLifetimeManager::new()),
+            authenticator: None,
+            shutdown: Shutdown::new(),
+        }
+    }
+
+    /// Replaces the options.
+    pub fn options(mut self, options: HubOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Replaces the lifetime manager (e.g. with a backplane). Call it before
+    /// [`context`](Self::context), whose handle uses the manager of the moment.
+    pub fn lifetime_manager(mut self, manager: Arc<dyn LifetimeManager>) -> Self {
+        self.lifetime = manager;
+        self
+    }
+
+    /// Authenticates negotiate and transport requests. Without one, every
+    /// connection is anonymous.
+    pub fn authenticator(mut self, authenticator: impl Authenticator) -> Self {
+        self.authenticator = Some(Arc::new(authenticator));
+        self
+    }
+
+    /// Ties the endpoint's connections to a shared [`Shutdown`].
+    pub fn shutdown(mut self, shutdown: &Shutdown) -> Self {
+        self.shutdown = shutdown.clone();
+        self
+    }
+
+    /// A handle for sending to this hub's clients from any task.
+    pub fn context(&self) -> HubContext {
+        HubContext::new(Arc::new(HubShared {
+            lifetime: Arc::clone(&self.lifetime),
+            options: self.options.clone(),
+        }))
+    }
+
+    /// The routes of this hub, to be nested at the hub's path.
+    pub fn into_router<S>(self) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        let endpoint = Arc::new(Endpoint {
+            methods: Methods::new(),
+            hub: self.hub,
+            shared: Arc::new(HubShared {
+                lifetime: self.lifetime,
+                options: self.options,
+            }),
+            authenticator: self.authenticator,
+            shutdown: self.shutdown,
+            pending: Mutex::new(Pending::default()),
+        });
+        Router::new()
+            .route("/negotiate", post(negotiate::<H>))
+            .route("/", get(connect::<H>))
+            .with_state(endpoint)
+    }
+}
+
+/// The state behind a mounted hub.
+pub(crate) struct Endpoint<H: Hub> {
+    pub hub: Arc<H>,
+    pub methods: Methods<H>,
+    pub shared: Arc<HubShared>,
+    pub shutdown: Shutdown,
+    authenticator: Option<SharedAuthenticator>,
+    pending: Mutex<Pending>,
+}
+
+impl<H: Hub> Endpoint<H> {
+    async fn authenticate(&self, parts: &Parts) -> Result<Principal, Response> {
+        let Some(authenticator) = &self.authenticator else {
+            return Ok(Principal::anonymous());
+        };
+        authenticator.authenticate(parts).await.map_err(|error| {
+            tracing::debug!(%error, "request refused");
+            match error {
+                // Empty bodies: the TS client builds its error from the
+                // status text then ("Unauthorized: Status code '401'").
+                AuthError::Forbidden(_) => StatusCode::FORBIDDEN.into_response(),
+                _ => StatusCode::UNAUTHORIZED.into_response(),
+            }
+        })
+    }
+
+    fn transports(&self) -> Vec<AvailableTransport> {
+        let mut list = Vec::new();
+        if self.shared.options.websockets {
+            list.push(AvailableTransport {
+                transport: TransportType::WebSockets,
+                transfer_formats: vec![TransferFormat::Text, TransferFormat::Binary],
+            });
+        }
+        list
+    }
+
+    fn take_pending(&self, token: &str) -> Option<Arc<str>> {
+        let timeout = self.shared.options.disconnect_timeout;
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.expire(timeout);
+        pending.by_token.remove(token).map(|(id, _)| id)
+    }
+
+    fn add_pending(&self, token: String, id: Arc<str>) {
+        let timeout = self.shared.options.disconnect_timeout;
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.expire(timeout);
+        let now = Instant::now();
+        pending.order.push_back((now, token.clone()));
+        pending.by_token.insert(token, (id, now));
+    }
+}
+
+/// Negotiated connections whose transport has not arrived yet. They expire
+/// after `disconnect_timeout`; `order` lets expiry run in O(expired).
+#[derive(Default)]
+struct Pending {
+    by_token: HashMap<String, (Arc<str>, Instant)>,
+    order: VecDeque<(Instant, String)>,
+}
+
+impl Pending {
+    fn expire(&mut self, timeout: Duration) {
+        let now = Instant::now();
+        while let Some((created, _)) = self.order.front() {
+            if now.duration_since(*created) < timeout {
+                break;
+            }
+            if let Some((created, token)) = self.order.pop_front()
+                && self
+                    .by_token
+                    .get(&token)
+                    .is_some_and(|(_, c)| *c == created)
+            {
+                self.by_token.remove(&token);
+            }
+        }
+    }
+}
+
+/// A new random id: 16 random bytes, base64url without padding (22 chars),
+/// as ASP.NET Core makes them.
+pub(crate) fn new_id() -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>())
+}
+
+fn query_value(parts: &Parts, key: &str) -> Option<String> {
+    let query = parts.uri.query()?;
+    form_urlencoded_pairs(query)
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| v)
+}
+
+fn json_response(body: &NegotiateResponse) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+fn unavailable() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The server is shutting down.",
+    )
+        .into_response()
+}
+
+async fn negotiate<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Request) -> Response {
+    let (parts, _body) = request.into_parts();
+    if endpoint.shutdown.is_shutting_down() {
+        return unavailable();
+    }
+    let version = match query_value(&parts, "negotiateVersion") {
+        None => 0,
+        Some(raw) => match raw.parse::<i64>() {
+            Err(_) => {
+                return json_response(&NegotiateResponse::error(format!(
+                    "The client requested an invalid protocol version '{raw}'"
+                )));
+            }
+            Ok(v) if v < 0 => {
+                return json_response(&NegotiateResponse::error(format!(
+                    "The client requested version '{v}', but the server does not support this version."
+                )));
+            }
+            Ok(v) => v.min(1) as u32,
+        },
+    };
+    if let Err(response) = endpoint.authenticate(&parts).await {
+        return response;
+    }
+    let connection_id = new_id();
+    let token = if version >= 1 {
+        new_id()
+    } else {
+        connection_id.clone()
+    };
+    endpoint.add_pending(token.clone(), Arc::from(connection_id.as_str()));
+    json_response(&NegotiateResponse {
+        negotiate_version: Some(version),
+        connection_id: Some(connection_id),
+        connection_token: (version >= 1).then_some(token),
+        available_transports: endpoint.transports(),
+        ..Default::default()
+    })
+}
+
+async fn connect<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Request) -> Response {
+    let (mut parts, _body) = request.into_parts();
+    if endpoint.shutdown.is_shutting_down() {
+        return unavailable();
+    }
+    let is_websocket = parts
+        .headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if !is_websocket {
+        let event_stream = parts
+            .headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/event-stream"));
+        let name = if event_stream {
+            "ServerSentEvents"
+        } else {
+            "LongPolling"
+        };
+        return (
+            StatusCode::NOT_FOUND,
+            format!("{name} transport not supported by this end point type"),
+        )
+            .into_response();
+    }
+    if !endpoint.shared.options.websockets {
+        return (
+            StatusCode::NOT_FOUND,
+            "WebSockets transport not supported by this end point type",
+        )
+            .into_response();
+    }
+    let principal = match endpoint.authenticate(&parts).await {
+        Ok(principal) => principal,
+        Err(response) => return response,
+    };
+    let connection_id = match query_value(&parts, "id") {
+        Some(token) => match endpoint.take_pending(&token) {
+            Some(id) => id,
+            None => return (StatusCode::NOT_FOUND, "No Connection with that ID").into_response(),
+        },
+        // Negotiation skipped: a new connection whose token is its id.
+        None => Arc::from(new_id().as_str()),
+    };
+    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let query = parts
+        .uri
+        .query()
+        .map(|q| {
+            form_urlencoded_pairs(q)
+                // The token is a credential: keep it out of the context.
+                .filter(|(k, _)| k != "access_token")
+                .collect()
+        })
+        .unwrap_or_default();
+    let init = ConnectionInit {
+        id: connection_id,
+        // Replaced by the handshake's choice.
+        protocol: tidings_protocol::Protocol::Json,
+        principal,
+        query,
+        headers: parts.headers,
+    };
+    let frame_limit = endpoint
+        .shared
+        .options
+        .maximum_receive_message_size
+        .map_or(64 << 20, |limit| limit.saturating_mul(4).max(1 << 20));
+    let tracker = endpoint.shutdown.tracker().clone();
+    upgrade
+        .max_message_size(frame_limit)
+        .max_frame_size(frame_limit)
+        .on_upgrade(move |socket| {
+            tracker.track_future(transport::websocket::serve(endpoint, socket, init))
+        })
+}

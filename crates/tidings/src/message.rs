@@ -1,0 +1,135 @@
+//! [`SerializedMessage`]: one outgoing invocation, serialized at most once per
+//! hub protocol however many connections receive it.
+//!
+//! A broadcast to ten thousand connections creates one `SerializedMessage`
+//! behind an `Arc`. Each connection's writer asks it for the frame of its own
+//! protocol; the first writer of each protocol serializes, every other one
+//! gets the cached bytes (`Bytes` clones are reference counts). A backplane
+//! that received frames already serialized builds the message from them with
+//! [`SerializedMessage::from_frames`] and nothing is serialized again.
+
+use std::{fmt, sync::OnceLock};
+
+use bytes::Bytes;
+use tidings_protocol::{HubMessage, Invocation, Protocol, ToArguments};
+
+use crate::SendError;
+
+type ErasedArguments = Box<dyn ToArguments + Send + Sync>;
+
+/// An invocation of a client method, serialized lazily and at most once per
+/// protocol.
+pub struct SerializedMessage {
+    target: Box<str>,
+    arguments: Option<ErasedArguments>,
+    json: OnceLock<Option<Bytes>>,
+    msgpack: OnceLock<Option<Bytes>>,
+}
+
+impl SerializedMessage {
+    /// An invocation of `target` on the client with `arguments`.
+    pub fn invocation(
+        target: impl Into<Box<str>>,
+        arguments: impl ToArguments + Send + Sync + 'static,
+    ) -> Self {
+        SerializedMessage {
+            target: target.into(),
+            arguments: Some(Box::new(arguments)),
+            json: OnceLock::new(),
+            msgpack: OnceLock::new(),
+        }
+    }
+
+    /// A message whose frames (with their record separator or length prefix)
+    /// were serialized elsewhere, e.g. by another server of a backplane.
+    /// A protocol without a frame cannot be delivered.
+    pub fn from_frames(json: Option<Bytes>, msgpack: Option<Bytes>) -> Self {
+        SerializedMessage {
+            target: "".into(),
+            arguments: None,
+            json: OnceLock::from(json),
+            msgpack: OnceLock::from(msgpack),
+        }
+    }
+
+    /// The complete frame of this message in `protocol`, serializing it on
+    /// first use. `None` if the arguments cannot be serialized in it.
+    pub fn frame(&self, protocol: Protocol) -> Option<Bytes> {
+        let cell = match protocol {
+            Protocol::Json => &self.json,
+            Protocol::MessagePack => &self.msgpack,
+        };
+        cell.get_or_init(|| match self.serialize(protocol) {
+            Ok(bytes) => Some(bytes),
+            Err(error) => {
+                tracing::warn!(target = %self.target, %protocol, %error, "cannot serialize a message");
+                None
+            }
+        })
+        .clone()
+    }
+
+    /// Serializes now, reporting the error instead of logging it. Used by
+    /// senders that want to fail early (e.g. before publishing to a backplane).
+    pub fn try_frame(&self, protocol: Protocol) -> Result<Bytes, SendError> {
+        let cell = match protocol {
+            Protocol::Json => &self.json,
+            Protocol::MessagePack => &self.msgpack,
+        };
+        if let Some(cached) = cell.get() {
+            return cached.clone().ok_or(SendError::NoFrame(protocol));
+        }
+        let bytes = self.serialize(protocol)?;
+        Ok(cell
+            .get_or_init(|| Some(bytes.clone()))
+            .clone()
+            .unwrap_or(bytes))
+    }
+
+    fn serialize(&self, protocol: Protocol) -> Result<Bytes, SendError> {
+        let Some(arguments) = &self.arguments else {
+            return Err(SendError::NoFrame(protocol));
+        };
+        let arguments = arguments.to_arguments(protocol)?;
+        let message = HubMessage::Invocation(Invocation::new(self.target.to_string(), arguments));
+        let mut out = Vec::with_capacity(64);
+        protocol.write_message(&message, &mut out)?;
+        Ok(Bytes::from(out))
+    }
+}
+
+impl fmt::Debug for SerializedMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SerializedMessage")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serializes_once_per_protocol() {
+        let msg = SerializedMessage::invocation("Hello", ("a", 1));
+        let json = msg.frame(Protocol::Json).expect("json");
+        assert_eq!(
+            &json[..],
+            b"{\"type\":1,\"target\":\"Hello\",\"arguments\":[\"a\",1]}\x1e"
+        );
+        let again = msg.frame(Protocol::Json).expect("json");
+        // The same allocation: the second call did not serialize again.
+        assert_eq!(json.as_ptr(), again.as_ptr());
+        let mp = msg.frame(Protocol::MessagePack).expect("msgpack");
+        assert_eq!(mp[0] as usize, mp.len() - 1);
+    }
+
+    #[test]
+    fn prebuilt_frames() {
+        let msg = SerializedMessage::from_frames(Some(Bytes::from_static(b"x\x1e")), None);
+        assert_eq!(msg.frame(Protocol::Json).as_deref(), Some(&b"x\x1e"[..]));
+        assert!(msg.frame(Protocol::MessagePack).is_none());
+        assert!(msg.try_frame(Protocol::MessagePack).is_err());
+    }
+}

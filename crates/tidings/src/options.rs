@@ -1,0 +1,139 @@
+//! [`HubOptions`]: per-hub settings, with ASP.NET Core SignalR's defaults.
+
+use std::time::Duration;
+
+use tidings_protocol::Protocol;
+
+/// Settings of one hub endpoint.
+///
+/// The defaults are ASP.NET Core's, so clients tuned for it behave the same:
+///
+/// | setting | default |
+/// |---|---|
+/// | [`keep_alive_interval`](Self::keep_alive_interval) | 15 s |
+/// | [`client_timeout_interval`](Self::client_timeout_interval) | 30 s |
+/// | [`handshake_timeout`](Self::handshake_timeout) | 15 s |
+/// | [`maximum_receive_message_size`](Self::maximum_receive_message_size) | 32 KiB |
+/// | [`enable_detailed_errors`](Self::enable_detailed_errors) | off |
+/// | [`maximum_parallel_invocations_per_client`](Self::maximum_parallel_invocations_per_client) | 1 |
+/// | [`stream_buffer_capacity`](Self::stream_buffer_capacity) | 10 |
+/// | [`disconnect_timeout`](Self::disconnect_timeout) | 15 s |
+/// | [`outbound_buffer_capacity`](Self::outbound_buffer_capacity) | 1024 messages |
+///
+/// ```
+/// use std::time::Duration;
+/// let options = tidings::HubOptions::default()
+///     .keep_alive_interval(Duration::from_secs(10))
+///     .enable_detailed_errors(true);
+/// # let _ = options;
+/// ```
+#[derive(Debug, Clone)]
+pub struct HubOptions {
+    pub(crate) keep_alive_interval: Duration,
+    pub(crate) client_timeout_interval: Duration,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) maximum_receive_message_size: Option<usize>,
+    pub(crate) enable_detailed_errors: bool,
+    pub(crate) maximum_parallel_invocations_per_client: usize,
+    pub(crate) stream_buffer_capacity: usize,
+    pub(crate) disconnect_timeout: Duration,
+    pub(crate) outbound_buffer_capacity: usize,
+    pub(crate) supported_protocols: Vec<Protocol>,
+    pub(crate) websockets: bool,
+}
+
+impl Default for HubOptions {
+    fn default() -> Self {
+        HubOptions {
+            keep_alive_interval: Duration::from_secs(15),
+            client_timeout_interval: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(15),
+            maximum_receive_message_size: Some(32 * 1024),
+            enable_detailed_errors: false,
+            maximum_parallel_invocations_per_client: 1,
+            stream_buffer_capacity: 10,
+            disconnect_timeout: Duration::from_secs(15),
+            outbound_buffer_capacity: 1024,
+            supported_protocols: vec![Protocol::Json, Protocol::MessagePack],
+            websockets: true,
+        }
+    }
+}
+
+impl HubOptions {
+    /// How long the server may stay silent before it sends a Ping.
+    pub fn keep_alive_interval(mut self, value: Duration) -> Self {
+        self.keep_alive_interval = value;
+        self
+    }
+
+    /// How long a client may stay silent (no message, no Ping) before the
+    /// server closes it. Armed by the client's first Ping, as in ASP.NET Core.
+    pub fn client_timeout_interval(mut self, value: Duration) -> Self {
+        self.client_timeout_interval = value;
+        self
+    }
+
+    /// How long a client has to complete the handshake.
+    pub fn handshake_timeout(mut self, value: Duration) -> Self {
+        self.handshake_timeout = value;
+        self
+    }
+
+    /// The largest single message (framed size) a client may send; `None`
+    /// means unlimited. A larger message closes the connection with an error.
+    pub fn maximum_receive_message_size(mut self, value: Option<usize>) -> Self {
+        self.maximum_receive_message_size = value;
+        self
+    }
+
+    /// Send the real error text of failing hub methods to clients.
+    pub fn enable_detailed_errors(mut self, value: bool) -> Self {
+        self.enable_detailed_errors = value;
+        self
+    }
+
+    /// How many non-streaming invocations of one client may run at once.
+    /// Further invocations wait (the server stops reading the connection).
+    pub fn maximum_parallel_invocations_per_client(mut self, value: usize) -> Self {
+        self.maximum_parallel_invocations_per_client = value.max(1);
+        self
+    }
+
+    /// How many items of one stream may be queued.
+    pub fn stream_buffer_capacity(mut self, value: usize) -> Self {
+        self.stream_buffer_capacity = value.max(1);
+        self
+    }
+
+    /// How long a negotiated connection may wait for its transport.
+    pub fn disconnect_timeout(mut self, value: Duration) -> Self {
+        self.disconnect_timeout = value;
+        self
+    }
+
+    /// How many messages may wait in one connection's outbound queue.
+    ///
+    /// This is the slow-consumer policy: a message sent to a connection whose
+    /// queue is full (a client that does not read) closes that connection
+    /// with [`ConnectionError::SlowConsumer`](crate::ConnectionError), instead
+    /// of letting its memory grow or slowing the sender down. Replies to the
+    /// connection's own invocations are not dropped: they wait for room,
+    /// which pauses reading from that client.
+    pub fn outbound_buffer_capacity(mut self, value: usize) -> Self {
+        self.outbound_buffer_capacity = value.max(1);
+        self
+    }
+
+    /// The hub protocols clients may choose (default: JSON and MessagePack).
+    pub fn supported_protocols(mut self, protocols: impl IntoIterator<Item = Protocol>) -> Self {
+        self.supported_protocols = protocols.into_iter().collect();
+        self
+    }
+
+    /// Enable or disable the WebSockets transport (enabled by default).
+    pub fn websockets(mut self, enabled: bool) -> Self {
+        self.websockets = enabled;
+        self
+    }
+}

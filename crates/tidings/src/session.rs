@@ -1,0 +1,395 @@
+//! The hub session: everything between a transport's first byte and its
+//! last, independent of which transport carries the bytes.
+//!
+//! A transport hands the session a stream of inbound chunks and spawns a
+//! writer that drains the connection's outbound queue. The session then
+//! owns the connection for its whole life: handshake, registration with the
+//! lifetime manager, `on_connected`, the read loop with its timers and
+//! invocation tasks, and the teardown (Close message, leaving groups,
+//! `on_disconnected`). Invocation tasks live in a `JoinSet` owned by the
+//! session, so none outlives its connection.
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use tidings_protocol::{
+    Close, DecodeError, HubMessage, Invocation, MessageDecoder, Protocol, handshake,
+};
+use tokio::{
+    sync::Semaphore,
+    task::JoinSet,
+    time::{Instant, sleep_until},
+};
+
+use crate::{
+    ConnectionError, ConnectionHandle, Context, HubOptions,
+    connection::AbortReason,
+    dispatch::{self, Prepared},
+    endpoint::Endpoint,
+    hub::Hub,
+};
+
+/// What a transport yields: a chunk of bytes, or why it failed. The end of
+/// the stream is a clean close.
+pub(crate) type InboundChunk = Result<Bytes, ConnectionError>;
+
+/// The handshake's outcome.
+pub(crate) enum Handshake {
+    /// Accepted: the protocol, and bytes that followed the handshake.
+    Accepted {
+        protocol: Protocol,
+        leftover: Vec<u8>,
+    },
+    /// Refused: send this error response, then close.
+    Refused(String),
+    /// The client went away before completing it: send nothing.
+    Gone,
+}
+
+impl Handshake {
+    /// The complete handshake answer frame for an accepted or refused handshake.
+    pub(crate) fn response(error: Option<&str>) -> Bytes {
+        let mut out = Vec::with_capacity(32);
+        handshake::write_response(error, &mut out);
+        Bytes::from(out)
+    }
+}
+
+/// Reads the handshake request from `inbound`.
+pub(crate) async fn read_handshake<S>(
+    inbound: &mut S,
+    options: &HubOptions,
+    binary_allowed: bool,
+) -> Handshake
+where
+    S: Stream<Item = InboundChunk> + Unpin,
+{
+    const CANCELED: &str = "Handshake was canceled.";
+    let deadline = sleep_until(Instant::now() + options.handshake_timeout);
+    tokio::pin!(deadline);
+    let limit = options.maximum_receive_message_size;
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        tokio::select! {
+            () = &mut deadline => return Handshake::Refused(CANCELED.to_owned()),
+            chunk = inbound.next() => match chunk {
+                Some(Ok(bytes)) => buf.extend_from_slice(&bytes),
+                _ => return Handshake::Gone,
+            },
+        }
+        let (request, used) = match handshake::parse_request(&buf) {
+            Ok(None) => {
+                if limit.is_some_and(|l| buf.len() > l) {
+                    return Handshake::Refused(CANCELED.to_owned());
+                }
+                continue;
+            }
+            Ok(Some(parsed)) => parsed,
+            Err(error) => {
+                let mut text =
+                    "An unexpected error occurred during connection handshake.".to_owned();
+                if options.enable_detailed_errors {
+                    text.push_str(&format!(" InvalidDataException: {error}"));
+                }
+                return Handshake::Refused(text);
+            }
+        };
+        if limit.is_some_and(|l| used > l) {
+            return Handshake::Refused(CANCELED.to_owned());
+        }
+        let protocol = Protocol::from_name(&request.protocol)
+            .filter(|p| options.supported_protocols.contains(p));
+        let Some(protocol) = protocol else {
+            return Handshake::Refused(format!(
+                "The protocol '{}' is not supported.",
+                request.protocol
+            ));
+        };
+        if request.version > 2 {
+            return Handshake::Refused(format!(
+                "The server does not support version {} of the '{}' protocol.",
+                request.version, request.protocol
+            ));
+        }
+        if protocol == Protocol::MessagePack && !binary_allowed {
+            return Handshake::Refused(format!(
+                "Cannot use the '{}' protocol on the current transport. The transport does not support 'Binary' transfer format.",
+                request.protocol
+            ));
+        }
+        return Handshake::Accepted {
+            protocol,
+            leftover: buf.split_off(used),
+        };
+    }
+}
+
+/// Why the read loop ended.
+enum End {
+    /// The client sent a Close message (with its error, if any).
+    ClientClosed(Option<String>),
+    /// The transport ended cleanly.
+    TransportClosed,
+    /// The transport failed.
+    TransportFailed(String),
+    /// Nothing arrived within the client timeout.
+    ClientTimeout,
+    /// Unreadable input, or a message over the size limit.
+    InvalidData(DecodeError),
+    /// Aborted from outside the read loop.
+    Aborted(Option<AbortReason>),
+    /// The server is shutting down.
+    Shutdown,
+    /// `on_connected` failed with this error text (already formatted).
+    OnConnectedFailed(String),
+}
+
+impl End {
+    /// The Close message to send and the error to hand to `on_disconnected`.
+    fn into_parts(self, detailed: bool) -> (Option<Close>, Option<ConnectionError>) {
+        fn with_error(error: &ConnectionError, detailed: bool) -> Close {
+            let mut text = "Connection closed with an error.".to_owned();
+            if detailed || error.always_shown() {
+                text.push(' ');
+                text.push_str(&error.to_string());
+            }
+            Close {
+                error: Some(text),
+                allow_reconnect: true,
+            }
+        }
+        let reconnect = Close {
+            error: None,
+            allow_reconnect: true,
+        };
+        match self {
+            End::ClientClosed(error) => (
+                Some(Close::default()),
+                error.map(ConnectionError::ClosedByClient),
+            ),
+            End::TransportClosed => (Some(reconnect), None),
+            End::TransportFailed(e) => (Some(reconnect), Some(ConnectionError::Transport(e))),
+            End::ClientTimeout => {
+                let error = ConnectionError::ClientTimeout;
+                (Some(with_error(&error, detailed)), Some(error))
+            }
+            End::InvalidData(e) => {
+                let error = ConnectionError::InvalidData(e.to_string());
+                (Some(with_error(&error, detailed)), Some(error))
+            }
+            End::Aborted(reason) => match reason.and_then(AbortReason::into_error) {
+                // Context::abort(): a plain Close, no reconnect.
+                None => (Some(Close::default()), None),
+                // A slow consumer or a dead transport cannot take a Close.
+                Some(error) => (None, Some(error)),
+            },
+            End::Shutdown => (Some(reconnect), None),
+            End::OnConnectedFailed(text) => (
+                Some(Close {
+                    error: Some(text.clone()),
+                    allow_reconnect: false,
+                }),
+                Some(ConnectionError::OnConnected(text)),
+            ),
+        }
+    }
+}
+
+/// Runs an accepted connection to its end.
+pub(crate) async fn run<H, S>(
+    endpoint: Arc<Endpoint<H>>,
+    connection: ConnectionHandle,
+    mut inbound: S,
+    leftover: Vec<u8>,
+) where
+    H: Hub,
+    S: Stream<Item = InboundChunk> + Unpin,
+{
+    let options = &endpoint.shared.options;
+    let detailed = options.enable_detailed_errors;
+    let cx = Context::new(connection.clone(), Arc::clone(&endpoint.shared));
+    let lifetime = &endpoint.shared.lifetime;
+
+    lifetime.on_connected(&connection).await;
+    tracing::debug!(connection_id = %connection.id(), protocol = %connection.protocol(), "connected");
+
+    let end = match Arc::clone(&endpoint.hub).on_connected(cx.clone()).await {
+        Err(error) => {
+            let mut text = "Connection closed with an error.".to_owned();
+            if let Some(detail) = error.detail(detailed) {
+                text.push(' ');
+                text.push_str(&detail);
+            }
+            End::OnConnectedFailed(text)
+        }
+        Ok(()) => {
+            let mut reader = Reader {
+                endpoint: &endpoint,
+                cx: &cx,
+                decoder: MessageDecoder::new(
+                    connection.protocol(),
+                    options.maximum_receive_message_size,
+                ),
+                slots: Arc::new(Semaphore::new(
+                    options.maximum_parallel_invocations_per_client,
+                )),
+                tasks: JoinSet::new(),
+                timeout_armed: false,
+            };
+            reader.decoder.push(&leftover);
+            reader.read_loop(&mut inbound).await
+        }
+    };
+
+    let (close, error) = end.into_parts(detailed);
+    let frame = close.map(|close| encode(connection.protocol(), &HubMessage::Close(close)));
+    connection.send_close(frame);
+    tracing::debug!(connection_id = %connection.id(), error = ?error, "disconnected");
+
+    lifetime.on_disconnected(&connection).await;
+    Arc::clone(&endpoint.hub).on_disconnected(cx, error).await;
+}
+
+/// Serializes a message the server itself produced (Close, Completion, Ping).
+pub(crate) fn encode(protocol: Protocol, message: &HubMessage) -> Bytes {
+    let mut out = Vec::with_capacity(64);
+    if let Err(error) = protocol.write_message(message, &mut out) {
+        // Only payloads can fail to serialize, and those were serialized
+        // (and checked) already when the payload was built.
+        tracing::error!(%error, "cannot serialize a server message");
+    }
+    Bytes::from(out)
+}
+
+/// The read side of one connection.
+struct Reader<'a, H: Hub> {
+    endpoint: &'a Arc<Endpoint<H>>,
+    cx: &'a Context,
+    decoder: MessageDecoder,
+    /// `MaximumParallelInvocationsPerClient`: a permit per running invocation.
+    slots: Arc<Semaphore>,
+    tasks: JoinSet<()>,
+    /// The client timeout starts with the client's first Ping, as in ASP.NET
+    /// Core, so that clients that never ping are not cut off.
+    timeout_armed: bool,
+}
+
+impl<H: Hub> Reader<'_, H> {
+    async fn read_loop<S>(&mut self, inbound: &mut S) -> End
+    where
+        S: Stream<Item = InboundChunk> + Unpin,
+    {
+        let connection = self.cx.connection().clone();
+        let shutdown = self.endpoint.shutdown.token().clone();
+        let client_timeout = self.endpoint.shared.options.client_timeout_interval;
+        let timeout = sleep_until(far_future());
+        tokio::pin!(timeout);
+        let mut last_activity = Instant::now();
+        loop {
+            // Dispatch everything already buffered before reading more.
+            loop {
+                match self.decoder.next_message() {
+                    Ok(Some(message)) => {
+                        if let Some(end) = self.handle(message, &shutdown).await {
+                            return end;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(error) => return End::InvalidData(error),
+                }
+            }
+            if self.timeout_armed {
+                timeout.as_mut().reset(last_activity + client_timeout);
+            }
+            tokio::select! {
+                biased;
+                () = connection.aborted().cancelled() => return End::Aborted(connection.abort_reason()),
+                () = shutdown.cancelled() => return End::Shutdown,
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+                () = &mut timeout, if self.timeout_armed => return End::ClientTimeout,
+                chunk = inbound.next() => match chunk {
+                    None => return End::TransportClosed,
+                    Some(Err(error)) => return End::TransportFailed(error.to_string()),
+                    Some(Ok(bytes)) => {
+                        last_activity = Instant::now();
+                        self.decoder.push(&bytes);
+                    }
+                },
+            }
+        }
+    }
+
+    /// Handles one message; `Some` ends the connection.
+    async fn handle(
+        &mut self,
+        message: HubMessage,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Option<End> {
+        match message {
+            HubMessage::Invocation(invocation) => self.invoke(invocation, false, shutdown).await,
+            HubMessage::StreamInvocation(invocation) => {
+                self.invoke(invocation, true, shutdown).await
+            }
+            HubMessage::Ping => {
+                self.timeout_armed = true;
+                None
+            }
+            HubMessage::Close(close) => Some(End::ClientClosed(close.error)),
+            // Upload streams, client results and stateful reconnect are not
+            // enabled on this server yet; their messages are ignored, as
+            // ASP.NET Core ignores messages for unknown ids.
+            HubMessage::StreamItem(_)
+            | HubMessage::Completion(_)
+            | HubMessage::CancelInvocation(_)
+            | HubMessage::Ack { .. }
+            | HubMessage::Sequence { .. } => None,
+        }
+    }
+
+    async fn invoke(
+        &mut self,
+        invocation: Invocation,
+        streaming: bool,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Option<End> {
+        let connection = self.cx.connection();
+        let detailed = self.endpoint.shared.options.enable_detailed_errors;
+        let method =
+            match dispatch::prepare(&self.endpoint.methods, &invocation, streaming, detailed) {
+                Prepared::Run(method) => method,
+                Prepared::Reject(text) => {
+                    if let Some(id) = invocation.invocation_id {
+                        let completion = tidings_protocol::Completion::error(id, text);
+                        let frame =
+                            encode(connection.protocol(), &HubMessage::Completion(completion));
+                        connection.send_frame(frame).await;
+                    }
+                    return None;
+                }
+            };
+        // When every slot is taken, stop reading this client until one frees
+        // up: back-pressure, never an error (ASP.NET Core does the same).
+        let permit = tokio::select! {
+            permit = Arc::clone(&self.slots).acquire_owned() => permit.ok()?,
+            () = connection.aborted().cancelled() => return Some(End::Aborted(connection.abort_reason())),
+            () = shutdown.cancelled() => return Some(End::Shutdown),
+        };
+        let hub = Arc::clone(&self.endpoint.hub);
+        let cx = self.cx.clone();
+        self.tasks.spawn(async move {
+            let _permit = permit;
+            let connection = cx.connection().clone();
+            if let Some(reply) = dispatch::run_unary(hub, method, cx, invocation).await {
+                let frame = encode(connection.protocol(), &reply);
+                connection.send_frame(frame).await;
+            }
+        });
+        None
+    }
+}
+
+fn far_future() -> Instant {
+    // About thirty years: an unarmed timer that never fires.
+    Instant::now() + Duration::from_secs(86_400 * 365 * 30)
+}

@@ -1,0 +1,5 @@
+//! Transports: how the bytes of a hub session travel. Each transport turns
+//! its requests into an inbound chunk stream for the session and drains the
+//! connection's outbound queue into its own framing.
+
+pub(crate) mod websocket;

@@ -1,0 +1,213 @@
+//! The WebSocket transport.
+//!
+//! One task per connection runs two futures side by side: the session (which
+//! reads the socket) and the writer (which owns the sink and drains the
+//! outbound queue). Neither is spawned separately, so both end with the
+//! connection's task and nothing leaks.
+//!
+//! Framing: JSON connections get Text frames, MessagePack connections Binary
+//! frames (the handshake answer too, as ASP.NET Core does). The writer packs
+//! every message waiting in the queue into one frame — clients split frames
+//! on record separators / length prefixes — which turns a burst of small
+//! broadcasts into few syscalls. A single waiting message is sent without a
+//! copy: its `Bytes` are shared with every other recipient.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use bytes::Bytes;
+use futures_util::{
+    SinkExt, StreamExt,
+    stream::{SplitSink, SplitStream},
+};
+use tidings_protocol::{HubMessage, Protocol};
+use tokio::{
+    sync::mpsc,
+    time::{Instant, sleep_until, timeout},
+};
+
+use crate::{
+    ConnectionError, ConnectionHandle,
+    connection::{AbortReason, ConnectionInit, Outbound},
+    endpoint::Endpoint,
+    hub::Hub,
+    session::{self, Handshake, InboundChunk},
+};
+
+/// ASP.NET Core's `TransportSendTimeout`: a write blocked this long means
+/// the peer is gone or hopeless.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// ASP.NET Core's `WebSockets.CloseTimeout`.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest batch the writer builds from queued messages.
+const MAX_BATCH: usize = 64 * 1024;
+
+pub(crate) async fn serve<H: Hub>(
+    endpoint: Arc<Endpoint<H>>,
+    socket: WebSocket,
+    mut init: ConnectionInit,
+) {
+    let (mut sink, stream) = socket.split();
+    let mut inbound = inbound(stream);
+    let options = &endpoint.shared.options;
+    let (protocol, leftover) = match session::read_handshake(&mut inbound, options, true).await {
+        Handshake::Accepted {
+            protocol, leftover, ..
+        } => (protocol, leftover),
+        Handshake::Refused(error) => {
+            tracing::debug!(%error, "handshake refused");
+            let frame = Handshake::response(Some(&error));
+            // No protocol was agreed: the answer goes out as text.
+            if let Ok(text) = Utf8Bytes::try_from(frame) {
+                let _ = timeout(SEND_TIMEOUT, sink.send(Message::Text(text))).await;
+            }
+            close(&mut sink, 1000).await;
+            return;
+        }
+        Handshake::Gone => return,
+    };
+    init.protocol = protocol;
+    let (tx, rx) = mpsc::channel(options.outbound_buffer_capacity);
+    let connection = ConnectionHandle::new(init, tx);
+    // The handshake answer is the first thing in the queue, so it precedes
+    // anything `on_connected` sends.
+    connection.send_frame(Handshake::response(None)).await;
+    let writer = write_loop(sink, rx, connection.clone(), options.keep_alive_interval);
+    let session = session::run(Arc::clone(&endpoint), connection, inbound, leftover);
+    tokio::join!(writer, session);
+}
+
+/// Turns the socket's read half into the session's chunk stream: data
+/// frames become chunks (the opcode is ignored, as ASP.NET Core ignores
+/// it), a Close frame ends the stream, and an error fails it.
+fn inbound(
+    stream: SplitStream<WebSocket>,
+) -> impl futures_util::Stream<Item = InboundChunk> + Unpin + Send {
+    stream
+        .take_while(|item| std::future::ready(!matches!(item, Ok(Message::Close(_)))))
+        .filter_map(|item| {
+            std::future::ready(match item {
+                Ok(Message::Text(text)) => Some(Ok(Bytes::from(text))),
+                Ok(Message::Binary(bytes)) => Some(Ok(bytes)),
+                Ok(_) => None,
+                Err(error) => Some(Err(ConnectionError::Transport(error.to_string()))),
+            })
+        })
+}
+
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Outbound>,
+    connection: ConnectionHandle,
+    keep_alive: Duration,
+) {
+    let protocol = connection.protocol();
+    let ping = session::encode(protocol, &HubMessage::Ping);
+    let idle = sleep_until(Instant::now() + keep_alive);
+    tokio::pin!(idle);
+    let mut batch: Vec<u8> = Vec::new();
+    let mut code = 1000;
+    loop {
+        let first = tokio::select! {
+            biased;
+            () = connection.killed() => break,
+            item = rx.recv() => match item {
+                Some(item) => item,
+                None => break,
+            },
+            () = &mut idle => Outbound::Frame(ping.clone()),
+        };
+        let mut closing = false;
+        let frame = match collect(first, &mut rx, &mut batch, protocol, &mut closing) {
+            Some(frame) => frame,
+            None if closing => break,
+            None => continue,
+        };
+        let message = match protocol {
+            Protocol::Json => match Utf8Bytes::try_from(frame) {
+                Ok(text) => Message::Text(text),
+                Err(_) => {
+                    tracing::error!("a JSON frame is not UTF-8; dropped");
+                    continue;
+                }
+            },
+            Protocol::MessagePack => Message::Binary(frame),
+        };
+        match timeout(SEND_TIMEOUT, sink.send(message)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                connection.abort_with(AbortReason::Transport(error.to_string()));
+                code = 1011;
+                break;
+            }
+            Err(_) => {
+                connection.abort_with(AbortReason::Transport(
+                    "a write to the transport timed out".to_owned(),
+                ));
+                code = 1011;
+                break;
+            }
+        }
+        idle.as_mut().reset(Instant::now() + keep_alive);
+        if closing {
+            break;
+        }
+    }
+    close(&mut sink, code).await;
+}
+
+/// Builds one frame from `first` and whatever else is already queued.
+/// Sets `closing` when the queue's final entry was reached.
+fn collect(
+    first: Outbound,
+    rx: &mut mpsc::Receiver<Outbound>,
+    batch: &mut Vec<u8>,
+    protocol: Protocol,
+    closing: &mut bool,
+) -> Option<Bytes> {
+    let mut single = bytes_of(first, protocol, closing);
+    if *closing {
+        return single;
+    }
+    batch.clear();
+    while let Ok(next) = rx.try_recv() {
+        let more = bytes_of(next, protocol, closing);
+        if let Some(more) = more {
+            if let Some(first) = single.take() {
+                batch.extend_from_slice(&first);
+            }
+            batch.extend_from_slice(&more);
+        }
+        if *closing || batch.len() >= MAX_BATCH {
+            break;
+        }
+    }
+    if batch.is_empty() {
+        single
+    } else {
+        Some(Bytes::copy_from_slice(batch))
+    }
+}
+
+fn bytes_of(item: Outbound, protocol: Protocol, closing: &mut bool) -> Option<Bytes> {
+    match item {
+        Outbound::Frame(bytes) => Some(bytes),
+        Outbound::Shared(message) => message.frame(protocol),
+        Outbound::Close(frame) => {
+            *closing = true;
+            frame
+        }
+    }
+}
+
+async fn close(sink: &mut SplitSink<WebSocket, Message>, code: u16) {
+    let frame = Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(""),
+    }));
+    let _ = timeout(CLOSE_TIMEOUT, async {
+        let _ = sink.send(frame).await;
+        let _ = sink.close().await;
+    })
+    .await;
+}

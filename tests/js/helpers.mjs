@@ -1,0 +1,208 @@
+// Shared helpers for the end-to-end suite: start a tidings server on a free
+// port, build official-client connections, sign test tokens, and speak the
+// raw protocol over a WebSocket where a test must see exact frames.
+
+import { spawn } from "node:child_process";
+import { createHmac } from "node:crypto";
+import * as signalR from "@microsoft/signalr";
+import { MessagePackHubProtocol } from "@microsoft/signalr-protocol-msgpack";
+import WebSocket from "ws";
+
+export { signalR };
+export const PROTOCOLS = ["json", "messagepack"];
+export const JWT_SECRET = "tidings-test-secret";
+const RS = "\x1e";
+
+const BIN = process.env.TIDINGS_BIN ?? new URL("../../target/debug/tidings", import.meta.url).pathname;
+
+/** Starts the server on a free port; resolves once it listens. */
+export async function startServer(args = [], env = {}) {
+  const child = spawn(BIN, ["--listen", "127.0.0.1:0", ...args], {
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn", ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let stderr = "";
+  child.stderr.on("data", (d) => (stderr += d));
+  const url = await new Promise((resolve, reject) => {
+    let out = "";
+    const timer = setTimeout(() => reject(new Error(`server did not start: ${stderr}`)), 15000);
+    child.stdout.on("data", (d) => {
+      out += d;
+      const m = out.match(/listening on (http:\/\/[\d.:]+)/);
+      if (m) {
+        clearTimeout(timer);
+        resolve(m[1]);
+      }
+    });
+    child.on("exit", (code) => {
+      clearTimeout(timer);
+      reject(new Error(`server exited with ${code}: ${stderr}`));
+    });
+  });
+  const exited = new Promise((resolve) => child.on("exit", (code, signal) => resolve({ code, signal })));
+  return {
+    url,
+    child,
+    exited,
+    stderr: () => stderr,
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill("SIGKILL");
+      }
+      await exited;
+    },
+  };
+}
+
+/** Signs an HS256 JWT with the suite's secret. */
+export function token(claims, secret = JWT_SECRET) {
+  const b64 = (obj) => Buffer.from(JSON.stringify(obj)).toString("base64url");
+  const body = `${b64({ alg: "HS256", typ: "JWT" })}.${b64(claims)}`;
+  const sig = createHmac("sha256", secret).update(body).digest("base64url");
+  return `${body}.${sig}`;
+}
+
+/** A HubConnection for `path` with the given protocol, not yet started. */
+export function build(server, path, protocol, options = {}) {
+  const httpOptions = {
+    transport: options.transport ?? signalR.HttpTransportType.WebSockets,
+    skipNegotiation: options.skipNegotiation ?? false,
+  };
+  if (options.token) httpOptions.accessTokenFactory = () => options.token;
+  let builder = new signalR.HubConnectionBuilder()
+    .withUrl(`${server.url}${path}`, httpOptions)
+    .configureLogging(signalR.LogLevel.None);
+  if (protocol === "messagepack") builder = builder.withHubProtocol(new MessagePackHubProtocol());
+  if (options.reconnect) builder = builder.withAutomaticReconnect(options.reconnect);
+  const connection = builder.build();
+  if (options.serverTimeout) connection.serverTimeoutInMilliseconds = options.serverTimeout;
+  if (options.keepAlive) connection.keepAliveIntervalInMilliseconds = options.keepAlive;
+  return connection;
+}
+
+/** Builds and starts a connection. */
+export async function connect(server, path, protocol, options = {}) {
+  const connection = build(server, path, protocol, options);
+  if (options.before) options.before(connection);
+  await connection.start();
+  return connection;
+}
+
+/** Resolves with the arguments of the next `method` call on `connection`. */
+export function next(connection, method, timeoutMs = 5000) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      connection.off(method, handler);
+      reject(new Error(`no ${method} within ${timeoutMs} ms`));
+    }, timeoutMs);
+    const handler = (...args) => {
+      clearTimeout(timer);
+      connection.off(method, handler);
+      resolve(args);
+    };
+    connection.on(method, handler);
+  });
+}
+
+/** Records every call of `method`. */
+export function record(connection, method) {
+  const calls = [];
+  connection.on(method, (...args) => calls.push(args));
+  return calls;
+}
+
+/** Resolves with the error passed to `onclose`. */
+export function closed(connection, timeoutMs = 10000) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("connection did not close")), timeoutMs);
+    connection.onclose((error) => {
+      clearTimeout(timer);
+      resolve(error);
+    });
+  });
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Expects `promise` to reject with exactly `message`. */
+export async function rejectsWith(assert, promise, message) {
+  await assert.rejects(promise, (error) => {
+    assert.equal(error.message, message);
+    return true;
+  });
+}
+
+/**
+ * A raw JSON-protocol WebSocket client, for assertions on exact frames.
+ * `frames` collects every parsed message (handshake answers included).
+ */
+export async function rawJson(server, path, { handshake = { protocol: "json", version: 1 }, query = "" } = {}) {
+  const wsUrl = `${server.url.replace("http", "ws")}${path}${query}`;
+  const ws = new WebSocket(wsUrl);
+  const frames = [];
+  const waiters = [];
+  let closeInfo = null;
+  ws.on("message", (data, isBinary) => {
+    const text = data.toString("utf8");
+    for (const part of text.split(RS)) {
+      if (part.length === 0) continue;
+      frames.push({ json: JSON.parse(part), binary: isBinary });
+    }
+    for (const w of waiters.splice(0)) w();
+  });
+  ws.on("close", (code) => {
+    closeInfo = { code };
+    for (const w of waiters.splice(0)) w();
+  });
+  await new Promise((resolve, reject) => {
+    ws.once("open", resolve);
+    ws.once("error", reject);
+    ws.once("unexpected-response", (_req, res) => reject(Object.assign(new Error(`HTTP ${res.statusCode}`), { status: res.statusCode })));
+  });
+  if (handshake !== null) ws.send(JSON.stringify(handshake) + RS);
+  const client = {
+    ws,
+    frames,
+    get closeInfo() {
+      return closeInfo;
+    },
+    send(obj) {
+      ws.send(JSON.stringify(obj) + RS);
+    },
+    sendRaw(text) {
+      ws.send(text);
+    },
+    /** Waits until `predicate(frames)` holds. */
+    async until(predicate, timeoutMs = 5000) {
+      const deadline = Date.now() + timeoutMs;
+      while (!predicate(frames, closeInfo)) {
+        if (Date.now() > deadline) throw new Error(`timed out; frames: ${JSON.stringify(frames.map((f) => f.json))}`);
+        await new Promise((r) => {
+          waiters.push(r);
+          setTimeout(r, 50);
+        });
+      }
+    },
+    close() {
+      ws.terminate();
+    },
+  };
+  return client;
+}
+
+/** Opens a WebSocket and reports the HTTP status if the upgrade is refused. */
+export function upgradeStatus(url) {
+  return new Promise((resolve) => {
+    const ws = new WebSocket(url);
+    ws.once("open", () => {
+      ws.terminate();
+      resolve(101);
+    });
+    ws.once("unexpected-response", (_req, res) => {
+      let body = "";
+      res.on("data", (d) => (body += d));
+      res.on("end", () => resolve({ status: res.statusCode, body }));
+    });
+    ws.once("error", () => {});
+  });
+}
