@@ -1,0 +1,176 @@
+// Connection-level behaviour: handshake, frames, keep-alive, timeouts,
+// message size limit, and graceful shutdown.
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import WebSocket from "ws";
+import { startServer, connect, closed, rawJson, sleep, PROTOCOLS } from "./helpers.mjs";
+
+let server; // short timers, detailed errors
+let plain; // defaults
+before(async () => {
+  server = await startServer([
+    "--detailed-errors",
+    "--keep-alive-ms",
+    "200",
+    "--client-timeout-ms",
+    "600",
+    "--handshake-timeout-ms",
+    "300",
+  ]);
+  plain = await startServer();
+});
+after(async () => {
+  await server.stop();
+  await plain.stop();
+});
+
+test("handshake errors: unknown protocol, unsupported version, malformed, timeout", async () => {
+  const unknown = await rawJson(plain, "/hubs/test", { handshake: { protocol: "foo", version: 1 } });
+  await unknown.until((f, c) => f.length >= 1 && c);
+  assert.deepEqual(unknown.frames[0].json, { error: "The protocol 'foo' is not supported." });
+
+  const version = await rawJson(plain, "/hubs/test", { handshake: { protocol: "json", version: 3 } });
+  await version.until((f, c) => f.length >= 1 && c);
+  assert.deepEqual(version.frames[0].json, { error: "The server does not support version 3 of the 'json' protocol." });
+
+  const malformed = await rawJson(plain, "/hubs/test", { handshake: null });
+  malformed.sendRaw('{"protocol":\x1e');
+  await malformed.until((f, c) => f.length >= 1 && c);
+  assert.deepEqual(malformed.frames[0].json, { error: "An unexpected error occurred during connection handshake." });
+
+  const silent = await rawJson(server, "/hubs/test", { handshake: null });
+  await silent.until((f, c) => f.length >= 1 && c, 3000);
+  assert.deepEqual(silent.frames[0].json, { error: "Handshake was canceled." });
+});
+
+test("handshake protocol names are case-insensitive and versions 0-2 are accepted", async () => {
+  for (const handshake of [
+    { protocol: "JSON", version: 1 },
+    { protocol: "json", version: 0 },
+    { protocol: "json", version: 2 },
+  ]) {
+    const raw = await rawJson(plain, "/hubs/test", { handshake });
+    raw.send({ type: 1, invocationId: "1", target: "Echo", arguments: [1] });
+    await raw.until((f) => f.some((x) => x.json.type === 3));
+    assert.deepEqual(raw.frames[0].json, {});
+    assert.equal(raw.frames[0].binary, false);
+    raw.close();
+  }
+});
+
+test("handshake and messages may share a frame; several messages per frame; split messages", async () => {
+  const raw = await rawJson(plain, "/hubs/test", { handshake: null });
+  raw.sendRaw(
+    '{"protocol":"json","version":1}\x1e' +
+      '{"type":1,"invocationId":"a","target":"Echo","arguments":[1]}\x1e{"type":1,"invocationId":"b","target":"Echo","arguments":[2]}\x1e{"type":1,"invoc',
+  );
+  raw.sendRaw('ationId":"c","target":"Echo","arguments":[3]}\x1e');
+  await raw.until((f) => f.filter((x) => x.json.type === 3).length === 3);
+  const completions = raw.frames.filter((x) => x.json.type === 3).map((x) => x.json);
+  assert.deepEqual(completions, [
+    { type: 3, invocationId: "a", result: 1 },
+    { type: 3, invocationId: "b", result: 2 },
+    { type: 3, invocationId: "c", result: 3 },
+  ]);
+  raw.close();
+});
+
+test("a non-blocking invocation never gets a completion, even for errors", async () => {
+  const raw = await rawJson(plain, "/hubs/test");
+  raw.send({ type: 1, target: "Missing", arguments: [] });
+  raw.send({ type: 1, target: "Throw", arguments: ["x"] });
+  raw.send({ type: 1, target: "Add", arguments: [1] });
+  raw.send({ type: 1, invocationId: "last", target: "Echo", arguments: ["done"] });
+  await raw.until((f) => f.some((x) => x.json.type === 3));
+  await sleep(100);
+  const completions = raw.frames.filter((x) => x.json.type === 3).map((x) => x.json);
+  assert.deepEqual(completions, [{ type: 3, invocationId: "last", result: "done" }]);
+  raw.close();
+});
+
+test("MessagePack connections get binary frames, the handshake answer included", async () => {
+  const ws = new WebSocket(`${plain.url.replace("http", "ws")}/hubs/test`);
+  const frames = [];
+  ws.on("message", (data, isBinary) => frames.push({ data: Buffer.from(data), isBinary }));
+  await new Promise((r) => ws.once("open", r));
+  ws.send(Buffer.from('{"protocol":"messagepack","version":1}\x1e'));
+  // [1, {}, "1", "Add", [2, 3]] with a VarInt length prefix.
+  const body = Buffer.from([0x95, 0x01, 0x80, 0xa1, 0x31, 0xa3, 0x41, 0x64, 0x64, 0x92, 0x02, 0x03]);
+  ws.send(Buffer.concat([Buffer.from([body.length]), body]));
+  const deadline = Date.now() + 3000;
+  while (frames.length < 2 && Date.now() < deadline) await sleep(20);
+  assert.ok(frames.length >= 2, `frames: ${frames.length}`);
+  assert.equal(frames[0].isBinary, true);
+  assert.deepEqual([...frames[0].data], [0x7b, 0x7d, 0x1e]); // {}␞
+  assert.equal(frames[1].isBinary, true);
+  // [3, {}, "1", 3, 5]
+  assert.deepEqual([...frames[1].data], [0x07, 0x95, 0x03, 0x80, 0xa1, 0x31, 0x03, 0x05]);
+  ws.terminate();
+});
+
+for (const protocol of PROTOCOLS) {
+  test(`[${protocol}] server pings keep a client with a short server timeout alive`, async () => {
+    // The client pings too (every 200 ms), or the 600 ms client timeout would end it.
+    const c = await connect(server, "/hubs/test", protocol, { serverTimeout: 1000, keepAlive: 200 });
+    let closedError = "open";
+    c.onclose((e) => (closedError = e));
+    await sleep(2500);
+    assert.equal(closedError, "open");
+    assert.equal(await c.invoke("Echo", "alive"), "alive");
+    await c.stop();
+  });
+
+  test(`[${protocol}] a client that stops pinging is closed after the client timeout`, async () => {
+    const c = await connect(server, "/hubs/test", protocol, { keepAlive: 60000, serverTimeout: 60000 });
+    const error = await closed(c, 5000);
+    assert.equal(
+      error?.message,
+      "Server returned an error on close: Connection closed with an error. OperationCanceledException: Client hasn't sent a message/ping within the configured ClientTimeoutInterval.",
+    );
+  });
+
+  test(`[${protocol}] a message over the size limit closes the connection with an error`, async () => {
+    const c = await connect(server, "/hubs/test", protocol);
+    const whenClosed = closed(c);
+    c.invoke("Echo", "x".repeat(40 * 1024)).catch(() => {});
+    const error = await whenClosed;
+    assert.equal(
+      error?.message,
+      "Server returned an error on close: Connection closed with an error. InvalidDataException: The maximum message size of 32768B was exceeded. The message size can be configured in AddHubOptions.",
+    );
+
+    const p = await connect(plain, "/hubs/test", protocol);
+    const plainClosed = closed(p);
+    p.invoke("Echo", "x".repeat(40 * 1024)).catch(() => {});
+    assert.equal((await plainClosed)?.message, "Server returned an error on close: Connection closed with an error.");
+  });
+
+  test(`[${protocol}] a bad message on one connection does not disturb another`, async () => {
+    const victim = await connect(plain, "/hubs/test", protocol);
+    const raw = await rawJson(plain, "/hubs/test");
+    raw.sendRaw('{"type":1,"target":\x1e');
+    await raw.until((f, c) => c !== null);
+    const close = raw.frames.find((x) => x.json.type === 7);
+    assert.deepEqual(close.json, { type: 7, error: "Connection closed with an error.", allowReconnect: true });
+    assert.equal(await victim.invoke("Echo", "unaffected"), "unaffected");
+    await victim.stop();
+  });
+}
+
+test("graceful shutdown: Close with allowReconnect, then the process exits", async () => {
+  const own = await startServer();
+  const clients = await Promise.all(
+    PROTOCOLS.map((p) => connect(own, "/hubs/test", p, { reconnect: [60000] })),
+  );
+  const reconnecting = clients.map((c) => new Promise((resolve) => c.onreconnecting((e) => resolve(e ?? null))));
+  own.child.kill("SIGTERM");
+  // allowReconnect: true makes the official client start reconnecting.
+  assert.deepEqual(await Promise.all(reconnecting), [null, null]);
+  let timer;
+  const timeout = new Promise((resolve) => (timer = setTimeout(() => resolve("timeout"), 15000)));
+  const exit = await Promise.race([own.exited, timeout]);
+  clearTimeout(timer);
+  assert.deepEqual(exit, { code: 0, signal: null });
+  await Promise.all(clients.map((c) => c.stop()));
+});
