@@ -270,7 +270,8 @@ impl ClientProxy<'_> {
     /// `Vec`, an array, or `()`), without waiting for them.
     ///
     /// The message is serialized once per hub protocol in use, however many
-    /// recipients there are. A recipient whose outbound queue is full is
+    /// recipients there are, and possibly after this call returns — which is
+    /// why the arguments must be owned (`'static`): pass `String`, not `&str`. A recipient whose outbound queue is full is
     /// closed (see [`HubOptions::outbound_buffer_capacity`]).
     pub async fn send<A>(&self, method: &str, arguments: A) -> Result<(), SendError>
     where

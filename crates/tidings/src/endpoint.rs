@@ -44,7 +44,7 @@ use crate::{
 /// # async fn run() {
 /// let chat = HubEndpoint::new(Chat);
 /// let pusher = chat.context(); // send from background tasks
-/// let app = axum::Router::new().nest("/hubs/chat", chat.into_router());
+/// let app: axum::Router = axum::Router::new().nest("/hubs/chat", chat.into_router());
 /// # let _ = (app, pusher);
 /// # }
 /// ```

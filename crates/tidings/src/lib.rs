@@ -37,7 +37,9 @@
 //!
 //!     #[on_connected]
 //!     async fn joined(&self, cx: &Context) -> Result<(), HubError> {
-//!         cx.clients().caller().send("Connected", (cx.connection_id(),)).await?;
+//!         // Arguments are owned ('static): they may be serialized after this returns.
+//!         let id = cx.connection_id().to_owned();
+//!         cx.clients().caller().send("Connected", (id,)).await?;
 //!         Ok(())
 //!     }
 //! }
