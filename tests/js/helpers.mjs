@@ -10,6 +10,14 @@ import WebSocket from "ws";
 
 export { signalR };
 export const PROTOCOLS = ["json", "messagepack"];
+/** Every transport with every protocol it can carry (SSE is text-only). */
+export const COMBOS = [
+  ["WebSockets", "json"],
+  ["WebSockets", "messagepack"],
+  ["ServerSentEvents", "json"],
+  ["LongPolling", "json"],
+  ["LongPolling", "messagepack"],
+];
 export const JWT_SECRET = "tidings-test-secret";
 const RS = "\x1e";
 
@@ -65,7 +73,10 @@ export function token(claims, secret = JWT_SECRET) {
 /** A HubConnection for `path` with the given protocol, not yet started. */
 export function build(server, path, protocol, options = {}) {
   const httpOptions = {
-    transport: options.transport ?? signalR.HttpTransportType.WebSockets,
+    transport:
+      options.transport === "All"
+        ? signalR.HttpTransportType.WebSockets | signalR.HttpTransportType.ServerSentEvents | signalR.HttpTransportType.LongPolling
+        : signalR.HttpTransportType[options.transport ?? "WebSockets"],
     skipNegotiation: options.skipNegotiation ?? false,
   };
   if (options.token) httpOptions.accessTokenFactory = () => options.token;

@@ -4,7 +4,7 @@
 
 import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startServer, connect, next, record, closed, sleep, token, rejectsWith, PROTOCOLS, JWT_SECRET } from "./helpers.mjs";
+import { startServer, connect, next, record, closed, sleep, token, rejectsWith, COMBOS, JWT_SECRET } from "./helpers.mjs";
 
 let plain; // default options: errors without detail
 let detailed; // detailed errors, JWT users, fast dashboard
@@ -17,9 +17,15 @@ after(async () => {
   await detailed.stop();
 });
 
-for (const protocol of PROTOCOLS) {
-  describe(`[${protocol}]`, () => {
-    const open = (server, path = "/hubs/test", options = {}) => connect(server, path, protocol, options);
+for (const [transport, protocol] of COMBOS) {
+  describe(`[${transport} ${protocol}]`, () => {
+    const open = (server, path = "/hubs/test", options = {}) => connect(server, path, protocol, { transport, ...options });
+
+    test("the connection runs over the requested transport", async () => {
+      const c = await open(plain);
+      assert.equal(await c.invoke("GetTransport"), transport);
+      await c.stop();
+    });
 
     test("invoke returns typed results; names are case-insensitive", async () => {
       const c = await open(plain);
@@ -233,7 +239,7 @@ for (const protocol of PROTOCOLS) {
       await Promise.all([ann.stop(), bob.stop()]);
 
       function build2(server, tok) {
-        return buildConnection(server, "/hubs/chat", protocol, tok);
+        return buildConnection(server, "/hubs/chat", protocol, tok, transport);
       }
     });
 
@@ -249,6 +255,6 @@ for (const protocol of PROTOCOLS) {
 }
 
 import { build } from "./helpers.mjs";
-function buildConnection(server, path, protocol, tok) {
-  return build(server, path, protocol, tok ? { token: tok } : {});
+function buildConnection(server, path, protocol, tok, transport) {
+  return build(server, path, protocol, tok ? { token: tok, transport } : { transport });
 }

@@ -24,7 +24,11 @@ test("negotiate version 1 returns a public id and a separate secret token", asyn
   assert.match(body.connectionId, /^[A-Za-z0-9_-]{22}$/);
   assert.match(body.connectionToken, /^[A-Za-z0-9_-]{22}$/);
   assert.notEqual(body.connectionId, body.connectionToken);
-  assert.deepEqual(body.availableTransports, [{ transport: "WebSockets", transferFormats: ["Text", "Binary"] }]);
+  assert.deepEqual(body.availableTransports, [
+    { transport: "WebSockets", transferFormats: ["Text", "Binary"] },
+    { transport: "ServerSentEvents", transferFormats: ["Text"] },
+    { transport: "LongPolling", transferFormats: ["Text", "Binary"] },
+  ]);
   assert.equal("useStatefulReconnect" in body, false);
 });
 
@@ -68,12 +72,47 @@ test("a version 0 connection uses its id as the token", async () => {
   assert.equal(await upgradeStatus(`${ws}/hubs/test?id=${body.connectionId}`), 101);
 });
 
-test("transports that are not available yet are refused with 404", async () => {
+test("SSE and Long Polling need a negotiated id", async () => {
   const sse = await fetch(`${server.url}/hubs/test?id=x`, { headers: { Accept: "text/event-stream" } });
   assert.equal(sse.status, 404);
-  assert.equal(await sse.text(), "ServerSentEvents transport not supported by this end point type");
+  assert.equal(await sse.text(), "No Connection with that ID");
   const poll = await fetch(`${server.url}/hubs/test?id=x`);
   assert.equal(poll.status, 404);
+  const missing = await fetch(`${server.url}/hubs/test`);
+  assert.equal(missing.status, 400);
+  assert.equal(await missing.text(), "Connection ID required");
+  const post = await fetch(`${server.url}/hubs/test?id=x`, { method: "POST", body: "{}" });
+  assert.equal(post.status, 404);
+});
+
+test("negotiate lists only the enabled transports, and the client falls back", async () => {
+  const limited = await startServer(["--transports", "ServerSentEvents,LongPolling"]);
+  try {
+    const body = await (await fetch(`${limited.url}/hubs/test/negotiate?negotiateVersion=1`, { method: "POST" })).json();
+    assert.deepEqual(
+      body.availableTransports.map((t) => t.transport),
+      ["ServerSentEvents", "LongPolling"],
+    );
+    const ws = await upgradeStatus(`${limited.url.replace("http", "ws")}/hubs/test`);
+    assert.deepEqual(ws, { status: 404, body: "WebSockets transport not supported by this end point type" });
+    // The official client, allowed every transport, ends up on SSE (JSON) or
+    // Long Polling (MessagePack, which SSE cannot carry).
+    const json = await connect(limited, "/hubs/test", "json", { transport: "All" });
+    assert.equal(await json.invoke("GetTransport"), "ServerSentEvents");
+    const mp = await connect(limited, "/hubs/test", "messagepack", { transport: "All" });
+    assert.equal(await mp.invoke("GetTransport"), "LongPolling");
+    await Promise.all([json.stop(), mp.stop()]);
+  } finally {
+    await limited.stop();
+  }
+  const pollOnly = await startServer(["--transports", "LongPolling"]);
+  try {
+    const json = await connect(pollOnly, "/hubs/test", "json", { transport: "All" });
+    assert.equal(await json.invoke("GetTransport"), "LongPolling");
+    await json.stop();
+  } finally {
+    await pollOnly.stop();
+  }
 });
 
 for (const protocol of PROTOCOLS) {

@@ -56,9 +56,29 @@ struct Args {
     #[arg(long, env = "TIDINGS_OUTBOUND_BUFFER", default_value_t = 1024)]
     outbound_buffer: usize,
 
+    /// Transports to offer (comma-separated): WebSockets, ServerSentEvents, LongPolling.
+    #[arg(
+        long,
+        env = "TIDINGS_TRANSPORTS",
+        value_delimiter = ',',
+        default_value = "WebSockets,ServerSentEvents,LongPolling"
+    )]
+    transports: Vec<Transport>,
+
     /// Period of the dashboard's metrics push, in milliseconds.
     #[arg(long, env = "TIDINGS_METRICS_PERIOD_MS", default_value_t = 2_000)]
     metrics_period_ms: u64,
+}
+
+/// A transport name as the SignalR protocol spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Transport {
+    #[value(name = "WebSockets", alias = "websockets")]
+    WebSockets,
+    #[value(name = "ServerSentEvents", alias = "sse")]
+    ServerSentEvents,
+    #[value(name = "LongPolling", alias = "longpolling")]
+    LongPolling,
 }
 
 impl Args {
@@ -73,6 +93,9 @@ impl Args {
             )
             .maximum_parallel_invocations_per_client(self.max_parallel_invocations)
             .outbound_buffer_capacity(self.outbound_buffer)
+            .websockets(self.transports.contains(&Transport::WebSockets))
+            .server_sent_events(self.transports.contains(&Transport::ServerSentEvents))
+            .long_polling(self.transports.contains(&Transport::LongPolling))
     }
 }
 

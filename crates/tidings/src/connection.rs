@@ -14,7 +14,7 @@ use std::{
 
 use axum::http::HeaderMap;
 use bytes::Bytes;
-use tidings_protocol::Protocol;
+use tidings_protocol::{Protocol, TransportType};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -52,6 +52,7 @@ pub struct ConnectionHandle {
 struct Inner {
     id: Arc<str>,
     protocol: Protocol,
+    transport: TransportType,
     principal: Principal,
     query: Vec<(String, String)>,
     headers: HeaderMap,
@@ -67,6 +68,7 @@ struct Inner {
 pub(crate) struct ConnectionInit {
     pub id: Arc<str>,
     pub protocol: Protocol,
+    pub transport: TransportType,
     pub principal: Principal,
     pub query: Vec<(String, String)>,
     pub headers: HeaderMap,
@@ -78,6 +80,7 @@ impl ConnectionHandle {
             inner: Arc::new(Inner {
                 id: init.id,
                 protocol: init.protocol,
+                transport: init.transport,
                 principal: init.principal,
                 query: init.query,
                 headers: init.headers,
@@ -111,6 +114,11 @@ impl ConnectionHandle {
     /// The hub protocol the client chose.
     pub fn protocol(&self) -> Protocol {
         self.inner.protocol
+    }
+
+    /// The transport carrying the connection.
+    pub fn transport(&self) -> TransportType {
+        self.inner.transport
     }
 
     pub(crate) fn query(&self) -> &[(String, String)] {

@@ -71,6 +71,12 @@ impl Context {
         self.connection.protocol()
     }
 
+    /// The transport carrying this connection (`WebSockets`,
+    /// `ServerSentEvents` or `LongPolling`).
+    pub fn transport(&self) -> tidings_protocol::TransportType {
+        self.connection.transport()
+    }
+
     /// Closes this connection (the client is told not to reconnect).
     pub fn abort(&self) {
         self.connection.abort();

@@ -32,7 +32,10 @@ use crate::{
     dispatch::Methods,
     hub::Hub,
     lifetime::{LifetimeManager, MemoryLifetimeManager},
-    transport,
+    transport::{
+        self,
+        http::{self, HttpConnection},
+    },
 };
 
 /// A hub ready to be mounted in an axum [`Router`].
@@ -127,10 +130,11 @@ impl<H: Hub> HubEndpoint<H> {
             authenticator: self.authenticator,
             shutdown: self.shutdown,
             pending: Mutex::new(Pending::default()),
+            http: Mutex::new(HashMap::new()),
         });
         Router::new()
             .route("/negotiate", post(negotiate::<H>))
-            .route("/", get(connect::<H>))
+            .route("/", get(connect::<H>).post(send::<H>).delete(delete::<H>))
             .with_state(endpoint)
     }
 }
@@ -143,6 +147,8 @@ pub(crate) struct Endpoint<H: Hub> {
     pub shutdown: Shutdown,
     authenticator: Option<SharedAuthenticator>,
     pending: Mutex<Pending>,
+    /// Live SSE and Long Polling connections, by token.
+    http: Mutex<HashMap<String, Arc<HttpConnection>>>,
 }
 
 impl<H: Hub> Endpoint<H> {
@@ -162,14 +168,43 @@ impl<H: Hub> Endpoint<H> {
     }
 
     fn transports(&self) -> Vec<AvailableTransport> {
+        let options = &self.shared.options;
         let mut list = Vec::new();
-        if self.shared.options.websockets {
+        if options.websockets {
             list.push(AvailableTransport {
                 transport: TransportType::WebSockets,
                 transfer_formats: vec![TransferFormat::Text, TransferFormat::Binary],
             });
         }
+        if options.server_sent_events {
+            list.push(AvailableTransport {
+                transport: TransportType::ServerSentEvents,
+                transfer_formats: vec![TransferFormat::Text],
+            });
+        }
+        if options.long_polling {
+            list.push(AvailableTransport {
+                transport: TransportType::LongPolling,
+                transfer_formats: vec![TransferFormat::Text, TransferFormat::Binary],
+            });
+        }
         list
+    }
+
+    fn http_connection(&self, token: &str) -> Option<Arc<HttpConnection>> {
+        self.http
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(token)
+            .cloned()
+    }
+
+    /// Removes a finished HTTP connection (if the entry is still this one).
+    pub(crate) fn forget_http(&self, token: &str, connection: &Arc<HttpConnection>) {
+        let mut map = self.http.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(token).is_some_and(|c| Arc::ptr_eq(c, connection)) {
+            map.remove(token);
+        }
     }
 
     fn take_pending(&self, token: &str) -> Option<Arc<str>> {
@@ -295,21 +330,7 @@ async fn connect<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Requ
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     if !is_websocket {
-        let event_stream = parts
-            .headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("text/event-stream"));
-        let name = if event_stream {
-            "ServerSentEvents"
-        } else {
-            "LongPolling"
-        };
-        return (
-            StatusCode::NOT_FOUND,
-            format!("{name} transport not supported by this end point type"),
-        )
-            .into_response();
+        return connect_http(endpoint, parts).await;
     }
     if !endpoint.shared.options.websockets {
         return (
@@ -334,22 +355,13 @@ async fn connect<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Requ
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
-    let query = parts
-        .uri
-        .query()
-        .map(|q| {
-            form_urlencoded_pairs(q)
-                // The token is a credential: keep it out of the context.
-                .filter(|(k, _)| k != "access_token")
-                .collect()
-        })
-        .unwrap_or_default();
     let init = ConnectionInit {
         id: connection_id,
         // Replaced by the handshake's choice.
         protocol: tidings_protocol::Protocol::Json,
+        transport: TransportType::WebSockets,
         principal,
-        query,
+        query: request_query(&parts),
         headers: parts.headers,
     };
     let frame_limit = endpoint
@@ -364,4 +376,130 @@ async fn connect<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Requ
         .on_upgrade(move |socket| {
             tracker.track_future(transport::websocket::serve(endpoint, socket, init))
         })
+}
+
+/// The query pairs hub code may see: the token is a credential and is left out.
+fn request_query(parts: &Parts) -> Vec<(String, String)> {
+    parts
+        .uri
+        .query()
+        .map(|q| {
+            form_urlencoded_pairs(q)
+                .filter(|(k, _)| k != "access_token")
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response {
+    (status, body).into_response()
+}
+
+/// `GET` without an upgrade: Server-Sent Events (by `Accept`) or a long poll.
+async fn connect_http<H: Hub>(endpoint: Arc<Endpoint<H>>, parts: Parts) -> Response {
+    let event_stream = parts
+        .headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    let transport = if event_stream {
+        TransportType::ServerSentEvents
+    } else {
+        TransportType::LongPolling
+    };
+    let options = &endpoint.shared.options;
+    let enabled = match transport {
+        TransportType::ServerSentEvents => options.server_sent_events,
+        _ => options.long_polling,
+    };
+    if !enabled {
+        return (
+            StatusCode::NOT_FOUND,
+            format!(
+                "{} transport not supported by this end point type",
+                transport.name()
+            ),
+        )
+            .into_response();
+    }
+    let Some(token) = query_value(&parts, "id") else {
+        return text(StatusCode::BAD_REQUEST, "Connection ID required");
+    };
+    if let Some(existing) = endpoint.http_connection(&token) {
+        if existing.transport != transport {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "Cannot change transports mid-connection",
+            );
+        }
+        if transport == TransportType::ServerSentEvents {
+            return StatusCode::CONFLICT.into_response();
+        }
+        return http::poll(existing, false, options.long_poll_timeout).await;
+    }
+    let principal = match endpoint.authenticate(&parts).await {
+        Ok(principal) => principal,
+        Err(response) => return response,
+    };
+    let Some(connection_id) = endpoint.take_pending(&token) else {
+        return text(StatusCode::NOT_FOUND, "No Connection with that ID");
+    };
+    let init = ConnectionInit {
+        id: connection_id,
+        protocol: tidings_protocol::Protocol::Json,
+        transport,
+        principal,
+        query: request_query(&parts),
+        headers: parts.headers,
+    };
+    let connection = HttpConnection::start(&endpoint, init, transport, token.clone());
+    endpoint
+        .http
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(token, Arc::clone(&connection));
+    match transport {
+        TransportType::ServerSentEvents => http::sse(connection, options.keep_alive_interval),
+        _ => http::poll(connection, true, options.long_poll_timeout).await,
+    }
+}
+
+/// `POST {hub}?id=…`: client-to-server messages of SSE and Long Polling.
+async fn send<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let Some(token) = query_value(&parts, "id") else {
+        return text(StatusCode::BAD_REQUEST, "Connection ID required");
+    };
+    let Some(connection) = endpoint.http_connection(&token) else {
+        return text(StatusCode::NOT_FOUND, "No Connection with that ID");
+    };
+    // A body larger than this is refused by axum before it is buffered.
+    let bytes = match axum::body::to_bytes(body, 2 << 20).await {
+        Ok(bytes) => bytes,
+        Err(_) => return StatusCode::PAYLOAD_TOO_LARGE.into_response(),
+    };
+    if connection.post(bytes).await {
+        StatusCode::OK.into_response()
+    } else {
+        StatusCode::NOT_FOUND.into_response()
+    }
+}
+
+/// `DELETE {hub}?id=…`: the Long Polling client stops.
+async fn delete<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Request) -> Response {
+    let (parts, _body) = request.into_parts();
+    let Some(token) = query_value(&parts, "id") else {
+        return text(StatusCode::BAD_REQUEST, "Connection ID required");
+    };
+    let Some(connection) = endpoint.http_connection(&token) else {
+        return text(StatusCode::NOT_FOUND, "No Connection with that ID");
+    };
+    if connection.transport != TransportType::LongPolling {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "Cannot terminate this connection using the DELETE endpoint.",
+        );
+    }
+    http::delete(&connection);
+    StatusCode::ACCEPTED.into_response()
 }

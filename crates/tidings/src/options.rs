@@ -19,6 +19,8 @@ use tidings_protocol::Protocol;
 /// | [`stream_buffer_capacity`](Self::stream_buffer_capacity) | 10 |
 /// | [`disconnect_timeout`](Self::disconnect_timeout) | 15 s |
 /// | [`outbound_buffer_capacity`](Self::outbound_buffer_capacity) | 1024 messages |
+/// | [`long_poll_timeout`](Self::long_poll_timeout) | 90 s |
+/// | transports | WebSockets, Server-Sent Events, Long Polling |
 ///
 /// ```
 /// use std::time::Duration;
@@ -40,6 +42,9 @@ pub struct HubOptions {
     pub(crate) outbound_buffer_capacity: usize,
     pub(crate) supported_protocols: Vec<Protocol>,
     pub(crate) websockets: bool,
+    pub(crate) server_sent_events: bool,
+    pub(crate) long_polling: bool,
+    pub(crate) long_poll_timeout: Duration,
 }
 
 impl Default for HubOptions {
@@ -56,6 +61,9 @@ impl Default for HubOptions {
             outbound_buffer_capacity: 1024,
             supported_protocols: vec![Protocol::Json, Protocol::MessagePack],
             websockets: true,
+            server_sent_events: true,
+            long_polling: true,
+            long_poll_timeout: Duration::from_secs(90),
         }
     }
 }
@@ -134,6 +142,25 @@ impl HubOptions {
     /// Enable or disable the WebSockets transport (enabled by default).
     pub fn websockets(mut self, enabled: bool) -> Self {
         self.websockets = enabled;
+        self
+    }
+
+    /// Enable or disable the Server-Sent Events transport (enabled by default).
+    pub fn server_sent_events(mut self, enabled: bool) -> Self {
+        self.server_sent_events = enabled;
+        self
+    }
+
+    /// Enable or disable the Long Polling transport (enabled by default).
+    pub fn long_polling(mut self, enabled: bool) -> Self {
+        self.long_polling = enabled;
+        self
+    }
+
+    /// How long a poll is held open without data before an empty answer
+    /// (ASP.NET Core's 90 s).
+    pub fn long_poll_timeout(mut self, value: Duration) -> Self {
+        self.long_poll_timeout = value;
         self
     }
 }

@@ -50,6 +50,11 @@ impl TestHub {
     /// A method without a result.
     async fn nothing(&self) {}
 
+    /// The transport of the caller: `WebSockets`, `ServerSentEvents` or `LongPolling`.
+    async fn get_transport(&self, cx: &Context) -> String {
+        cx.transport().name().to_owned()
+    }
+
     async fn get_connection_id(&self, cx: &Context) -> String {
         cx.connection_id().to_owned()
     }

@@ -2,4 +2,5 @@
 //! its requests into an inbound chunk stream for the session and drains the
 //! connection's outbound queue into its own framing.
 
+pub(crate) mod http;
 pub(crate) mod websocket;

@@ -1,0 +1,407 @@
+//! The HTTP transports: Server-Sent Events and Long Polling, with client
+//! messages arriving by `POST` and Long Polling closed by `DELETE`.
+//!
+//! Unlike a WebSocket, these connections outlive any single request, so
+//! each one is an [`HttpConnection`] in the endpoint's registry, keyed by
+//! its token. Its connection task (handshake + session) is spawned when the
+//! first `GET` arrives and reads an inbound channel fed by `POST`s; the
+//! outbound queue is drained by the SSE response body, or poll by poll.
+//! Removing the registry entry drops the inbound sender, which ends the
+//! session like a closed socket.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    body::{Body, Bytes as BodyBytes},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use bytes::{BufMut, Bytes, BytesMut};
+use tidings_protocol::{HubMessage, Protocol, TransportType};
+use tokio::{
+    sync::{Mutex as AsyncMutex, mpsc},
+    time::{Instant, sleep, sleep_until},
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    ConnectionHandle,
+    connection::{ConnectionInit, Outbound},
+    endpoint::Endpoint,
+    hub::Hub,
+    session::{self, Handshake},
+};
+
+/// How many POST bodies may wait for the session before a POST waits.
+const INBOUND_CAPACITY: usize = 16;
+/// Largest batch of messages in one SSE write or poll response.
+const MAX_BATCH: usize = 64 * 1024;
+
+/// One SSE or Long Polling connection, shared by its requests.
+pub(crate) struct HttpConnection {
+    pub transport: TransportType,
+    inbound: Mutex<Option<mpsc::Sender<Bytes>>>,
+    outbound: AsyncMutex<mpsc::Receiver<Outbound>>,
+    /// The current poll; a newer poll cancels it (it answers 204).
+    poll: Mutex<CancellationToken>,
+    /// The Close has been delivered: later polls get 204.
+    finished: AtomicBool,
+    /// Ends the connection (DELETE, a dropped SSE stream, no polls).
+    pub stop: CancellationToken,
+    last_poll: Mutex<Instant>,
+    /// The hub protocol, once the handshake chose it.
+    protocol: std::sync::OnceLock<Protocol>,
+}
+
+impl HttpConnection {
+    /// Creates the connection and spawns its task.
+    pub(crate) fn start<H: Hub>(
+        endpoint: &Arc<Endpoint<H>>,
+        init: ConnectionInit,
+        transport: TransportType,
+        token: String,
+    ) -> Arc<HttpConnection> {
+        let options = &endpoint.shared.options;
+        let (in_tx, in_rx) = mpsc::channel::<Bytes>(INBOUND_CAPACITY);
+        let (out_tx, out_rx) = mpsc::channel(options.outbound_buffer_capacity);
+        let connection = Arc::new(HttpConnection {
+            transport,
+            inbound: Mutex::new(Some(in_tx)),
+            outbound: AsyncMutex::new(out_rx),
+            poll: Mutex::new({
+                // No poll is running yet.
+                let idle = CancellationToken::new();
+                idle.cancel();
+                idle
+            }),
+            finished: AtomicBool::new(false),
+            stop: CancellationToken::new(),
+            last_poll: Mutex::new(Instant::now()),
+            protocol: std::sync::OnceLock::new(),
+        });
+        let task = run(
+            Arc::clone(endpoint),
+            Arc::clone(&connection),
+            init,
+            in_rx,
+            out_tx,
+            token,
+        );
+        tokio::spawn(endpoint.shutdown.tracker().track_future(task));
+        connection
+    }
+
+    /// Queues a POST body for the session; false if the connection is gone.
+    pub(crate) async fn post(&self, body: Bytes) -> bool {
+        let sender = self.inbound.lock().ok().and_then(|s| s.clone());
+        match sender {
+            Some(sender) => sender.send(body).await.is_ok(),
+            None => false,
+        }
+    }
+
+    fn close_inbound(&self) {
+        if let Ok(mut slot) = self.inbound.lock() {
+            slot.take();
+        }
+    }
+
+    fn touch(&self) {
+        if let Ok(mut t) = self.last_poll.lock() {
+            *t = Instant::now();
+        }
+    }
+}
+
+/// The connection task of an HTTP transport.
+async fn run<H: Hub>(
+    endpoint: Arc<Endpoint<H>>,
+    http: Arc<HttpConnection>,
+    mut init: ConnectionInit,
+    inbound: mpsc::Receiver<Bytes>,
+    outbound: mpsc::Sender<Outbound>,
+    token: String,
+) {
+    let options = &endpoint.shared.options;
+    let stop = http.stop.clone();
+    let mut inbound = tokio_stream_from(inbound, stop.clone());
+    let binary_allowed = http.transport != TransportType::ServerSentEvents;
+    let watchdog = watchdog(Arc::clone(&http), options.disconnect_timeout);
+    tokio::pin!(watchdog);
+    let handshake = tokio::select! {
+        h = session::read_handshake(&mut inbound, options, binary_allowed) => h,
+        () = &mut watchdog => Handshake::Gone,
+    };
+    match handshake {
+        Handshake::Accepted { protocol, leftover } => {
+            init.protocol = protocol;
+            let _ = http.protocol.set(protocol);
+            let connection = ConnectionHandle::new(init, outbound);
+            connection.send_frame(Handshake::response(None)).await;
+            let session = session::run(Arc::clone(&endpoint), connection, inbound, leftover);
+            tokio::select! {
+                () = session => {}
+                // The session sees its inbound end and finishes normally.
+                () = &mut watchdog => {}
+            }
+        }
+        Handshake::Refused(error) => {
+            tracing::debug!(%error, "handshake refused");
+            let _ = outbound.try_send(Outbound::Close(Some(Handshake::response(Some(&error)))));
+        }
+        Handshake::Gone => {
+            let _ = outbound.try_send(Outbound::Close(None));
+        }
+    }
+    http.close_inbound();
+    // Give the client a chance to collect the final messages, then forget it.
+    let grace = endpoint.shared.options.disconnect_timeout;
+    tokio::spawn(async move {
+        sleep(grace).await;
+        endpoint.forget_http(&token, &http);
+    });
+}
+
+/// Completes when the connection must end from the transport's side: it
+/// was stopped (DELETE, a dropped SSE response), or a Long Polling client
+/// stopped polling for longer than the disconnect timeout.
+async fn watchdog(http: Arc<HttpConnection>, timeout: Duration) {
+    if http.transport != TransportType::LongPolling {
+        http.stop.cancelled().await;
+        http.close_inbound();
+        return;
+    }
+    loop {
+        tokio::select! {
+            () = http.stop.cancelled() => break,
+            () = sleep(Duration::from_secs(1)) => {}
+        }
+        let polling = http.poll.lock().map(|p| !p.is_cancelled()).unwrap_or(false);
+        let idle = http
+            .last_poll
+            .lock()
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
+        if !polling && idle > timeout {
+            tracing::debug!("long polling client stopped polling");
+            break;
+        }
+    }
+    http.close_inbound();
+}
+
+/// The inbound channel as the session's chunk stream, ending when stopped.
+fn tokio_stream_from(
+    mut rx: mpsc::Receiver<Bytes>,
+    stop: CancellationToken,
+) -> impl futures_util::Stream<Item = session::InboundChunk> + Unpin + Send {
+    Box::pin(futures_util::stream::poll_fn(move |cx| {
+        if stop.is_cancelled() {
+            return std::task::Poll::Ready(None);
+        }
+        rx.poll_recv(cx).map(|item| item.map(Ok))
+    }))
+}
+
+/// `GET` with `Accept: text/event-stream`: the SSE response. JSON only.
+pub(crate) fn sse(http: Arc<HttpConnection>, keep_alive: Duration) -> Response {
+    let ping = session::encode(Protocol::Json, &HubMessage::Ping);
+    // When the client goes away the body, and with it this guard, is
+    // dropped, which ends the connection.
+    let guard = StopOnDrop(Some(http.stop.clone()));
+    let stream = futures_util::stream::unfold((http, true, false), move |(http, first, done)| {
+        let ping = ping.clone();
+        async move {
+            if done {
+                return None;
+            }
+            if first {
+                // A comment, flushed at once, so the client's EventSource opens.
+                let hello = BodyBytes::from_static(b":\r\n");
+                return Some((Ok::<_, std::io::Error>(hello), (http, false, false)));
+            }
+            let mut rx = http.outbound.lock().await;
+            let first_item = tokio::select! {
+                item = rx.recv() => item,
+                () = sleep_until(Instant::now() + keep_alive) => Some(Outbound::Frame(ping)),
+                () = http.stop.cancelled() => None,
+            };
+            let mut out = BytesMut::new();
+            let mut closing = false;
+            let mut item = first_item?;
+            loop {
+                if let Some(frame) = frame_of(item, Protocol::Json, &mut closing) {
+                    write_event(&mut out, &frame);
+                }
+                if closing || out.len() >= MAX_BATCH {
+                    break;
+                }
+                match rx.try_recv() {
+                    Ok(next) => item = next,
+                    Err(_) => break,
+                }
+            }
+            drop(rx);
+            if closing {
+                http.finished.store(true, Ordering::Release);
+            }
+            Some((Ok(out.freeze()), (http, false, closing)))
+        }
+    });
+    let stream = GuardedStream {
+        inner: Box::pin(stream),
+        _guard: guard,
+    };
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header("X-Accel-Buffering", "no")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// The bytes of one queue entry; sets `closing` at the final entry.
+fn frame_of(item: Outbound, protocol: Protocol, closing: &mut bool) -> Option<Bytes> {
+    match item {
+        Outbound::Frame(bytes) => Some(bytes),
+        Outbound::Shared(message) => message.frame(protocol),
+        Outbound::Close(frame) => {
+            *closing = true;
+            frame
+        }
+    }
+}
+
+/// One SSE event per message: every line of the payload as a `data:` line.
+fn write_event(out: &mut BytesMut, payload: &[u8]) {
+    for line in payload.split(|&b| b == b'\n') {
+        out.put_slice(b"data: ");
+        out.put_slice(line);
+        out.put_slice(b"\r\n");
+    }
+    out.put_slice(b"\r\n");
+}
+
+struct StopOnDrop(Option<CancellationToken>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(token) = &self.0 {
+            token.cancel();
+        }
+    }
+}
+
+struct GuardedStream<S> {
+    inner: std::pin::Pin<Box<S>>,
+    _guard: StopOnDrop,
+}
+
+impl<S: futures_util::Stream> futures_util::Stream for GuardedStream<S> {
+    type Item = S::Item;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<S::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+/// One long poll. `first` is the poll that started the connection; it is
+/// answered at once with an empty 200, as ASP.NET Core does.
+pub(crate) async fn poll(
+    http: Arc<HttpConnection>,
+    first: bool,
+    poll_timeout: Duration,
+) -> Response {
+    if first {
+        http.touch();
+        return empty(StatusCode::OK);
+    }
+    if http.finished.load(Ordering::Acquire) || http.stop.is_cancelled() {
+        return empty(StatusCode::NO_CONTENT);
+    }
+    // A newer poll supersedes an older one, which answers 204.
+    let token = CancellationToken::new();
+    if let Ok(mut current) = http.poll.lock() {
+        current.cancel();
+        *current = token.clone();
+    }
+    let result = {
+        let mut rx = tokio::select! {
+            rx = http.outbound.lock() => rx,
+            () = token.cancelled() => return empty(StatusCode::NO_CONTENT),
+        };
+        let first_item = tokio::select! {
+            item = rx.recv() => item,
+            () = sleep(poll_timeout) => {
+                token.cancel();
+                http.touch();
+                return empty(StatusCode::OK);
+            }
+            () = token.cancelled() => {
+                http.touch();
+                return empty(StatusCode::NO_CONTENT);
+            }
+            () = http.stop.cancelled() => None,
+        };
+        let protocol = http.protocol.get().copied().unwrap_or(Protocol::Json);
+        let mut out = BytesMut::new();
+        let mut closing = false;
+        if let Some(mut item) = first_item {
+            loop {
+                if let Some(frame) = frame_of(item, protocol, &mut closing) {
+                    out.put_slice(&frame);
+                }
+                if closing || out.len() >= MAX_BATCH {
+                    break;
+                }
+                match rx.try_recv() {
+                    Ok(next) => item = next,
+                    Err(_) => break,
+                }
+            }
+        } else {
+            closing = true;
+        }
+        (out, closing)
+    };
+    token.cancel();
+    http.touch();
+    let (out, closing) = result;
+    if closing {
+        http.finished.store(true, Ordering::Release);
+        if out.is_empty() {
+            return empty(StatusCode::NO_CONTENT);
+        }
+    }
+    (
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        out.freeze(),
+    )
+        .into_response()
+}
+
+fn empty(status: StatusCode) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        Bytes::new(),
+    )
+        .into_response()
+}
+
+/// Ends a Long Polling connection (`DELETE`).
+pub(crate) fn delete(http: &HttpConnection) {
+    http.stop.cancel();
+    if let Ok(current) = http.poll.lock() {
+        current.cancel();
+    }
+    http.close_inbound();
+}
