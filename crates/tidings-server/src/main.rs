@@ -44,6 +44,10 @@ struct Args {
     #[arg(long, env = "TIDINGS_HANDSHAKE_TIMEOUT_MS", default_value_t = 15_000)]
     handshake_timeout_ms: u64,
 
+    /// How long a negotiated or long-polling connection may go without a request, in milliseconds.
+    #[arg(long, env = "TIDINGS_DISCONNECT_TIMEOUT_MS", default_value_t = 15_000)]
+    disconnect_timeout_ms: u64,
+
     /// Largest message a client may send, in bytes (0 = unlimited).
     #[arg(long, env = "TIDINGS_MAX_MESSAGE_SIZE", default_value_t = 32 * 1024)]
     max_message_size: usize,
@@ -88,6 +92,7 @@ impl Args {
             .keep_alive_interval(Duration::from_millis(self.keep_alive_ms))
             .client_timeout_interval(Duration::from_millis(self.client_timeout_ms))
             .handshake_timeout(Duration::from_millis(self.handshake_timeout_ms))
+            .disconnect_timeout(Duration::from_millis(self.disconnect_timeout_ms))
             .maximum_receive_message_size(
                 (self.max_message_size > 0).then_some(self.max_message_size),
             )

@@ -145,10 +145,13 @@ async fn run<H: Hub>(
             let connection = ConnectionHandle::new(init, outbound);
             connection.send_frame(Handshake::response(None)).await;
             let session = session::run(Arc::clone(&endpoint), connection, inbound, leftover);
+            tokio::pin!(session);
             tokio::select! {
-                () = session => {}
-                // The session sees its inbound end and finishes normally.
-                () = &mut watchdog => {}
+                () = &mut session => {}
+                // The watchdog closed the inbound channel: the session sees
+                // its input end and tears down normally. It must not be
+                // dropped half-way, or its cleanup would never run.
+                () = &mut watchdog => session.await,
             }
         }
         Handshake::Refused(error) => {
