@@ -320,3 +320,102 @@ impl LifetimeManager for MemoryLifetimeManager {
         Box::pin(async { Ok(()) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        Principal,
+        connection::{ConnectionInit, Outbound},
+    };
+    use tidings_protocol::{Protocol, TransportType};
+    use tokio::sync::mpsc;
+
+    fn connection(id: &str, user: Option<&str>) -> (ConnectionHandle, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(16);
+        let init = ConnectionInit {
+            id: Arc::from(id),
+            protocol: Protocol::Json,
+            transport: TransportType::WebSockets,
+            principal: user.map(Principal::user).unwrap_or_default(),
+            query: Vec::new(),
+            headers: Default::default(),
+        };
+        (ConnectionHandle::new(init, tx), rx)
+    }
+
+    fn message() -> Arc<SerializedMessage> {
+        Arc::new(SerializedMessage::invocation("M", ()))
+    }
+
+    #[test]
+    fn targets_reach_exactly_their_connections() {
+        let manager = MemoryLifetimeManager::new();
+        let (a, _ra) = connection("a", Some("ann"));
+        let (b, _rb) = connection("b", Some("ann"));
+        let (c, _rc) = connection("c", Some("bob"));
+        for conn in [&a, &b, &c] {
+            manager.add_connection(conn);
+        }
+        manager.add_local_to_group("a", "g1");
+        manager.add_local_to_group("b", "g1");
+        manager.add_local_to_group("b", "g2");
+        manager.add_local_to_group("c", "g2");
+        let msg = message();
+        let s = |t: Target| manager.send_local(&t, &msg);
+        assert_eq!(s(Target::All), 3);
+        assert_eq!(s(Target::AllExcept(vec!["a".into()])), 2);
+        assert_eq!(s(Target::Connection("c".into())), 1);
+        assert_eq!(s(Target::Connection("zz".into())), 0);
+        assert_eq!(
+            s(Target::Connections(vec![
+                "a".into(),
+                "a".into(),
+                "c".into()
+            ])),
+            2
+        );
+        assert_eq!(s(Target::Group("g1".into())), 2);
+        assert_eq!(s(Target::Groups(vec!["g1".into(), "g2".into()])), 3);
+        assert_eq!(s(Target::GroupExcept("g2".into(), vec!["b".into()])), 1);
+        assert_eq!(s(Target::User("ann".into())), 2);
+        assert_eq!(s(Target::Users(vec!["ann".into(), "bob".into()])), 3);
+        assert!(!manager.add_local_to_group("unknown", "g1"));
+    }
+
+    #[test]
+    fn a_departing_connection_leaves_its_groups_and_user() {
+        let manager = MemoryLifetimeManager::new();
+        let (a, _ra) = connection("a", Some("ann"));
+        let (b, _rb) = connection("b", None);
+        manager.add_connection(&a);
+        manager.add_connection(&b);
+        manager.add_local_to_group("a", "room");
+        manager.add_local_to_group("b", "room");
+        assert_eq!(manager.groups_of("a"), vec!["room".to_owned()]);
+
+        manager.remove_connection(&a);
+        let msg = message();
+        assert_eq!(manager.connection_count(), 1);
+        assert!(manager.groups_of("a").is_empty());
+        assert_eq!(manager.send_local(&Target::Group("room".into()), &msg), 1);
+        assert_eq!(manager.send_local(&Target::User("ann".into()), &msg), 0);
+        manager.remove_connection(&b);
+        // Empty groups are dropped, not kept as empty sets.
+        assert!(manager.read().groups.is_empty());
+        assert!(manager.read().users.is_empty());
+    }
+
+    #[test]
+    fn leaving_a_group_stops_delivery() {
+        let manager = MemoryLifetimeManager::new();
+        let (a, _ra) = connection("a", None);
+        manager.add_connection(&a);
+        manager.add_local_to_group("a", "g");
+        assert!(manager.remove_local_from_group("a", "g"));
+        assert_eq!(
+            manager.send_local(&Target::Group("g".into()), &message()),
+            0
+        );
+    }
+}
