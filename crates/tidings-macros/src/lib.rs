@@ -19,6 +19,9 @@ use syn::{
 ///   a `&Context` parameter (anywhere) receives the caller's context.
 /// * The return type may be `()`, any `Serialize` type, or
 ///   `Result<T, E>` where `E: Into<HubError>`.
+/// * `#[hub(stream)]` marks a streaming method: it returns a `Stream` of
+///   `Serialize` items (or of `Result`s, where an `Err` ends the stream
+///   with that error), possibly wrapped in `Result<_, E>`.
 /// * `#[on_connected]` marks the connection hook (`&Context` parameter,
 ///   returns `()` or `Result<(), E>`); `#[on_disconnected]` the
 ///   disconnection hook (`&Context` and/or `Option<ConnectionError>`).
@@ -40,7 +43,7 @@ pub fn hub(attr: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 enum Role {
-    Method { name: String },
+    Method { name: String, stream: bool },
     Skip,
     OnConnected,
     OnDisconnected,
@@ -51,6 +54,7 @@ struct MethodInfo {
     name: String,
     arity: usize,
     handler: syn::Ident,
+    stream: bool,
 }
 
 fn expand(mut input: ItemImpl) -> syn::Result<TokenStream2> {
@@ -79,16 +83,17 @@ fn expand(mut input: ItemImpl) -> syn::Result<TokenStream2> {
         let role = take_role(function)?;
         match role {
             Role::Skip => {}
-            Role::Method { name } => {
+            Role::Method { name, stream } => {
                 let index = methods.len();
                 let handler = format_ident!("__tidings_handler_{}", index);
-                let (arity, tokens) = method_handler(function, &handler)?;
+                let (arity, tokens) = method_handler(function, &handler, stream)?;
                 handlers.push(tokens);
                 methods.push(MethodInfo {
                     ident: function.sig.ident.clone(),
                     name,
                     arity,
                     handler,
+                    stream,
                 });
             }
             Role::OnConnected => {
@@ -129,10 +134,15 @@ fn expand(mut input: ItemImpl) -> syn::Result<TokenStream2> {
         let name = &m.name;
         let arity = m.arity;
         let handler = &m.handler;
+        let kind = if m.stream {
+            quote!(::tidings::__private::MethodKind::Stream)
+        } else {
+            quote!(::tidings::__private::MethodKind::Unary)
+        };
         quote! {
             ::tidings::__private::MethodDescriptor {
                 name: #name,
-                kind: ::tidings::__private::MethodKind::Unary,
+                kind: #kind,
                 arity: #arity,
                 stream_params: 0,
                 handler: <#self_ty>::#handler,
@@ -166,6 +176,7 @@ fn expand(mut input: ItemImpl) -> syn::Result<TokenStream2> {
 fn take_role(function: &mut ImplItemFn) -> syn::Result<Role> {
     let mut role = None;
     let mut name = None;
+    let mut stream = false;
     let mut kept: Vec<Attribute> = Vec::new();
     for attr in std::mem::take(&mut function.attrs) {
         if attr.path().is_ident("on_connected") {
@@ -184,8 +195,11 @@ fn take_role(function: &mut ImplItemFn) -> syn::Result<Role> {
                 } else if meta.path.is_ident("skip") {
                     role = Some(Role::Skip);
                     Ok(())
+                } else if meta.path.is_ident("stream") {
+                    stream = true;
+                    Ok(())
                 } else {
-                    Err(meta.error("expected `name = \"...\"` or `skip`"))
+                    Err(meta.error("expected `name = \"...\"`, `stream` or `skip`"))
                 }
             })?;
         } else {
@@ -197,6 +211,7 @@ fn take_role(function: &mut ImplItemFn) -> syn::Result<Role> {
         Some(role) => role,
         None => Role::Method {
             name: name.unwrap_or_else(|| function.sig.ident.to_string().to_upper_camel_case()),
+            stream,
         },
     })
 }
@@ -262,6 +277,7 @@ fn await_if_async(function: &ImplItemFn) -> TokenStream2 {
 fn method_handler(
     function: &ImplItemFn,
     handler: &syn::Ident,
+    stream: bool,
 ) -> syn::Result<(usize, TokenStream2)> {
     check_receiver(function)?;
     let ident = &function.sig.ident;
@@ -296,7 +312,26 @@ fn method_handler(
     }
     let awaited = await_if_async(function);
     let output = &function.sig.output;
-    let finish = if returns_unit(output) {
+    let finish = if stream {
+        let text = quote!(#output).to_string().replace(' ', "");
+        let convert = if text.contains("Item=Result<") {
+            quote!(try_stream)
+        } else {
+            quote!(stream)
+        };
+        if returns_result(output) {
+            quote! {
+                match __out {
+                    ::tidings::__private::Result::Ok(__items) => __call.#convert(__items),
+                    ::tidings::__private::Result::Err(__error) => ::tidings::__private::Result::Err(
+                        ::core::convert::Into::<::tidings::__private::HubError>::into(__error),
+                    ),
+                }
+            }
+        } else {
+            quote!(__call.#convert(__out))
+        }
+    } else if returns_unit(output) {
         quote! {
             let () = __out;
             ::tidings::__private::Result::Ok(::tidings::__private::MethodOutput::Void)

@@ -141,7 +141,7 @@ async fn main() -> anyhow::Result<()> {
         .map(|_| Arc::new(MemoryLifetimeManager::new()))
         .collect();
     let chat = endpoint(ChatHub, &args, &shutdown, &managers[0], &auth);
-    let test = endpoint(TestHub, &args, &shutdown, &managers[1], &auth);
+    let test = endpoint(TestHub::default(), &args, &shutdown, &managers[1], &auth);
     let dashboard = endpoint(DashboardHub, &args, &shutdown, &managers[2], &auth);
 
     let metrics = tokio::spawn(hubs::dashboard::push_metrics(

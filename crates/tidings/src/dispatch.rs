@@ -4,9 +4,12 @@
 
 use std::{collections::HashMap, panic::AssertUnwindSafe, sync::Arc};
 
-use futures_util::FutureExt;
+use std::pin::Pin;
+
+use futures_util::{FutureExt, Stream, StreamExt};
 use serde::{Serialize, de::DeserializeOwned};
 use tidings_protocol::{Completion, HubMessage, Invocation, Payload};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     Context, HubError,
@@ -47,6 +50,34 @@ impl Call {
         })
     }
 
+    /// Turns a stream of values into a streaming method's output: each item
+    /// is serialized in the caller's protocol as it is produced.
+    pub fn stream<S, T>(&self, stream: S) -> Result<MethodOutput, HubError>
+    where
+        S: Stream<Item = T> + Send + 'static,
+        T: Serialize,
+    {
+        let protocol = self.cx.protocol();
+        let items = stream.map(move |item| protocol.encode_value(&item).map_err(HubError::from));
+        Ok(MethodOutput::Stream(Box::pin(items)))
+    }
+
+    /// Like [`stream`](Self::stream) for streams of `Result`s: an `Err` item
+    /// ends the stream with that error.
+    pub fn try_stream<S, T, E>(&self, stream: S) -> Result<MethodOutput, HubError>
+    where
+        S: Stream<Item = Result<T, E>> + Send + 'static,
+        T: Serialize,
+        E: Into<HubError>,
+    {
+        let protocol = self.cx.protocol();
+        let items = stream.map(move |item| match item {
+            Ok(value) => protocol.encode_value(&value).map_err(HubError::from),
+            Err(error) => Err(error.into()),
+        });
+        Ok(MethodOutput::Stream(Box::pin(items)))
+    }
+
     /// Serializes a method's return value in the caller's protocol.
     pub fn output<T: Serialize + ?Sized>(&self, value: &T) -> Result<MethodOutput, HubError> {
         let payload = self.cx.protocol().encode_value(value)?;
@@ -54,14 +85,28 @@ impl Call {
     }
 }
 
+/// The items of a streaming method, already serialized.
+pub type ItemStream = Pin<Box<dyn Stream<Item = Result<Payload, HubError>> + Send>>;
+
 /// What a method produced.
-#[derive(Debug)]
 #[non_exhaustive]
 pub enum MethodOutput {
     /// No value (sent as `result: null`, as ASP.NET Core does).
     Void,
     /// A serialized value.
     Value(Payload),
+    /// The items of a streaming method.
+    Stream(ItemStream),
+}
+
+impl std::fmt::Debug for MethodOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MethodOutput::Void => f.write_str("Void"),
+            MethodOutput::Value(p) => f.debug_tuple("Value").field(p).finish(),
+            MethodOutput::Stream(_) => f.write_str("Stream(..)"),
+        }
+    }
 }
 
 /// The method table of a hub, indexed case-insensitively.
@@ -183,9 +228,112 @@ pub(crate) async fn run_unary<H: Hub>(
     let completion = match outcome {
         Ok(MethodOutput::Void) => Completion::value(id, Payload::null(protocol)),
         Ok(MethodOutput::Value(payload)) => Completion::value(id, payload),
+        Ok(MethodOutput::Stream(_)) => Completion::error(
+            id,
+            format!("The value returned by the streaming method '{target}' is not a stream."),
+        ),
         Err(error) => Completion::error(id, error_text(&target, &error, detailed)),
     };
     Some(HubMessage::Completion(completion))
+}
+
+/// Runs a streaming method: StreamItems, then a Completion without result
+/// (or with the error). Cancellation (CancelInvocation, or the connection
+/// ending) drops the stream at once, which stops its producer.
+pub(crate) async fn run_stream<H: Hub>(
+    hub: Arc<H>,
+    method: &'static MethodDescriptor<H>,
+    cx: Context,
+    invocation: Invocation,
+    cancel: CancellationToken,
+) {
+    let detailed = cx.options().enable_detailed_errors;
+    let connection = cx.connection().clone();
+    let protocol = cx.protocol();
+    let target = invocation.target;
+    let Some(id) = invocation.invocation_id else {
+        return;
+    };
+    let call = Call::new(cx, invocation.arguments);
+    let started = AssertUnwindSafe((method.handler)(hub, call)).catch_unwind();
+    let started = tokio::select! {
+        started = started => started,
+        () = cancel.cancelled() => return,
+    };
+    let send = |message: HubMessage| {
+        let connection = connection.clone();
+        async move {
+            connection
+                .send_frame(crate::session::encode(protocol, &message))
+                .await
+        }
+    };
+    let mut items = match started {
+        Ok(Ok(MethodOutput::Stream(items))) => items,
+        Ok(Ok(_)) => {
+            let text = format!(
+                "The value returned by the streaming method '{target}' is not a ChannelReader<> or IAsyncEnumerable<>."
+            );
+            send(HubMessage::Completion(Completion::error(id, text))).await;
+            return;
+        }
+        Ok(Err(error)) => {
+            let text = error_text(&target, &error, detailed);
+            send(HubMessage::Completion(Completion::error(id, text))).await;
+            return;
+        }
+        Err(_) => {
+            let text = format!("An unexpected error occurred invoking '{target}' on the server.");
+            send(HubMessage::Completion(Completion::error(id, text))).await;
+            return;
+        }
+    };
+    let mut failure = None;
+    loop {
+        let next = tokio::select! {
+            next = AssertUnwindSafe(items.next()).catch_unwind() => next,
+            () = cancel.cancelled() => break,
+        };
+        match next {
+            Ok(Some(Ok(item))) => {
+                let message = HubMessage::StreamItem(tidings_protocol::StreamItem {
+                    headers: Default::default(),
+                    invocation_id: id.clone(),
+                    item,
+                });
+                if !send(message).await {
+                    return;
+                }
+            }
+            Ok(Some(Err(error))) => {
+                failure = Some(error.detail(detailed));
+                break;
+            }
+            Ok(None) => break,
+            Err(_) => {
+                failure = Some(None);
+                break;
+            }
+        }
+    }
+    // Stop the producer before answering.
+    drop(items);
+    let completion = match failure {
+        None => Completion {
+            headers: Default::default(),
+            invocation_id: id,
+            result: tidings_protocol::CompletionResult::Void,
+        },
+        Some(detail) => {
+            let mut text = "An error occurred on the server while streaming results.".to_owned();
+            if let Some(detail) = detail {
+                text.push(' ');
+                text.push_str(&detail);
+            }
+            Completion::error(id, text)
+        }
+    };
+    send(HubMessage::Completion(completion)).await;
 }
 
 /// The error text of a failed invocation, as ASP.NET Core words it.

@@ -9,7 +9,7 @@
 //! `on_disconnected`). Invocation tasks live in a `JoinSet` owned by the
 //! session, so none outlives its connection.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -27,8 +27,9 @@ use crate::{
     connection::AbortReason,
     dispatch::{self, Prepared},
     endpoint::Endpoint,
-    hub::Hub,
+    hub::{Hub, MethodKind},
 };
+use tokio_util::sync::CancellationToken;
 
 /// What a transport yields: a chunk of bytes, or why it failed. The end of
 /// the stream is a clean close.
@@ -235,6 +236,7 @@ pub(crate) async fn run<H, S>(
                     options.maximum_parallel_invocations_per_client,
                 )),
                 tasks: JoinSet::new(),
+                streams: HashMap::new(),
                 timeout_armed: false,
             };
             reader.decoder.push(&leftover);
@@ -269,7 +271,10 @@ struct Reader<'a, H: Hub> {
     decoder: MessageDecoder,
     /// `MaximumParallelInvocationsPerClient`: a permit per running invocation.
     slots: Arc<Semaphore>,
-    tasks: JoinSet<()>,
+    /// Invocation tasks; a streaming one yields its id when it ends.
+    tasks: JoinSet<Option<String>>,
+    /// Running server-to-client streams, by invocation id.
+    streams: HashMap<String, CancellationToken>,
     /// The client timeout starts with the client's first Ping, as in ASP.NET
     /// Core, so that clients that never ping are not cut off.
     timeout_armed: bool,
@@ -306,7 +311,11 @@ impl<H: Hub> Reader<'_, H> {
                 biased;
                 () = connection.aborted().cancelled() => return End::Aborted(connection.abort_reason()),
                 () = shutdown.cancelled() => return End::Shutdown,
-                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    if let Ok(Some(id)) = done {
+                        self.streams.remove(&id);
+                    }
+                }
                 () = &mut timeout, if self.timeout_armed => return End::ClientTimeout,
                 chunk = inbound.next() => match chunk {
                     None => return End::TransportClosed,
@@ -321,11 +330,7 @@ impl<H: Hub> Reader<'_, H> {
     }
 
     /// Handles one message; `Some` ends the connection.
-    async fn handle(
-        &mut self,
-        message: HubMessage,
-        shutdown: &tokio_util::sync::CancellationToken,
-    ) -> Option<End> {
+    async fn handle(&mut self, message: HubMessage, shutdown: &CancellationToken) -> Option<End> {
         match message {
             HubMessage::Invocation(invocation) => self.invoke(invocation, false, shutdown).await,
             HubMessage::StreamInvocation(invocation) => {
@@ -336,12 +341,18 @@ impl<H: Hub> Reader<'_, H> {
                 None
             }
             HubMessage::Close(close) => Some(End::ClientClosed(close.error)),
+            HubMessage::CancelInvocation(cancel) => {
+                // Unknown ids are ignored, as in ASP.NET Core.
+                if let Some(token) = self.streams.remove(&cancel.invocation_id) {
+                    token.cancel();
+                }
+                None
+            }
             // Upload streams, client results and stateful reconnect are not
             // enabled on this server yet; their messages are ignored, as
             // ASP.NET Core ignores messages for unknown ids.
             HubMessage::StreamItem(_)
             | HubMessage::Completion(_)
-            | HubMessage::CancelInvocation(_)
             | HubMessage::Ack { .. }
             | HubMessage::Sequence { .. } => None,
         }
@@ -351,7 +362,7 @@ impl<H: Hub> Reader<'_, H> {
         &mut self,
         invocation: Invocation,
         streaming: bool,
-        shutdown: &tokio_util::sync::CancellationToken,
+        shutdown: &CancellationToken,
     ) -> Option<End> {
         let connection = self.cx.connection();
         let detailed = self.endpoint.shared.options.enable_detailed_errors;
@@ -368,6 +379,28 @@ impl<H: Hub> Reader<'_, H> {
                     return None;
                 }
             };
+        if method.kind == MethodKind::Stream {
+            // Streams do not take an invocation slot (as in ASP.NET Core).
+            let Some(id) = invocation.invocation_id.clone() else {
+                return None;
+            };
+            if self.streams.contains_key(&id) {
+                let text = format!("Invocation ID '{id}' is already in use.");
+                let completion = tidings_protocol::Completion::error(id, text);
+                let frame = encode(connection.protocol(), &HubMessage::Completion(completion));
+                connection.send_frame(frame).await;
+                return None;
+            }
+            let cancel = CancellationToken::new();
+            self.streams.insert(id.clone(), cancel.clone());
+            let hub = Arc::clone(&self.endpoint.hub);
+            let cx = self.cx.clone();
+            self.tasks.spawn(async move {
+                dispatch::run_stream(hub, method, cx, invocation, cancel).await;
+                Some(id)
+            });
+            return None;
+        }
         // When every slot is taken, stop reading this client until one frees
         // up: back-pressure, never an error (ASP.NET Core does the same).
         let permit = tokio::select! {
@@ -384,6 +417,7 @@ impl<H: Hub> Reader<'_, H> {
                 let frame = encode(connection.protocol(), &reply);
                 connection.send_frame(frame).await;
             }
+            None
         });
         None
     }

@@ -1,14 +1,40 @@
 //! `/hubs/test`: an interop hub that exercises every target and error path;
 //! the end-to-end suites drive it with the official clients.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
+use futures_util::Stream;
 use serde_json::Value;
 use tidings::{ConnectionError, Context, HubError, hub};
 
 /// The interop hub.
 #[derive(Debug, Default)]
-pub struct TestHub;
+pub struct TestHub {
+    /// Streams whose producer is still alive.
+    active_streams: Arc<AtomicUsize>,
+}
+
+/// Counts a live stream producer; dropping the producer drops the guard.
+struct Live(Arc<AtomicUsize>);
+
+impl Live {
+    fn new(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Live(Arc::clone(counter))
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -39,6 +65,42 @@ impl TestHub {
     /// Panics; the server answers with an error and keeps the connection.
     async fn panic(&self) -> i32 {
         panic!("a hub method panicked on purpose")
+    }
+
+    /// Streams `0..count`, one item every `delay_ms` milliseconds.
+    #[hub(stream)]
+    async fn counter(&self, count: u32, delay_ms: u64) -> impl Stream<Item = u32> + use<> {
+        let live = Live::new(&self.active_streams);
+        let delay = Duration::from_millis(delay_ms.min(10_000));
+        futures_util::stream::unfold((0, live), move |(i, live)| async move {
+            if i >= count {
+                return None;
+            }
+            if i > 0 {
+                tokio::time::sleep(delay).await;
+            }
+            Some((i, (i + 1, live)))
+        })
+    }
+
+    /// Streams `0..count`, then fails with `message`.
+    #[hub(stream)]
+    async fn counter_then_fail(
+        &self,
+        count: u32,
+        message: String,
+    ) -> impl Stream<Item = Result<u32, HubError>> + use<> {
+        futures_util::stream::iter(
+            (0..count)
+                .map(Ok)
+                .chain(std::iter::once(Err(HubError::new(message)))),
+        )
+    }
+
+    /// How many stream producers are alive (a cancelled stream's producer
+    /// must be gone).
+    async fn get_active_streams(&self) -> usize {
+        self.active_streams.load(Ordering::SeqCst)
     }
 
     /// Returns `value` after `ms` milliseconds.
