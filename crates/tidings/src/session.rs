@@ -381,9 +381,8 @@ impl<H: Hub> Reader<'_, H> {
             };
         if method.kind == MethodKind::Stream {
             // Streams do not take an invocation slot (as in ASP.NET Core).
-            let Some(id) = invocation.invocation_id.clone() else {
-                return None;
-            };
+            // A stream invocation without an id cannot be answered.
+            let id = invocation.invocation_id.clone()?;
             if self.streams.contains_key(&id) {
                 let text = format!("Invocation ID '{id}' is already in use.");
                 let completion = tidings_protocol::Completion::error(id, text);
