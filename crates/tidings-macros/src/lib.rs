@@ -17,6 +17,9 @@ use syn::{
 ///   `#[hub(skip)]` leaves a method out.
 /// * Parameters are deserialized from the invocation's arguments in order;
 ///   a `&Context` parameter (anywhere) receives the caller's context.
+/// * `ClientStream<T>` parameters (anywhere) receive the client-to-server
+///   streams of the invocation (its `streamIds`, in order); they are not
+///   part of the arguments.
 /// * The return type may be `()`, any `Serialize` type, or
 ///   `Result<T, E>` where `E: Into<HubError>`.
 /// * `#[hub(stream)]` marks a streaming method: it returns a `Stream` of
@@ -53,6 +56,7 @@ struct MethodInfo {
     ident: syn::Ident,
     name: String,
     arity: usize,
+    stream_params: usize,
     handler: syn::Ident,
     stream: bool,
 }
@@ -86,12 +90,13 @@ fn expand(mut input: ItemImpl) -> syn::Result<TokenStream2> {
             Role::Method { name, stream } => {
                 let index = methods.len();
                 let handler = format_ident!("__tidings_handler_{}", index);
-                let (arity, tokens) = method_handler(function, &handler, stream)?;
+                let (arity, stream_params, tokens) = method_handler(function, &handler, stream)?;
                 handlers.push(tokens);
                 methods.push(MethodInfo {
                     ident: function.sig.ident.clone(),
                     name,
                     arity,
+                    stream_params,
                     handler,
                     stream,
                 });
@@ -133,6 +138,7 @@ fn expand(mut input: ItemImpl) -> syn::Result<TokenStream2> {
     let descriptors = methods.iter().map(|m| {
         let name = &m.name;
         let arity = m.arity;
+        let stream_params = m.stream_params;
         let handler = &m.handler;
         let kind = if m.stream {
             quote!(::tidings::__private::MethodKind::Stream)
@@ -144,7 +150,7 @@ fn expand(mut input: ItemImpl) -> syn::Result<TokenStream2> {
                 name: #name,
                 kind: #kind,
                 arity: #arity,
-                stream_params: 0,
+                stream_params: #stream_params,
                 handler: <#self_ty>::#handler,
             }
         }
@@ -238,6 +244,15 @@ fn context_param(ty: &Type) -> Option<bool> {
     }
 }
 
+/// Whether a type is a `ClientStream<T>` (a client-to-server stream).
+fn is_client_stream(ty: &Type) -> bool {
+    let Type::Path(p) = ty else { return false };
+    p.path
+        .segments
+        .last()
+        .is_some_and(|last| last.ident == "ClientStream" && !last.arguments.is_empty())
+}
+
 fn is_error_param(ty: &Type) -> bool {
     let Type::Path(p) = ty else { return false };
     let Some(last) = p.path.segments.last() else {
@@ -278,12 +293,13 @@ fn method_handler(
     function: &ImplItemFn,
     handler: &syn::Ident,
     stream: bool,
-) -> syn::Result<(usize, TokenStream2)> {
+) -> syn::Result<(usize, usize, TokenStream2)> {
     check_receiver(function)?;
     let ident = &function.sig.ident;
     let mut bindings = Vec::new();
     let mut args = Vec::new();
     let mut arity = 0usize;
+    let mut streams = 0usize;
     for input in function.sig.inputs.iter().skip(1) {
         let FnArg::Typed(pat_type) = input else {
             continue;
@@ -299,6 +315,15 @@ fn method_handler(
         match context_param(ty) {
             Some(true) => args.push(quote!(__call.context())),
             Some(false) => args.push(quote!(::core::clone::Clone::clone(__call.context()))),
+            None if is_client_stream(ty) => {
+                let var = format_ident!("__stream{}", streams);
+                let index = streams;
+                bindings.push(quote_spanned! {ty.span()=>
+                    let #var: #ty = __call.upload(#index)?;
+                });
+                args.push(quote!(#var));
+                streams += 1;
+            }
             None => {
                 let var = format_ident!("__arg{}", arity);
                 let index = arity;
@@ -314,7 +339,8 @@ fn method_handler(
     let output = &function.sig.output;
     let finish = if stream {
         let text = quote!(#output).to_string().replace(' ', "");
-        let convert = if text.contains("Item=Result<") {
+        // A returned `ClientStream` (e.g. echoed back) yields `Result`s too.
+        let convert = if text.contains("Item=Result<") || text.contains("ClientStream<") {
             quote!(try_stream)
         } else {
             quote!(stream)
@@ -348,10 +374,16 @@ fn method_handler(
     } else {
         quote!(__call.output(&__out))
     };
+    // Taking a stream out of the call needs it mutable.
+    let call = if streams > 0 {
+        quote!(mut __call)
+    } else {
+        quote!(__call)
+    };
     let tokens = quote! {
         fn #handler(
             __hub: ::tidings::__private::Arc<Self>,
-            __call: ::tidings::__private::Call,
+            #call: ::tidings::__private::Call,
         ) -> ::tidings::__private::MethodFuture {
             ::tidings::__private::Box::pin(async move {
                 #(#bindings)*
@@ -360,7 +392,7 @@ fn method_handler(
             })
         }
     };
-    Ok((arity, tokens))
+    Ok((arity, streams, tokens))
 }
 
 fn connected_hook(function: &ImplItemFn) -> syn::Result<TokenStream2> {

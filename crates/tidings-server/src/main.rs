@@ -56,6 +56,10 @@ struct Args {
     #[arg(long, env = "TIDINGS_MAX_PARALLEL_INVOCATIONS", default_value_t = 1)]
     max_parallel_invocations: usize,
 
+    /// How many items of one stream may wait, in either direction (StreamBufferCapacity).
+    #[arg(long, env = "TIDINGS_STREAM_BUFFER_CAPACITY", default_value_t = 10)]
+    stream_buffer_capacity: usize,
+
     /// How many messages may wait for one client before it is closed as a slow consumer.
     #[arg(long, env = "TIDINGS_OUTBOUND_BUFFER", default_value_t = 1024)]
     outbound_buffer: usize,
@@ -98,6 +102,7 @@ impl Args {
             )
             .maximum_parallel_invocations_per_client(self.max_parallel_invocations)
             .outbound_buffer_capacity(self.outbound_buffer)
+            .stream_buffer_capacity(self.stream_buffer_capacity)
             .websockets(self.transports.contains(&Transport::WebSockets))
             .server_sent_events(self.transports.contains(&Transport::ServerSentEvents))
             .long_polling(self.transports.contains(&Transport::LongPolling))

@@ -15,7 +15,7 @@ use std::{
 use axum::http::HeaderMap;
 use bytes::Bytes;
 use tidings_protocol::{Protocol, TransportType};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::{ConnectionError, Principal, message::SerializedMessage};
@@ -27,6 +27,13 @@ pub(crate) enum Outbound {
     Frame(Bytes),
     /// A message shared with other connections, serialized on demand.
     Shared(Arc<SerializedMessage>),
+    /// A frame holding a place in a bounded window (a server-to-client
+    /// stream's `stream_buffer_capacity`); the place frees up when the
+    /// writer takes the frame.
+    Windowed {
+        frame: Bytes,
+        _place: OwnedSemaphorePermit,
+    },
     /// The last frame (a Close message, or nothing): write it, then close
     /// the transport.
     Close(Option<Bytes>),
@@ -158,6 +165,18 @@ impl ConnectionHandle {
     pub(crate) async fn send_frame(&self, frame: Bytes) -> bool {
         tokio::select! {
             sent = self.inner.tx.send(Outbound::Frame(frame)) => sent.is_ok(),
+            () = self.inner.abort.cancelled() => false,
+        }
+    }
+
+    /// Like [`send_frame`](Self::send_frame), for a frame that holds `place`
+    /// in a window until the writer takes it.
+    pub(crate) async fn send_windowed(&self, frame: Bytes, place: OwnedSemaphorePermit) -> bool {
+        tokio::select! {
+            sent = self.inner.tx.send(Outbound::Windowed {
+                frame,
+                _place: place,
+            }) => sent.is_ok(),
             () = self.inner.abort.cancelled() => false,
         }
     }

@@ -9,12 +9,14 @@ use std::pin::Pin;
 use futures_util::{FutureExt, Stream, StreamExt};
 use serde::{Serialize, de::DeserializeOwned};
 use tidings_protocol::{Completion, HubMessage, Invocation, Payload};
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Context, HubError,
+    ClientStream, Context, HubError,
     error::HubErrorKind,
     hub::{Hub, MethodDescriptor, MethodKind},
+    upload::UploadItem,
 };
 
 /// The text ASP.NET Core uses when arguments cannot be bound.
@@ -25,11 +27,21 @@ const BINDING_ERROR: &str = "Error binding arguments. Make sure that the types o
 pub struct Call {
     cx: Context,
     arguments: Vec<Payload>,
+    /// The receiving ends of the invocation's client-to-server streams, in
+    /// `streamIds` order; each is taken once by [`Call::upload`].
+    uploads: Vec<Option<mpsc::Receiver<UploadItem>>>,
 }
 
+/// The receiving ends of an invocation's client-to-server streams.
+pub(crate) type UploadReceivers = Vec<mpsc::Receiver<UploadItem>>;
+
 impl Call {
-    pub(crate) fn new(cx: Context, arguments: Vec<Payload>) -> Self {
-        Call { cx, arguments }
+    pub(crate) fn new(cx: Context, arguments: Vec<Payload>, uploads: UploadReceivers) -> Self {
+        Call {
+            cx,
+            arguments,
+            uploads: uploads.into_iter().map(Some).collect(),
+        }
     }
 
     /// The calling connection's context.
@@ -48,6 +60,20 @@ impl Call {
             tracing::debug!(index, %error, "cannot bind an argument");
             HubError::binding(BINDING_ERROR)
         })
+    }
+
+    /// Takes client-to-server stream `index` (counted among the stream
+    /// parameters only, in the order of the invocation's `streamIds`).
+    pub fn upload<T: DeserializeOwned>(
+        &mut self,
+        index: usize,
+    ) -> Result<ClientStream<T>, HubError> {
+        let detailed = self.cx.options().enable_detailed_errors;
+        self.uploads
+            .get_mut(index)
+            .and_then(Option::take)
+            .map(|rx| ClientStream::new(rx, detailed))
+            .ok_or_else(|| HubError::binding(BINDING_ERROR))
     }
 
     /// Turns a stream of values into a streaming method's output: each item
@@ -200,11 +226,12 @@ pub(crate) async fn run_unary<H: Hub>(
     method: &'static MethodDescriptor<H>,
     cx: Context,
     invocation: Invocation,
+    uploads: UploadReceivers,
 ) -> Option<HubMessage> {
     let detailed = cx.options().enable_detailed_errors;
     let protocol = cx.protocol();
     let target = invocation.target;
-    let call = Call::new(cx, invocation.arguments);
+    let call = Call::new(cx, invocation.arguments, uploads);
     // A panicking method must not take the connection down with it: it is
     // reported like any other failure.
     let outcome = AssertUnwindSafe((method.handler)(hub, call))
@@ -240,21 +267,27 @@ pub(crate) async fn run_unary<H: Hub>(
 /// Runs a streaming method: StreamItems, then a Completion without result
 /// (or with the error). Cancellation (CancelInvocation, or the connection
 /// ending) drops the stream at once, which stops its producer.
+///
+/// The producer is polled only when fewer than `stream_buffer_capacity` of
+/// its items wait in the connection's queue: a client that reads slowly
+/// holds the producer back instead of letting it fill the queue.
 pub(crate) async fn run_stream<H: Hub>(
     hub: Arc<H>,
     method: &'static MethodDescriptor<H>,
     cx: Context,
     invocation: Invocation,
+    uploads: UploadReceivers,
     cancel: CancellationToken,
 ) {
     let detailed = cx.options().enable_detailed_errors;
+    let window = Arc::new(Semaphore::new(cx.options().stream_buffer_capacity));
     let connection = cx.connection().clone();
     let protocol = cx.protocol();
     let target = invocation.target;
     let Some(id) = invocation.invocation_id else {
         return;
     };
-    let call = Call::new(cx, invocation.arguments);
+    let call = Call::new(cx, invocation.arguments, uploads);
     let started = AssertUnwindSafe((method.handler)(hub, call)).catch_unwind();
     let started = tokio::select! {
         started = started => started,
@@ -290,6 +323,12 @@ pub(crate) async fn run_stream<H: Hub>(
     };
     let mut failure = None;
     loop {
+        // A place in the window first, then the next item.
+        let place = tokio::select! {
+            place = Arc::clone(&window).acquire_owned() => place,
+            () = cancel.cancelled() => break,
+        };
+        let Ok(place) = place else { break };
         let next = tokio::select! {
             next = AssertUnwindSafe(items.next()).catch_unwind() => next,
             () = cancel.cancelled() => break,
@@ -301,7 +340,8 @@ pub(crate) async fn run_stream<H: Hub>(
                     invocation_id: id.clone(),
                     item,
                 });
-                if !send(message).await {
+                let frame = crate::session::encode(protocol, &message);
+                if !connection.send_windowed(frame, place).await {
                     return;
                 }
             }

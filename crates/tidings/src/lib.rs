@@ -109,6 +109,7 @@ mod options;
 mod session;
 mod shutdown;
 mod transport;
+mod upload;
 
 pub use auth::{AuthError, Authenticator, Principal, bearer_token};
 pub use connection::ConnectionHandle;
@@ -123,12 +124,14 @@ pub use options::HubOptions;
 pub use shutdown::Shutdown;
 pub use tidings_macros::hub;
 pub use tidings_protocol::Protocol;
+pub use upload::ClientStream;
 
 /// Items used by code that `#[hub]` generates. Not a public API.
 #[doc(hidden)]
 pub mod __private {
     pub use crate::{
-        Call, Context, Hub, HubError, MethodDescriptor, MethodFuture, MethodKind, MethodOutput,
+        Call, ClientStream, Context, Hub, HubError, MethodDescriptor, MethodFuture, MethodKind,
+        MethodOutput,
     };
     pub use std::{boxed::Box, result::Result, sync::Arc};
 }

@@ -108,7 +108,16 @@ impl HubOptions {
         self
     }
 
-    /// How many items of one stream may be queued.
+    /// How many items of one stream may wait (ASP.NET Core's
+    /// `StreamBufferCapacity`, default 10).
+    ///
+    /// * Client-to-server: each upload stream buffers at most this many
+    ///   items the method has not read yet; when the buffer is full the
+    ///   server stops reading the connection until the method reads.
+    /// * Server-to-client: a streaming method's producer is polled only
+    ///   while fewer than this many of its items wait in the connection's
+    ///   outbound queue, so a slow client slows the producer down instead
+    ///   of filling the queue (and other messages keep their room).
     pub fn stream_buffer_capacity(mut self, value: usize) -> Self {
         self.stream_buffer_capacity = value.max(1);
         self

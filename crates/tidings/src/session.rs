@@ -28,6 +28,7 @@ use crate::{
     dispatch::{self, Prepared},
     endpoint::Endpoint,
     hub::{Hub, MethodKind},
+    upload::{UploadItem, Uploads},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -237,6 +238,7 @@ pub(crate) async fn run<H, S>(
                 )),
                 tasks: JoinSet::new(),
                 streams: HashMap::new(),
+                uploads: Uploads::default(),
                 timeout_armed: false,
             };
             reader.decoder.push(&leftover);
@@ -264,6 +266,15 @@ pub(crate) fn encode(protocol: Protocol, message: &HubMessage) -> Bytes {
     Bytes::from(out)
 }
 
+/// What an ended invocation task leaves to clean up.
+#[derive(Default)]
+struct Finished {
+    /// The id of its server-to-client stream.
+    stream: Option<String>,
+    /// The owner key of its client-to-server streams.
+    uploads: Option<u64>,
+}
+
 /// The read side of one connection.
 struct Reader<'a, H: Hub> {
     endpoint: &'a Arc<Endpoint<H>>,
@@ -271,10 +282,12 @@ struct Reader<'a, H: Hub> {
     decoder: MessageDecoder,
     /// `MaximumParallelInvocationsPerClient`: a permit per running invocation.
     slots: Arc<Semaphore>,
-    /// Invocation tasks; a streaming one yields its id when it ends.
-    tasks: JoinSet<Option<String>>,
+    /// Invocation tasks; each says what to clean up when it ends.
+    tasks: JoinSet<Finished>,
     /// Running server-to-client streams, by invocation id.
     streams: HashMap<String, CancellationToken>,
+    /// Open client-to-server streams, by stream id.
+    uploads: Uploads,
     /// The client timeout starts with the client's first Ping, as in ASP.NET
     /// Core, so that clients that never ping are not cut off.
     timeout_armed: bool,
@@ -293,9 +306,11 @@ impl<H: Hub> Reader<'_, H> {
         let mut last_activity = Instant::now();
         loop {
             // Dispatch everything already buffered before reading more.
+            let mut dispatched = false;
             loop {
                 match self.decoder.next_message() {
                     Ok(Some(message)) => {
+                        dispatched = true;
                         if let Some(end) = self.handle(message, &shutdown).await {
                             return end;
                         }
@@ -303,6 +318,12 @@ impl<H: Hub> Reader<'_, H> {
                     Ok(None) => break,
                     Err(error) => return End::InvalidData(error),
                 }
+            }
+            if dispatched {
+                // Time spent dispatching (possibly waiting on back-pressure,
+                // with reading paused) is not the client's silence; ASP.NET
+                // Core stops the client timeout while it dispatches too.
+                last_activity = Instant::now();
             }
             if self.timeout_armed {
                 timeout.as_mut().reset(last_activity + client_timeout);
@@ -312,8 +333,15 @@ impl<H: Hub> Reader<'_, H> {
                 () = connection.aborted().cancelled() => return End::Aborted(connection.abort_reason()),
                 () = shutdown.cancelled() => return End::Shutdown,
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
-                    if let Ok(Some(id)) = done {
-                        self.streams.remove(&id);
+                    if let Ok(done) = done {
+                        if let Some(id) = done.stream {
+                            self.streams.remove(&id);
+                        }
+                        if let Some(owner) = done.uploads {
+                            // Streams the client left open end with the
+                            // invocation; later items for them are ignored.
+                            self.uploads.close_owner(owner);
+                        }
                     }
                 }
                 () = &mut timeout, if self.timeout_armed => return End::ClientTimeout,
@@ -348,13 +376,68 @@ impl<H: Hub> Reader<'_, H> {
                 }
                 None
             }
-            // Upload streams, client results and stateful reconnect are not
-            // enabled on this server yet; their messages are ignored, as
-            // ASP.NET Core ignores messages for unknown ids.
-            HubMessage::StreamItem(_)
-            | HubMessage::Completion(_)
-            | HubMessage::Ack { .. }
-            | HubMessage::Sequence { .. } => None,
+            HubMessage::StreamItem(item) => {
+                let id = item.invocation_id;
+                self.feed_upload(&id, UploadItem::Item(item.item), shutdown)
+                    .await
+            }
+            HubMessage::Completion(completion) => {
+                let id = completion.invocation_id;
+                let Some(sender) = self.uploads.remove(&id) else {
+                    // Client results are not enabled on this server yet;
+                    // ASP.NET Core ignores completions for unknown ids.
+                    return None;
+                };
+                match completion.result {
+                    // Dropping the sender ends the stream once the method
+                    // has read what is buffered.
+                    tidings_protocol::CompletionResult::Error(error) => {
+                        let sent = self
+                            .until_end(sender.send(UploadItem::Error(error)), shutdown)
+                            .await;
+                        sent.err()
+                    }
+                    _ => None,
+                }
+            }
+            // Stateful reconnect is not enabled on this server yet; its
+            // messages are ignored.
+            HubMessage::Ack { .. } | HubMessage::Sequence { .. } => None,
+        }
+    }
+
+    /// Hands one item to an upload stream, waiting while its buffer is full
+    /// (reading from this client pauses meanwhile). Unknown ids are ignored.
+    async fn feed_upload(
+        &mut self,
+        id: &str,
+        item: UploadItem,
+        shutdown: &CancellationToken,
+    ) -> Option<End> {
+        let sender = self.uploads.sender(id)?;
+        match self.until_end(sender.send(item), shutdown).await {
+            Ok(Ok(())) => None,
+            // The method stopped reading this stream: forget it.
+            Ok(Err(_)) => {
+                self.uploads.remove(id);
+                None
+            }
+            Err(end) => Some(end),
+        }
+    }
+
+    /// Awaits `future` unless the connection is aborted or the server shuts
+    /// down first.
+    async fn until_end<F: std::future::Future>(
+        &self,
+        future: F,
+        shutdown: &CancellationToken,
+    ) -> Result<F::Output, End> {
+        let connection = self.cx.connection();
+        tokio::select! {
+            output = future => Ok(output),
+            () = connection.aborted().cancelled() => Err(End::Aborted(connection.abort_reason())),
+            () = shutdown.cancelled() => Err(End::Shutdown),
         }
     }
 
@@ -392,33 +475,63 @@ impl<H: Hub> Reader<'_, H> {
             }
             let cancel = CancellationToken::new();
             self.streams.insert(id.clone(), cancel.clone());
+            let (owner, uploads) = self.open_uploads(&invocation);
             let hub = Arc::clone(&self.endpoint.hub);
             let cx = self.cx.clone();
             self.tasks.spawn(async move {
-                dispatch::run_stream(hub, method, cx, invocation, cancel).await;
-                Some(id)
+                dispatch::run_stream(hub, method, cx, invocation, uploads, cancel).await;
+                Finished {
+                    stream: Some(id),
+                    uploads: owner,
+                }
             });
             return None;
         }
-        // When every slot is taken, stop reading this client until one frees
-        // up: back-pressure, never an error (ASP.NET Core does the same).
-        let permit = tokio::select! {
-            permit = Arc::clone(&self.slots).acquire_owned() => permit.ok()?,
-            () = connection.aborted().cancelled() => return Some(End::Aborted(connection.abort_reason())),
-            () = shutdown.cancelled() => return Some(End::Shutdown),
+        // Methods fed by client streams do not take a slot either: they run
+        // as long as the client streams, and would otherwise hold up every
+        // other call (ASP.NET Core does the same).
+        let permit = if method.stream_params > 0 {
+            None
+        } else {
+            // When every slot is taken, stop reading this client until one
+            // frees up: back-pressure, never an error (as in ASP.NET Core).
+            match self
+                .until_end(Arc::clone(&self.slots).acquire_owned(), shutdown)
+                .await
+            {
+                Ok(permit) => Some(permit.ok()?),
+                Err(end) => return Some(end),
+            }
         };
+        let (owner, uploads) = self.open_uploads(&invocation);
         let hub = Arc::clone(&self.endpoint.hub);
         let cx = self.cx.clone();
         self.tasks.spawn(async move {
             let _permit = permit;
             let connection = cx.connection().clone();
-            if let Some(reply) = dispatch::run_unary(hub, method, cx, invocation).await {
+            if let Some(reply) = dispatch::run_unary(hub, method, cx, invocation, uploads).await {
                 let frame = encode(connection.protocol(), &reply);
                 connection.send_frame(frame).await;
             }
-            None
+            Finished {
+                stream: None,
+                uploads: owner,
+            }
         });
         None
+    }
+
+    /// Opens the invocation's client-to-server streams, if it has any.
+    fn open_uploads(
+        &mut self,
+        invocation: &Invocation,
+    ) -> (Option<u64>, dispatch::UploadReceivers) {
+        if invocation.stream_ids.is_empty() {
+            return (None, Vec::new());
+        }
+        let capacity = self.endpoint.shared.options.stream_buffer_capacity;
+        let (owner, receivers) = self.uploads.open(&invocation.stream_ids, capacity);
+        (Some(owner), receivers)
     }
 }
 

@@ -2,22 +2,35 @@
 //! the end-to-end suites drive it with the official clients.
 
 use std::{
+    collections::HashMap,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
 };
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use serde_json::Value;
-use tidings::{ConnectionError, Context, HubError, hub};
+use tidings::{ClientStream, ConnectionError, Context, HubError, hub};
+use tokio::sync::Notify;
 
 /// The interop hub.
 #[derive(Debug, Default)]
 pub struct TestHub {
     /// Streams whose producer is still alive.
     active_streams: Arc<AtomicUsize>,
+    /// Client-to-server streams still held by a background task.
+    live_uploads: Arc<AtomicUsize>,
+    /// Gates that `CountAfterRelease` waits on, by connection id.
+    gates: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+impl TestHub {
+    fn gate(&self, connection_id: &str) -> Arc<Notify> {
+        let mut gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(gates.entry(connection_id.to_owned()).or_default())
+    }
 }
 
 /// Counts a live stream producer; dropping the producer drops the guard.
@@ -95,6 +108,85 @@ impl TestHub {
                 .map(Ok)
                 .chain(std::iter::once(Err(HubError::new(message)))),
         )
+    }
+
+    /// The total of a client-to-server stream of numbers.
+    async fn sum(&self, mut numbers: ClientStream<f64>) -> Result<f64, HubError> {
+        let mut total = 0.0;
+        while let Some(n) = numbers.recv().await? {
+            total += n;
+        }
+        Ok(total)
+    }
+
+    /// Streams back every item of a client-to-server stream as it arrives.
+    #[hub(stream)]
+    async fn echo_stream(&self, items: ClientStream<Value>) -> ClientStream<Value> {
+        items
+    }
+
+    /// Two client-to-server streams in one invocation: the items of each,
+    /// joined, with `separator` between the two. Both are read at once: a
+    /// method that read one to its end first could wait forever while the
+    /// client's items for the other fill its buffer.
+    async fn concat_streams(
+        &self,
+        first: ClientStream<String>,
+        separator: String,
+        second: ClientStream<String>,
+    ) -> Result<String, HubError> {
+        async fn join(items: ClientStream<String>) -> Result<String, HubError> {
+            let items: Vec<String> = items
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect::<Result<_, _>>()?;
+            Ok(items.concat())
+        }
+        let (first, second) = futures_util::join!(join(first), join(second));
+        Ok(format!("{}{separator}{}", first?, second?))
+    }
+
+    /// Counts a client-to-server stream, but reads nothing before another
+    /// connection calls `Release` with this connection's id: meanwhile the
+    /// stream's buffer fills and the server stops reading this client.
+    async fn count_after_release(
+        &self,
+        cx: &Context,
+        mut items: ClientStream<Value>,
+    ) -> Result<usize, HubError> {
+        let gate = self.gate(cx.connection_id());
+        gate.notified().await;
+        self.gates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(cx.connection_id());
+        let mut count = 0;
+        while items.recv().await?.is_some() {
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// Lets the `CountAfterRelease` of connection `connection_id` read.
+    async fn release(&self, connection_id: String) {
+        self.gate(&connection_id).notify_one();
+    }
+
+    /// Hands a client-to-server stream to a background task and returns at
+    /// once. The server closes the stream when this invocation ends, so the
+    /// task ends even though the client never completes it.
+    async fn keep_upload(&self, mut items: ClientStream<Value>) {
+        let live = Live::new(&self.live_uploads);
+        tokio::spawn(async move {
+            let _live = live;
+            while let Ok(Some(_)) = items.recv().await {}
+        });
+    }
+
+    /// How many streams handed over by `KeepUpload` are still open.
+    async fn get_live_uploads(&self) -> usize {
+        self.live_uploads.load(Ordering::SeqCst)
     }
 
     /// How many stream producers are alive (a cancelled stream's producer

@@ -272,7 +272,7 @@ pub(crate) fn sse(http: Arc<HttpConnection>, keep_alive: Duration) -> Response {
 /// The bytes of one queue entry; sets `closing` at the final entry.
 fn frame_of(item: Outbound, protocol: Protocol, closing: &mut bool) -> Option<Bytes> {
     match item {
-        Outbound::Frame(bytes) => Some(bytes),
+        Outbound::Frame(bytes) | Outbound::Windowed { frame: bytes, .. } => Some(bytes),
         Outbound::Shared(message) => message.frame(protocol),
         Outbound::Close(frame) => {
             *closing = true;

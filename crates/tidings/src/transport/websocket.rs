@@ -191,7 +191,7 @@ fn collect(
 
 fn bytes_of(item: Outbound, protocol: Protocol, closing: &mut bool) -> Option<Bytes> {
     match item {
-        Outbound::Frame(bytes) => Some(bytes),
+        Outbound::Frame(bytes) | Outbound::Windowed { frame: bytes, .. } => Some(bytes),
         Outbound::Shared(message) => message.frame(protocol),
         Outbound::Close(frame) => {
             *closing = true;
