@@ -72,6 +72,40 @@
 //! [`Context::groups`] / [`HubContext::groups`]; a connection leaves all its
 //! groups when it disconnects.
 //!
+//! ## Streaming
+//!
+//! A `#[hub(stream)]` method returns a `Stream`; its items go to the client
+//! as they are produced, and the client cancelling its subscription drops
+//! the stream. A [`ClientStream<T>`](ClientStream) parameter receives a
+//! stream the client sends (a JavaScript `Subject`):
+//!
+//! ```
+//! use futures_util::Stream;
+//! use tidings::{ClientStream, HubError, hub};
+//!
+//! struct Streams;
+//!
+//! #[hub]
+//! impl Streams {
+//!     #[hub(stream)]
+//!     async fn countdown(&self, from: u32) -> impl Stream<Item = u32> + use<> {
+//!         futures_util::stream::iter((0..=from).rev())
+//!     }
+//!
+//!     async fn longest(&self, mut words: ClientStream<String>) -> Result<String, HubError> {
+//!         let mut longest = String::new();
+//!         while let Some(word) = words.recv().await? {
+//!             if word.len() > longest.len() {
+//!                 longest = word;
+//!             }
+//!         }
+//!         Ok(longest)
+//!     }
+//! }
+//! ```
+//!
+//! [`HubOptions::stream_buffer_capacity`] bounds both directions.
+//!
 //! ## Behaviour shared with ASP.NET Core
 //!
 //! * Method lookup is case-insensitive; unknown methods, wrong argument
