@@ -1,19 +1,28 @@
-//! The standalone tidings server: the chat, test and dashboard hubs on one
-//! port, in memory.
+//! The standalone tidings server: the chat, test and dashboard hubs and the
+//! plain SSE metrics stream on one port, in memory, over HTTP/1.1 and
+//! HTTP/2 (h2c, or TLS with ALPN when a certificate is given).
 
 mod auth;
 mod hubs;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
+use axum::{extract::State, routing::get};
 use clap::Parser;
-use tidings::{HubEndpoint, HubOptions, MemoryLifetimeManager, Shutdown};
+use tidings::{
+    HubEndpoint, HubOptions, MemoryLifetimeManager, Shutdown, TlsConfig,
+    sse::{EventLog, LastEventId, ServerSentEvents},
+};
 use tracing_subscriber::EnvFilter;
 
 use crate::{
     auth::JwtAuthenticator,
-    hubs::{chat::ChatHub, dashboard::DashboardHub, test::TestHub},
+    hubs::{
+        chat::ChatHub,
+        dashboard::{DashboardHub, Metrics, STREAM_HISTORY},
+        test::TestHub,
+    },
 };
 
 /// A SignalR-compatible real-time server.
@@ -76,6 +85,14 @@ struct Args {
     /// Period of the dashboard's metrics push, in milliseconds.
     #[arg(long, env = "TIDINGS_METRICS_PERIOD_MS", default_value_t = 2_000)]
     metrics_period_ms: u64,
+
+    /// PEM certificate chain: serve HTTPS (HTTP/2 or HTTP/1.1 by ALPN).
+    #[arg(long, env = "TIDINGS_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// PEM private key of the certificate.
+    #[arg(long, env = "TIDINGS_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// A transport name as the SignalR protocol spells it.
@@ -149,14 +166,27 @@ async fn main() -> anyhow::Result<()> {
     let test = endpoint(TestHub::default(), &args, &shutdown, &managers[1], &auth);
     let dashboard = endpoint(DashboardHub, &args, &shutdown, &managers[2], &auth);
 
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(TlsConfig::from_pem_files(cert, key).context("cannot load the TLS certificate")?)
+        }
+        _ => None,
+    };
+
+    let stream = EventLog::<Metrics>::new(STREAM_HISTORY);
     let metrics = tokio::spawn(hubs::dashboard::push_metrics(
         dashboard.context(),
+        stream.clone(),
         managers.clone(),
         Duration::from_millis(args.metrics_period_ms.max(100)),
     ));
 
     let app = axum::Router::new()
-        .route("/health", axum::routing::get(|| async { "ok" }))
+        .route("/health", get(|| async { "ok" }))
+        .route(
+            "/dashboard/stream",
+            get(dashboard_stream).with_state(stream.clone()),
+        )
         .nest("/hubs/chat", chat.into_router())
         .nest("/hubs/test", test.into_router())
         .nest("/hubs/dashboard", dashboard.into_router());
@@ -165,21 +195,36 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let local = listener.local_addr()?;
-    tracing::info!(address = %local, "tidings listening");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(address = %local, scheme, "tidings listening (HTTP/1.1 and HTTP/2)");
     // Scripts read this line to learn the port when listening on port 0.
-    println!("listening on http://{local}");
+    println!("listening on {scheme}://{local}");
 
     let signal_shutdown = shutdown.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            wait_for_signal().await;
-            tracing::info!("shutting down: closing connections");
-            let drained = signal_shutdown.shutdown(Duration::from_secs(10)).await;
-            tracing::info!(drained, "connections closed");
-        })
-        .await?;
+    let mut server = tidings::serve(listener, app).with_graceful_shutdown(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: closing connections");
+        // Event-stream responses end once the log is closed; hub
+        // connections are closed by the hub shutdown.
+        stream.close();
+        let drained = signal_shutdown.shutdown(Duration::from_secs(10)).await;
+        tracing::info!(drained, "connections closed");
+    });
+    if let Some(tls) = tls {
+        server = server.tls(tls);
+    }
+    server.await?;
     metrics.abort();
     Ok(())
+}
+
+/// `GET /dashboard/stream`: the metrics as plain Server-Sent Events,
+/// resuming after `Last-Event-ID`.
+async fn dashboard_stream(
+    State(stream): State<EventLog<Metrics>>,
+    last: LastEventId,
+) -> ServerSentEvents {
+    stream.sse(last)
 }
 
 async fn wait_for_signal() {

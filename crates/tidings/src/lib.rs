@@ -63,6 +63,20 @@
 //! # }
 //! ```
 //!
+//! ## HTTP/2 and TLS
+//!
+//! [`serve()`] runs a router like `axum::serve`, but speaks HTTP/1.1 and
+//! HTTP/2 on the same port (h2c by prior knowledge) and, with the `tls`
+//! feature and a [`TlsConfig`], TLS with ALPN (`h2`, `http/1.1`): a
+//! browser then carries all its Server-Sent Events streams on one
+//! connection.
+//!
+//! ## Plain Server-Sent Events
+//!
+//! The [`sse`] module pushes any `Stream` of serializable items to an
+//! `EventSource`, without a hub, with event ids and `Last-Event-ID`
+//! resumption ([`sse::EventLog`]).
+//!
 //! ## Targets
 //!
 //! [`Context::clients`] and [`HubContext::clients`] choose recipients the way
@@ -140,8 +154,10 @@ mod hub;
 mod lifetime;
 mod message;
 mod options;
+mod serve;
 mod session;
 mod shutdown;
+pub mod sse;
 mod transport;
 mod upload;
 
@@ -155,6 +171,9 @@ pub use hub::{BoxFuture, Hub, MethodDescriptor, MethodFuture, MethodKind};
 pub use lifetime::{LifetimeManager, MemoryLifetimeManager, Target};
 pub use message::SerializedMessage;
 pub use options::HubOptions;
+pub use serve::{Serve, serve};
+#[cfg(feature = "tls")]
+pub use serve::{TlsConfig, TlsError};
 pub use shutdown::Shutdown;
 pub use tidings_macros::hub;
 pub use tidings_protocol::Protocol;

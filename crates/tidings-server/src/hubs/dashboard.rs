@@ -1,5 +1,6 @@
-//! `/hubs/dashboard`: live server metrics, pushed every 2 s from a
-//! background task through a hub context.
+//! `/hubs/dashboard` and `/dashboard/stream`: live server metrics, pushed
+//! every 2 s from a background task, through a hub context to hub clients
+//! and through an event log to plain Server-Sent Events subscribers.
 
 use std::{
     sync::Arc,
@@ -7,7 +8,7 @@ use std::{
 };
 
 use serde::Serialize;
-use tidings::{HubContext, MemoryLifetimeManager, hub};
+use tidings::{HubContext, MemoryLifetimeManager, hub, sse::EventLog};
 
 /// The dashboard hub: clients only listen for `Metrics`.
 #[derive(Debug, Default)]
@@ -25,10 +26,15 @@ pub struct Metrics {
     timestamp: String,
 }
 
-/// Pushes a `Metrics` sample to every dashboard client every `period`,
-/// until the task is dropped.
+/// How many samples `/dashboard/stream` keeps for reconnecting clients
+/// (two minutes at the default period).
+pub const STREAM_HISTORY: usize = 60;
+
+/// Pushes a `Metrics` sample to every dashboard client and to the
+/// `/dashboard/stream` log every `period`, until the task is dropped.
 pub async fn push_metrics(
     dashboard: HubContext,
+    stream: EventLog<Metrics>,
     managers: Vec<Arc<MemoryLifetimeManager>>,
     period: Duration,
 ) {
@@ -41,6 +47,9 @@ pub async fn push_metrics(
             connections: managers.iter().map(|m| m.connection_count()).sum(),
             timestamp: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         };
+        if let Err(error) = stream.publish(&sample) {
+            tracing::debug!(%error, "metrics not added to the stream");
+        }
         if let Err(error) = dashboard.clients().all().send("Metrics", (sample,)).await {
             tracing::warn!(%error, "cannot push metrics");
         }
