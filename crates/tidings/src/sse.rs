@@ -40,6 +40,7 @@
 //! }
 //! # use futures_util::StreamExt as _;
 //!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let log = EventLog::new(256);
 //! let publisher = log.clone();
 //! tokio::spawn(async move {
@@ -55,6 +56,7 @@
 //!     .route("/prices", get(prices))
 //!     .route("/countdown", get(countdown))
 //!     .with_state(log);
+//! # }
 //! ```
 //!
 //! Ids are consecutive integers, so a client that sees a jump from `n` to
