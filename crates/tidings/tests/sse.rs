@@ -102,7 +102,11 @@ async fn resuming_while_events_are_published_has_no_gap_and_no_duplicate() -> an
     for (index, use_h2) in [false, true, false, true].into_iter().enumerate() {
         readers.push(tokio::spawn(async move {
             let connect = || async {
-                if use_h2 { h2(addr).await } else { h1(addr).await }
+                if use_h2 {
+                    h2(addr).await
+                } else {
+                    h1(addr).await
+                }
             };
             let mut client = connect().await?;
             // Resume from scratch: every retained event, 1 first.

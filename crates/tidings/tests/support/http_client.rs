@@ -146,7 +146,8 @@ impl Events {
                 None => return Ok(None),
                 Some(frame) => {
                     if let Ok(data) = frame?.into_data() {
-                        self.buffer.extend_from_slice(&data);
+                        // Lines may end in CRLF (the SignalR transport) or LF.
+                        self.buffer.extend(data.iter().filter(|&&b| b != b'\r'));
                     }
                 }
             }
@@ -156,14 +157,11 @@ impl Events {
     /// Takes one complete block (up to a blank line) from the buffer.
     fn parse_one(&mut self) -> anyhow::Result<Option<Event>> {
         loop {
-            let text = std::str::from_utf8(&self.buffer)?;
-            let normalized = text.replace("\r\n", "\n");
-            let Some(end) = normalized.find("\n\n") else {
+            let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") else {
                 return Ok(None);
             };
-            let block = normalized[..end].to_owned();
-            let rest = normalized[end + 2..].as_bytes().to_vec();
-            self.buffer = rest;
+            let block = String::from_utf8(self.buffer[..end].to_vec())?;
+            self.buffer.drain(..end + 2);
             let mut id = None;
             let mut data: Option<String> = None;
             for line in block.lines() {
