@@ -180,6 +180,12 @@ impl SignalRSse {
                 &[("accept", "text/event-stream")],
             )
             .await?;
+        if response.version() == http::Version::HTTP_2 {
+            // Connection-specific headers are forbidden in HTTP/2.
+            for name in ["connection", "keep-alive", "transfer-encoding", "upgrade"] {
+                ensure!(response.headers().get(name).is_none(), "{name} header");
+            }
+        }
         let events = Events::new(response)?;
         let mut connection = SignalRSse {
             hub: hub.to_owned(),
