@@ -47,9 +47,15 @@ mod tls;
 #[cfg(feature = "tls")]
 pub use tls::{TlsConfig, TlsError};
 
-/// How long an HTTP/1.1 client may take to send a request head, and a TLS
-/// client to complete its handshake.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a TLS client may take to complete its handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long an HTTP/1.1 connection may wait for a request head. hyper runs
+/// this timer while a keep-alive connection is idle too, so it is also the
+/// idle timeout: Kestrel's `KeepAliveTimeout`, long enough that clients
+/// close their idle connections first and never race a server-side close
+/// with a new request. HTTP/2 connections are not closed when idle.
+const HTTP1_HEAD_TIMEOUT: Duration = Duration::from_secs(130);
 
 type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -160,7 +166,7 @@ impl Serve {
             tokio::spawn(async move {
                 #[cfg(feature = "tls")]
                 if let Some(tls) = tls {
-                    match tls.accept(stream, HEAD_TIMEOUT).await {
+                    match tls.accept(stream, TLS_HANDSHAKE_TIMEOUT).await {
                         Ok(stream) => {
                             serve_connection(&builder, stream, peer, router, watcher).await
                         }
@@ -197,7 +203,7 @@ fn builder() -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEAD_TIMEOUT);
+        .header_read_timeout(HTTP1_HEAD_TIMEOUT);
     builder.http2().timer(TokioTimer::new());
     builder
 }
