@@ -342,6 +342,31 @@ async fn tls_still_serves_http1_and_websockets() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[test]
+fn an_unusable_certificate_stops_the_server_with_a_clear_error() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    certificate(dir.path())?;
+    let cert = dir.path().join("cert.pem");
+    let missing = dir.path().join("missing.pem");
+    // The certificate given as its own key, and a key file that is not there.
+    for (cert, key, expected) in [
+        (&cert, &cert, "no valid private key"),
+        (&cert, &missing, "cannot read"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_tidings"))
+            .args(["--listen", "127.0.0.1:0", "--tls-cert"])
+            .arg(cert)
+            .arg("--tls-key")
+            .arg(key)
+            .output()?;
+        ensure!(!output.status.success(), "the server must not start");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        ensure!(stderr.contains(expected), "stderr: {stderr}");
+        ensure!(!String::from_utf8_lossy(&output.stdout).contains("listening"));
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn http1_and_websockets_share_the_port_with_h2c() -> anyhow::Result<()> {
     let server = Server::start(&[])?;

@@ -7,7 +7,7 @@
 #[path = "support/http_client.rs"]
 mod http_client;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use axum::{Router, extract::State, routing::get};
 use http_client::{Client, Event, Events};
@@ -24,11 +24,20 @@ async fn start(log: EventLog<u64>) -> anyhow::Result<SocketAddr> {
         // Item n is n * 100; resuming continues after the client's id.
         let first = last.id().map_or(1, |id| id + 1);
         let items = futures_util::stream::iter((first..=10).map(|n| n * 100));
-        ServerSentEvents::numbered_from(first, items)
+        ServerSentEvents::numbered_from(first, items).retry(Duration::from_millis(1500))
+    }
+    async fn unserializable() -> ServerSentEvents {
+        // serde_json refuses maps with non-string keys: the middle item
+        // is skipped and its id stays unused.
+        let items = [vec![], vec![((1, 2), 3)], vec![]]
+            .into_iter()
+            .map(|pairs| pairs.into_iter().collect::<HashMap<(u8, u8), u8>>());
+        ServerSentEvents::new(futures_util::stream::iter(items))
     }
     let app = Router::new()
         .route("/log", get(from_log))
         .route("/count", get(count))
+        .route("/unserializable", get(unserializable))
         .with_state(log);
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -224,6 +233,7 @@ async fn a_numbered_stream_resumes_after_last_event_id() -> anyhow::Result<()> {
         .map(|n: u64| (n.to_string(), (n * 100).to_string()))
         .collect();
     assert_eq!(seen, expected);
+    assert_eq!(all.retry, Some(1500), "the retry field comes first");
 
     let mut client = h2(addr).await?;
     let mut resumed = Events::new(client.get("/count", &[("last-event-id", "7")]).await?)?;
@@ -232,6 +242,32 @@ async fn a_numbered_stream_resumes_after_last_event_id() -> anyhow::Result<()> {
         seen.push((event.id.unwrap_or_default(), event.data));
     }
     assert_eq!(seen, expected[7..].to_vec());
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_item_that_cannot_be_serialized_is_skipped_and_keeps_its_id() -> anyhow::Result<()> {
+    let addr = start(EventLog::new(1)).await?;
+    let mut client = h1(addr).await?;
+    let mut events = Events::new(client.get("/unserializable", &[]).await?)?;
+    let mut seen = Vec::new();
+    while let Some(event) = events.next().await? {
+        seen.push((event.id.unwrap_or_default(), event.data));
+    }
+    let expected = [("1", "{}"), ("3", "{}")].map(|(id, data)| (id.to_owned(), data.to_owned()));
+    assert_eq!(seen, expected);
+
+    let log = EventLog::<HashMap<(u8, u8), u8>>::new(4);
+    let refused = log.publish(&HashMap::from([((1, 2), 3)]));
+    assert!(matches!(
+        refused,
+        Err(tidings::sse::PublishError::Serialize(_))
+    ));
+    assert_eq!(
+        log.publish(&HashMap::new())?,
+        1,
+        "a refused item takes no id"
+    );
     Ok(())
 }
 

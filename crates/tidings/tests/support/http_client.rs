@@ -110,6 +110,8 @@ pub struct Events {
     buffer: Vec<u8>,
     /// Comment lines seen so far (the opening one and keep-alives).
     pub comments: usize,
+    /// The last `retry:` field, in milliseconds.
+    pub retry: Option<u64>,
 }
 
 impl Events {
@@ -126,6 +128,7 @@ impl Events {
             body: response.into_body(),
             buffer: Vec::new(),
             comments: 0,
+            retry: None,
         })
     }
 
@@ -167,6 +170,8 @@ impl Events {
             for line in block.lines() {
                 if line.starts_with(':') {
                     self.comments += 1;
+                } else if let Some(value) = line.strip_prefix("retry:") {
+                    self.retry = Some(value.trim().parse()?);
                 } else if let Some(value) = line.strip_prefix("id:") {
                     id = Some(value.trim_start().to_owned());
                 } else if let Some(value) = line.strip_prefix("data:") {
