@@ -48,6 +48,7 @@ mod tls;
 pub use tls::{TlsConfig, TlsError};
 
 /// How long a TLS client may take to complete its handshake.
+#[cfg(feature = "tls")]
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long an HTTP/1.1 connection may wait for a request head. hyper runs
