@@ -67,7 +67,7 @@
 //!
 //! [`serve()`] runs a router like `axum::serve`, but speaks HTTP/1.1 and
 //! HTTP/2 on the same port (h2c by prior knowledge) and, with the `tls`
-//! feature and a [`TlsConfig`], TLS with ALPN (`h2`, `http/1.1`): a
+//! feature and a `TlsConfig`, TLS with ALPN (`h2`, `http/1.1`): a
 //! browser then carries all its Server-Sent Events streams on one
 //! connection.
 //!

@@ -61,7 +61,7 @@ const HTTP1_HEAD_TIMEOUT: Duration = Duration::from_secs(130);
 type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Serves `router` on `listener` over HTTP/1.1 and HTTP/2 (and TLS, see
-/// [`Serve::tls`]). Await the returned [`Serve`] to run the server.
+/// `Serve::tls`, feature `tls`). Await the returned [`Serve`] to run the server.
 ///
 /// Handlers can extract the peer address as
 /// [`ConnectInfo<SocketAddr>`](axum::extract::ConnectInfo).
