@@ -69,6 +69,14 @@ struct Args {
     #[arg(long, env = "TIDINGS_STREAM_BUFFER_CAPACITY", default_value_t = 10)]
     stream_buffer_capacity: usize,
 
+    /// How long to wait for a client result, in milliseconds.
+    #[arg(
+        long,
+        env = "TIDINGS_CLIENT_RESULT_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    client_result_timeout_ms: u64,
+
     /// How many messages may wait for one client before it is closed as a slow consumer.
     #[arg(long, env = "TIDINGS_OUTBOUND_BUFFER", default_value_t = 1024)]
     outbound_buffer: usize,
@@ -120,6 +128,7 @@ impl Args {
             .maximum_parallel_invocations_per_client(self.max_parallel_invocations)
             .outbound_buffer_capacity(self.outbound_buffer)
             .stream_buffer_capacity(self.stream_buffer_capacity)
+            .client_result_timeout(Duration::from_millis(self.client_result_timeout_ms))
             .websockets(self.transports.contains(&Transport::WebSockets))
             .server_sent_events(self.transports.contains(&Transport::ServerSentEvents))
             .long_polling(self.transports.contains(&Transport::LongPolling))

@@ -3,17 +3,30 @@
 //! facades both hand out.
 //!
 //! Every send goes through the hub's [`LifetimeManager`], so the same code
-//! reaches clients on other servers once a backplane is installed.
+//! reaches clients on other servers once a backplane is installed. That
+//! includes client results ([`SingleClientProxy::invoke`]): the context only
+//! adds the rules of where it was handed out (refused in `on_connected`,
+//! the invocation slot freed while waiting) and the timeout.
 
-use std::{fmt, sync::Arc};
+use std::{
+    fmt,
+    future::IntoFuture,
+    marker::PhantomData,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use axum::http::HeaderMap;
+use serde::de::DeserializeOwned;
 use tidings_protocol::{Protocol, ToArguments};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::{
-    ConnectionHandle, GroupError, HubOptions, Principal, SendError,
+    ConnectionHandle, GroupError, HubOptions, InvokeError, Principal, SendError,
+    error::short_type_name,
+    hub::BoxFuture,
     lifetime::{LifetimeManager, Target},
-    message::SerializedMessage,
+    message::{ClientInvocation, SerializedMessage},
 };
 
 /// Hub-wide state shared by every connection of one endpoint.
@@ -30,11 +43,74 @@ pub(crate) struct HubShared {
 pub struct Context {
     connection: ConnectionHandle,
     hub: Arc<HubShared>,
+    scope: Scope,
+}
+
+/// Where a [`Context`] was handed out; it decides what a client result
+/// started from it must do first.
+#[derive(Clone, Default)]
+pub(crate) enum Scope {
+    /// Streaming methods, methods fed by client streams, `on_disconnected`,
+    /// and every [`HubContext`]: nothing to do.
+    #[default]
+    Free,
+    /// `on_connected`: the connection is not read until it returns, so a
+    /// client result could never be answered; it is refused.
+    OnConnected,
+    /// A method holding one of the client's invocation slots
+    /// (`MaximumParallelInvocationsPerClient`).
+    Invocation(Arc<InvocationSlot>),
+}
+
+static FREE: Scope = Scope::Free;
+
+/// The invocation slot of one running method.
+///
+/// A method that waits for a client result gives its slot up: with one slot
+/// per client (the default), the read loop would otherwise wait for the
+/// slot before it could read the client's answer, or a call the client
+/// makes before answering, and both sides would wait forever. ASP.NET Core
+/// gives the slot up the same way and does not take it back.
+#[derive(Debug)]
+pub(crate) struct InvocationSlot(Mutex<Option<OwnedSemaphorePermit>>);
+
+impl InvocationSlot {
+    pub(crate) fn new(permit: OwnedSemaphorePermit) -> Arc<Self> {
+        Arc::new(InvocationSlot(Mutex::new(Some(permit))))
+    }
+
+    /// Frees the slot; later calls do nothing. The session calls it when the
+    /// invocation has answered, whatever clones of its context live on.
+    pub(crate) fn release(&self) {
+        if let Ok(mut permit) = self.0.lock() {
+            permit.take();
+        }
+    }
 }
 
 impl Context {
     pub(crate) fn new(connection: ConnectionHandle, hub: Arc<HubShared>) -> Self {
-        Context { connection, hub }
+        Context {
+            connection,
+            hub,
+            scope: Scope::Free,
+        }
+    }
+
+    /// This context, handed out in `scope`.
+    pub(crate) fn with_scope(&self, scope: Scope) -> Self {
+        Context {
+            connection: self.connection.clone(),
+            hub: Arc::clone(&self.hub),
+            scope,
+        }
+    }
+
+    /// A handle to this hub for work that outlives the current call (a
+    /// spawned task): the same as
+    /// [`HubEndpoint::context`](crate::HubEndpoint::context).
+    pub fn hub_context(&self) -> HubContext {
+        HubContext::new(Arc::clone(&self.hub))
     }
 
     /// The connection's public id.
@@ -92,6 +168,8 @@ impl Context {
         Clients {
             lifetime: &*self.hub.lifetime,
             caller: Some(self.connection.id()),
+            scope: &self.scope,
+            timeout: self.hub.options.client_result_timeout,
         }
     }
 
@@ -134,6 +212,8 @@ impl HubContext {
         Clients {
             lifetime: &*self.hub.lifetime,
             caller: None,
+            scope: &FREE,
+            timeout: self.hub.options.client_result_timeout,
         }
     }
 
@@ -156,6 +236,8 @@ impl fmt::Debug for HubContext {
 pub struct Clients<'a> {
     lifetime: &'a dyn LifetimeManager,
     caller: Option<&'a str>,
+    scope: &'a Scope,
+    timeout: Duration,
 }
 
 impl fmt::Debug for Clients<'_> {
@@ -182,6 +264,15 @@ impl<'a> Clients<'a> {
         self.caller.unwrap_or_default().to_owned()
     }
 
+    fn single(self, connection_id: Option<String>, target: Target) -> SingleClientProxy<'a> {
+        SingleClientProxy {
+            proxy: self.proxy(target),
+            connection_id,
+            scope: self.scope,
+            timeout: self.timeout,
+        }
+    }
+
     /// Every connection.
     pub fn all(self) -> ClientProxy<'a> {
         self.proxy(Target::All)
@@ -192,9 +283,11 @@ impl<'a> Clients<'a> {
         self.proxy(Target::AllExcept(owned(ids)))
     }
 
-    /// One connection.
-    pub fn client(self, id: impl Into<String>) -> ClientProxy<'a> {
-        self.proxy(Target::Connection(id.into()))
+    /// One connection; it can also be asked for a result
+    /// ([`SingleClientProxy::invoke`]).
+    pub fn client(self, id: impl Into<String>) -> SingleClientProxy<'a> {
+        let id = id.into();
+        self.single(Some(id.clone()), Target::Connection(id))
     }
 
     /// Several connections.
@@ -231,15 +324,17 @@ impl<'a> Clients<'a> {
         self.proxy(Target::Users(owned(user_ids)))
     }
 
-    /// The calling connection. From a [`HubContext`] (no caller) this
-    /// reaches nobody.
-    pub fn caller(self) -> ClientProxy<'a> {
-        let id = self.caller_id();
-        self.proxy(Target::Connections(if id.is_empty() {
-            Vec::new()
-        } else {
-            vec![id]
-        }))
+    /// The calling connection; it can also be asked for a result
+    /// ([`SingleClientProxy::invoke`]). From a [`HubContext`] (no caller)
+    /// this reaches nobody.
+    pub fn caller(self) -> SingleClientProxy<'a> {
+        match self.caller {
+            Some(id) => self.single(
+                Some(id.to_owned()),
+                Target::Connections(vec![id.to_owned()]),
+            ),
+            None => self.single(None, Target::Connections(Vec::new())),
+        }
     }
 
     /// Every connection except the caller.
@@ -295,6 +390,154 @@ impl ClientProxy<'_> {
     /// The recipients.
     pub fn target(&self) -> &Target {
         &self.target
+    }
+}
+
+/// One connection (ASP.NET Core's `ISingleClientProxy`): send to it, or
+/// invoke one of its methods and wait for the result.
+#[derive(Clone)]
+pub struct SingleClientProxy<'a> {
+    proxy: ClientProxy<'a>,
+    /// `None` for the caller of a [`HubContext`], which has none.
+    connection_id: Option<String>,
+    scope: &'a Scope,
+    timeout: Duration,
+}
+
+impl fmt::Debug for SingleClientProxy<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SingleClientProxy")
+            .field("connection_id", &self.connection_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> SingleClientProxy<'a> {
+    /// Invokes `method` on the connection without waiting for it (see
+    /// [`ClientProxy::send`]).
+    pub async fn send<A>(&self, method: &str, arguments: A) -> Result<(), SendError>
+    where
+        A: ToArguments + Send + Sync + 'static,
+    {
+        self.proxy.send(method, arguments).await
+    }
+
+    /// Sends a message built (or received) elsewhere.
+    pub async fn send_serialized(&self, message: Arc<SerializedMessage>) -> Result<(), SendError> {
+        self.proxy.send_serialized(message).await
+    }
+
+    /// The recipient.
+    pub fn target(&self) -> &Target {
+        self.proxy.target()
+    }
+
+    /// Invokes `method` on the connection with `arguments` and waits for the
+    /// value its handler returns (a client result, ASP.NET Core's
+    /// `Clients.Client(id).InvokeAsync<T>`); await the returned
+    /// [`ClientInvoke`]:
+    ///
+    /// ```
+    /// # use tidings::{Context, HubError};
+    /// # use std::time::Duration;
+    /// # async fn ask(cx: &Context) -> Result<(), HubError> {
+    /// let name: String = cx.clients().caller().invoke("GetName", ()).await?;
+    /// let sure: bool = cx
+    ///     .clients()
+    ///     .caller()
+    ///     .invoke("Confirm", (format!("Delete {name}?"),))
+    ///     .timeout(Duration::from_secs(60))
+    ///     .await?;
+    /// # let _ = sure; Ok(()) }
+    /// ```
+    ///
+    /// * The wait is limited by
+    ///   [`HubOptions::client_result_timeout`](crate::HubOptions::client_result_timeout)
+    ///   (30 s by default) or [`ClientInvoke::timeout`].
+    /// * The call goes through the [`LifetimeManager`], so with a backplane
+    ///   it reaches a connection on another server.
+    /// * A hub method that waits for a client result frees its invocation
+    ///   slot, so the client may call the hub before it answers.
+    /// * Inside `on_connected` it fails with [`InvokeError::NotAllowed`]:
+    ///   the connection is not read before `on_connected` returns. Start the
+    ///   call from a task with [`Context::hub_context`] instead.
+    ///
+    /// The errors, and what a client sees when a hub method passes them on
+    /// with `?`, are described at [`InvokeError`].
+    pub fn invoke<T, A>(&self, method: &str, arguments: A) -> ClientInvoke<'a, T>
+    where
+        A: ToArguments + Send + Sync + 'static,
+    {
+        ClientInvoke {
+            lifetime: self.proxy.lifetime,
+            connection_id: self.connection_id.clone(),
+            invocation: ClientInvocation::new(method, arguments),
+            scope: self.scope,
+            timeout: self.timeout,
+            _result: PhantomData,
+        }
+    }
+}
+
+/// A client result on its way: await it (it implements [`IntoFuture`]),
+/// optionally after choosing its [`timeout`](Self::timeout). Made by
+/// [`SingleClientProxy::invoke`].
+#[must_use = "a client result is only requested when awaited"]
+pub struct ClientInvoke<'a, T> {
+    lifetime: &'a dyn LifetimeManager,
+    connection_id: Option<String>,
+    invocation: ClientInvocation,
+    scope: &'a Scope,
+    timeout: Duration,
+    _result: PhantomData<fn() -> T>,
+}
+
+impl<T> fmt::Debug for ClientInvoke<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientInvoke")
+            .field("connection_id", &self.connection_id)
+            .field("invocation", &self.invocation)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> ClientInvoke<'_, T> {
+    /// How long to wait for this answer, instead of the hub's
+    /// [`client_result_timeout`](crate::HubOptions::client_result_timeout).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
+impl<'a, T: DeserializeOwned + 'a> IntoFuture for ClientInvoke<'a, T> {
+    type Output = Result<T, InvokeError>;
+    type IntoFuture = BoxFuture<'a, Result<T, InvokeError>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            match self.scope {
+                Scope::OnConnected => return Err(InvokeError::NotAllowed),
+                Scope::Invocation(slot) => slot.release(),
+                Scope::Free => {}
+            }
+            let Some(connection_id) = self.connection_id else {
+                return Err(InvokeError::UnknownConnection(String::new()));
+            };
+            let answer = self
+                .lifetime
+                .invoke_connection(&connection_id, self.invocation);
+            let payload = tokio::time::timeout(self.timeout, answer)
+                .await
+                .map_err(|_| InvokeError::Timeout(self.timeout))??;
+            payload
+                .deserialize::<T>()
+                .map_err(|error| InvokeError::Deserialize {
+                    type_name: short_type_name::<T>().to_owned(),
+                    message: error.to_string(),
+                })
+        })
     }
 }
 

@@ -1,12 +1,13 @@
 //! Errors: what a hub method returns ([`HubError`]), why a connection ended
-//! ([`ConnectionError`]), and what sending to clients can fail with
-//! ([`SendError`]).
+//! ([`ConnectionError`]), what sending to clients can fail with
+//! ([`SendError`]), and why a client result was not obtained
+//! ([`InvokeError`]).
 //!
 //! The texts mirror ASP.NET Core SignalR on purpose: clients written against
 //! ASP.NET Core match on them (`HubException: …`, `Connection closed with an
 //! error.`), so the wording is part of the wire contract.
 
-use std::fmt;
+use std::{any::Any, fmt, time::Duration};
 
 /// The error a hub method fails with.
 ///
@@ -102,18 +103,26 @@ impl fmt::Display for HubError {
 
 impl<E: std::error::Error + Send + Sync + 'static> From<E> for HubError {
     fn from(error: E) -> Self {
-        let full = std::any::type_name::<E>();
-        // `my_crate::module::ParseError<T>` → `ParseError`: the short name is
-        // what a reader of the detailed message wants, like .NET's type name.
-        let base = full.split('<').next().unwrap_or(full);
-        let short = base.rsplit("::").next().unwrap_or(base);
+        // A failed client result keeps ASP.NET Core's meaning when a hub
+        // method passes it on with `?` (see `InvokeError`).
+        if let Some(invoke) = (&error as &dyn Any).downcast_ref::<InvokeError>() {
+            return invoke.to_hub_error();
+        }
         HubError {
             kind: HubErrorKind::Internal {
-                type_name: short.to_owned(),
+                type_name: short_type_name::<E>().to_owned(),
                 message: error.to_string(),
             },
         }
     }
+}
+
+/// `my_crate::module::ParseError<T>` → `ParseError`: the short name is what
+/// a reader of an error message wants, like .NET's type name.
+pub(crate) fn short_type_name<T: ?Sized>() -> &'static str {
+    let full = std::any::type_name::<T>();
+    let base = full.split('<').next().unwrap_or(full);
+    base.rsplit("::").next().unwrap_or(base)
 }
 
 /// Why a connection ended abnormally; passed to `on_disconnected`.
@@ -177,4 +186,125 @@ pub enum GroupError {
     /// The lifetime manager (for example a backplane) failed.
     #[error("could not change the group membership: {0}")]
     Delivery(String),
+}
+
+/// Why a client result ([`SingleClientProxy::invoke`](crate::SingleClientProxy::invoke))
+/// was not obtained.
+///
+/// Passed on from a hub method with `?`, it fails the invocation the way
+/// ASP.NET Core does: an error the client answered with, or a result that
+/// could not be read, is a `HubException` (its text always reaches the
+/// caller); the other failures are hidden unless detailed errors are on.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvokeError {
+    /// No connection with this id is connected (to this server, or to any
+    /// server of a backplane).
+    #[error("Connection '{0}' does not exist.")]
+    UnknownConnection(String),
+    /// The connection ended before it answered.
+    #[error("Connection '{0}' disconnected.")]
+    Disconnected(String),
+    /// The client answered with an error. The JavaScript client answers
+    /// `Client didn't provide a result.` when it has no handler for the
+    /// method, and the text of the exception its handler threw otherwise.
+    #[error("{0}")]
+    Client(String),
+    /// The client did not answer in time (see
+    /// [`HubOptions::client_result_timeout`](crate::HubOptions::client_result_timeout)).
+    #[error("The client did not provide a result within {} ms.", .0.as_millis())]
+    Timeout(Duration),
+    /// The client's result is not a value of the expected type.
+    #[error("Error trying to deserialize result to {type_name}. {message}")]
+    Deserialize {
+        /// The expected type's name.
+        type_name: String,
+        /// Why it could not be read.
+        message: String,
+    },
+    /// Client results are not available inside `on_connected`: the
+    /// connection's messages are not read until it returns, so the answer
+    /// could never arrive.
+    #[error("Client results inside OnConnectedAsync Hub methods are not allowed.")]
+    NotAllowed,
+    /// The arguments could not be serialized.
+    #[error("could not serialize the invocation: {0}")]
+    Encode(String),
+    /// The lifetime manager (for example a backplane) failed.
+    #[error("could not deliver the invocation: {0}")]
+    Delivery(String),
+}
+
+impl InvokeError {
+    /// The hub error ASP.NET Core reports for this failure.
+    fn to_hub_error(&self) -> HubError {
+        let type_name = match self {
+            InvokeError::Client(_) | InvokeError::Deserialize { .. } => {
+                return HubError::new(self.to_string());
+            }
+            InvokeError::UnknownConnection(_)
+            | InvokeError::Disconnected(_)
+            | InvokeError::Delivery(_) => "IOException",
+            InvokeError::Timeout(_) => "TimeoutException",
+            InvokeError::NotAllowed => "InvalidOperationException",
+            InvokeError::Encode(_) => "EncodeError",
+        };
+        HubError {
+            kind: HubErrorKind::Internal {
+                type_name: type_name.to_owned(),
+                message: self.to_string(),
+            },
+        }
+    }
+}
+
+impl From<tidings_protocol::EncodeError> for InvokeError {
+    fn from(error: tidings_protocol::EncodeError) -> Self {
+        InvokeError::Encode(error.to_string())
+    }
+}
+
+impl From<SendError> for InvokeError {
+    fn from(error: SendError) -> Self {
+        match error {
+            SendError::Encode(error) => InvokeError::Encode(error.to_string()),
+            other => InvokeError::Delivery(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn through_question_mark(error: InvokeError) -> HubError {
+        let failing = || -> Result<(), HubError> { Err(error)? };
+        failing().expect_err("fails")
+    }
+
+    #[test]
+    fn client_answers_are_hub_exceptions() {
+        let error = through_question_mark(InvokeError::Client("Error: nope".into()));
+        assert!(error.is_hub_exception());
+        assert_eq!(
+            error.detail(false).as_deref(),
+            Some("HubException: Error: nope")
+        );
+    }
+
+    #[test]
+    fn other_failures_are_shown_only_in_detail() {
+        let error = through_question_mark(InvokeError::Disconnected("abc".into()));
+        assert!(!error.is_hub_exception());
+        assert_eq!(error.detail(false), None);
+        assert_eq!(
+            error.detail(true).as_deref(),
+            Some("IOException: Connection 'abc' disconnected.")
+        );
+        let error = through_question_mark(InvokeError::Timeout(Duration::from_millis(250)));
+        assert_eq!(
+            error.detail(true).as_deref(),
+            Some("TimeoutException: The client did not provide a result within 250 ms.")
+        );
+    }
 }

@@ -62,6 +62,12 @@ pub trait Hub: Send + Sync + Sized + 'static {
 
     /// Runs after the handshake, before any invocation is read.
     /// An error closes the connection with a Close message carrying the error.
+    ///
+    /// Client results ([`SingleClientProxy::invoke`](crate::SingleClientProxy::invoke))
+    /// started from this context fail with
+    /// [`InvokeError::NotAllowed`](crate::InvokeError::NotAllowed), as in
+    /// ASP.NET Core: the connection's answers are not read before this
+    /// returns. A task spawned with [`Context::hub_context`] may ask.
     fn on_connected(self: Arc<Self>, cx: Context) -> BoxFuture<'static, Result<(), HubError>> {
         let _ = cx;
         Box::pin(async { Ok(()) })

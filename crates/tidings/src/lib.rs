@@ -120,6 +120,23 @@
 //!
 //! [`HubOptions::stream_buffer_capacity`] bounds both directions.
 //!
+//! ## Client results
+//!
+//! [`Clients::client`] and [`Clients::caller`] return a
+//! [`SingleClientProxy`], which can also invoke a client method and wait
+//! for what its handler returns (ASP.NET Core's `InvokeAsync<T>`), from a
+//! hub method or from a [`HubContext`]:
+//!
+//! ```
+//! # use tidings::{Context, HubError};
+//! # async fn confirm(cx: &Context, id: String) -> Result<bool, HubError> {
+//! let ok: bool = cx.clients().client(id).invoke("Confirm", ("Delete?",)).await?;
+//! # Ok(ok) }
+//! ```
+//!
+//! The wait is bounded by [`HubOptions::client_result_timeout`] (30 s) or a
+//! per-call [`ClientInvoke::timeout`]; failures are [`InvokeError`]s.
+//!
 //! ## Behaviour shared with ASP.NET Core
 //!
 //! * Method lookup is case-insensitive; unknown methods, wrong argument
@@ -163,13 +180,15 @@ mod upload;
 
 pub use auth::{AuthError, Authenticator, Principal, bearer_token};
 pub use connection::ConnectionHandle;
-pub use context::{ClientProxy, Clients, Context, Groups, HubContext};
+pub use context::{
+    ClientInvoke, ClientProxy, Clients, Context, Groups, HubContext, SingleClientProxy,
+};
 pub use dispatch::{Call, MethodOutput};
 pub use endpoint::HubEndpoint;
-pub use error::{ConnectionError, GroupError, HubError, SendError};
+pub use error::{ConnectionError, GroupError, HubError, InvokeError, SendError};
 pub use hub::{BoxFuture, Hub, MethodDescriptor, MethodFuture, MethodKind};
 pub use lifetime::{LifetimeManager, MemoryLifetimeManager, Target};
-pub use message::SerializedMessage;
+pub use message::{ClientInvocation, SerializedMessage};
 pub use options::HubOptions;
 pub use serve::{Serve, serve};
 #[cfg(feature = "tls")]

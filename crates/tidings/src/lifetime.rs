@@ -7,13 +7,31 @@
 //! the other servers. The in-memory implementation keeps every index under
 //! one `RwLock` that is never held across an `.await`: delivery only calls
 //! [`ConnectionHandle::send`], which never waits.
+//!
+//! Client results go through the manager too, so that a backplane can route
+//! an invocation to the server holding the connection and the answer back:
+//! [`LifetimeManager::invoke_connection`] sends the invocation and waits,
+//! [`LifetimeManager::set_connection_result`] receives the client's
+//! Completion. The in-memory manager keeps the pending answers per
+//! connection, so a connection can only answer what it was asked, and its
+//! departure fails whatever it still owes.
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
-use crate::{ConnectionHandle, GroupError, SendError, hub::BoxFuture, message::SerializedMessage};
+use tidings_protocol::{Completion, CompletionResult, Payload};
+use tokio::sync::oneshot;
+
+use crate::{
+    ConnectionHandle, GroupError, InvokeError, SendError,
+    hub::BoxFuture,
+    message::{ClientInvocation, SerializedMessage},
+};
 
 /// The recipients of a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,13 +87,41 @@ pub trait LifetimeManager: Send + Sync + 'static {
         connection_id: &'a str,
         group: &'a str,
     ) -> BoxFuture<'a, Result<(), GroupError>>;
+
+    /// Invokes a client method on one connection (possibly on another
+    /// server) and waits for its answer: the result serialized in the
+    /// client's protocol, or why there is none.
+    ///
+    /// The manager chooses the invocation id; it must not collide with the
+    /// ids clients give their own streams (ASP.NET Core uses `s1`, `s2`, …
+    /// locally and random ids across servers). Dropping the future abandons
+    /// the call (that is how timeouts work): a late answer is then ignored.
+    fn invoke_connection<'a>(
+        &'a self,
+        connection_id: &'a str,
+        invocation: ClientInvocation,
+    ) -> BoxFuture<'a, Result<Payload, InvokeError>>;
+
+    /// Connection `connection_id` sent a Completion that is not for one of
+    /// its own streams: the answer to an [`invoke_connection`](Self::invoke_connection).
+    /// A Completion for an id this connection was not asked is ignored.
+    fn set_connection_result<'a>(
+        &'a self,
+        connection_id: &'a str,
+        completion: Completion,
+    ) -> BoxFuture<'a, ()>;
 }
 
 /// The single-server lifetime manager: everything in memory.
 #[derive(Debug, Default)]
 pub struct MemoryLifetimeManager {
     state: RwLock<State>,
+    /// The last client-result invocation number (ids are `s1`, `s2`, …).
+    last_invocation: AtomicU64,
 }
+
+/// Where a connection's answer to a client result goes.
+type Answer = oneshot::Sender<Result<Payload, InvokeError>>;
 
 type Members = HashMap<Arc<str>, ConnectionHandle>;
 
@@ -90,6 +136,10 @@ struct State {
 struct Entry {
     handle: ConnectionHandle,
     groups: HashSet<Arc<str>>,
+    /// Client results this connection has been asked for and owes. When
+    /// the entry goes, the senders drop and the callers learn that the
+    /// connection disconnected.
+    answers: HashMap<Box<str>, Answer>,
 }
 
 impl MemoryLifetimeManager {
@@ -127,6 +177,7 @@ impl MemoryLifetimeManager {
             Entry {
                 handle: connection.clone(),
                 groups: HashSet::new(),
+                answers: HashMap::new(),
             },
         );
     }
@@ -260,6 +311,70 @@ impl MemoryLifetimeManager {
         sent
     }
 
+    /// Invokes a client method on a local connection and waits for its
+    /// answer (see [`LifetimeManager::invoke_connection`]). Invocation ids
+    /// are `s1`, `s2`, …: clients number their own streams with plain
+    /// integers, so the two never collide.
+    pub async fn invoke_local(
+        &self,
+        connection_id: &str,
+        invocation: ClientInvocation,
+    ) -> Result<Payload, InvokeError> {
+        let number = self.last_invocation.fetch_add(1, Ordering::Relaxed) + 1;
+        let id: Box<str> = format!("s{number}").into();
+        let (tx, rx) = oneshot::channel();
+        let handle = {
+            let mut state = self.write();
+            let Some(entry) = state.connections.get_mut(connection_id) else {
+                return Err(InvokeError::UnknownConnection(connection_id.to_owned()));
+            };
+            entry.answers.insert(id.clone(), tx);
+            entry.handle.clone()
+        };
+        // However this ends (answered, failed, or dropped by a timeout),
+        // the connection no longer owes the answer.
+        let _owed = Owed {
+            manager: self,
+            connection_id,
+            id: &id,
+        };
+        let frame = invocation
+            .into_message(id.clone())
+            .try_frame(handle.protocol())?;
+        // Like a reply, this waits for room in the connection's queue
+        // rather than closing a busy connection: the caller waits anyway.
+        if !handle.send_frame(frame).await {
+            return Err(InvokeError::Disconnected(connection_id.to_owned()));
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(InvokeError::Disconnected(connection_id.to_owned())))
+    }
+
+    /// Delivers a local connection's answer to a client result; returns
+    /// false (and drops it) if the connection was not asked for this id.
+    pub fn complete_local(&self, connection_id: &str, completion: Completion) -> bool {
+        let owed = {
+            let mut state = self.write();
+            state.connections.get_mut(connection_id).and_then(|entry| {
+                let answer = entry.answers.remove(completion.invocation_id.as_str())?;
+                Some((answer, entry.handle.protocol()))
+            })
+        };
+        let Some((answer, protocol)) = owed else {
+            tracing::debug!(connection_id, invocation_id = %completion.invocation_id, "ignoring a completion nobody waits for");
+            return false;
+        };
+        let result = match completion.result {
+            CompletionResult::Value(payload) => Ok(payload),
+            // An answer without a value reads as null (`()` or `None`).
+            CompletionResult::Void => Ok(Payload::null(protocol)),
+            CompletionResult::Error(error) => Err(InvokeError::Client(error)),
+        };
+        // The caller may have given up meanwhile; then nobody listens.
+        let _ = answer.send(result);
+        true
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
         // A panic while holding the lock cannot leave the maps half-updated
         // in a way that matters more than losing every connection would, so
@@ -269,6 +384,22 @@ impl MemoryLifetimeManager {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
         self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A client result a connection owes; forgotten when dropped.
+struct Owed<'a> {
+    manager: &'a MemoryLifetimeManager,
+    connection_id: &'a str,
+    id: &'a str,
+}
+
+impl Drop for Owed<'_> {
+    fn drop(&mut self) {
+        let mut state = self.manager.write();
+        if let Some(entry) = state.connections.get_mut(self.connection_id) {
+            entry.answers.remove(self.id);
+        }
     }
 }
 
@@ -318,6 +449,23 @@ impl LifetimeManager for MemoryLifetimeManager {
     ) -> BoxFuture<'a, Result<(), GroupError>> {
         self.remove_local_from_group(connection_id, group);
         Box::pin(async { Ok(()) })
+    }
+
+    fn invoke_connection<'a>(
+        &'a self,
+        connection_id: &'a str,
+        invocation: ClientInvocation,
+    ) -> BoxFuture<'a, Result<Payload, InvokeError>> {
+        Box::pin(self.invoke_local(connection_id, invocation))
+    }
+
+    fn set_connection_result<'a>(
+        &'a self,
+        connection_id: &'a str,
+        completion: Completion,
+    ) -> BoxFuture<'a, ()> {
+        self.complete_local(connection_id, completion);
+        Box::pin(async {})
     }
 }
 
@@ -404,6 +552,112 @@ mod tests {
         // Empty groups are dropped, not kept as empty sets.
         assert!(manager.read().groups.is_empty());
         assert!(manager.read().users.is_empty());
+    }
+
+    /// The invocation frame a connection received.
+    async fn sent_frame(rx: &mut mpsc::Receiver<Outbound>) -> String {
+        match rx.recv().await {
+            Some(Outbound::Frame(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_result_reaches_its_caller() {
+        let manager = Arc::new(MemoryLifetimeManager::new());
+        let (a, mut ra) = connection("a", None);
+        let (b, _rb) = connection("b", None);
+        manager.add_connection(&a);
+        manager.add_connection(&b);
+        let asking = {
+            let manager = Arc::clone(&manager);
+            tokio::spawn(async move {
+                manager
+                    .invoke_local("a", ClientInvocation::new("Ask", ("q",)))
+                    .await
+            })
+        };
+        let frame = sent_frame(&mut ra).await;
+        assert_eq!(
+            frame,
+            "{\"type\":1,\"invocationId\":\"s1\",\"target\":\"Ask\",\"arguments\":[\"q\"]}\u{1e}"
+        );
+        let answer = |value: &str| {
+            Completion::value(
+                "s1",
+                Payload::from_raw(Protocol::Json, value.to_owned()).expect("json"),
+            )
+        };
+        // Another connection cannot answer for it; an unknown id is ignored.
+        assert!(!manager.complete_local("b", answer("1")));
+        assert!(
+            !manager.complete_local("a", Completion::value("s9", Payload::null(Protocol::Json)))
+        );
+        assert!(manager.complete_local("a", answer("42")));
+        let result = asking.await.expect("task").expect("answered");
+        assert_eq!(result.deserialize::<i32>().expect("int"), 42);
+        // Answered once: a repeated answer is ignored.
+        assert!(!manager.complete_local("a", answer("43")));
+    }
+
+    #[tokio::test]
+    async fn client_results_fail_clearly() {
+        let manager = Arc::new(MemoryLifetimeManager::new());
+        let unknown = manager
+            .invoke_local("nobody", ClientInvocation::new("Ask", ()))
+            .await
+            .expect_err("unknown");
+        assert_eq!(unknown.to_string(), "Connection 'nobody' does not exist.");
+
+        let (a, mut ra) = connection("a", None);
+        manager.add_connection(&a);
+        let asking = {
+            let manager = Arc::clone(&manager);
+            tokio::spawn(async move {
+                manager
+                    .invoke_local("a", ClientInvocation::new("Ask", ()))
+                    .await
+            })
+        };
+        let frame = sent_frame(&mut ra).await;
+        let id = if frame.contains("\"s1\"") { "s1" } else { "s2" };
+        assert!(manager.complete_local(
+            "a",
+            Completion::error(id, "Client didn't provide a result.")
+        ));
+        let error = asking.await.expect("task").expect_err("client error");
+        assert!(
+            matches!(error, InvokeError::Client(ref text) if text == "Client didn't provide a result.")
+        );
+
+        let asking = {
+            let manager = Arc::clone(&manager);
+            tokio::spawn(async move {
+                manager
+                    .invoke_local("a", ClientInvocation::new("Ask", ()))
+                    .await
+            })
+        };
+        sent_frame(&mut ra).await;
+        manager.remove_connection(&a);
+        let error = asking.await.expect("task").expect_err("disconnected");
+        assert_eq!(error.to_string(), "Connection 'a' disconnected.");
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_client_result_is_forgotten() {
+        let manager = MemoryLifetimeManager::new();
+        let (a, mut ra) = connection("a", None);
+        manager.add_connection(&a);
+        let asking = manager.invoke_local("a", ClientInvocation::new("Ask", ()));
+        let timed_out = tokio::time::timeout(std::time::Duration::from_millis(20), asking).await;
+        assert!(timed_out.is_err());
+        sent_frame(&mut ra).await;
+        assert!(manager.read().connections["a"].answers.is_empty());
+        // The late answer finds nobody.
+        assert!(
+            !manager.complete_local("a", Completion::value("s1", Payload::null(Protocol::Json)))
+        );
     }
 
     #[test]

@@ -21,6 +21,8 @@ type ErasedArguments = Box<dyn ToArguments + Send + Sync>;
 /// protocol.
 pub struct SerializedMessage {
     target: Box<str>,
+    /// Set only for a client result's invocation, which expects an answer.
+    invocation_id: Option<Box<str>>,
     arguments: Option<ErasedArguments>,
     json: OnceLock<Option<Bytes>>,
     msgpack: OnceLock<Option<Bytes>>,
@@ -34,6 +36,7 @@ impl SerializedMessage {
     ) -> Self {
         SerializedMessage {
             target: target.into(),
+            invocation_id: None,
             arguments: Some(Box::new(arguments)),
             json: OnceLock::new(),
             msgpack: OnceLock::new(),
@@ -46,6 +49,7 @@ impl SerializedMessage {
     pub fn from_frames(json: Option<Bytes>, msgpack: Option<Bytes>) -> Self {
         SerializedMessage {
             target: "".into(),
+            invocation_id: None,
             arguments: None,
             json: OnceLock::from(json),
             msgpack: OnceLock::from(msgpack),
@@ -91,10 +95,61 @@ impl SerializedMessage {
             return Err(SendError::NoFrame(protocol));
         };
         let arguments = arguments.to_arguments(protocol)?;
-        let message = HubMessage::Invocation(Invocation::new(self.target.to_string(), arguments));
+        let mut invocation = Invocation::new(self.target.to_string(), arguments);
+        invocation.invocation_id = self.invocation_id.as_deref().map(str::to_owned);
+        let message = HubMessage::Invocation(invocation);
         let mut out = Vec::with_capacity(64);
         protocol.write_message(&message, &mut out)?;
         Ok(Bytes::from(out))
+    }
+}
+
+/// A call of a client method that expects the client's answer (a client
+/// result), before the lifetime manager gave it an invocation id.
+///
+/// Built by [`SingleClientProxy::invoke`](crate::SingleClientProxy::invoke)
+/// and handed to [`LifetimeManager::invoke_connection`](crate::LifetimeManager::invoke_connection).
+pub struct ClientInvocation {
+    target: Box<str>,
+    arguments: ErasedArguments,
+}
+
+impl ClientInvocation {
+    /// A call of `target` on the client with `arguments`.
+    pub fn new(
+        target: impl Into<Box<str>>,
+        arguments: impl ToArguments + Send + Sync + 'static,
+    ) -> Self {
+        ClientInvocation {
+            target: target.into(),
+            arguments: Box::new(arguments),
+        }
+    }
+
+    /// The client method.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// The message to send, carrying `invocation_id` (which the client's
+    /// Completion will echo). Like any [`SerializedMessage`] it is
+    /// serialized at most once per protocol.
+    pub fn into_message(self, invocation_id: impl Into<Box<str>>) -> SerializedMessage {
+        SerializedMessage {
+            target: self.target,
+            invocation_id: Some(invocation_id.into()),
+            arguments: Some(self.arguments),
+            json: OnceLock::new(),
+            msgpack: OnceLock::new(),
+        }
+    }
+}
+
+impl fmt::Debug for ClientInvocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientInvocation")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
     }
 }
 
@@ -123,6 +178,16 @@ mod tests {
         assert_eq!(json.as_ptr(), again.as_ptr());
         let mp = msg.frame(Protocol::MessagePack).expect("msgpack");
         assert_eq!(mp[0] as usize, mp.len() - 1);
+    }
+
+    #[test]
+    fn a_client_result_invocation_carries_its_id() {
+        let msg = ClientInvocation::new("Ask", ("q",)).into_message("s7");
+        let json = msg.frame(Protocol::Json).expect("json");
+        assert_eq!(
+            &json[..],
+            b"{\"type\":1,\"invocationId\":\"s7\",\"target\":\"Ask\",\"arguments\":[\"q\"]}\x1e"
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ use tidings_protocol::Protocol;
 /// | [`disconnect_timeout`](Self::disconnect_timeout) | 15 s |
 /// | [`outbound_buffer_capacity`](Self::outbound_buffer_capacity) | 1024 messages |
 /// | [`long_poll_timeout`](Self::long_poll_timeout) | 90 s |
+/// | [`client_result_timeout`](Self::client_result_timeout) | 30 s |
 /// | transports | WebSockets, Server-Sent Events, Long Polling |
 ///
 /// ```
@@ -45,6 +46,7 @@ pub struct HubOptions {
     pub(crate) server_sent_events: bool,
     pub(crate) long_polling: bool,
     pub(crate) long_poll_timeout: Duration,
+    pub(crate) client_result_timeout: Duration,
 }
 
 impl Default for HubOptions {
@@ -64,6 +66,7 @@ impl Default for HubOptions {
             server_sent_events: true,
             long_polling: true,
             long_poll_timeout: Duration::from_secs(90),
+            client_result_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -163,6 +166,20 @@ impl HubOptions {
     /// Enable or disable the Long Polling transport (enabled by default).
     pub fn long_polling(mut self, enabled: bool) -> Self {
         self.long_polling = enabled;
+        self
+    }
+
+    /// How long the server waits for a client result
+    /// ([`SingleClientProxy::invoke`](crate::SingleClientProxy::invoke))
+    /// before failing it with [`InvokeError::Timeout`](crate::InvokeError::Timeout);
+    /// one call can choose its own with
+    /// [`ClientInvoke::timeout`](crate::ClientInvoke::timeout).
+    ///
+    /// ASP.NET Core waits without limit unless the caller passes a
+    /// cancellation token; a default limit here means a client that never
+    /// answers cannot hold a hub method (and its memory) forever.
+    pub fn client_result_timeout(mut self, value: Duration) -> Self {
+        self.client_result_timeout = value;
         self
     }
 

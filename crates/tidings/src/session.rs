@@ -25,6 +25,7 @@ use tokio::{
 use crate::{
     ConnectionError, ConnectionHandle, Context, HubOptions,
     connection::AbortReason,
+    context::{InvocationSlot, Scope},
     dispatch::{self, Prepared},
     endpoint::Endpoint,
     hub::{Hub, MethodKind},
@@ -216,7 +217,10 @@ pub(crate) async fn run<H, S>(
     lifetime.on_connected(&connection).await;
     tracing::debug!(connection_id = %connection.id(), protocol = %connection.protocol(), "connected");
 
-    let end = match Arc::clone(&endpoint.hub).on_connected(cx.clone()).await {
+    // Client results are refused inside on_connected: this connection is
+    // not read until it returns, so no answer could arrive.
+    let hook_cx = cx.with_scope(Scope::OnConnected);
+    let end = match Arc::clone(&endpoint.hub).on_connected(hook_cx).await {
         Err(error) => {
             let mut text = "Connection closed with an error.".to_owned();
             if let Some(detail) = error.detail(detailed) {
@@ -384,8 +388,18 @@ impl<H: Hub> Reader<'_, H> {
             HubMessage::Completion(completion) => {
                 let id = completion.invocation_id;
                 let Some(sender) = self.uploads.remove(&id) else {
-                    // Client results are not enabled on this server yet;
-                    // ASP.NET Core ignores completions for unknown ids.
+                    // Not one of the client's streams: the answer to a
+                    // client result (the manager ignores ids it did not ask).
+                    let completion = tidings_protocol::Completion {
+                        invocation_id: id,
+                        ..completion
+                    };
+                    let connection_id = self.cx.connection_id();
+                    self.endpoint
+                        .shared
+                        .lifetime
+                        .set_connection_result(connection_id, completion)
+                        .await;
                     return None;
                 };
                 match completion.result {
@@ -505,13 +519,21 @@ impl<H: Hub> Reader<'_, H> {
         };
         let (owner, uploads) = self.open_uploads(&invocation);
         let hub = Arc::clone(&self.endpoint.hub);
-        let cx = self.cx.clone();
+        // The method's context can give the slot up while it waits for a
+        // client result; the task frees it when the answer is queued.
+        let slot = permit.map(InvocationSlot::new);
+        let cx = match &slot {
+            Some(slot) => self.cx.with_scope(Scope::Invocation(Arc::clone(slot))),
+            None => self.cx.clone(),
+        };
         self.tasks.spawn(async move {
-            let _permit = permit;
             let connection = cx.connection().clone();
             if let Some(reply) = dispatch::run_unary(hub, method, cx, invocation, uploads).await {
                 let frame = encode(connection.protocol(), &reply);
                 connection.send_frame(frame).await;
+            }
+            if let Some(slot) = slot {
+                slot.release();
             }
             Finished {
                 stream: None,

@@ -189,6 +189,92 @@ impl TestHub {
         self.live_uploads.load(Ordering::SeqCst)
     }
 
+    /// Invokes the caller's client method `method` with `arg` and returns
+    /// what the client returned. A failure is passed on with `?`, which
+    /// reports it as ASP.NET Core would (the client's own error text is
+    /// shown; other failures only with detailed errors).
+    async fn ask_caller(
+        &self,
+        cx: &Context,
+        method: String,
+        arg: Value,
+    ) -> Result<Value, HubError> {
+        Ok(cx.clients().caller().invoke(&method, (arg,)).await?)
+    }
+
+    /// Like `AskCaller`, waiting at most `timeout_ms`; any failure is
+    /// reported with its text.
+    async fn ask_caller_within(
+        &self,
+        cx: &Context,
+        method: String,
+        arg: Value,
+        timeout_ms: u64,
+    ) -> Result<Value, HubError> {
+        cx.clients()
+            .caller()
+            .invoke(&method, (arg,))
+            .timeout(Duration::from_millis(timeout_ms))
+            .await
+            .map_err(|error| HubError::new(error.to_string()))
+    }
+
+    /// Asks the caller for a number (`i64`); any failure is reported with
+    /// its text.
+    async fn ask_caller_for_number(&self, cx: &Context, method: String) -> Result<i64, HubError> {
+        cx.clients()
+            .caller()
+            .invoke(&method, ())
+            .await
+            .map_err(|error| HubError::new(error.to_string()))
+    }
+
+    /// Invokes `method` on connection `connection_id` and returns its
+    /// answer; any failure is reported with its text.
+    async fn ask_client(
+        &self,
+        cx: &Context,
+        connection_id: String,
+        method: String,
+        arg: Value,
+    ) -> Result<Value, HubError> {
+        cx.clients()
+            .client(connection_id)
+            .invoke(&method, (arg,))
+            .await
+            .map_err(|error| HubError::new(error.to_string()))
+    }
+
+    /// Returns at once; a background task asks connection `connection_id`
+    /// through the hub context, then tells the caller the outcome with
+    /// `BackgroundAnswer(true, result)` or `BackgroundAnswer(false, error)`.
+    async fn ask_client_in_background(
+        &self,
+        cx: &Context,
+        connection_id: String,
+        method: String,
+        arg: Value,
+    ) {
+        let hub = cx.hub_context();
+        let caller = cx.connection_id().to_owned();
+        tokio::spawn(async move {
+            let answer = hub
+                .clients()
+                .client(connection_id)
+                .invoke::<Value, _>(&method, (arg,))
+                .await;
+            let outcome = match answer {
+                Ok(value) => (true, value),
+                Err(error) => (false, Value::String(error.to_string())),
+            };
+            let _ = hub
+                .clients()
+                .client(caller)
+                .send("BackgroundAnswer", outcome)
+                .await;
+        });
+    }
+
     /// How many stream producers are alive (a cancelled stream's producer
     /// must be gone).
     async fn get_active_streams(&self) -> usize {
