@@ -13,8 +13,8 @@ use anyhow::{Context as _, Result, bail};
 use futures_util::{StreamExt, future::try_join_all, stream};
 use serde_json::{Value, json};
 use tidings_client::{
-    ClientStream, ConnectionError, HubConnection, HubConnectionBuilder, HubConnectionState,
-    InvokeError, Protocol, StartError, TransportType,
+    ClientStream, HubConnection, HubConnectionBuilder, HubConnectionState, InvokeError, Protocol,
+    StartError, TransportType,
 };
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
@@ -98,7 +98,11 @@ fn builder(server: &Server, transport: TransportType, protocol: Protocol) -> Hub
         .with_protocol(protocol)
 }
 
-async fn connect(server: &Server, transport: TransportType, protocol: Protocol) -> Result<HubConnection> {
+async fn connect(
+    server: &Server,
+    transport: TransportType,
+    protocol: Protocol,
+) -> Result<HubConnection> {
     let connection = builder(server, transport, protocol).build()?;
     connection.start().await?;
     Ok(connection)
@@ -184,7 +188,9 @@ async fn invoke_send_and_client_methods() -> Result<()> {
             });
             connection.send("SendToCaller", ("to me",)).await?;
             assert_eq!(next(&mut direct).await?, json!("to me"));
-            connection.invoke::<()>("SendToCaller", (json!({ "k": 1 }),)).await?;
+            connection
+                .invoke::<()>("SendToCaller", (json!({ "k": 1 }),))
+                .await?;
             assert_eq!(next(&mut direct).await?, json!({ "k": 1 }));
 
             // Many calls in flight at once all get their own answer.
@@ -252,11 +258,15 @@ async fn server_streams_complete_fail_and_cancel() -> Result<()> {
                 .await;
             assert_eq!(items, [0, 1, 2, 3, 4]);
 
-            let mut failing = connection.stream::<u32>("CounterThenFail", (2, "bad end")).await?;
+            let mut failing = connection
+                .stream::<u32>("CounterThenFail", (2, "bad end"))
+                .await?;
             assert_eq!(failing.next().await.transpose()?, Some(0));
             assert_eq!(failing.next().await.transpose()?, Some(1));
             match failing.next().await {
-                Some(Err(InvokeError::Hub(text))) => assert!(text.ends_with("HubException: bad end"), "{text}"),
+                Some(Err(InvokeError::Hub(text))) => {
+                    assert!(text.ends_with("HubException: bad end"), "{text}")
+                }
                 other => bail!("expected the stream's error, got {other:?}"),
             }
             assert!(failing.next().await.is_none());
@@ -272,7 +282,10 @@ async fn server_streams_complete_fail_and_cancel() -> Result<()> {
                 if active == 0 {
                     break;
                 }
-                anyhow::ensure!(tokio::time::Instant::now() < deadline, "the stream was not cancelled");
+                anyhow::ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "the stream was not cancelled"
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             connection.stop().await;
@@ -300,7 +313,9 @@ async fn groups_and_targets() -> Result<()> {
             other.invoke::<()>("SendToGroup", (&room, "first")).await?;
             assert_eq!(next(&mut group).await?, json!("first"));
             member.invoke::<()>("LeaveGroup", (&room,)).await?;
-            other.invoke::<()>("SendToGroup", (&room, "after leaving")).await?;
+            other
+                .invoke::<()>("SendToGroup", (&room, "after leaving"))
+                .await?;
             // A message to the caller after it proves nothing else was on the way.
             let (on_direct, mut direct) = channel::<Value>();
             member.on("DirectMessage", move |(message,): (Value,)| {
@@ -309,10 +324,15 @@ async fn groups_and_targets() -> Result<()> {
             });
             member.invoke::<()>("SendToCaller", ("marker",)).await?;
             assert_eq!(next(&mut direct).await?, json!("marker"));
-            assert!(group.try_recv().is_err(), "a message arrived after leaving the group");
+            assert!(
+                group.try_recv().is_err(),
+                "a message arrived after leaving the group"
+            );
 
             let member_id = member.connection_id().context("a connection id")?;
-            other.invoke::<()>("SendToConnection", (&member_id, "direct")).await?;
+            other
+                .invoke::<()>("SendToConnection", (&member_id, "direct"))
+                .await?;
             assert_eq!(next(&mut direct).await?, json!("direct"));
             member.stop().await;
             other.stop().await;
@@ -350,13 +370,17 @@ async fn access_tokens_identify_the_user() -> Result<()> {
                 let on_user = Arc::clone(&on_user);
                 async move { on_user(message) }
             });
-            connection.invoke::<()>("SendToUser", (&user, "for you")).await?;
+            connection
+                .invoke::<()>("SendToUser", (&user, "for you"))
+                .await?;
             assert_eq!(next(&mut to_user).await?, json!("for you"));
             connection.stop().await;
 
             // A token that does not verify is refused at negotiate.
             let forged = builder(server, transport, protocol)
-                .with_access_token_factory(|| async { Ok::<_, std::io::Error>("not.a.jwt".to_owned()) })
+                .with_access_token_factory(|| async {
+                    Ok::<_, std::io::Error>("not.a.jwt".to_owned())
+                })
                 .build()?;
             match forged.start().await {
                 Err(StartError::Negotiate(text)) => assert!(text.contains("401"), "{text}"),
@@ -364,10 +388,14 @@ async fn access_tokens_identify_the_user() -> Result<()> {
             }
             // A failing factory fails the start.
             let failing = builder(server, transport, protocol)
-                .with_access_token_factory(|| async { Err::<String, _>(std::io::Error::other("no token today")) })
+                .with_access_token_factory(|| async {
+                    Err::<String, _>(std::io::Error::other("no token today"))
+                })
                 .build()?;
             match failing.start().await {
-                Err(StartError::Negotiate(text)) => assert!(text.contains("no token today"), "{text}"),
+                Err(StartError::Negotiate(text)) => {
+                    assert!(text.contains("no token today"), "{text}")
+                }
                 other => bail!("expected the factory's error, got {other:?}"),
             }
             assert_eq!(failing.state(), HubConnectionState::Disconnected);
@@ -384,10 +412,13 @@ async fn negotiate_version_zero_skip_negotiation_and_fallback() -> Result<()> {
     for_each_combo(|transport, protocol| {
         let server = &server;
         async move {
-            let connection = HubConnectionBuilder::new(format!("{}?negotiateVersion=0", server.hub("/hubs/test")))
-                .with_transport(transport)
-                .with_protocol(protocol)
-                .build()?;
+            let connection = HubConnectionBuilder::new(format!(
+                "{}?negotiateVersion=0",
+                server.hub("/hubs/test")
+            ))
+            .with_transport(transport)
+            .with_protocol(protocol)
+            .build()?;
             connection.start().await?;
             let id: String = connection.invoke("GetConnectionId", ()).await?;
             assert_eq!(Some(id), connection.connection_id());
@@ -437,7 +468,10 @@ async fn negotiate_version_zero_skip_negotiation_and_fallback() -> Result<()> {
     let ws_only = HubConnectionBuilder::new(no_ws.hub("/hubs/test"))
         .with_transport(TransportType::WebSockets)
         .build()?;
-    assert!(matches!(ws_only.start().await, Err(StartError::NoSuitableTransport)));
+    assert!(matches!(
+        ws_only.start().await,
+        Err(StartError::NoSuitableTransport)
+    ));
 
     // Not a hub.
     let missing = HubConnectionBuilder::new(server.hub("/hubs/missing")).build()?;
@@ -496,8 +530,13 @@ async fn a_server_close_with_an_error_closes_the_connection() -> Result<()> {
             let connection = connect(server, transport, protocol).await?;
             let (on_closed, mut closed) = channel::<Option<String>>();
             connection.on_closed(move |error| on_closed(error.map(|e| e.to_string())));
-            let result = connection.invoke::<Value>("Echo", ("x".repeat(4096),)).await;
-            assert!(matches!(result, Err(InvokeError::ConnectionClosed(_))), "{result:?}");
+            let result = connection
+                .invoke::<Value>("Echo", ("x".repeat(4096),))
+                .await;
+            assert!(
+                matches!(result, Err(InvokeError::ConnectionClosed(_))),
+                "{result:?}"
+            );
             assert_eq!(
                 next(&mut closed).await?.as_deref(),
                 Some("Server returned an error on close: Connection closed with an error.")
@@ -557,7 +596,9 @@ async fn automatic_reconnect_after_the_server_restarts() -> Result<()> {
     let mut clients = Vec::new();
     for (transport, protocol) in COMBOS {
         let connection = builder(&server, transport, protocol)
-            .with_automatic_reconnect_delays([0, 100, 200, 400, 800, 1000, 1000, 1000].map(Duration::from_millis))
+            .with_automatic_reconnect_delays(
+                [0, 100, 200, 400, 800, 1000, 1000, 1000].map(Duration::from_millis),
+            )
             .build()?;
         let (on_reconnecting, reconnecting) = channel::<String>();
         let (on_reconnected, reconnected) = channel::<Option<String>>();
@@ -565,17 +606,29 @@ async fn automatic_reconnect_after_the_server_restarts() -> Result<()> {
         connection.on_reconnected(move |id| on_reconnected(id.map(str::to_owned)));
         connection.start().await?;
         let before = connection.connection_id().context("a connection id")?;
-        clients.push((connection, reconnecting, reconnected, before, label(transport, protocol)));
+        clients.push((
+            connection,
+            reconnecting,
+            reconnected,
+            before,
+            label(transport, protocol),
+        ));
     }
     let server = server.restart().await?;
     for (connection, mut reconnecting, mut reconnected, before, label) in clients {
         let cause = next(&mut reconnecting).await.context(label.clone())?;
         assert!(!cause.is_empty());
         let id = next(&mut reconnected).await.context(label.clone())?;
-        assert!(id.is_some() && id.as_deref() != Some(before.as_str()), "{label}: new id expected");
+        assert!(
+            id.is_some() && id.as_deref() != Some(before.as_str()),
+            "{label}: new id expected"
+        );
         assert_eq!(connection.state(), HubConnectionState::Connected, "{label}");
         assert_eq!(connection.connection_id(), id, "{label}");
-        let sum: i64 = connection.invoke("Add", (2, 2)).await.context(label.clone())?;
+        let sum: i64 = connection
+            .invoke("Add", (2, 2))
+            .await
+            .context(label.clone())?;
         assert_eq!(sum, 4);
         connection.stop().await;
     }
@@ -631,23 +684,87 @@ async fn abort_from_the_hub_closes_without_reconnecting() -> Result<()> {
 }
 
 #[tokio::test]
-async fn client_streams_and_client_results_are_sent_per_protocol() -> Result<()> {
-    // The interop hub's `Sum`, `EchoStream` and `AskCaller` exercise these against the server
-    // once it supports them; until then this checks what the client puts on the wire through
-    // `Echo`, which the server answers regardless: a stream argument is not an argument.
+async fn client_to_server_streams() -> Result<()> {
     let server = Server::start(&[]).await?;
     for_each_combo(|transport, protocol| {
         let server = &server;
         async move {
             let connection = connect(server, transport, protocol).await?;
-            let items = ClientStream::new(stream::iter([1, 2, 3]));
-            let result = connection.invoke::<Value>("Echo", ("arg", items)).await;
-            // The server binds one argument; the stream id makes it a stream call the hub
-            // method does not expect.
-            assert!(result.is_err() || result.as_ref().ok() == Some(&json!("arg")), "{result:?}");
-            let sum: i64 = connection.invoke("Add", (1, 2)).await?;
-            assert_eq!(sum, 3);
+            let numbers = ClientStream::new(stream::iter([1.5, 2.5, 3.0]));
+            let total: f64 = connection.invoke("Sum", (numbers,)).await?;
+            assert_eq!(total, 7.0);
+            let empty = ClientStream::new(stream::empty::<f64>());
+            let total: f64 = connection.invoke("Sum", (empty,)).await?;
+            assert_eq!(total, 0.0);
+            // Items produced over time, interleaved with other calls.
+            let slow = ClientStream::new(stream::iter(1..=5).then(|n| async move {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                f64::from(n)
+            }));
+            let (total, sum) = tokio::join!(
+                connection.invoke::<f64>("Sum", (slow,)),
+                connection.invoke::<i64>("Add", (1, 2))
+            );
+            assert_eq!((total?, sum?), (15.0, 3));
+
+            // An error item ends the stream; the hub method sees it as a HubException.
+            let failing = ClientStream::try_new(stream::iter([Ok(1.0), Err("bad input")]));
+            match connection.invoke::<f64>("Sum", (failing,)).await {
+                Err(InvokeError::Hub(text)) => assert_eq!(
+                    text,
+                    "An unexpected error occurred invoking 'Sum' on the server. HubException: bad input"
+                ),
+                other => bail!("expected the stream error, got {other:?}"),
+            }
+
+            // A stream in, a stream out.
+            let items = ClientStream::new(stream::iter([json!(1), json!("two"), json!({ "three": 3 })]));
+            let echoed: Vec<Value> = connection
+                .stream::<Value>("EchoStream", (items,))
+                .await?
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect::<Result<_, _>>()?;
+            assert_eq!(echoed, [json!(1), json!("two"), json!({ "three": 3 })]);
+
+            // Two streams around a plain argument: stream ids follow the stream order.
+            let first = ClientStream::new(stream::iter(["a", "b"]));
+            let second = ClientStream::new(stream::iter(["c"]));
+            let joined: String = connection.invoke("ConcatStreams", (first, "-", second)).await?;
+            assert_eq!(joined, "ab-c");
+
+            // A non-blocking call with a stream: the server reads it, nobody answers.
+            connection
+                .send("Sum", (ClientStream::new(stream::iter([1.0, 2.0])),))
+                .await?;
+            let sum: i64 = connection.invoke("Add", (2, 2)).await?;
+            assert_eq!(sum, 4);
             connection.stop().await;
+            Ok(())
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn client_streams_wait_for_a_server_that_stops_reading() -> Result<()> {
+    let server = Server::start(&[]).await?;
+    for_each_combo(|transport, protocol| {
+        let server = &server;
+        async move {
+            let uploader = connect(server, transport, protocol).await?;
+            let releaser = connect(server, transport, protocol).await?;
+            let id = uploader.connection_id().context("a connection id")?;
+            // Far more items than the server buffers for a stream it does not read yet.
+            let items = ClientStream::new(stream::iter(0..300));
+            let count = tokio::spawn(uploader.invoke::<usize>("CountAfterRelease", (items,)));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert!(!count.is_finished());
+            releaser.invoke::<()>("Release", (&id,)).await?;
+            assert_eq!(timeout(WAIT, count).await???, 300);
+            uploader.stop().await;
+            releaser.stop().await;
             Ok(())
         }
     })
