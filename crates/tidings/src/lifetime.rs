@@ -353,13 +353,25 @@ impl MemoryLifetimeManager {
     /// Delivers a local connection's answer to a client result; returns
     /// false (and drops it) if the connection was not asked for this id.
     pub fn complete_local(&self, connection_id: &str, completion: Completion) -> bool {
-        let owed = {
+        // Stray completions (a confused or hostile client) only take the
+        // shared read lock, never the write lock every broadcast waits on.
+        let asked = self
+            .read()
+            .connections
+            .get(connection_id)
+            .is_some_and(|entry| {
+                entry
+                    .answers
+                    .contains_key(completion.invocation_id.as_str())
+            });
+        let owed = asked.then(|| {
             let mut state = self.write();
             state.connections.get_mut(connection_id).and_then(|entry| {
                 let answer = entry.answers.remove(completion.invocation_id.as_str())?;
                 Some((answer, entry.handle.protocol()))
             })
-        };
+        });
+        let owed = owed.flatten();
         let Some((answer, protocol)) = owed else {
             tracing::debug!(connection_id, invocation_id = %completion.invocation_id, "ignoring a completion nobody waits for");
             return false;
@@ -562,6 +574,20 @@ mod tests {
         }
     }
 
+    /// Asks connection `id` in a task, as a hub method would.
+    fn ask(
+        manager: &Arc<MemoryLifetimeManager>,
+        id: &'static str,
+        arguments: impl tidings_protocol::ToArguments + Send + Sync + 'static,
+    ) -> tokio::task::JoinHandle<Result<Payload, InvokeError>> {
+        let manager = Arc::clone(manager);
+        tokio::spawn(async move {
+            manager
+                .invoke_local(id, ClientInvocation::new("Ask", arguments))
+                .await
+        })
+    }
+
     #[tokio::test]
     async fn a_client_result_reaches_its_caller() {
         let manager = Arc::new(MemoryLifetimeManager::new());
@@ -569,14 +595,7 @@ mod tests {
         let (b, _rb) = connection("b", None);
         manager.add_connection(&a);
         manager.add_connection(&b);
-        let asking = {
-            let manager = Arc::clone(&manager);
-            tokio::spawn(async move {
-                manager
-                    .invoke_local("a", ClientInvocation::new("Ask", ("q",)))
-                    .await
-            })
-        };
+        let asking = ask(&manager, "a", ("q",));
         let frame = sent_frame(&mut ra).await;
         assert_eq!(
             frame,
@@ -611,33 +630,23 @@ mod tests {
 
         let (a, mut ra) = connection("a", None);
         manager.add_connection(&a);
-        let asking = {
-            let manager = Arc::clone(&manager);
-            tokio::spawn(async move {
-                manager
-                    .invoke_local("a", ClientInvocation::new("Ask", ()))
-                    .await
-            })
-        };
-        let frame = sent_frame(&mut ra).await;
-        let id = if frame.contains("\"s1\"") { "s1" } else { "s2" };
+        let asking = ask(&manager, "a", ());
+        // The refused call used up s1.
+        assert!(
+            sent_frame(&mut ra)
+                .await
+                .contains("\"invocationId\":\"s2\"")
+        );
         assert!(manager.complete_local(
             "a",
-            Completion::error(id, "Client didn't provide a result.")
+            Completion::error("s2", "Client didn't provide a result.")
         ));
         let error = asking.await.expect("task").expect_err("client error");
         assert!(
             matches!(error, InvokeError::Client(ref text) if text == "Client didn't provide a result.")
         );
 
-        let asking = {
-            let manager = Arc::clone(&manager);
-            tokio::spawn(async move {
-                manager
-                    .invoke_local("a", ClientInvocation::new("Ask", ()))
-                    .await
-            })
-        };
+        let asking = ask(&manager, "a", ());
         sent_frame(&mut ra).await;
         manager.remove_connection(&a);
         let error = asking.await.expect("task").expect_err("disconnected");
