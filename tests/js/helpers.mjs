@@ -85,6 +85,9 @@ export function build(server, path, protocol, options = {}) {
     .configureLogging(signalR.LogLevel.None);
   if (protocol === "messagepack") builder = builder.withHubProtocol(new MessagePackHubProtocol());
   if (options.reconnect) builder = builder.withAutomaticReconnect(options.reconnect);
+  if (options.statefulReconnect) {
+    builder = builder.withStatefulReconnect(options.statefulReconnect === true ? undefined : options.statefulReconnect);
+  }
   const connection = builder.build();
   if (options.serverTimeout) connection.serverTimeoutInMilliseconds = options.serverTimeout;
   if (options.keepAlive) connection.keepAliveIntervalInMilliseconds = options.keepAlive;

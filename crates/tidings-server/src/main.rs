@@ -53,7 +53,7 @@ struct Args {
     #[arg(long, env = "TIDINGS_HANDSHAKE_TIMEOUT_MS", default_value_t = 15_000)]
     handshake_timeout_ms: u64,
 
-    /// How long a negotiated or long-polling connection may go without a request, in milliseconds.
+    /// How long a negotiated, long-polling or stateful-reconnect connection may go without a transport, in milliseconds.
     #[arg(long, env = "TIDINGS_DISCONNECT_TIMEOUT_MS", default_value_t = 15_000)]
     disconnect_timeout_ms: u64,
 
@@ -80,6 +80,24 @@ struct Args {
     /// How many messages may wait for one client before it is closed as a slow consumer.
     #[arg(long, env = "TIDINGS_OUTBOUND_BUFFER", default_value_t = 1024)]
     outbound_buffer: usize,
+
+    /// Let clients keep their connection across a dropped WebSocket
+    /// (`withStatefulReconnect()`); `false` to refuse it.
+    #[arg(
+        long,
+        env = "TIDINGS_ALLOW_STATEFUL_RECONNECTS",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    allow_stateful_reconnects: bool,
+
+    /// Bytes of unacknowledged messages kept per stateful-reconnect connection for replay.
+    #[arg(
+        long,
+        env = "TIDINGS_STATEFUL_RECONNECT_BUFFER",
+        default_value_t = 100_000
+    )]
+    stateful_reconnect_buffer: usize,
 
     /// Transports to offer (comma-separated): WebSockets, ServerSentEvents, LongPolling.
     #[arg(
@@ -129,6 +147,8 @@ impl Args {
             .outbound_buffer_capacity(self.outbound_buffer)
             .stream_buffer_capacity(self.stream_buffer_capacity)
             .client_result_timeout(Duration::from_millis(self.client_result_timeout_ms))
+            .allow_stateful_reconnects(self.allow_stateful_reconnects)
+            .stateful_reconnect_buffer_size(self.stateful_reconnect_buffer)
             .websockets(self.transports.contains(&Transport::WebSockets))
             .server_sent_events(self.transports.contains(&Transport::ServerSentEvents))
             .long_polling(self.transports.contains(&Transport::LongPolling))

@@ -18,7 +18,7 @@ use tidings_protocol::{Protocol, TransportType};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::{ConnectionError, Principal, message::SerializedMessage};
+use crate::{ConnectionError, Principal, message::SerializedMessage, resume::Resume};
 
 /// One entry of a connection's outbound queue.
 #[derive(Debug)]
@@ -70,6 +70,8 @@ struct Inner {
     /// (a slow consumer cannot be given its Close message).
     kill: CancellationToken,
     abort_reason: Mutex<Option<AbortReason>>,
+    /// Stateful-reconnect state, for connections that negotiated it.
+    resume: Option<Arc<Resume>>,
 }
 
 pub(crate) struct ConnectionInit {
@@ -83,6 +85,16 @@ pub(crate) struct ConnectionInit {
 
 impl ConnectionHandle {
     pub(crate) fn new(init: ConnectionInit, tx: mpsc::Sender<Outbound>) -> Self {
+        Self::with_resume(init, tx, None)
+    }
+
+    /// A connection that survives the loss of its transport (stateful
+    /// reconnect); `resume` is shared with its writer.
+    pub(crate) fn with_resume(
+        init: ConnectionInit,
+        tx: mpsc::Sender<Outbound>,
+        resume: Option<Arc<Resume>>,
+    ) -> Self {
         ConnectionHandle {
             inner: Arc::new(Inner {
                 id: init.id,
@@ -95,6 +107,7 @@ impl ConnectionHandle {
                 abort: CancellationToken::new(),
                 kill: CancellationToken::new(),
                 abort_reason: Mutex::new(None),
+                resume,
             }),
         }
     }
@@ -126,6 +139,11 @@ impl ConnectionHandle {
     /// The transport carrying the connection.
     pub fn transport(&self) -> TransportType {
         self.inner.transport
+    }
+
+    /// The stateful-reconnect state, if the connection uses it.
+    pub(crate) fn resume(&self) -> Option<&Arc<Resume>> {
+        self.inner.resume.as_ref()
     }
 
     pub(crate) fn query(&self) -> &[(String, String)] {

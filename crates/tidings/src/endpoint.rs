@@ -35,6 +35,7 @@ use crate::{
     transport::{
         self,
         http::{self, HttpConnection},
+        resume::Resumable,
     },
 };
 
@@ -131,6 +132,7 @@ impl<H: Hub> HubEndpoint<H> {
             shutdown: self.shutdown,
             pending: Mutex::new(Pending::default()),
             http: Mutex::new(HashMap::new()),
+            resumable: Mutex::new(HashMap::new()),
         });
         Router::new()
             .route("/negotiate", post(negotiate::<H>))
@@ -149,6 +151,9 @@ pub(crate) struct Endpoint<H: Hub> {
     pending: Mutex<Pending>,
     /// Live SSE and Long Polling connections, by token.
     http: Mutex<HashMap<String, Arc<HttpConnection>>>,
+    /// Live stateful-reconnect WebSocket connections, by token: a new
+    /// WebSocket presenting the token re-attaches to the connection.
+    resumable: Mutex<HashMap<String, Resumable>>,
 }
 
 impl<H: Hub> Endpoint<H> {
@@ -207,28 +212,67 @@ impl<H: Hub> Endpoint<H> {
         }
     }
 
-    fn take_pending(&self, token: &str) -> Option<Arc<str>> {
+    fn take_pending(&self, token: &str) -> Option<PendingConnection> {
         let timeout = self.shared.options.disconnect_timeout;
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         pending.expire(timeout);
-        pending.by_token.remove(token).map(|(id, _)| id)
+        pending.by_token.remove(token)
     }
 
-    fn add_pending(&self, token: String, id: Arc<str>) {
+    fn add_pending(&self, token: String, id: Arc<str>, stateful: bool) {
         let timeout = self.shared.options.disconnect_timeout;
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         pending.expire(timeout);
-        let now = Instant::now();
-        pending.order.push_back((now, token.clone()));
-        pending.by_token.insert(token, (id, now));
+        let created = Instant::now();
+        pending.order.push_back((created, token.clone()));
+        pending.by_token.insert(
+            token,
+            PendingConnection {
+                id,
+                created,
+                stateful,
+            },
+        );
     }
+
+    /// Makes a stateful connection reachable for re-attaching sockets.
+    pub(crate) fn register_resumable(&self, token: String, entry: Resumable) {
+        self.resumable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(token, entry);
+    }
+
+    /// Removes a stateful connection that ended (if the entry is still its own).
+    pub(crate) fn forget_resumable(&self, token: &str, entry: &Resumable) {
+        let mut map = self.resumable.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(token).is_some_and(|e| e.same(entry)) {
+            map.remove(token);
+        }
+    }
+
+    fn resumable(&self, token: &str) -> Option<Resumable> {
+        self.resumable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(token)
+            .cloned()
+    }
+}
+
+/// A negotiated connection waiting for its transport.
+struct PendingConnection {
+    id: Arc<str>,
+    created: Instant,
+    /// Stateful reconnect was asked for and allowed at negotiation.
+    stateful: bool,
 }
 
 /// Negotiated connections whose transport has not arrived yet. They expire
 /// after `disconnect_timeout`; `order` lets expiry run in O(expired).
 #[derive(Default)]
 struct Pending {
-    by_token: HashMap<String, (Arc<str>, Instant)>,
+    by_token: HashMap<String, PendingConnection>,
     order: VecDeque<(Instant, String)>,
 }
 
@@ -243,7 +287,7 @@ impl Pending {
                 && self
                     .by_token
                     .get(&token)
-                    .is_some_and(|(_, c)| *c == created)
+                    .is_some_and(|p| p.created == created)
             {
                 self.by_token.remove(&token);
             }
@@ -309,8 +353,16 @@ async fn negotiate<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Re
     } else {
         connection_id.clone()
     };
-    endpoint.add_pending(token.clone(), Arc::from(connection_id.as_str()));
+    // Stateful reconnect needs a secret token: with negotiate version 0 the
+    // token is the public connection id, which must not let anyone take the
+    // connection over.
+    let stateful = version >= 1
+        && endpoint.shared.options.allow_stateful_reconnects
+        && query_value(&parts, "useStatefulReconnect")
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    endpoint.add_pending(token.clone(), Arc::from(connection_id.as_str()), stateful);
     json_response(&NegotiateResponse {
+        use_stateful_reconnect: stateful.then_some(true),
         negotiate_version: Some(version),
         connection_id: Some(connection_id),
         connection_token: (version >= 1).then_some(token),
@@ -343,17 +395,23 @@ async fn connect<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Requ
         Ok(principal) => principal,
         Err(response) => return response,
     };
-    let connection_id = match query_value(&parts, "id") {
+    let (connection_id, resume_token) = match query_value(&parts, "id") {
         Some(token) => match endpoint.take_pending(&token) {
-            Some(id) => id,
-            None => return (StatusCode::NOT_FOUND, "No Connection with that ID").into_response(),
+            Some(pending) => (pending.id, pending.stateful.then_some(token)),
+            None => match endpoint.resumable(&token) {
+                // A stateful connection whose client lost its socket.
+                Some(entry) => return reattach(&endpoint, parts, entry, &principal).await,
+                None => {
+                    return (StatusCode::NOT_FOUND, "No Connection with that ID").into_response();
+                }
+            },
         },
         // Negotiation skipped: a new connection whose token is its id.
-        None => Arc::from(new_id().as_str()),
+        None => (Arc::from(new_id().as_str()), None),
     };
-    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+    let upgrade = match websocket_upgrade(&endpoint, &mut parts).await {
         Ok(upgrade) => upgrade,
-        Err(rejection) => return rejection.into_response(),
+        Err(response) => return response,
     };
     let init = ConnectionInit {
         id: connection_id,
@@ -364,18 +422,55 @@ async fn connect<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Requ
         query: request_query(&parts),
         headers: parts.headers,
     };
+    let tracker = endpoint.shutdown.tracker().clone();
+    upgrade.on_upgrade(move |socket| {
+        tracker.track_future(transport::websocket::serve(
+            endpoint,
+            socket,
+            init,
+            resume_token,
+        ))
+    })
+}
+
+/// The WebSocket upgrade of a request, with the endpoint's frame limits.
+async fn websocket_upgrade<H: Hub>(
+    endpoint: &Endpoint<H>,
+    parts: &mut Parts,
+) -> Result<WebSocketUpgrade, Response> {
+    let upgrade = WebSocketUpgrade::from_request_parts(parts, &())
+        .await
+        .map_err(IntoResponse::into_response)?;
     let frame_limit = endpoint
         .shared
         .options
         .maximum_receive_message_size
         .map_or(64 << 20, |limit| limit.saturating_mul(4).max(1 << 20));
-    let tracker = endpoint.shutdown.tracker().clone();
-    upgrade
+    Ok(upgrade
         .max_message_size(frame_limit)
-        .max_frame_size(frame_limit)
-        .on_upgrade(move |socket| {
-            tracker.track_future(transport::websocket::serve(endpoint, socket, init))
-        })
+        .max_frame_size(frame_limit))
+}
+
+/// A new WebSocket for a live stateful connection: after the upgrade the
+/// socket is handed to the connection's task, which replays what the client
+/// missed. Only the holder of the secret token gets here; with an
+/// authenticator, the request must also authenticate as the same user.
+async fn reattach<H: Hub>(
+    endpoint: &Endpoint<H>,
+    mut parts: Parts,
+    entry: Resumable,
+    principal: &Principal,
+) -> Response {
+    if principal.user_id() != entry.user_id() {
+        tracing::debug!("re-attach refused: another user");
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    let upgrade = match websocket_upgrade(endpoint, &mut parts).await {
+        Ok(upgrade) => upgrade,
+        Err(response) => return response,
+    };
+    let tracker = endpoint.shutdown.tracker().clone();
+    upgrade.on_upgrade(move |socket| tracker.track_future(entry.attach(socket)))
 }
 
 /// The query pairs hub code may see: the token is a credential and is left out.
@@ -441,11 +536,11 @@ async fn connect_http<H: Hub>(endpoint: Arc<Endpoint<H>>, parts: Parts) -> Respo
         Ok(principal) => principal,
         Err(response) => return response,
     };
-    let Some(connection_id) = endpoint.take_pending(&token) else {
+    let Some(pending) = endpoint.take_pending(&token) else {
         return text(StatusCode::NOT_FOUND, "No Connection with that ID");
     };
     let init = ConnectionInit {
-        id: connection_id,
+        id: pending.id,
         protocol: tidings_protocol::Protocol::Json,
         transport,
         principal,

@@ -171,6 +171,7 @@ mod hub;
 mod lifetime;
 mod message;
 mod options;
+mod resume;
 mod serve;
 mod session;
 mod shutdown;

@@ -21,6 +21,8 @@ use tidings_protocol::Protocol;
 /// | [`outbound_buffer_capacity`](Self::outbound_buffer_capacity) | 1024 messages |
 /// | [`long_poll_timeout`](Self::long_poll_timeout) | 90 s |
 /// | [`client_result_timeout`](Self::client_result_timeout) | 30 s |
+/// | [`allow_stateful_reconnects`](Self::allow_stateful_reconnects) | off |
+/// | [`stateful_reconnect_buffer_size`](Self::stateful_reconnect_buffer_size) | 100 000 bytes |
 /// | transports | WebSockets, Server-Sent Events, Long Polling |
 ///
 /// ```
@@ -47,6 +49,8 @@ pub struct HubOptions {
     pub(crate) long_polling: bool,
     pub(crate) long_poll_timeout: Duration,
     pub(crate) client_result_timeout: Duration,
+    pub(crate) allow_stateful_reconnects: bool,
+    pub(crate) stateful_reconnect_buffer_size: usize,
 }
 
 impl Default for HubOptions {
@@ -67,6 +71,8 @@ impl Default for HubOptions {
             long_polling: true,
             long_poll_timeout: Duration::from_secs(90),
             client_result_timeout: Duration::from_secs(30),
+            allow_stateful_reconnects: false,
+            stateful_reconnect_buffer_size: 100_000,
         }
     }
 }
@@ -126,7 +132,9 @@ impl HubOptions {
         self
     }
 
-    /// How long a negotiated connection may wait for its transport.
+    /// How long a negotiated connection may wait for its transport, and how
+    /// long a stateful-reconnect connection stays alive without a transport
+    /// (its reconnect window).
     pub fn disconnect_timeout(mut self, value: Duration) -> Self {
         self.disconnect_timeout = value;
         self
@@ -187,6 +195,40 @@ impl HubOptions {
     /// (ASP.NET Core's 90 s).
     pub fn long_poll_timeout(mut self, value: Duration) -> Self {
         self.long_poll_timeout = value;
+        self
+    }
+
+    /// Allow clients to negotiate stateful reconnect (ASP.NET Core's
+    /// `AllowStatefulReconnects`, off by default there too).
+    ///
+    /// A client that asks for it (`withStatefulReconnect()` in the
+    /// JavaScript client) and handshakes with protocol version 2 over
+    /// WebSockets keeps its connection — id, groups, user, running
+    /// invocations and streams — when its socket drops: the server keeps
+    /// the connection for [`disconnect_timeout`](Self::disconnect_timeout),
+    /// the client opens a new WebSocket with the same connection token, and
+    /// both sides replay what the other has not acknowledged, so no message
+    /// is lost or delivered twice. A Close message or a WebSocket close
+    /// frame from the client still ends the connection at once.
+    pub fn allow_stateful_reconnects(mut self, value: bool) -> Self {
+        self.allow_stateful_reconnects = value;
+        self
+    }
+
+    /// How many bytes of sent, unacknowledged messages a stateful-reconnect
+    /// connection keeps for replay (ASP.NET Core's
+    /// `StatefulReconnectBufferSize`, 100 000 bytes).
+    ///
+    /// When the buffer is full the server stops taking messages off the
+    /// connection's outbound queue until the client acknowledges some, so the
+    /// queue fills and the slow-consumer policy of
+    /// [`outbound_buffer_capacity`](Self::outbound_buffer_capacity) applies;
+    /// a connected client that acknowledges nothing for
+    /// [`client_timeout_interval`](Self::client_timeout_interval) while the
+    /// buffer is full is closed as a slow consumer too. Memory per connection
+    /// stays bounded by this size plus the queue.
+    pub fn stateful_reconnect_buffer_size(mut self, value: usize) -> Self {
+        self.stateful_reconnect_buffer_size = value.max(1);
         self
     }
 }

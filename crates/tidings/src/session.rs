@@ -30,6 +30,7 @@ use crate::{
     endpoint::Endpoint,
     hub::{Hub, MethodKind},
     upload::{UploadItem, Uploads},
+    resume::InboundSequence,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -39,9 +40,11 @@ pub(crate) type InboundChunk = Result<Bytes, ConnectionError>;
 
 /// The handshake's outcome.
 pub(crate) enum Handshake {
-    /// Accepted: the protocol, and bytes that followed the handshake.
+    /// Accepted: the protocol, its version (2 asks for stateful reconnect),
+    /// and bytes that followed the handshake.
     Accepted {
         protocol: Protocol,
+        version: u32,
         leftover: Vec<u8>,
     },
     /// Refused: send this error response, then close.
@@ -123,6 +126,7 @@ where
         }
         return Handshake::Accepted {
             protocol,
+            version: request.version,
             leftover: buf.split_off(used),
         };
     }
@@ -140,6 +144,8 @@ enum End {
     ClientTimeout,
     /// Unreadable input, or a message over the size limit.
     InvalidData(DecodeError),
+    /// A message that breaks the protocol (e.g. an impossible Sequence).
+    ProtocolViolation(&'static str),
     /// Aborted from outside the read loop.
     Aborted(Option<AbortReason>),
     /// The server is shutting down.
@@ -179,6 +185,10 @@ impl End {
             }
             End::InvalidData(e) => {
                 let error = ConnectionError::InvalidData(e.to_string());
+                (Some(with_error(&error, detailed)), Some(error))
+            }
+            End::ProtocolViolation(text) => {
+                let error = ConnectionError::InvalidData(text.to_owned());
                 (Some(with_error(&error, detailed)), Some(error))
             }
             End::Aborted(reason) => match reason.and_then(AbortReason::into_error) {
@@ -244,6 +254,7 @@ pub(crate) async fn run<H, S>(
                 streams: HashMap::new(),
                 uploads: Uploads::default(),
                 timeout_armed: false,
+                sequence: InboundSequence::default(),
             };
             reader.decoder.push(&leftover);
             reader.read_loop(&mut inbound).await
@@ -295,6 +306,8 @@ struct Reader<'a, H: Hub> {
     /// The client timeout starts with the client's first Ping, as in ASP.NET
     /// Core, so that clients that never ping are not cut off.
     timeout_armed: bool,
+    /// Numbering of the client's messages (stateful reconnect only).
+    sequence: InboundSequence,
 }
 
 impl<H: Hub> Reader<'_, H> {
@@ -314,6 +327,11 @@ impl<H: Hub> Reader<'_, H> {
             loop {
                 match self.decoder.next_message() {
                     Ok(Some(message)) => {
+                        match self.admit(&message) {
+                            Ok(true) => {}
+                            Ok(false) => continue,
+                            Err(end) => return end,
+                        }
                         dispatched = true;
                         if let Some(end) = self.handle(message, &shutdown).await {
                             return end;
@@ -354,10 +372,49 @@ impl<H: Hub> Reader<'_, H> {
                     Some(Err(error)) => return End::TransportFailed(error.to_string()),
                     Some(Ok(bytes)) => {
                         last_activity = Instant::now();
+                        if connection.resume().is_some_and(|r| r.take_reattached()) {
+                            // A new socket took over: a message cut short on
+                            // the old one is gone (the client replays it).
+                            self.decoder = MessageDecoder::new(
+                                connection.protocol(),
+                                self.endpoint.shared.options.maximum_receive_message_size,
+                            );
+                            self.sequence.reattached();
+                        }
                         self.decoder.push(&bytes);
                     }
                 },
             }
+        }
+    }
+
+    /// Stateful reconnect: consumes Ack and Sequence, and filters out
+    /// client messages already processed before a reconnect. `Ok(false)`
+    /// skips the message. Without stateful reconnect every message passes
+    /// (and Ack/Sequence are ignored by `handle`, as in ASP.NET Core).
+    fn admit(&mut self, message: &HubMessage) -> Result<bool, End> {
+        let Some(resume) = self.cx.connection().resume() else {
+            return Ok(true);
+        };
+        match message {
+            HubMessage::Ack { sequence_id } => {
+                resume.ack(*sequence_id);
+                Ok(false)
+            }
+            HubMessage::Sequence { sequence_id } => {
+                self.sequence
+                    .reset(*sequence_id)
+                    .map_err(End::ProtocolViolation)?;
+                Ok(false)
+            }
+            message if message.is_trackable() => {
+                let new = self.sequence.accept();
+                if new {
+                    resume.set_received(self.sequence.latest());
+                }
+                Ok(new)
+            }
+            _ => Ok(true),
         }
     }
 
@@ -414,8 +471,8 @@ impl<H: Hub> Reader<'_, H> {
                     _ => None,
                 }
             }
-            // Stateful reconnect is not enabled on this server yet; its
-            // messages are ignored.
+            // Consumed by `admit` on stateful-reconnect connections; they
+            // mean nothing on others (ASP.NET Core ignores them too).
             HubMessage::Ack { .. } | HubMessage::Sequence { .. } => None,
         }
     }
@@ -557,7 +614,7 @@ impl<H: Hub> Reader<'_, H> {
     }
 }
 
-fn far_future() -> Instant {
+pub(crate) fn far_future() -> Instant {
     // About thirty years: an unarmed timer that never fires.
     Instant::now() + Duration::from_secs(86_400 * 365 * 30)
 }

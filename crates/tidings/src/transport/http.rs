@@ -139,7 +139,9 @@ async fn run<H: Hub>(
         () = &mut watchdog => Handshake::Gone,
     };
     match handshake {
-        Handshake::Accepted { protocol, leftover } => {
+        Handshake::Accepted {
+            protocol, leftover, ..
+        } => {
             init.protocol = protocol;
             let _ = http.protocol.set(protocol);
             let connection = ConnectionHandle::new(init, outbound);

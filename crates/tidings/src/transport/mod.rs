@@ -3,4 +3,5 @@
 //! connection's outbound queue into its own framing.
 
 pub(crate) mod http;
+pub(crate) mod resume;
 pub(crate) mod websocket;

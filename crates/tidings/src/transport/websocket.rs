@@ -16,10 +16,7 @@ use std::{sync::Arc, time::Duration};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
-use futures_util::{
-    SinkExt, StreamExt,
-    stream::{SplitSink, SplitStream},
-};
+use futures_util::{SinkExt, StreamExt, stream::SplitSink};
 use tidings_protocol::{HubMessage, Protocol};
 use tokio::{
     sync::mpsc,
@@ -32,28 +29,32 @@ use crate::{
     endpoint::Endpoint,
     hub::Hub,
     session::{self, Handshake, InboundChunk},
+    transport::resume,
 };
 
 /// ASP.NET Core's `TransportSendTimeout`: a write blocked this long means
 /// the peer is gone or hopeless.
-const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// ASP.NET Core's `WebSockets.CloseTimeout`.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest batch the writer builds from queued messages.
-const MAX_BATCH: usize = 64 * 1024;
+pub(super) const MAX_BATCH: usize = 64 * 1024;
 
 pub(crate) async fn serve<H: Hub>(
     endpoint: Arc<Endpoint<H>>,
     socket: WebSocket,
     mut init: ConnectionInit,
+    resume_token: Option<String>,
 ) {
-    let (mut sink, stream) = socket.split();
-    let mut inbound = inbound(stream);
+    let (mut sink, mut stream) = socket.split();
     let options = &endpoint.shared.options;
-    let (protocol, leftover) = match session::read_handshake(&mut inbound, options, true).await {
+    let handshake = session::read_handshake(&mut inbound(&mut stream), options, true).await;
+    let (protocol, version, leftover) = match handshake {
         Handshake::Accepted {
-            protocol, leftover, ..
-        } => (protocol, leftover),
+            protocol,
+            version,
+            leftover,
+        } => (protocol, version, leftover),
         Handshake::Refused(error) => {
             tracing::debug!(%error, "handshake refused");
             let frame = Handshake::response(Some(&error));
@@ -67,32 +68,47 @@ pub(crate) async fn serve<H: Hub>(
         Handshake::Gone => return,
     };
     init.protocol = protocol;
+    // Stateful reconnect: negotiated (with a secret token) and asked for by
+    // the handshake's protocol version.
+    if let Some(token) = resume_token.filter(|_| version >= 2) {
+        resume::serve(endpoint, (sink, stream), init, leftover, token).await;
+        return;
+    }
     let (tx, rx) = mpsc::channel(options.outbound_buffer_capacity);
     let connection = ConnectionHandle::new(init, tx);
     // The handshake answer is the first thing in the queue, so it precedes
     // anything `on_connected` sends.
     connection.send_frame(Handshake::response(None)).await;
     let writer = write_loop(sink, rx, connection.clone(), options.keep_alive_interval);
-    let session = session::run(Arc::clone(&endpoint), connection, inbound, leftover);
+    let session = session::run(Arc::clone(&endpoint), connection, inbound(stream), leftover);
     tokio::join!(writer, session);
 }
 
 /// Turns the socket's read half into the session's chunk stream: data
 /// frames become chunks (the opcode is ignored, as ASP.NET Core ignores
 /// it), a Close frame ends the stream, and an error fails it.
-fn inbound(
-    stream: SplitStream<WebSocket>,
-) -> impl futures_util::Stream<Item = InboundChunk> + Unpin + Send {
+fn inbound<S>(stream: S) -> impl futures_util::Stream<Item = InboundChunk> + Unpin + Send
+where
+    S: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin + Send,
+{
     stream
         .take_while(|item| std::future::ready(!matches!(item, Ok(Message::Close(_)))))
         .filter_map(|item| {
             std::future::ready(match item {
-                Ok(Message::Text(text)) => Some(Ok(Bytes::from(text))),
-                Ok(Message::Binary(bytes)) => Some(Ok(bytes)),
-                Ok(_) => None,
+                Ok(message) => data(message).map(Ok),
                 Err(error) => Some(Err(ConnectionError::Transport(error.to_string()))),
             })
         })
+}
+
+/// The payload of a data frame (the opcode does not matter); `None` for
+/// control frames.
+pub(super) fn data(message: Message) -> Option<Bytes> {
+    match message {
+        Message::Text(text) => Some(Bytes::from(text)),
+        Message::Binary(bytes) => Some(bytes),
+        _ => None,
+    }
 }
 
 async fn write_loop(
@@ -118,20 +134,13 @@ async fn write_loop(
             () = &mut idle => Outbound::Frame(ping.clone()),
         };
         let mut closing = false;
-        let frame = match collect(first, &mut rx, &mut batch, protocol, &mut closing) {
+        let frame = match collect(first, &mut rx, &mut batch, protocol, &mut closing, |_| true) {
             Some(frame) => frame,
             None if closing => break,
             None => continue,
         };
-        let message = match protocol {
-            Protocol::Json => match Utf8Bytes::try_from(frame) {
-                Ok(text) => Message::Text(text),
-                Err(_) => {
-                    tracing::error!("a JSON frame is not UTF-8; dropped");
-                    continue;
-                }
-            },
-            Protocol::MessagePack => Message::Binary(frame),
+        let Some(message) = frame_message(protocol, frame) else {
+            continue;
         };
         match timeout(SEND_TIMEOUT, sink.send(message)).await {
             Ok(Ok(())) => {}
@@ -156,29 +165,55 @@ async fn write_loop(
     close(&mut sink, code).await;
 }
 
+/// The WebSocket message carrying `frame`: Text for JSON, Binary for
+/// MessagePack.
+pub(super) fn frame_message(protocol: Protocol, frame: Bytes) -> Option<Message> {
+    match protocol {
+        Protocol::Json => match Utf8Bytes::try_from(frame) {
+            Ok(text) => Some(Message::Text(text)),
+            Err(_) => {
+                tracing::error!("a JSON frame is not UTF-8; dropped");
+                None
+            }
+        },
+        Protocol::MessagePack => Some(Message::Binary(frame)),
+    }
+}
+
 /// Builds one frame from `first` and whatever else is already queued.
-/// Sets `closing` when the queue's final entry was reached.
-fn collect(
+/// Sets `closing` when the queue's final entry was reached. `admit` sees
+/// every message taken (the final Close excepted) and stops the batch by
+/// returning false.
+pub(super) fn collect(
     first: Outbound,
     rx: &mut mpsc::Receiver<Outbound>,
     batch: &mut Vec<u8>,
     protocol: Protocol,
     closing: &mut bool,
+    mut admit: impl FnMut(&Bytes) -> bool,
 ) -> Option<Bytes> {
-    let mut single = bytes_of(first, protocol, closing);
-    if *closing {
+    let mut more = true;
+    let mut take = |item: Outbound, closing: &mut bool, more: &mut bool| {
+        let bytes = bytes_of(item, protocol, closing);
+        if let Some(bytes) = bytes.as_ref().filter(|_| !*closing) {
+            *more = admit(bytes);
+        }
+        bytes
+    };
+    let mut single = take(first, closing, &mut more);
+    if *closing || !more {
         return single;
     }
     batch.clear();
     while let Ok(next) = rx.try_recv() {
-        let more = bytes_of(next, protocol, closing);
-        if let Some(more) = more {
+        let next = take(next, closing, &mut more);
+        if let Some(next) = next {
             if let Some(first) = single.take() {
                 batch.extend_from_slice(&first);
             }
-            batch.extend_from_slice(&more);
+            batch.extend_from_slice(&next);
         }
-        if *closing || batch.len() >= MAX_BATCH {
+        if *closing || !more || batch.len() >= MAX_BATCH {
             break;
         }
     }
@@ -200,7 +235,7 @@ fn bytes_of(item: Outbound, protocol: Protocol, closing: &mut bool) -> Option<By
     }
 }
 
-async fn close(sink: &mut SplitSink<WebSocket, Message>, code: u16) {
+pub(super) async fn close(sink: &mut SplitSink<WebSocket, Message>, code: u16) {
     let frame = Message::Close(Some(CloseFrame {
         code,
         reason: Utf8Bytes::from_static(""),
