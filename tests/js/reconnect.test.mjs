@@ -257,45 +257,43 @@ test("several cuts in a row: every socket re-attaches to the same connection", a
   }
 });
 
-test("a client that does not come back is disconnected when the reconnect window closes", async () => {
+/**
+ * Connects a client (with `options`) to the 2 s-window server through a
+ * proxy, cuts it, and reports how the client closed and when (after the
+ * cut) the server let the connection go.
+ */
+async function cutAndDepart(options) {
   const proxy = await tcpProxy(short);
   const observer = await connect(short, "/hubs/test", "json");
   await observer.invoke("Observe");
-  const a = await connect(proxy, "/hubs/test", "json", { statefulReconnect: true });
+  const a = await connect(proxy, "/hubs/test", "json", options);
   try {
     const departed = departureOf(observer, a.connectionId);
     const clientClosed = closed(a);
+    // A stateful client makes one re-attach attempt: the network refuses it.
     proxy.refusing = true;
     const cutAt = Date.now();
     proxy.cut();
-    // The client's one re-attach attempt is refused by the network; it gives up.
-    assert.ok((await clientClosed) instanceof Error);
+    const clientError = await clientClosed;
     const { error, at } = await departed;
-    assert.ok(at - cutAt >= 1500, `kept for the window (${at - cutAt} ms)`);
-    assert.match(error, /did not reconnect within the disconnect timeout/);
+    return { clientError, error, elapsed: at - cutAt };
   } finally {
     await observer.stop();
     await proxy.close();
   }
+}
+
+test("a client that does not come back is disconnected when the reconnect window closes", async () => {
+  const { clientError, error, elapsed } = await cutAndDepart({ statefulReconnect: true });
+  assert.ok(clientError instanceof Error);
+  assert.ok(elapsed >= 1500, `kept for the window (${elapsed} ms)`);
+  assert.match(error, /did not reconnect within the disconnect timeout/);
 });
 
 test("without stateful reconnect a cut ends the connection at once", async () => {
-  const proxy = await tcpProxy(short);
-  const observer = await connect(short, "/hubs/test", "json");
-  await observer.invoke("Observe");
-  const a = await connect(proxy, "/hubs/test", "json");
-  try {
-    const departed = departureOf(observer, a.connectionId);
-    const clientClosed = closed(a);
-    const cutAt = Date.now();
-    proxy.cut();
-    assert.ok((await clientClosed) instanceof Error);
-    const { at } = await departed;
-    assert.ok(at - cutAt < 2000, `gone before any window (${at - cutAt} ms)`);
-  } finally {
-    await observer.stop();
-    await proxy.close();
-  }
+  const { clientError, elapsed } = await cutAndDepart({});
+  assert.ok(clientError instanceof Error);
+  assert.ok(elapsed < 2000, `gone before any window (${elapsed} ms)`);
 });
 
 test("negotiate answers useStatefulReconnect only when asked for and allowed", async () => {
@@ -467,20 +465,6 @@ test("replay buffer limit: sending pauses until acknowledged; a client that neve
   }
 });
 
-test("a graceful stop() of a stateful client ends its connection at once", async () => {
-  const observer = await connect(short, "/hubs/test", "json");
-  await observer.invoke("Observe");
-  const a = await connect(short, "/hubs/test", "json", { statefulReconnect: true });
-  try {
-    const departed = departureOf(observer, a.connectionId, 1500);
-    await a.stop();
-    const { error } = await departed;
-    assert.equal(error, null);
-  } finally {
-    await observer.stop();
-  }
-});
-
 test("messages sent while the client has no socket are delivered after it re-attaches", async () => {
   const proxy = await tcpProxy(server);
   const a = await connect(proxy, "/hubs/test", "json", { statefulReconnect: true });
@@ -511,18 +495,26 @@ test("messages sent while the client has no socket are delivered after it re-att
   }
 });
 
-test("a server-side abort ends a stateful connection for good", async () => {
-  const observer = await connect(short, "/hubs/test", "json");
-  await observer.invoke("Observe");
-  const a = await connect(short, "/hubs/test", "json", { statefulReconnect: true });
-  try {
-    const departed = departureOf(observer, a.connectionId, 1500);
-    const clientClosed = closed(a);
-    await a.invoke("Abort").catch(() => {});
-    assert.equal(await clientClosed, undefined);
-    assert.equal((await departed).error, null);
-    assert.equal(a.state, "Disconnected");
-  } finally {
-    await observer.stop();
-  }
-});
+// Ending on purpose leaves no reconnect window: the client's stop() (Close
+// message and close frame) and the server's abort (Close without
+// allowReconnect; the client's one re-attach attempt gets 404).
+for (const [how, end] of [
+  ["the client's stop()", (a) => a.stop()],
+  ["a server-side abort", (a) => a.invoke("Abort").catch(() => {})],
+]) {
+  test(`${how} ends a stateful connection at once and for good`, async () => {
+    const observer = await connect(short, "/hubs/test", "json");
+    await observer.invoke("Observe");
+    const a = await connect(short, "/hubs/test", "json", { statefulReconnect: true });
+    try {
+      const departed = departureOf(observer, a.connectionId, 1500);
+      const clientClosed = closed(a);
+      await end(a);
+      assert.equal(await clientClosed, undefined);
+      assert.equal((await departed).error, null);
+      assert.equal(a.state, "Disconnected");
+    } finally {
+      await observer.stop();
+    }
+  });
+}

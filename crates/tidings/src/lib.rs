@@ -153,6 +153,10 @@
 //! * Each connection has a bounded outbound queue; a client that does not
 //!   read is closed instead of growing memory
 //!   ([`HubOptions::outbound_buffer_capacity`]).
+//! * Stateful reconnect ([`HubOptions::allow_stateful_reconnects`]) keeps
+//!   unacknowledged messages for replay in a buffer bounded in bytes
+//!   ([`HubOptions::stateful_reconnect_buffer_size`]); a full buffer pauses
+//!   the connection's queue, so the same slow-consumer rule applies.
 //! * No lock is held across an `.await`.
 //!
 //! ## Scale-out

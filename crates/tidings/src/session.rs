@@ -29,8 +29,8 @@ use crate::{
     dispatch::{self, Prepared},
     endpoint::Endpoint,
     hub::{Hub, MethodKind},
-    upload::{UploadItem, Uploads},
     resume::InboundSequence,
+    upload::{UploadItem, Uploads},
 };
 use tokio_util::sync::CancellationToken;
 
