@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # Runs every check and test of the repository. Installs what the tests need
-# where it is missing (npm packages for the JS-client suite, cargo-fuzz).
+# where it is missing (npm packages for the JS-client suite, cargo-fuzz, the
+# aiosignalr server for the Rust client's interop tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
+
+# The Python server of the Rust client's interop tests installs while Rust builds.
+mkdir -p target
+bash scripts/aiosignalr-venv.sh > target/aiosignalr-python 2> target/aiosignalr-venv.log &
+venv_pid=$!
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -15,7 +21,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy -p tidings --all-targets -- -D warnings
 
 step "cargo test"
-cargo test --workspace
+if ! wait "$venv_pid"; then
+    cat target/aiosignalr-venv.log >&2
+    exit 1
+fi
+AIOSIGNALR_PYTHON="$(cat target/aiosignalr-python)" cargo test --workspace
 
 if [[ -x scripts/fuzz-build.sh || -f scripts/fuzz-build.sh ]]; then
     step "fuzz targets build"

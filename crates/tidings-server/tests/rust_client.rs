@@ -770,3 +770,94 @@ async fn client_streams_wait_for_a_server_that_stops_reading() -> Result<()> {
     })
     .await
 }
+
+fn failed(method: &str, text: &str) -> String {
+    format!("An unexpected error occurred invoking '{method}' on the server. HubException: {text}")
+}
+
+#[tokio::test]
+async fn client_results() -> Result<()> {
+    let server = Server::start(&[]).await?;
+    for_each_combo(|transport, protocol| {
+        let server = &server;
+        async move {
+            let connection = builder(server, transport, protocol).build()?;
+            connection.on_with_result("Double", |(x,): (i64,)| async move {
+                Ok::<_, std::convert::Infallible>(x * 2)
+            });
+            connection.on_with_result("describe", |(x,): (Value,)| async move {
+                Ok::<_, std::convert::Infallible>(json!({ "got": x, "list": [1, "two"] }))
+            });
+            connection.on_with_result(
+                "Fail",
+                |(_x,): (Value,)| async move { Err::<Value, _>("nope") },
+            );
+            connection.on("Plain", |(_x,): (Value,)| async {});
+            for n in [1, 2] {
+                connection.on_with_result("Twice", move |(_x,): (Value,)| async move {
+                    Ok::<_, std::convert::Infallible>(n)
+                });
+            }
+            // A handler may call the hub before it answers (the waiting hub method frees its
+            // invocation slot, and the client runs handlers off the connection task).
+            let nested = connection.clone();
+            connection.on_with_result("Nested", move |(x,): (i64,)| {
+                let connection = nested.clone();
+                async move {
+                    let sum: i64 = connection
+                        .invoke("Add", (x, 1))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok::<_, String>(sum * 10)
+                }
+            });
+            connection.start().await?;
+
+            let answer: i64 = connection.invoke("AskCaller", ("Double", 21)).await?;
+            assert_eq!(answer, 42);
+            let described: Value = connection.invoke("AskCaller", ("Describe", "it")).await?;
+            assert_eq!(described, json!({ "got": "it", "list": [1, "two"] }));
+            let answer: Value = connection
+                .invoke("AskCallerWithin", ("Nested", 4, 3000))
+                .await?;
+            assert_eq!(answer, json!(50));
+
+            let expect_error = |result: Result<Value, InvokeError>, text: &str| match result {
+                Err(InvokeError::Hub(error)) => {
+                    assert_eq!(error, failed("AskCaller", text));
+                    Ok(())
+                }
+                other => bail!("expected '{text}', got {other:?}"),
+            };
+            expect_error(connection.invoke("AskCaller", ("Fail", 1)).await, "nope")?;
+            expect_error(
+                connection.invoke("AskCaller", ("NoSuchHandler", 1)).await,
+                "Client didn't provide a result.",
+            )?;
+            expect_error(
+                connection.invoke("AskCaller", ("Plain", 1)).await,
+                "Client didn't provide a result.",
+            )?;
+            expect_error(
+                connection.invoke("AskCaller", ("Twice", 1)).await,
+                "Client provided multiple results.",
+            )?;
+            match connection
+                .invoke::<Value>("AskCaller", ("Double", "not a number"))
+                .await
+            {
+                Err(InvokeError::Hub(error)) => assert!(
+                    error.starts_with(&failed(
+                        "AskCaller",
+                        "The arguments of 'Double' could not be bound"
+                    )),
+                    "{error}"
+                ),
+                other => bail!("expected a binding error, got {other:?}"),
+            }
+            connection.stop().await;
+            Ok(())
+        }
+    })
+    .await
+}
