@@ -27,6 +27,9 @@
 //! * Server-to-client invocation ids for client results are `s1`, `s2`, … per server, like
 //!   ASP.NET Core; fine.
 
+#[path = "support/proxy.rs"]
+mod proxy;
+
 use std::{
     process::Stdio,
     sync::{Arc, Mutex, OnceLock},
@@ -42,10 +45,8 @@ use tidings_client::{
 };
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
-    net::{TcpListener, TcpStream},
     process::{Child, Command},
     sync::mpsc,
-    task::JoinHandle,
     time::timeout,
 };
 
@@ -359,50 +360,10 @@ async fn messagepack_what_interoperates() -> Result<()> {
     Ok(())
 }
 
-/// A TCP proxy whose connections can be cut, to drop a WebSocket without either end closing it.
-struct Proxy {
-    url: String,
-    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    _accept: JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(upstream: &str) -> Result<Proxy> {
-        let target = upstream.trim_start_matches("http://").to_owned();
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let registry = Arc::clone(&connections);
-        let accept = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                let target = target.clone();
-                let pipe = tokio::spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(&target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-                registry.lock().expect("not poisoned").push(pipe);
-            }
-        });
-        Ok(Proxy {
-            url,
-            connections,
-            _accept: accept,
-        })
-    }
-
-    /// Drops every open connection (both sockets close at once).
-    fn cut(&self) {
-        for pipe in self.connections.lock().expect("not poisoned").drain(..) {
-            pipe.abort();
-        }
-    }
-}
-
 #[tokio::test]
 async fn stateful_reconnect_survives_a_cut_connection() -> Result<()> {
     let server = PyServer::start().await?;
-    let proxy = Proxy::start(&server.url).await?;
+    let proxy = proxy::Proxy::start(&server.url).await?;
     let connection = builder(
         &format!("{}/hub", proxy.url),
         TransportType::WebSockets,

@@ -3,6 +3,9 @@
 //! with JSON and MessagePack, Server-Sent Events with JSON), against the real `tidings` binary
 //! started on a free port.
 
+#[path = "../../tidings-client/tests/support/proxy.rs"]
+mod proxy;
+
 use std::{
     process::Stdio,
     sync::{Arc, Mutex},
@@ -860,4 +863,91 @@ async fn client_results() -> Result<()> {
         }
     })
     .await
+}
+
+#[tokio::test]
+async fn stateful_reconnect_survives_cut_connections() -> Result<()> {
+    let server = Server::start(&[]).await?;
+    let proxy = proxy::Proxy::start(&server.url).await?;
+    for protocol in [Protocol::Json, Protocol::MessagePack] {
+        let connection = HubConnectionBuilder::new(format!("{}/hubs/test", proxy.url))
+            .with_transport(TransportType::WebSockets)
+            .with_protocol(protocol)
+            .with_stateful_reconnect()
+            .build()?;
+        let (on_direct, mut direct) = channel::<Value>();
+        connection.on("DirectMessage", move |(message,): (Value,)| {
+            let on_direct = Arc::clone(&on_direct);
+            async move { on_direct(message) }
+        });
+        let (on_reconnecting, mut reconnecting) = channel::<String>();
+        connection.on_reconnecting(move |error| on_reconnecting(error.to_string()));
+        connection.start().await?;
+        let id = connection.connection_id().context("a connection id")?;
+        // A second client, not behind the proxy, sends while the first is cut off.
+        let sender = connect(&server, TransportType::WebSockets, protocol).await?;
+
+        let delayed = tokio::spawn(connection.invoke::<Value>("Delay", (300, "survived")));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        proxy.cut();
+        sender
+            .invoke::<()>("SendToConnection", (&id, "while cut"))
+            .await?;
+        let during = tokio::spawn(connection.invoke::<i64>("Add", (20, 22)));
+        let items = ClientStream::new(stream::iter([1.0, 2.0]));
+        let total = tokio::spawn(connection.invoke::<f64>("Sum", (items,)));
+
+        assert_eq!(
+            timeout(WAIT, delayed).await???,
+            json!("survived"),
+            "{protocol}"
+        );
+        assert_eq!(timeout(WAIT, during).await???, 42, "{protocol}");
+        assert_eq!(timeout(WAIT, total).await???, 3.0, "{protocol}");
+        assert_eq!(next(&mut direct).await?, json!("while cut"), "{protocol}");
+        let same: String = connection.invoke("GetConnectionId", ()).await?;
+        assert_eq!(same, id, "{protocol}: the same connection");
+        assert_eq!(connection.connection_id(), Some(id.clone()));
+        assert!(
+            reconnecting.try_recv().is_err(),
+            "{protocol}: no new connection"
+        );
+
+        // A second cut after acknowledgements went both ways; nothing is delivered twice.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        proxy.cut();
+        sender
+            .invoke::<()>("SendToConnection", (&id, "second"))
+            .await?;
+        let sum: i64 = connection.invoke("Add", (5, 5)).await?;
+        assert_eq!(sum, 10);
+        assert_eq!(next(&mut direct).await?, json!("second"), "{protocol}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            direct.try_recv().is_err(),
+            "{protocol}: a message arrived twice"
+        );
+        connection.stop().await;
+        sender.stop().await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_server_support_a_cut_is_a_lost_connection() -> Result<()> {
+    let server = Server::start(&["--allow-stateful-reconnects", "false"]).await?;
+    let proxy = proxy::Proxy::start(&server.url).await?;
+    let connection = HubConnectionBuilder::new(format!("{}/hubs/test", proxy.url))
+        .with_transport(TransportType::WebSockets)
+        .with_stateful_reconnect()
+        .build()?;
+    let (on_closed, mut closed) = channel::<Option<String>>();
+    connection.on_closed(move |error| on_closed(error.map(|e| e.to_string())));
+    connection.start().await?;
+    let sum: i64 = connection.invoke("Add", (1, 1)).await?;
+    assert_eq!(sum, 2);
+    proxy.cut();
+    assert!(next(&mut closed).await?.is_some());
+    assert_eq!(connection.state(), HubConnectionState::Disconnected);
+    Ok(())
 }

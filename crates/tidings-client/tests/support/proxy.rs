@@ -1,0 +1,65 @@
+//! A TCP proxy for tests whose connections can be cut: both sockets of every open connection
+//! close at once, as when a network path fails, while the proxy keeps accepting new ones.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::{
+    net::{TcpListener, TcpStream},
+    task::JoinHandle,
+};
+
+pub struct Proxy {
+    /// `http://127.0.0.1:PORT` of the proxy.
+    pub url: String,
+    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Forwards to the `http://host:port` of `upstream`.
+    pub async fn start(upstream: &str) -> std::io::Result<Proxy> {
+        let target = upstream.trim_start_matches("http://").to_owned();
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let registry = Arc::clone(&connections);
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let target = target.clone();
+                let pipe = tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                registry
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(pipe);
+            }
+        });
+        Ok(Proxy {
+            url,
+            connections,
+            accept,
+        })
+    }
+
+    /// Drops every open connection.
+    pub fn cut(&self) {
+        for pipe in self
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            pipe.abort();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
