@@ -27,6 +27,8 @@
 //! * Server-to-client invocation ids for client results are `s1`, `s2`, … per server, like
 //!   ASP.NET Core; fine.
 
+#[path = "support/common.rs"]
+mod common;
 #[path = "support/proxy.rs"]
 mod proxy;
 
@@ -37,20 +39,17 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use common::{WAIT, channel, forward, hub_error, listening_url, next};
 use futures_util::{StreamExt, stream};
 use serde_json::{Value, json};
 use tidings_client::{
-    ClientStream, ConnectionError, HubConnection, HubConnectionBuilder, HubConnectionState,
-    InvokeError, Protocol, TransportType,
+    ClientStream, ConnectionError, HubConnectionBuilder, HubConnectionState, InvokeError, Protocol,
+    TransportType,
 };
 use tokio::{
-    io::{AsyncBufReadExt, BufReader},
     process::{Child, Command},
-    sync::mpsc,
     time::timeout,
 };
-
-const WAIT: Duration = Duration::from_secs(15);
 
 /// The Python interpreter with aiosignalr installed (installs it on first use).
 fn python() -> Result<String> {
@@ -95,18 +94,7 @@ impl PyServer {
             .kill_on_drop(true)
             .spawn()
             .context("starting the aiosignalr hub")?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let url = timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some(url) = line.strip_prefix("listening on ") {
-                    return Ok(url.trim().to_owned());
-                }
-            }
-            bail!("the aiosignalr hub exited before listening")
-        })
-        .await
-        .context("the aiosignalr hub did not start")??;
+        let url = listening_url(&mut child, Duration::from_secs(30)).await?;
         Ok(PyServer { _child: child, url })
     }
 
@@ -124,33 +112,6 @@ fn builder(url: &str, transport: TransportType, protocol: Protocol) -> HubConnec
 /// The JSON combinations that interoperate (see the module docs for Long Polling).
 const JSON_TRANSPORTS: [TransportType; 2] =
     [TransportType::WebSockets, TransportType::ServerSentEvents];
-
-fn channel<T: Send + 'static>() -> (Arc<dyn Fn(T) + Send + Sync>, mpsc::UnboundedReceiver<T>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (Arc::new(move |value| drop(tx.send(value))), rx)
-}
-
-async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> Result<T> {
-    timeout(WAIT, rx.recv())
-        .await
-        .context("timed out waiting for an event")?
-        .context("the event channel closed")
-}
-
-fn forward<T: Send + 'static>(
-    connection: &HubConnection,
-    method: &str,
-) -> mpsc::UnboundedReceiver<T>
-where
-    (T,): tidings_client::FromArguments,
-{
-    let (sink, rx) = channel::<T>();
-    connection.on(method, move |(value,): (T,)| {
-        let sink = Arc::clone(&sink);
-        async move { sink(value) }
-    });
-    rx
-}
 
 #[tokio::test]
 async fn json_calls_streams_and_client_methods() -> Result<()> {
@@ -173,10 +134,7 @@ async fn json_calls_streams_and_client_methods() -> Result<()> {
         connection.send("Notify", ("sent",)).await?;
         assert_eq!(next(&mut notified).await?, json!("sent"), "{context}");
 
-        let hub_error = |result: Result<(), InvokeError>| match result {
-            Err(InvokeError::Hub(text)) => Ok(text),
-            other => bail!("{context}: expected a hub error, got {other:?}"),
-        };
+        let hub_error = hub_error::<()>;
         assert_eq!(
             hub_error(connection.invoke("Throw", ("secret",)).await)?,
             "An unexpected error occurred invoking 'Throw' on the server."

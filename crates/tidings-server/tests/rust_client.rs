@@ -3,6 +3,8 @@
 //! with JSON and MessagePack, Server-Sent Events with JSON), against the real `tidings` binary
 //! started on a free port.
 
+#[path = "../../tidings-client/tests/support/common.rs"]
+mod common;
 #[path = "../../tidings-client/tests/support/proxy.rs"]
 mod proxy;
 
@@ -13,6 +15,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use common::{WAIT, channel, forward, hub_error, listening_url, next};
 use futures_util::{StreamExt, future::try_join_all, stream};
 use serde_json::{Value, json};
 use tidings_client::{
@@ -20,9 +23,7 @@ use tidings_client::{
     StartError, TransportType,
 };
 use tokio::{
-    io::{AsyncBufReadExt, BufReader},
     process::{Child, Command},
-    sync::mpsc,
     time::timeout,
 };
 
@@ -34,7 +35,6 @@ const COMBOS: [(TransportType, Protocol); 5] = [
     (TransportType::LongPolling, Protocol::MessagePack),
 ];
 const JWT_SECRET: &str = "rust-client-test-secret";
-const WAIT: Duration = Duration::from_secs(10);
 
 /// A running `tidings` process; killed when dropped.
 struct Server {
@@ -59,18 +59,7 @@ impl Server {
             .kill_on_drop(true)
             .spawn()
             .context("starting the tidings binary")?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let url = timeout(WAIT, async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some(url) = line.strip_prefix("listening on ") {
-                    return Ok(url.trim().to_owned());
-                }
-            }
-            bail!("the server exited before listening")
-        })
-        .await
-        .context("the server did not start")??;
+        let url = listening_url(&mut child, WAIT).await?;
         Ok(Server { child, url, args })
     }
 
@@ -135,19 +124,6 @@ where
     .map(drop)
 }
 
-/// Collects events from callbacks.
-fn channel<T: Send + 'static>() -> (Arc<dyn Fn(T) + Send + Sync>, mpsc::UnboundedReceiver<T>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (Arc::new(move |value| drop(tx.send(value))), rx)
-}
-
-async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> Result<T> {
-    timeout(WAIT, rx.recv())
-        .await
-        .context("timed out waiting for an event")?
-        .context("the event channel closed")
-}
-
 fn jwt(sub: &str) -> String {
     let claims = json!({ "sub": sub, "name": sub, "exp": 4_000_000_000u64 });
     jsonwebtoken::encode(
@@ -184,11 +160,7 @@ async fn invoke_send_and_client_methods() -> Result<()> {
             assert_eq!(none, None);
 
             // Client methods are matched case-insensitively; `send` does not wait.
-            let (on_direct, mut direct) = channel::<Value>();
-            connection.on("directmessage", move |(message,): (Value,)| {
-                let on_direct = Arc::clone(&on_direct);
-                async move { on_direct(message) }
-            });
+            let mut direct = forward::<Value>(&connection, "directmessage");
             connection.send("SendToCaller", ("to me",)).await?;
             assert_eq!(next(&mut direct).await?, json!("to me"));
             connection
@@ -217,10 +189,7 @@ async fn hub_errors_reach_the_caller() -> Result<()> {
         let server = &server;
         async move {
             let connection = connect(server, transport, protocol).await?;
-            let error = |r: Result<(), InvokeError>| match r {
-                Err(InvokeError::Hub(text)) => Ok(text),
-                other => bail!("expected a hub error, got {other:?}"),
-            };
+            let error = hub_error::<()>;
             assert_eq!(
                 error(connection.invoke("Throw", ("secret",)).await)?,
                 "An unexpected error occurred invoking 'Throw' on the server."
@@ -306,11 +275,7 @@ async fn groups_and_targets() -> Result<()> {
         async move {
             let member = connect(server, transport, protocol).await?;
             let other = connect(server, transport, protocol).await?;
-            let (on_group, mut group) = channel::<Value>();
-            member.on("GroupMessage", move |(message,): (Value,)| {
-                let on_group = Arc::clone(&on_group);
-                async move { on_group(message) }
-            });
+            let mut group = forward::<Value>(&member, "GroupMessage");
             let room = format!("room-{}", label(transport, protocol));
             member.invoke::<()>("JoinGroup", (&room,)).await?;
             other.invoke::<()>("SendToGroup", (&room, "first")).await?;
@@ -320,11 +285,7 @@ async fn groups_and_targets() -> Result<()> {
                 .invoke::<()>("SendToGroup", (&room, "after leaving"))
                 .await?;
             // A message to the caller after it proves nothing else was on the way.
-            let (on_direct, mut direct) = channel::<Value>();
-            member.on("DirectMessage", move |(message,): (Value,)| {
-                let on_direct = Arc::clone(&on_direct);
-                async move { on_direct(message) }
-            });
+            let mut direct = forward::<Value>(&member, "DirectMessage");
             member.invoke::<()>("SendToCaller", ("marker",)).await?;
             assert_eq!(next(&mut direct).await?, json!("marker"));
             assert!(
@@ -368,11 +329,7 @@ async fn access_tokens_identify_the_user() -> Result<()> {
             assert!(*calls.lock().expect("not poisoned") >= 1);
 
             // User targeting reaches this connection.
-            let (on_user, mut to_user) = channel::<Value>();
-            connection.on("UserMessage", move |(message,): (Value,)| {
-                let on_user = Arc::clone(&on_user);
-                async move { on_user(message) }
-            });
+            let mut to_user = forward::<Value>(&connection, "UserMessage");
             connection
                 .invoke::<()>("SendToUser", (&user, "for you"))
                 .await?;
@@ -875,11 +832,7 @@ async fn stateful_reconnect_survives_cut_connections() -> Result<()> {
             .with_protocol(protocol)
             .with_stateful_reconnect()
             .build()?;
-        let (on_direct, mut direct) = channel::<Value>();
-        connection.on("DirectMessage", move |(message,): (Value,)| {
-            let on_direct = Arc::clone(&on_direct);
-            async move { on_direct(message) }
-        });
+        let mut direct = forward::<Value>(&connection, "DirectMessage");
         let (on_reconnecting, mut reconnecting) = channel::<String>();
         connection.on_reconnecting(move |error| on_reconnecting(error.to_string()));
         connection.start().await?;
