@@ -9,7 +9,7 @@ use url::Url;
 
 use crate::{
     DefaultRetryPolicy, HubConnection, RetryPolicy,
-    transport::http::{BoxError, TokenFactory},
+    transport::http::{BoxError, TlsConfig, TokenFactory},
 };
 
 /// Why [`HubConnectionBuilder::build`] failed.
@@ -30,6 +30,9 @@ pub enum BuildError {
     /// No transport is allowed.
     #[error("at least one transport must be allowed")]
     NoTransport,
+    /// A root certificate could not be read.
+    #[error("invalid root certificate: {0}")]
+    Certificate(String),
     /// The HTTP client could not be created (for example, TLS initialization failed).
     #[error("the HTTP client could not be created: {0}")]
     HttpClient(String),
@@ -51,6 +54,7 @@ pub(crate) struct Config {
     pub(crate) handshake_timeout: Duration,
     pub(crate) http_timeout: Duration,
     pub(crate) close_timeout: Duration,
+    pub(crate) tls: Option<TlsConfig>,
 }
 
 /// Builds a [`HubConnection`]. Defaults follow the official clients: JSON, every transport (in the
@@ -89,6 +93,7 @@ pub struct HubConnectionBuilder {
     keep_alive: Duration,
     handshake_timeout: Duration,
     http_timeout: Duration,
+    root_certificates: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for HubConnectionBuilder {
@@ -123,6 +128,7 @@ impl HubConnectionBuilder {
             keep_alive: Duration::from_secs(15),
             handshake_timeout: Duration::from_secs(15),
             http_timeout: Duration::from_secs(100),
+            root_certificates: Vec::new(),
         }
     }
 
@@ -228,6 +234,14 @@ impl HubConnectionBuilder {
         self
     }
 
+    /// Trust the certificates in `pem` (PEM, one or more) for `https`/`wss`, besides the public
+    /// roots of `webpki-roots` (feature `rustls`).
+    #[cfg(feature = "rustls")]
+    pub fn with_root_certificate_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.root_certificates.push(pem.into());
+        self
+    }
+
     /// Checks the settings and creates the (not yet started) connection.
     pub fn build(self) -> Result<HubConnection, BuildError> {
         let url = Url::parse(&self.url).map_err(|e| BuildError::Url {
@@ -275,7 +289,14 @@ impl HubConnectionBuilder {
                 .map_err(|_| BuildError::Header(name.to_string()))?;
             headers.insert(name, value);
         }
-        let client = reqwest::Client::builder()
+        let tls = tls_config(&self.root_certificates)?;
+        let client = reqwest::Client::builder();
+        #[cfg(feature = "rustls")]
+        let client = match &tls {
+            Some(config) => client.use_preconfigured_tls(rustls::ClientConfig::clone(config)),
+            None => client,
+        };
+        let client = client
             .build()
             .map_err(|e| BuildError::HttpClient(e.to_string()))?;
         let config = Config {
@@ -293,7 +314,38 @@ impl HubConnectionBuilder {
             handshake_timeout: self.handshake_timeout,
             http_timeout: self.http_timeout,
             close_timeout: Duration::from_secs(5),
+            tls,
         };
         Ok(HubConnection::new(config, client))
     }
+}
+
+/// The TLS configuration with the extra root certificates, if any were given.
+#[cfg(feature = "rustls")]
+fn tls_config(pems: &[Vec<u8>]) -> Result<Option<TlsConfig>, BuildError> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+
+    if pems.is_empty() {
+        return Ok(None);
+    }
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    for pem in pems {
+        for certificate in CertificateDer::pem_slice_iter(pem) {
+            let certificate = certificate.map_err(|e| BuildError::Certificate(e.to_string()))?;
+            roots
+                .add(certificate)
+                .map_err(|e| BuildError::Certificate(e.to_string()))?;
+        }
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Some(Arc::new(config)))
+}
+
+#[cfg(not(feature = "rustls"))]
+fn tls_config(_pems: &[Vec<u8>]) -> Result<Option<TlsConfig>, BuildError> {
+    Ok(None)
 }

@@ -88,6 +88,7 @@ pub(crate) async fn establish(shared: &Shared) -> Result<Session, StartError> {
         headers: Arc::clone(&config.headers),
         auth: Auth::new(config.token_factory.clone()),
         timeout: config.http_timeout,
+        tls: config.tls.clone(),
     };
     let protocol = config.protocol;
     let (mut link, connect_url, connection_id, stateful) = if config.skip_negotiation {
@@ -122,7 +123,7 @@ async fn open_websocket(
 ) -> Result<Link, TransportError> {
     let mut headers = (*http.headers).clone();
     bearer(&mut headers, http.auth.current().await?.as_deref())?;
-    websocket::connect(url, headers, protocol).await
+    websocket::connect(url, headers, protocol, http.tls.as_ref()).await
 }
 
 /// Negotiates and tries the offered transports in the server's order, renegotiating before each

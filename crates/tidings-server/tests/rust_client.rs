@@ -904,3 +904,41 @@ async fn without_server_support_a_cut_is_a_lost_connection() -> Result<()> {
     assert_eq!(connection.state(), HubConnectionState::Disconnected);
     Ok(())
 }
+
+#[tokio::test]
+async fn tls_with_a_trusted_root_certificate() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.pem())?;
+    std::fs::write(&key_path, signing_key.serialize_pem())?;
+    let server = Server::start(&[
+        "--tls-cert",
+        cert_path.to_str().context("a UTF-8 path")?,
+        "--tls-key",
+        key_path.to_str().context("a UTF-8 path")?,
+    ])
+    .await?;
+    assert!(server.url.starts_with("https://"), "{}", server.url);
+    for_each_combo(|transport, protocol| {
+        let server = &server;
+        let pem = cert.pem();
+        async move {
+            let connection = builder(server, transport, protocol)
+                .with_root_certificate_pem(pem)
+                .build()?;
+            connection.start().await?;
+            let used: String = connection.invoke("GetTransport", ()).await?;
+            assert_eq!(used, transport.name());
+            let sum: i64 = connection.invoke("Add", (20, 22)).await?;
+            assert_eq!(sum, 42);
+            connection.stop().await;
+            // Without the certificate the server is not trusted.
+            let untrusted = builder(server, transport, protocol).build()?;
+            assert!(untrusted.start().await.is_err());
+            Ok(())
+        }
+    })
+    .await
+}

@@ -100,6 +100,14 @@ pub(crate) fn bearer(headers: &mut HeaderMap, token: Option<&str>) -> Result<(),
     Ok(())
 }
 
+/// The TLS client configuration shared by HTTP requests and WebSockets (feature `rustls`).
+#[cfg(feature = "rustls")]
+pub(crate) type TlsConfig = Arc<rustls::ClientConfig>;
+/// Without the `rustls` feature there is no TLS configuration (this type has no values).
+#[cfg(not(feature = "rustls"))]
+#[derive(Clone, Debug)]
+pub(crate) enum TlsConfig {}
+
 /// The HTTP side of one connection attempt.
 #[derive(Clone, Debug)]
 pub(crate) struct Http {
@@ -108,6 +116,8 @@ pub(crate) struct Http {
     pub(crate) auth: Arc<Auth>,
     /// Timeout of negotiate, POST, DELETE and each poll.
     pub(crate) timeout: Duration,
+    /// Custom TLS settings for WebSockets (HTTP requests have them in `client`).
+    pub(crate) tls: Option<TlsConfig>,
 }
 
 impl Http {

@@ -19,7 +19,7 @@ use tokio_tungstenite::{
 };
 use url::Url;
 
-use super::{Link, LinkEnds, TransportEvent};
+use super::{Link, LinkEnds, TransportEvent, http::TlsConfig};
 use crate::TransportError;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -29,6 +29,7 @@ pub(crate) async fn connect(
     url: &Url,
     headers: HeaderMap,
     protocol: Protocol,
+    tls: Option<&TlsConfig>,
 ) -> Result<Link, TransportError> {
     let mut ws_url = url.clone();
     let scheme = match url.scheme() {
@@ -44,9 +45,21 @@ pub(crate) async fn connect(
         .into_client_request()
         .map_err(|e| TransportError::Url(e.to_string()))?;
     request.headers_mut().extend(headers);
-    let (socket, _response) = tokio_tungstenite::connect_async(request)
-        .await
-        .map_err(connect_error)?;
+    // Small messages should not wait for Nagle's algorithm.
+    #[cfg(feature = "rustls")]
+    let connected = tokio_tungstenite::connect_async_tls_with_config(
+        request,
+        None,
+        true,
+        tls.map(|config| tokio_tungstenite::Connector::Rustls(std::sync::Arc::clone(config))),
+    )
+    .await;
+    #[cfg(not(feature = "rustls"))]
+    let connected = {
+        let _ = tls;
+        tokio_tungstenite::connect_async_with_config(request, None, true).await
+    };
+    let (socket, _response) = connected.map_err(connect_error)?;
     let text = protocol == Protocol::Json;
     Ok(Link::new(TransportType::WebSockets, |ends, tasks| {
         tasks.spawn(run(socket, ends, text));
