@@ -146,8 +146,9 @@ impl Drop for Owner {
 /// A connection to a SignalR hub.
 ///
 /// Cheap to clone; all clones control the same connection. It stops when [`stop`](Self::stop) is
-/// called or when the last clone is dropped. Client methods ([`on`](Self::on)) and event handlers
-/// stay registered across `stop`/`start` and reconnects.
+/// called or when the last clone is dropped (a clone captured by a client method keeps it alive:
+/// call `stop`). Client methods ([`on`](Self::on)) and event handlers stay registered across
+/// `stop`/`start` and reconnects.
 ///
 /// Client methods run one at a time, in the order the server sent them, on a task of their own:
 /// they may call back into the hub (`invoke` from a handler is fine), and a slow handler delays the

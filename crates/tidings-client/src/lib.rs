@@ -49,6 +49,12 @@
 //! to that task; nothing is locked across an `.await`. Client methods run on a second task, one at
 //! a time in arrival order, so a handler may call back into the hub.
 //!
+//! # Features
+//!
+//! * `rustls`: `https`/`wss` through rustls (ring) with the `webpki-roots` certificates, plus
+//!   `HubConnectionBuilder::with_root_certificate_pem` for private roots. Without it, only
+//!   `http`/`ws` URLs work.
+//!
 //! Interop notes: frames of either WebSocket type are accepted (some servers send JSON in Binary
 //! frames); the handshake is always sent in a frame of its own; the connection id and state follow
 //! the JavaScript client (a reconnect negotiates a new connection, unless stateful reconnect could
