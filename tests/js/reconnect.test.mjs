@@ -328,6 +328,22 @@ test("a server that refuses stateful reconnect still serves withStatefulReconnec
   }
 });
 
+for (const transport of ["ServerSentEvents", "LongPolling"]) {
+  test(`a ${transport} client asking for stateful reconnect works as usual (the feature is WebSockets-only)`, async () => {
+    const a = await connect(server, "/hubs/test", "json", { transport, statefulReconnect: true });
+    try {
+      assert.equal(await a.invoke("GetTransport"), transport);
+      const items = [];
+      await new Promise((resolve, reject) =>
+        a.stream("Counter", 5, 0).subscribe({ next: (i) => items.push(i), complete: resolve, error: reject }),
+      );
+      assert.deepEqual(items, range(5));
+    } finally {
+      await a.stop();
+    }
+  });
+}
+
 test("raw protocol: Acks, Sequence first on re-attach, replay, de-duplication of the client's replay", async () => {
   const { raw: first, query, id } = await statefulRaw(server);
   first.send({ type: 1, invocationId: "1", target: "Echo", arguments: ["one"] });
@@ -463,6 +479,29 @@ test("replay buffer limit: sending pauses until acknowledged; a client that neve
   } finally {
     await observer.stop();
   }
+});
+
+test("acknowledgements are read even while the server waits on a full client-to-server stream", async () => {
+  // The upload is echoed back; with a 2000-byte replay buffer the server soon
+  // waits for an Ack, while the items sent ahead of that Ack fill the
+  // upload's buffer. The Ack must still be read, or the connection stalls.
+  const { raw } = await statefulRaw(tight);
+  const N = 60;
+  const item = (i) => `${i}:${"x".repeat(200)}`;
+  raw.send({ type: 4, invocationId: "e", target: "EchoStream", arguments: [], streamIds: ["u"] });
+  for (let i = 0; i < N; i++) raw.send({ type: 2, invocationId: "u", item: item(i) });
+  raw.send({ type: 3, invocationId: "u" });
+  const trackable = () => raw.frames.filter((x) => x.json.type >= 1 && x.json.type <= 5);
+  const deadline = Date.now() + 10000;
+  while (!raw.frames.some((x) => x.json.type === 3 && x.json.invocationId === "e")) {
+    assert.ok(raw.closeInfo === null, "the connection stays open");
+    assert.ok(Date.now() < deadline, `echoed ${trackable().length} of ${N}`);
+    raw.send({ type: 8, sequenceId: trackable().length });
+    await sleep(20);
+  }
+  const echoed = raw.frames.filter((x) => x.json.type === 2).map((x) => x.json.item);
+  assert.deepEqual(echoed, range(N).map(item));
+  raw.ws.close(1000);
 });
 
 test("messages sent while the client has no socket are delivered after it re-attaches", async () => {

@@ -1,9 +1,9 @@
 //! [`MessageDecoder`]: splits one connection's inbound byte stream into hub messages, whatever the
 //! transport chunking (several messages per chunk, messages split across chunks).
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
-use crate::{DecodeError, HubMessage, Protocol, RECORD_SEPARATOR, json, msgpack};
+use crate::{DecodeError, HubMessage, Protocol, RECORD_SEPARATOR, msgpack};
 
 /// Incremental decoder for one connection's inbound byte stream, after the handshake.
 ///
@@ -46,16 +46,24 @@ impl MessageDecoder {
 
     /// The next complete message, or `Ok(None)` if more bytes are needed.
     pub fn next_message(&mut self) -> Result<Option<HubMessage>, DecodeError> {
-        loop {
-            let parsed = match self.protocol {
-                Protocol::Json => self.next_json()?,
-                Protocol::MessagePack => self.next_msgpack()?,
-            };
-            match parsed {
-                Frame::Incomplete => return Ok(None),
-                Frame::Message(message) => return Ok(Some(message)),
-                Frame::Skipped => continue,
+        while let Some(frame) = self.next_frame()? {
+            if let Some(message) = self.protocol.parse_frame(&frame)? {
+                return Ok(Some(message));
             }
+        }
+        Ok(None)
+    }
+
+    /// The next complete message without parsing it: the JSON text without its record separator,
+    /// or the MessagePack body without its length prefix (parse it with
+    /// [`Protocol::parse_frame`]). `Ok(None)` if more bytes are needed. The size limit applies as
+    /// for [`next_message`](Self::next_message).
+    ///
+    /// For readers that only look into some messages, e.g. by size, and let the others pass.
+    pub fn next_frame(&mut self) -> Result<Option<Bytes>, DecodeError> {
+        match self.protocol {
+            Protocol::Json => self.next_json(),
+            Protocol::MessagePack => self.next_msgpack(),
         }
     }
 
@@ -71,39 +79,32 @@ impl MessageDecoder {
         }
     }
 
-    fn next_json(&mut self) -> Result<Frame, DecodeError> {
+    fn next_json(&mut self) -> Result<Option<Bytes>, DecodeError> {
         let Some(found) = self.buffer[self.scanned..]
             .iter()
             .position(|&b| b == RECORD_SEPARATOR)
         else {
             self.scanned = self.buffer.len();
             self.check_size(self.buffer.len())?;
-            return Ok(Frame::Incomplete);
+            return Ok(None);
         };
         let end = self.scanned + found;
         self.check_size(end + 1)?;
         let mut frame = self.buffer.split_to(end + 1).freeze();
         frame.truncate(end);
         self.scanned = 0;
-        Ok(json::parse_message(&frame)?.map_or(Frame::Skipped, Frame::Message))
+        Ok(Some(frame))
     }
 
-    fn next_msgpack(&mut self) -> Result<Frame, DecodeError> {
+    fn next_msgpack(&mut self) -> Result<Option<Bytes>, DecodeError> {
         let Some((length, prefix)) = msgpack::read_length_prefix(&self.buffer)? else {
-            return Ok(Frame::Incomplete);
+            return Ok(None);
         };
         self.check_size(prefix.saturating_add(length))?;
         if self.buffer.len() - prefix < length {
-            return Ok(Frame::Incomplete);
+            return Ok(None);
         }
         let mut frame = self.buffer.split_to(prefix + length).freeze();
-        let body = frame.split_off(prefix);
-        Ok(msgpack::parse_message(&body)?.map_or(Frame::Skipped, Frame::Message))
+        Ok(Some(frame.split_off(prefix)))
     }
-}
-
-enum Frame {
-    Incomplete,
-    Message(HubMessage),
-    Skipped,
 }

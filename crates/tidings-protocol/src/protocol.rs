@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::{EncodeError, HubMessage, Payload, TransferFormat, json, msgpack};
+use crate::{DecodeError, EncodeError, HubMessage, Payload, TransferFormat, json, msgpack};
 
 /// A hub protocol, selected per connection by the handshake.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -57,6 +57,16 @@ impl Protocol {
             out.truncate(start);
         }
         result
+    }
+
+    /// Parses one message frame as [`MessageDecoder::next_frame`](crate::MessageDecoder::next_frame)
+    /// returns it. `Ok(None)` for a message of an unknown type (skipped, as the official
+    /// implementations do).
+    pub fn parse_frame(self, frame: &Bytes) -> Result<Option<HubMessage>, DecodeError> {
+        match self {
+            Protocol::Json => json::parse_message(frame),
+            Protocol::MessagePack => msgpack::parse_message(frame),
+        }
     }
 
     /// Serializes one value (an argument, a result, a stream item) in this protocol.

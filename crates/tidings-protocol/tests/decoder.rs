@@ -150,3 +150,30 @@ fn unlimited_accepts_large_messages() {
         assert_eq!(drain(&mut decoder), vec![msg]);
     }
 }
+
+#[test]
+fn frames_without_parsing_then_parse_frame() {
+    for protocol in [Protocol::Json, Protocol::MessagePack] {
+        let messages = sample_messages(protocol);
+        let bytes = wire(protocol, &messages);
+        let mut decoder = MessageDecoder::new(protocol, None);
+        // Split mid-way: frames come out only when complete.
+        let (head, tail) = bytes.split_at(bytes.len() - 3);
+        decoder.push(head);
+        let mut frames = Vec::new();
+        while let Some(frame) = decoder.next_frame().unwrap() {
+            frames.push(frame);
+        }
+        assert_eq!(frames.len(), messages.len() - 1, "{protocol}");
+        decoder.push(tail);
+        frames.push(decoder.next_frame().unwrap().unwrap());
+        assert!(decoder.next_frame().unwrap().is_none());
+        let parsed: Vec<HubMessage> = frames
+            .iter()
+            .map(|frame| protocol.parse_frame(frame).unwrap().unwrap())
+            .collect();
+        assert_eq!(parsed, messages, "{protocol}");
+        // Frames carry no separator or length prefix: an Ack is tiny.
+        assert!(frames[3].len() < 32, "{protocol}");
+    }
+}

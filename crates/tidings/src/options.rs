@@ -227,6 +227,10 @@ impl HubOptions {
     /// [`client_timeout_interval`](Self::client_timeout_interval) while the
     /// buffer is full is closed as a slow consumer too. Memory per connection
     /// stays bounded by this size plus the queue.
+    ///
+    /// The official clients acknowledge once a second, so this is also about
+    /// the most a stateful connection receives per second when it streams
+    /// continuously (as with ASP.NET Core); raise it for high-volume streams.
     pub fn stateful_reconnect_buffer_size(mut self, value: usize) -> Self {
         self.stateful_reconnect_buffer_size = value.max(1);
         self

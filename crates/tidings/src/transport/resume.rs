@@ -3,29 +3,31 @@
 //!
 //! Ownership: the connection task started by the first WebSocket owns the
 //! logical connection for its whole life — the session (reader, invocation
-//! tasks, lifetime registration) and the [`Writer`] run side by side in it,
-//! exactly as for an ordinary WebSocket connection. Sockets come and go:
+//! tasks, lifetime registration), the [`Writer`] and the [`Pump`] run side
+//! by side in it (`tokio::join!`), as session and writer do for an ordinary
+//! WebSocket connection. Sockets come and go:
 //!
 //! * The endpoint keeps a [`Resumable`] per live stateful connection, keyed
 //!   by its secret token. A WebSocket request presenting the token is
 //!   upgraded and the socket sent to the writer — never to anyone else.
 //! * The writer owns the current socket's write half. On a new socket it
 //!   drops the old one, writes `Sequence` and replays the unacknowledged
-//!   messages, and hands the read half to the session's inbound stream
-//!   (through a one-slot [`Handoff`]: a newer socket replaces an unclaimed
-//!   older one).
-//! * The inbound stream reads the current socket. When the socket fails or
-//!   ends without a close frame, it tells the writer (which stops writing)
-//!   and waits for the next socket; a close frame from the client ends the
-//!   connection as usual. If no socket arrives within the disconnect
-//!   timeout, the writer gives up, the inbound stream fails, and the session
-//!   tears down normally (`on_disconnected` runs).
+//!   messages, and hands the read half to the pump (through a one-slot
+//!   [`Handoff`]: a newer socket replaces an unclaimed older one).
+//! * The pump reads the current socket and passes its bytes to the session
+//!   in order, reading ahead by a bounded amount and applying the client's
+//!   Acks as soon as it sees them (see [`Pump`] for why). When the socket
+//!   fails or ends without a close frame, it tells the writer (which stops
+//!   writing) and waits for the next socket; a close frame from the client
+//!   ends the connection as usual. If no socket arrives within the
+//!   disconnect timeout, the writer gives up, the pump reports the failure,
+//!   and the session tears down normally (`on_disconnected` runs).
 //!
 //! While no socket is attached the writer keeps numbering queued messages
 //! into the replay buffer until it is full; then it stops taking messages
 //! off the queue, so the queue's slow-consumer policy applies to broadcasts
 //! and replies wait. Memory per connection stays bounded by the replay
-//! buffer size plus the queue capacity.
+//! buffer, the queue and the pump's read-ahead.
 
 use std::{sync::Arc, time::Duration};
 
@@ -35,9 +37,9 @@ use futures_util::{
     SinkExt, StreamExt,
     stream::{SplitSink, SplitStream},
 };
-use tidings_protocol::{HubMessage, Protocol};
+use tidings_protocol::{HubMessage, MessageDecoder, Protocol};
 use tokio::{
-    sync::{Notify, mpsc},
+    sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc},
     time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout},
 };
 use tokio_util::sync::CancellationToken;
@@ -146,7 +148,25 @@ pub(crate) async fn serve<H: Hub>(
         stall_limit: options.client_timeout_interval,
         ended: ended.clone(),
     };
-    let inbound = inbound(stream, handoff, lost_tx, resume);
+    let (pieces_tx, pieces_rx) = mpsc::unbounded_channel();
+    let limit = read_ahead_limit(options);
+    let pump = Pump {
+        current: Some((0, stream)),
+        handoff,
+        lost: lost_tx,
+        resume: Arc::clone(&resume),
+        pieces: pieces_tx,
+        read_ahead: Arc::new(Semaphore::new(limit)),
+        read_ahead_limit: limit,
+        protocol,
+        max_message_size: options.maximum_receive_message_size,
+        sniffer: Some(MessageDecoder::new(
+            protocol,
+            options.maximum_receive_message_size,
+        )),
+        ended: ended.clone(),
+    };
+    let inbound = inbound(pieces_rx, resume);
     let session = async {
         session::run(Arc::clone(&endpoint), connection, inbound, leftover).await;
         // The logical connection is over: a client trying to re-attach from
@@ -154,12 +174,12 @@ pub(crate) async fn serve<H: Hub>(
         endpoint.forget_resumable(&token, &entry);
         ended.cancel();
     };
-    tokio::join!(writer.run(options.keep_alive_interval), session);
+    tokio::join!(pump.run(), writer.run(options.keep_alive_interval), session);
 }
 
-/// A one-slot mailbox from the writer to the inbound stream: the read half
+/// A one-slot mailbox from the writer to the pump: the read half
 /// of the newest socket, tagged with its generation. Closing it tells the
-/// inbound stream that no socket will come any more.
+/// pump that no socket will come any more.
 #[derive(Default)]
 struct Handoff {
     slot: std::sync::Mutex<Slot>,
@@ -216,71 +236,169 @@ impl Handoff {
     }
 }
 
-/// What the inbound stream waits for next.
+/// The bytes a pump may read ahead of the session: what a client may send
+/// beyond our last Ack before its own replay buffer stops it (the official
+/// clients' default is 100 000 bytes), plus one message. Within that, the
+/// client's next Ack is always reached.
+fn read_ahead_limit(options: &crate::HubOptions) -> usize {
+    const CLIENT_BUFFER: usize = 100_000;
+    CLIENT_BUFFER + options.maximum_receive_message_size.unwrap_or(64 * 1024)
+}
+
+/// Frames up to this size are parsed by the pump to find Acks (an Ack is
+/// about 30 bytes in JSON, under 12 in MessagePack); larger ones pass
+/// unparsed.
+const SNIFF_LIMIT: usize = 64;
+
+/// What the pump hands the session, in order. Each piece holds permits of
+/// the read-ahead semaphore until the session takes it.
+enum Piece {
+    Chunk(Bytes, OwnedSemaphorePermit),
+    /// A new socket took over.
+    Reattached(OwnedSemaphorePermit),
+    /// No socket will come any more.
+    Failed(ConnectionError),
+}
+
+/// What the pump waits for next.
 enum Next {
     Socket(Option<(u64, Source)>),
     Frame(Option<Result<Message, axum::Error>>),
 }
 
-/// The session's chunk stream across sockets.
-fn inbound(
-    first: Source,
+/// Reads the current socket for the session, across sockets.
+///
+/// It runs beside the session rather than inside it so that it keeps
+/// reading (up to [`read_ahead_limit`]) while the session waits on this
+/// connection's own back-pressure, and applies the client's Acks it finds
+/// at once. Otherwise a full replay buffer would wait for an Ack that sits
+/// behind messages the session cannot take until the buffer drains.
+struct Pump {
+    current: Option<(u64, Source)>,
     handoff: Arc<Handoff>,
+    /// Tells the writer which socket failed.
     lost: mpsc::UnboundedSender<u64>,
     resume: Arc<Resume>,
-) -> impl futures_util::Stream<Item = InboundChunk> + Unpin + Send {
-    struct State {
-        current: Option<(u64, Source)>,
-        handoff: Arc<Handoff>,
-        lost: mpsc::UnboundedSender<u64>,
-        resume: Arc<Resume>,
-    }
-    let state = State {
-        current: Some((0, first)),
-        handoff,
-        lost,
-        resume,
-    };
-    let stream = futures_util::stream::unfold(state, |mut state| async move {
+    pieces: mpsc::UnboundedSender<Piece>,
+    read_ahead: Arc<Semaphore>,
+    read_ahead_limit: usize,
+    protocol: Protocol,
+    max_message_size: Option<usize>,
+    /// Splits the client's bytes into messages to find Acks; `None` after
+    /// unreadable input (the session reports it).
+    sniffer: Option<MessageDecoder>,
+    ended: CancellationToken,
+}
+
+impl Pump {
+    async fn run(mut self) {
         loop {
-            let next = match &mut state.current {
+            let next = match &mut self.current {
                 Some((_, source)) => tokio::select! {
                     // A newer socket always takes over, even if the old one
                     // still looks alive.
                     biased;
-                    socket = state.handoff.take() => Next::Socket(socket),
+                    () = self.ended.cancelled() => return,
+                    socket = self.handoff.take() => Next::Socket(socket),
                     frame = source.next() => Next::Frame(frame),
                 },
-                None => Next::Socket(state.handoff.take().await),
+                None => tokio::select! {
+                    () = self.ended.cancelled() => return,
+                    socket = self.handoff.take() => Next::Socket(socket),
+                },
             };
             match next {
                 Next::Socket(Some(socket)) => {
-                    state.current = Some(socket);
-                    state.resume.mark_reattached();
+                    self.current = Some(socket);
+                    self.sniffer = Some(MessageDecoder::new(self.protocol, self.max_message_size));
+                    let Some(permit) = self.permits(1).await else {
+                        return;
+                    };
+                    let _ = self.pieces.send(Piece::Reattached(permit));
                 }
                 Next::Socket(None) => {
                     let error = ConnectionError::Transport(
                         "the client did not reconnect within the disconnect timeout".to_owned(),
                     );
-                    return Some((Err(error), state));
+                    let _ = self.pieces.send(Piece::Failed(error));
+                    return;
                 }
                 // A close frame is the client leaving on purpose: the
-                // connection ends, no reconnect window.
-                Next::Frame(Some(Ok(Message::Close(_)))) => return None,
+                // connection ends (the session sees its input end), no
+                // reconnect window.
+                Next::Frame(Some(Ok(Message::Close(_)))) => return,
                 Next::Frame(Some(Ok(message))) => {
-                    if let Some(bytes) = data(message) {
-                        return Some((Ok(bytes), state));
-                    }
+                    let Some(bytes) = data(message).filter(|b| !b.is_empty()) else {
+                        continue;
+                    };
+                    self.sniff(&bytes);
+                    let Some(permit) = self.permits(bytes.len()).await else {
+                        return;
+                    };
+                    let _ = self.pieces.send(Piece::Chunk(bytes, permit));
                 }
                 Next::Frame(Some(Err(_)) | None) => {
-                    if let Some((generation, _)) = state.current.take() {
+                    if let Some((generation, _)) = self.current.take() {
                         tracing::debug!("socket lost; waiting for the client to reconnect");
-                        let _ = state.lost.send(generation);
+                        let _ = self.lost.send(generation);
                     }
                 }
             }
         }
-    });
+    }
+
+    /// Applies the Acks in `bytes` now, ahead of the session.
+    fn sniff(&mut self, bytes: &[u8]) {
+        let Some(sniffer) = &mut self.sniffer else {
+            return;
+        };
+        sniffer.push(bytes);
+        loop {
+            match sniffer.next_frame() {
+                Ok(Some(frame)) if frame.len() <= SNIFF_LIMIT => {
+                    if let Ok(Some(HubMessage::Ack { sequence_id })) =
+                        self.protocol.parse_frame(&frame)
+                    {
+                        self.resume.ack(sequence_id);
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return,
+                Err(_) => {
+                    self.sniffer = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Waits until the session has taken enough earlier pieces; `None` when
+    /// the session is gone.
+    async fn permits(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let count = u32::try_from(bytes.clamp(1, self.read_ahead_limit)).unwrap_or(u32::MAX);
+        tokio::select! {
+            () = self.ended.cancelled() => None,
+            permit = Arc::clone(&self.read_ahead).acquire_many_owned(count) => permit.ok(),
+        }
+    }
+}
+
+/// The session's side of the pump: its pieces as the session's chunk stream.
+fn inbound(
+    pieces: mpsc::UnboundedReceiver<Piece>,
+    resume: Arc<Resume>,
+) -> impl futures_util::Stream<Item = InboundChunk> + Unpin + Send {
+    let stream =
+        futures_util::stream::unfold((pieces, resume), |(mut pieces, resume)| async move {
+            loop {
+                // Taking a piece releases its read-ahead permits.
+                match pieces.recv().await? {
+                    Piece::Chunk(bytes, _permit) => return Some((Ok(bytes), (pieces, resume))),
+                    Piece::Reattached(_permit) => resume.mark_reattached(),
+                    Piece::Failed(error) => return Some((Err(error), (pieces, resume))),
+                }
+            }
+        });
     Box::pin(stream.fuse())
 }
 
