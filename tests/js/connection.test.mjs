@@ -4,7 +4,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import WebSocket from "ws";
-import { startServer, connect, closed, rawJson, sleep, PROTOCOLS } from "./helpers.mjs";
+import { startServer, connect, closed, rawJson, sleep, COMBOS } from "./helpers.mjs";
 
 let server; // short timers, detailed errors
 let plain; // defaults
@@ -109,10 +109,11 @@ test("MessagePack connections get binary frames, the handshake answer included",
   ws.terminate();
 });
 
-for (const protocol of PROTOCOLS) {
-  test(`[${protocol}] server pings keep a client with a short server timeout alive`, async () => {
+for (const [transport, protocol] of COMBOS) {
+  test(`[${transport}/${protocol}] server pings keep a client with a short server timeout alive`, async () => {
     // The client pings too (every 200 ms), or the 600 ms client timeout would end it.
-    const c = await connect(server, "/hubs/test", protocol, { serverTimeout: 1000, keepAlive: 200 });
+    // (Long Polling has no pings: its polls keep both sides alive.)
+    const c = await connect(server, "/hubs/test", protocol, { transport, serverTimeout: 1000, keepAlive: 200 });
     let closedError = "open";
     c.onclose((e) => (closedError = e));
     await sleep(2500);
@@ -121,8 +122,10 @@ for (const protocol of PROTOCOLS) {
     await c.stop();
   });
 
-  test(`[${protocol}] a client that stops pinging is closed after the client timeout`, async () => {
-    const c = await connect(server, "/hubs/test", protocol, { keepAlive: 60000, serverTimeout: 60000 });
+  // Long Polling clients never ping, so the client timeout is never armed
+  // for them (as in ASP.NET Core); an idle poller is reaped instead.
+  test(`[${transport}/${protocol}] a client that stops pinging is closed after the client timeout`, { skip: transport === "LongPolling" }, async () => {
+    const c = await connect(server, "/hubs/test", protocol, { transport, keepAlive: 60000, serverTimeout: 60000 });
     const error = await closed(c, 5000);
     assert.equal(
       error?.message,
@@ -130,8 +133,8 @@ for (const protocol of PROTOCOLS) {
     );
   });
 
-  test(`[${protocol}] a message over the size limit closes the connection with an error`, async () => {
-    const c = await connect(server, "/hubs/test", protocol);
+  test(`[${transport}/${protocol}] a message over the size limit closes the connection with an error`, async () => {
+    const c = await connect(server, "/hubs/test", protocol, { transport });
     const whenClosed = closed(c);
     c.invoke("Echo", "x".repeat(40 * 1024)).catch(() => {});
     const error = await whenClosed;
@@ -140,14 +143,14 @@ for (const protocol of PROTOCOLS) {
       "Server returned an error on close: Connection closed with an error. InvalidDataException: The maximum message size of 32768B was exceeded. The message size can be configured in AddHubOptions.",
     );
 
-    const p = await connect(plain, "/hubs/test", protocol);
+    const p = await connect(plain, "/hubs/test", protocol, { transport });
     const plainClosed = closed(p);
     p.invoke("Echo", "x".repeat(40 * 1024)).catch(() => {});
     assert.equal((await plainClosed)?.message, "Server returned an error on close: Connection closed with an error.");
   });
 
-  test(`[${protocol}] a bad message on one connection does not disturb another`, async () => {
-    const victim = await connect(plain, "/hubs/test", protocol);
+  test(`[${transport}/${protocol}] a bad message on one connection does not disturb another`, async () => {
+    const victim = await connect(plain, "/hubs/test", protocol, { transport });
     const raw = await rawJson(plain, "/hubs/test");
     raw.sendRaw('{"type":1,"target":\x1e');
     await raw.until((f, c) => c !== null);
@@ -161,12 +164,12 @@ for (const protocol of PROTOCOLS) {
 test("graceful shutdown: Close with allowReconnect, then the process exits", async () => {
   const own = await startServer();
   const clients = await Promise.all(
-    PROTOCOLS.map((p) => connect(own, "/hubs/test", p, { reconnect: [60000] })),
+    COMBOS.map(([transport, p]) => connect(own, "/hubs/test", p, { transport, reconnect: [60000] })),
   );
   const reconnecting = clients.map((c) => new Promise((resolve) => c.onreconnecting((e) => resolve(e ?? null))));
   own.child.kill("SIGTERM");
   // allowReconnect: true makes the official client start reconnecting.
-  assert.deepEqual(await Promise.all(reconnecting), [null, null]);
+  assert.deepEqual(await Promise.all(reconnecting), COMBOS.map(() => null));
   let timer;
   const timeout = new Promise((resolve) => (timer = setTimeout(() => resolve("timeout"), 15000)));
   const exit = await Promise.race([own.exited, timeout]);
