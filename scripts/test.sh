@@ -35,6 +35,15 @@ if [[ -x scripts/fuzz-build.sh || -f scripts/fuzz-build.sh ]]; then
     bash scripts/fuzz-build.sh
 fi
 
+step "load generator smoke run"
+cargo build -p tidings-server -p tidings-bench
+# Every scenario against the raw baseline and tidings, JSON and MessagePack,
+# with few connections and one-second phases; fails on any error or lost message.
+target/debug/tidings-bench suite --quick --duration 1 --quiet --check \
+    --server-bin target/debug/tidings --baseline-bin target/debug/tidings-baseline \
+    --out-dir target/bench-smoke > target/bench-smoke.log 2>&1 \
+    || { cat target/bench-smoke.log; exit 1; }
+
 if [[ -f tests/js/package.json ]]; then
     step "JS-client end-to-end suite"
     cargo build -p tidings-server

@@ -1,0 +1,190 @@
+//! What a run does, as exchanged between the coordinating process and its
+//! worker processes (JSON lines on the workers' stdin and stdout).
+
+use serde::{Deserialize, Serialize};
+
+use crate::conn::{Endpoint, ServerKind};
+
+/// The scenarios of the load generator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// N connections each invoke `Echo` and await the answer, in a loop.
+    Echo,
+    /// N listeners, one sender: every message goes to every listener.
+    Broadcast,
+    /// Listeners in groups of K, one sender per group.
+    Group,
+    /// Connection storm: connect, handshake, close, as fast as possible.
+    Connect,
+    /// Hold N idle connections; the server's RSS per connection is read.
+    Idle,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Echo => "echo",
+            Scenario::Broadcast => "broadcast",
+            Scenario::Group => "group",
+            Scenario::Connect => "connect",
+            Scenario::Idle => "idle",
+        }
+    }
+
+    /// Whether connections are fan-out listeners with senders.
+    pub fn is_fanout(self) -> bool {
+        matches!(self, Scenario::Broadcast | Scenario::Group)
+    }
+}
+
+/// The part of a run one worker process carries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerSpec {
+    pub endpoint: Endpoint,
+    pub scenario: Scenario,
+    /// Global index of this worker's first connection.
+    pub first: usize,
+    /// How many connections (listeners, for fan-out) this worker opens.
+    pub count: usize,
+    /// Connections of the whole run.
+    pub total: usize,
+    /// Listeners per group (fan-out); the whole run for a broadcast.
+    pub group_size: usize,
+    /// How many source addresses (127.0.0.2, …) to spread connections over.
+    pub sources: usize,
+    /// Bytes of padding in each message.
+    pub payload: usize,
+    /// Connections opened at once.
+    pub connect_concurrency: usize,
+}
+
+impl WorkerSpec {
+    pub fn groups(&self) -> usize {
+        self.total.div_ceil(self.group_size.max(1)).max(1)
+    }
+
+    /// The group a listener belongs to.
+    pub fn group_of(&self, index: usize) -> usize {
+        index / self.group_size.max(1)
+    }
+
+    /// The groups whose sender this worker owns: the sender of a group lives
+    /// with the group's first listener.
+    pub fn sender_groups(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.groups()).filter(|g| {
+            let first = g * self.group_size.max(1);
+            first >= self.first && first < self.first + self.count
+        })
+    }
+
+    pub fn group_name(&self, group: usize) -> String {
+        match self.scenario {
+            Scenario::Broadcast => "all".to_owned(),
+            _ => format!("g{group}"),
+        }
+    }
+
+    /// The path (and query) a connection upgrades at.
+    pub fn path(&self, role: Role) -> String {
+        match (self.endpoint.kind, role) {
+            (ServerKind::Tidings, _) => self.endpoint.hub_path.clone(),
+            (ServerKind::Raw, Role::Listener(g)) => format!("/fanout?group={}", self.group_name(g)),
+            (ServerKind::Raw, Role::Sender(g)) => {
+                format!("/fanout?group={}&send=1", self.group_name(g))
+            }
+            (ServerKind::Raw, Role::Echo) => "/echo".to_owned(),
+        }
+    }
+}
+
+/// What one connection does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Echo,
+    Listener(usize),
+    Sender(usize),
+}
+
+/// One measured phase over the connections a worker holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Echo {
+        duration_ms: u64,
+        warmup_ms: u64,
+    },
+    Fanout {
+        /// Messages per second, all senders together.
+        rate: f64,
+        duration_ms: u64,
+        /// How long to wait for late deliveries after the last send.
+        drain_ms: u64,
+    },
+    Connect {
+        duration_ms: u64,
+        concurrency: usize,
+    },
+    /// Nothing to do: the connections are held while the server is measured.
+    Hold,
+}
+
+impl Phase {
+    /// Messages each sender sends in a fan-out phase: the same for every
+    /// sender, so every listener knows how many to expect.
+    pub fn per_sender(rate: f64, duration_ms: u64, groups: usize) -> u64 {
+        ((rate * duration_ms as f64 / 1000.0 / groups as f64).round() as u64).max(1)
+    }
+}
+
+/// A command to a worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Command {
+    Run {
+        id: u32,
+        phase: Phase,
+        /// When the phase starts, in microseconds since the Unix epoch (the
+        /// same clock in every process of the machine).
+        start_unix_us: u64,
+    },
+    Stop,
+}
+
+/// A line from a worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Event {
+    Connecting {
+        done: usize,
+    },
+    Ready {
+        connected: usize,
+        failed: usize,
+        first_error: Option<String>,
+    },
+    Progress {
+        ops: u64,
+        errors: u64,
+    },
+    Result(PhaseResult),
+}
+
+/// What one worker measured in one phase.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PhaseResult {
+    /// Completed operations: echoes, deliveries, or connects.
+    pub ops: u64,
+    pub errors: u64,
+    /// Fan-out: messages sent by this worker's senders.
+    pub sent: u64,
+    /// Fan-out: deliveries this worker's listeners should get.
+    pub expected: u64,
+    /// Fan-out: deliveries of an earlier phase that arrived during this one.
+    pub late: u64,
+    /// Connections still open at the end of the phase.
+    pub alive: usize,
+    pub first_error: Option<String>,
+    /// Latencies (base64 of an HdrHistogram V2 in microseconds).
+    pub histogram: String,
+}

@@ -1,0 +1,688 @@
+//! `tidings-bench suite`: starts the raw baseline and the tidings server
+//! (release binaries next to this one), runs every scenario against both
+//! with JSON and MessagePack, and writes `results.json`, `results.md`
+//! (tables, ratios to the baseline, targets met or missed) and latency plots.
+//!
+//! Each scenario gets fresh server processes, so memory and state never
+//! carry over, and the baseline and tidings runs of one scenario follow each
+//! other so that both see the same machine conditions.
+
+use std::{fmt::Write as _, net::SocketAddr, path::PathBuf, process::Stdio, time::Duration};
+
+use anyhow::{Context as _, bail};
+use serde::Serialize;
+use tidings_protocol::Protocol;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+use crate::{
+    conn::{Endpoint, ServerKind},
+    report,
+    run::{self, Report, RunConfig},
+    scenario::{Phase, Scenario},
+};
+
+/// Targets: tidings' echo throughput as a share of the raw baseline's.
+const ECHO_TARGET: f64 = 0.85;
+/// Broadcast deliveries per second as a share of the raw baseline's.
+const BROADCAST_TARGET: f64 = 0.9;
+/// Highest broadcast rate is the last one whose p99 stays under this.
+const P99_LIMIT_MS: f64 = 50.0;
+/// Server memory per idle WebSocket connection.
+const IDLE_TARGET_BYTES: f64 = 8.0 * 1024.0;
+/// Memory per machine for the projection.
+const MACHINE_BYTES: f64 = 24.0 * 1024.0 * 1024.0 * 1024.0;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SuiteArgs {
+    /// Directory for results.json, results.md and the plots.
+    #[arg(long, default_value = "bench-results")]
+    out_dir: PathBuf,
+    /// A short run with few connections, to check that everything works.
+    #[arg(long)]
+    quick: bool,
+    /// The tidings server binary (default: `tidings` next to this executable).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// The baseline binary (default: `tidings-baseline` next to this executable).
+    #[arg(long)]
+    baseline_bin: Option<PathBuf>,
+    /// Scenarios to run (default: all).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    scenarios: Vec<Scenario>,
+    /// Hub protocols to run.
+    #[arg(long, value_delimiter = ',', default_value = "json,messagepack", value_parser = parse_protocol)]
+    protocols: Vec<Protocol>,
+    /// Seconds per measured phase.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Echo: seconds of warm-up before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Fan-out: seconds to wait for deliveries after the last send.
+    #[arg(long, default_value_t = 10.0)]
+    drain: f64,
+    /// Echo: connections.
+    #[arg(long, default_value_t = 100)]
+    echo_connections: usize,
+    /// Broadcast: listeners.
+    #[arg(long, default_value_t = 9_000)]
+    broadcast_connections: usize,
+    /// Broadcast: rates tried in order; the ramp stops after the first rate
+    /// whose p99 exceeds 50 ms or that loses messages (the first three always run).
+    #[arg(long, value_delimiter = ',', default_value = "10,20,40,80,160,320")]
+    broadcast_rates: Vec<f64>,
+    /// Group: listeners, group size and messages per second.
+    #[arg(long, default_value_t = 9_000)]
+    group_connections: usize,
+    #[arg(long, default_value_t = 100)]
+    group_size: usize,
+    #[arg(long, default_value_t = 400.0)]
+    group_rate: f64,
+    /// Connect: connections opened at once.
+    #[arg(long, default_value_t = 50)]
+    connect_concurrency: usize,
+    /// Idle: connections held on one server process (a process may open
+    /// 20 000 files here; the server needs a few for itself).
+    #[arg(long, default_value_t = 19_800)]
+    idle_connections: usize,
+    /// Most connections per load-generator process.
+    #[arg(long, default_value_t = 19_000)]
+    per_process: usize,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+    /// Fail if any run had errors, failed connections or lost messages (for
+    /// smoke tests; figures under heavy load may legitimately lose messages).
+    #[arg(long)]
+    check: bool,
+}
+
+fn parse_protocol(name: &str) -> Result<Protocol, String> {
+    Protocol::from_name(name).ok_or_else(|| format!("unknown protocol '{name}'"))
+}
+
+impl SuiteArgs {
+    fn shrink(&mut self) {
+        if self.quick {
+            self.duration = self.duration.min(2.0);
+            self.echo_connections = self.echo_connections.min(10);
+            self.broadcast_connections = self.broadcast_connections.min(200);
+            self.broadcast_rates.truncate(2);
+            self.group_connections = self.group_connections.min(200);
+            self.group_size = self.group_size.min(20);
+            self.group_rate = self.group_rate.min(50.0);
+            self.connect_concurrency = self.connect_concurrency.min(4);
+            self.idle_connections = self.idle_connections.min(200);
+            self.warmup = self.warmup.min(0.5);
+            self.drain = self.drain.min(3.0);
+        }
+    }
+}
+
+/// One run of the suite, with the load of the machine when it started.
+#[derive(Debug, Serialize)]
+struct Entry {
+    load_1min: f64,
+    #[serde(flatten)]
+    report: Report,
+}
+
+#[derive(Debug, Serialize)]
+struct Machine {
+    cpus: usize,
+    cpu_model: String,
+    memory_gib: f64,
+    kernel: String,
+    max_open_files: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Results {
+    unix_time: u64,
+    quick: bool,
+    machine: Machine,
+    load_at_start: [f64; 3],
+    runs: Vec<Entry>,
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn load() -> [f64; 3] {
+    let text = read("/proc/loadavg");
+    let mut parts = text.split_whitespace().map(|v| v.parse().unwrap_or(0.0));
+    [
+        parts.next().unwrap_or(0.0),
+        parts.next().unwrap_or(0.0),
+        parts.next().unwrap_or(0.0),
+    ]
+}
+
+fn machine() -> Machine {
+    let cpuinfo = read("/proc/cpuinfo");
+    let meminfo = read("/proc/meminfo");
+    let limits = read("/proc/self/limits");
+    Machine {
+        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model: cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+            .unwrap_or_default(),
+        memory_gib: meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0 / 1024.0),
+        kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
+        max_open_files: limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(3)
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join("/")
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// A server process started for one scenario.
+struct Server {
+    child: Child,
+    address: SocketAddr,
+    pid: u32,
+}
+
+impl Server {
+    async fn start(binary: &PathBuf, kind: ServerKind) -> anyhow::Result<Server> {
+        let mut command = Command::new(binary);
+        command
+            .args(["--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        if kind == ServerKind::Tidings {
+            // Only WebSockets are measured; keep-alive as shipped.
+            command.args(["--transports", "WebSockets"]);
+        }
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let pid = child.id().context("server pid")?;
+        let stdout = child.stdout.take().context("server stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let address = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(rest) = line.trim().strip_prefix("listening on http://") {
+                    return Ok(rest.parse::<SocketAddr>()?);
+                }
+            }
+            bail!("{} ended before listening", binary.display())
+        })
+        .await
+        .context("the server did not start listening within 10 s")??;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Server {
+            child,
+            address,
+            pid,
+        })
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("executable directory")?;
+    Ok(dir.join(name))
+}
+
+pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
+    args.shrink();
+    let server_bin = match &args.server_bin {
+        Some(path) => path.clone(),
+        None => sibling("tidings")?,
+    };
+    let baseline_bin = match &args.baseline_bin {
+        Some(path) => path.clone(),
+        None => sibling("tidings-baseline")?,
+    };
+    for bin in [&server_bin, &baseline_bin] {
+        if !bin.exists() {
+            bail!(
+                "{} not found: build it first (cargo build --release -p tidings-server -p tidings-bench)",
+                bin.display()
+            );
+        }
+    }
+    std::fs::create_dir_all(&args.out_dir)?;
+    let scenarios = if args.scenarios.is_empty() {
+        vec![
+            Scenario::Echo,
+            Scenario::Broadcast,
+            Scenario::Group,
+            Scenario::Connect,
+            Scenario::Idle,
+        ]
+    } else {
+        args.scenarios.clone()
+    };
+    let mut results = Results {
+        unix_time: crate::worker::unix_us() / 1_000_000,
+        quick: args.quick,
+        machine: machine(),
+        load_at_start: load(),
+        runs: Vec::new(),
+    };
+    eprintln!(
+        "machine: {} CPUs, {:.1} GiB; load {:?}",
+        results.machine.cpus, results.machine.memory_gib, results.load_at_start
+    );
+    for &scenario in &scenarios {
+        for &protocol in &args.protocols {
+            for kind in [ServerKind::Raw, ServerKind::Tidings] {
+                let binary = match kind {
+                    ServerKind::Raw => &baseline_bin,
+                    ServerKind::Tidings => &server_bin,
+                };
+                let load_1min = load()[0];
+                let server = Server::start(binary, kind).await?;
+                let outcome = run_one(&args, scenario, protocol, kind, &server).await;
+                server.stop().await;
+                let reports = outcome.with_context(|| {
+                    format!("{} against {} ({protocol})", scenario.name(), kind.name())
+                })?;
+                println!("{}", report::table(&reports));
+                results.runs.extend(
+                    reports
+                        .into_iter()
+                        .map(|report| Entry { load_1min, report }),
+                );
+                if !args.quick {
+                    // Let sockets of the previous run finish closing.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+    let json = args.out_dir.join("results.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&results)?)?;
+    let markdown = markdown(&results);
+    std::fs::write(args.out_dir.join("results.md"), &markdown)?;
+    for scenario in [Scenario::Echo, Scenario::Broadcast] {
+        let reports: Vec<Report> = results
+            .runs
+            .iter()
+            .filter(|e| e.report.scenario == scenario)
+            .filter(|e| scenario != Scenario::Broadcast || e.report.rate == Some(20.0))
+            .map(|e| e.report.clone())
+            .collect();
+        if !reports.is_empty() {
+            let title = match scenario {
+                Scenario::Broadcast => "broadcast latency at 20 msg/s".to_owned(),
+                _ => format!("{} latency", scenario.name()),
+            };
+            std::fs::write(
+                args.out_dir.join(format!("{}.svg", scenario.name())),
+                report::svg(&reports, &title),
+            )?;
+        }
+    }
+    println!("{markdown}");
+    eprintln!("results written to {}", args.out_dir.display());
+    if args.check {
+        let bad: Vec<String> = results
+            .runs
+            .iter()
+            .map(|e| &e.report)
+            .filter(|r| !healthy(r))
+            .map(|r| {
+                format!(
+                    "{} against {} ({}): {} errors, {} failed connections, {} of {:?} delivered ({:?} sent, {} late), throughput {:.0}/s, {} of {} open at the end; first error: {}",
+                    r.scenario.name(),
+                    r.server.name(),
+                    r.protocol,
+                    r.errors,
+                    r.failed_connections,
+                    r.ops,
+                    r.expected,
+                    r.sent,
+                    r.late,
+                    r.throughput,
+                    r.alive,
+                    r.connections,
+                    r.first_error.as_deref().unwrap_or("none")
+                )
+            })
+            .collect();
+        if !bad.is_empty() {
+            bail!("unhealthy runs:\n{}", bad.join("\n"));
+        }
+    }
+    Ok(())
+}
+
+/// A run that did what it should: no errors, every connection opened and
+/// still open, every message delivered, something measured.
+fn healthy(r: &Report) -> bool {
+    let measured = match r.scenario {
+        Scenario::Idle => r.rss.is_some(),
+        _ => r.ops > 0 && r.latency.count > 0,
+    };
+    let open = r.scenario == Scenario::Connect || r.alive == r.connections;
+    r.errors == 0 && r.failed_connections == 0 && r.all_delivered() && measured && open
+}
+
+async fn run_one(
+    args: &SuiteArgs,
+    scenario: Scenario,
+    protocol: Protocol,
+    kind: ServerKind,
+    server: &Server,
+) -> anyhow::Result<Vec<Report>> {
+    let duration_ms = (args.duration * 1000.0) as u64;
+    let mut config = RunConfig {
+        endpoint: Endpoint {
+            kind,
+            server: server.address,
+            hub_path: "/hubs/test".to_owned(),
+            protocol,
+        },
+        scenario,
+        connections: 0,
+        group_size: args.group_size,
+        sources: 16,
+        payload: 32,
+        processes: 0,
+        per_process: args.per_process,
+        connect_concurrency: 200,
+        server_pid: Some(server.pid),
+        settle: Duration::from_millis(if args.quick { 300 } else { 2_000 }),
+        progress: !args.quiet,
+    };
+    let drain_ms = (args.drain * 1000.0) as u64;
+    let warmup_ms = (args.warmup * 1000.0) as u64;
+    let phases = match scenario {
+        Scenario::Echo => {
+            config.connections = args.echo_connections;
+            vec![Phase::Echo {
+                duration_ms: duration_ms + warmup_ms,
+                warmup_ms,
+            }]
+        }
+        Scenario::Broadcast => {
+            config.connections = args.broadcast_connections;
+            args.broadcast_rates
+                .iter()
+                .map(|&rate| Phase::Fanout {
+                    rate,
+                    duration_ms,
+                    drain_ms,
+                })
+                .collect()
+        }
+        Scenario::Group => {
+            config.connections = args.group_connections;
+            vec![Phase::Fanout {
+                rate: args.group_rate,
+                duration_ms,
+                drain_ms,
+            }]
+        }
+        Scenario::Connect => vec![Phase::Connect {
+            duration_ms,
+            concurrency: args.connect_concurrency,
+        }],
+        Scenario::Idle => {
+            config.connections = args.idle_connections;
+            vec![Phase::Hold]
+        }
+    };
+    let mut index = 0;
+    run::run(&config, &phases, |report| {
+        index += 1;
+        // The ramp: the first three rates always run (they are the targets);
+        // after that, stop once latency or delivery gives out.
+        index < 3 || (report.latency.p99_ms < P99_LIMIT_MS && report.all_delivered())
+    })
+    .await
+}
+
+fn find<'a>(
+    results: &'a Results,
+    scenario: Scenario,
+    kind: ServerKind,
+    protocol: &str,
+    rate: Option<f64>,
+) -> Option<&'a Report> {
+    results.runs.iter().map(|e| &e.report).find(|r| {
+        r.scenario == scenario && r.server == kind && r.protocol == protocol && r.rate == rate
+    })
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "**met**" } else { "**missed**" }
+}
+
+/// The Markdown report: machine, every run, ratios to the baseline, and the
+/// targets met or missed.
+fn markdown(results: &Results) -> String {
+    let mut out = String::new();
+    let m = &results.machine;
+    let _ = writeln!(
+        out,
+        "Machine: {} CPUs ({}), {:.1} GiB, Linux {}, open files {}. Load average at start: {:.2} {:.2} {:.2}.{}\n",
+        m.cpus,
+        m.cpu_model,
+        m.memory_gib,
+        m.kernel,
+        m.max_open_files,
+        results.load_at_start[0],
+        results.load_at_start[1],
+        results.load_at_start[2],
+        if results.quick {
+            " Quick run (few connections, short phases): not for comparison."
+        } else {
+            ""
+        }
+    );
+    let reports: Vec<Report> = results.runs.iter().map(|e| e.report.clone()).collect();
+    out.push_str("### Every run\n\n");
+    out.push_str(&report::table(&reports));
+    let loads: Vec<String> = results
+        .runs
+        .iter()
+        .map(|e| format!("{:.2}", e.load_1min))
+        .collect();
+    let _ = writeln!(
+        out,
+        "\n1-minute load before each run, in order: {}.\n",
+        loads.join(", ")
+    );
+
+    out.push_str("### Ratios to the raw WebSocket baseline\n\n");
+    out.push_str("| scenario | protocol | rate/s | raw throughput/s | tidings throughput/s | ratio | raw p99 ms | tidings p99 ms |\n");
+    out.push_str("|---|---|---:|---:|---:|---:|---:|---:|\n");
+    for t in reports.iter().filter(|r| r.server == ServerKind::Tidings) {
+        let Some(raw) = find(results, t.scenario, ServerKind::Raw, &t.protocol, t.rate) else {
+            continue;
+        };
+        if t.scenario == Scenario::Idle {
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} |",
+            t.scenario.name(),
+            t.protocol,
+            t.rate.map(|r| r.to_string()).unwrap_or_default(),
+            report::per_second(raw.throughput),
+            report::per_second(t.throughput),
+            ratio(t.throughput, raw.throughput),
+            raw.latency.p99_ms,
+            t.latency.p99_ms,
+        );
+    }
+
+    out.push_str("\n### Targets\n\n");
+    for protocol in ["json", "messagepack"] {
+        if let (Some(t), Some(raw)) = (
+            find(results, Scenario::Echo, ServerKind::Tidings, protocol, None),
+            find(results, Scenario::Echo, ServerKind::Raw, protocol, None),
+        ) {
+            let r = ratio(t.throughput, raw.throughput);
+            let _ = writeln!(
+                out,
+                "- echo, {protocol}: {:.0}/s vs raw {:.0}/s = {r:.2} × (target ≥ {ECHO_TARGET}): {}",
+                t.throughput,
+                raw.throughput,
+                verdict(r >= ECHO_TARGET && t.errors == 0)
+            );
+        }
+        for rate in [10.0, 20.0, 40.0] {
+            let (Some(t), Some(raw)) = (
+                find(
+                    results,
+                    Scenario::Broadcast,
+                    ServerKind::Tidings,
+                    protocol,
+                    Some(rate),
+                ),
+                find(
+                    results,
+                    Scenario::Broadcast,
+                    ServerKind::Raw,
+                    protocol,
+                    Some(rate),
+                ),
+            ) else {
+                continue;
+            };
+            let r = ratio(t.throughput, raw.throughput);
+            let met = t.all_delivered()
+                && t.errors == 0
+                && r >= BROADCAST_TARGET
+                && t.latency.p99_ms <= raw.latency.p99_ms;
+            let _ = writeln!(
+                out,
+                "- broadcast to {} at {rate}/s, {protocol}: delivered {}/{}, {:.0}/s = {r:.2} × raw (target ≥ {BROADCAST_TARGET}), p99 {:.2} ms vs raw {:.2} ms: {}",
+                t.connections,
+                t.ops,
+                t.expected.unwrap_or(0),
+                t.throughput,
+                t.latency.p99_ms,
+                raw.latency.p99_ms,
+                verdict(met)
+            );
+        }
+        for kind in [ServerKind::Raw, ServerKind::Tidings] {
+            let highest = reports
+                .iter()
+                .filter(|r| {
+                    r.scenario == Scenario::Broadcast
+                        && r.server == kind
+                        && r.protocol == protocol
+                        && r.latency.p99_ms < P99_LIMIT_MS
+                        && r.all_delivered()
+                })
+                .filter_map(|r| r.rate)
+                .fold(None, |acc: Option<f64>, r| {
+                    Some(acc.map_or(r, |a| a.max(r)))
+                });
+            if let Some(rate) = highest {
+                let _ = writeln!(
+                    out,
+                    "- highest broadcast rate with p99 < {P99_LIMIT_MS} ms, {}, {protocol}: {rate}/s",
+                    kind.name()
+                );
+            }
+        }
+        for kind in [ServerKind::Raw, ServerKind::Tidings] {
+            if let Some(idle) = find(results, Scenario::Idle, kind, protocol, None)
+                && let Some(rss) = idle.rss
+            {
+                let per = rss.per_connection_bytes;
+                let projected = MACHINE_BYTES / per.max(1.0);
+                let target = if kind == ServerKind::Tidings {
+                    format!(
+                        " (target ≤ 8 KiB): {}",
+                        verdict(per <= IDLE_TARGET_BYTES && idle.alive == idle.connections)
+                    )
+                } else {
+                    String::new()
+                };
+                let _ = writeln!(
+                    out,
+                    "- idle, {}, {protocol}: {} connections held ({} still open at the end), RSS {} → {} KiB, {:.2} KiB per connection{target}; 24 GiB would hold {:.0}k such connections (200 000 need {:.1} GiB)",
+                    kind.name(),
+                    idle.connections,
+                    idle.alive,
+                    rss.before_kib,
+                    rss.after_kib,
+                    per / 1024.0,
+                    projected / 1000.0,
+                    per * 200_000.0 / 1024.0 / 1024.0 / 1024.0,
+                );
+            }
+        }
+    }
+
+    out.push_str("\n### MessagePack against JSON (tidings)\n\n");
+    out.push_str("| scenario | rate/s | JSON throughput/s | MessagePack throughput/s | ratio | JSON p99 ms | MessagePack p99 ms |\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+    for json in reports
+        .iter()
+        .filter(|r| r.server == ServerKind::Tidings && r.protocol == "json")
+    {
+        let Some(mp) = find(
+            results,
+            json.scenario,
+            ServerKind::Tidings,
+            "messagepack",
+            json.rate,
+        ) else {
+            continue;
+        };
+        if json.scenario == Scenario::Idle {
+            let (Some(a), Some(b)) = (json.rss, mp.rss) else {
+                continue;
+            };
+            let _ = writeln!(
+                out,
+                "| idle (RSS/conn) | | {:.2} KiB | {:.2} KiB | {:.2} | | |",
+                a.per_connection_bytes / 1024.0,
+                b.per_connection_bytes / 1024.0,
+                ratio(b.per_connection_bytes, a.per_connection_bytes)
+            );
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} |",
+            json.scenario.name(),
+            json.rate.map(|r| r.to_string()).unwrap_or_default(),
+            report::per_second(json.throughput),
+            report::per_second(mp.throughput),
+            ratio(mp.throughput, json.throughput),
+            json.latency.p99_ms,
+            mp.latency.p99_ms,
+        );
+    }
+    out
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { 0.0 }
+}
