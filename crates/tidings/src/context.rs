@@ -137,7 +137,9 @@ impl Context {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The headers of the request that opened the transport.
+    /// The headers of the request that opened the transport, without those
+    /// of the WebSocket upgrade itself (`Connection`, `Upgrade`,
+    /// `Sec-WebSocket-*`).
     pub fn headers(&self) -> &HeaderMap {
         self.connection.headers()
     }

@@ -17,7 +17,7 @@ use std::{
 use axum::{
     Router,
     extract::{FromRequestParts, Request, State, ws::WebSocketUpgrade},
-    http::{StatusCode, header, request::Parts},
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -413,15 +413,16 @@ async fn connect<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Requ
         Ok(upgrade) => upgrade,
         Err(response) => return response,
     };
-    let init = ConnectionInit {
+    // Boxed: the upgrade task keeps it until the socket is ready.
+    let init = Box::new(ConnectionInit {
         id: connection_id,
         // Replaced by the handshake's choice.
         protocol: tidings_protocol::Protocol::Json,
         transport: TransportType::WebSockets,
         principal,
         query: request_query(&parts),
-        headers: parts.headers,
-    };
+        headers: detached(&parts.headers),
+    });
     let tracker = endpoint.shutdown.tracker().clone();
     upgrade.on_upgrade(move |socket| {
         tracker.track_future(transport::websocket::serve(
@@ -448,7 +449,8 @@ async fn websocket_upgrade<H: Hub>(
         .map_or(64 << 20, |limit| limit.saturating_mul(4).max(1 << 20));
     Ok(upgrade
         .max_message_size(frame_limit)
-        .max_frame_size(frame_limit))
+        .max_frame_size(frame_limit)
+        .read_buffer_size(transport::websocket::READ_BUFFER))
 }
 
 /// A new WebSocket for a live stateful connection: after the upgrade the
@@ -471,6 +473,38 @@ async fn reattach<H: Hub>(
     };
     let tracker = endpoint.shutdown.tracker().clone();
     upgrade.on_upgrade(move |socket| tracker.track_future(entry.attach(socket)))
+}
+
+/// A copy of the request headers that owns its bytes. Parsed header values
+/// are slices of the HTTP read buffer (16 KiB once grown); keeping them for
+/// the life of a connection would keep that whole buffer alive, which was
+/// most of an idle WebSocket connection's memory. The headers of the
+/// WebSocket upgrade itself describe the transport, not the client, and are
+/// left out.
+fn detached(headers: &HeaderMap) -> HeaderMap {
+    const UPGRADE: [&str; 6] = [
+        "connection",
+        "upgrade",
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+    ];
+    let kept = || {
+        headers
+            .iter()
+            .filter(|(name, _)| !UPGRADE.contains(&name.as_str()))
+    };
+    let mut copy = HeaderMap::with_capacity(kept().count());
+    for (name, value) in kept() {
+        let name = HeaderName::from_bytes(name.as_str().as_bytes());
+        let copied = HeaderValue::from_bytes(value.as_bytes());
+        if let (Ok(name), Ok(mut copied)) = (name, copied) {
+            copied.set_sensitive(value.is_sensitive());
+            copy.append(name, copied);
+        }
+    }
+    copy
 }
 
 /// The query pairs hub code may see: the token is a credential and is left out.
@@ -545,7 +579,7 @@ async fn connect_http<H: Hub>(endpoint: Arc<Endpoint<H>>, parts: Parts) -> Respo
         transport,
         principal,
         query: request_query(&parts),
-        headers: parts.headers,
+        headers: detached(&parts.headers),
     };
     let connection = HttpConnection::start(&endpoint, init, transport, token.clone());
     endpoint

@@ -333,7 +333,9 @@ impl<H: Hub> Reader<'_, H> {
                             Err(end) => return end,
                         }
                         dispatched = true;
-                        if let Some(end) = self.handle(message, &shutdown).await {
+                        // Boxed: an idle connection's task then does not
+                        // reserve room for handling a message.
+                        if let Some(end) = Box::pin(self.handle(message, &shutdown)).await {
                             return end;
                         }
                     }

@@ -12,11 +12,17 @@
 //! broadcasts into few syscalls. A single waiting message is sent without a
 //! copy: its `Bytes` are shared with every other recipient.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt, stream::SplitSink};
+use futures_util::{
+    SinkExt, StreamExt,
+    stream::{SplitSink, SplitStream},
+};
 use tidings_protocol::{HubMessage, Protocol};
 use tokio::{
     sync::mpsc,
@@ -37,18 +43,43 @@ use crate::{
 pub(super) const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// ASP.NET Core's `WebSockets.CloseTimeout`.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Initial capacity of each connection's read buffer. tungstenite's default
+/// (128 KiB, allocated when the socket opens) made an idle connection cost
+/// about 150 KiB of resident memory; hub messages are small, and a larger
+/// frame still grows the buffer to its size.
+pub(crate) const READ_BUFFER: usize = 1024;
 /// Largest batch the writer builds from queued messages.
 pub(super) const MAX_BATCH: usize = 64 * 1024;
 
-pub(crate) async fn serve<H: Hub>(
+/// Serves one upgraded socket until the connection ends.
+///
+/// Not an `async fn`: the socket is split before the future is built, so
+/// the connection's task does not keep a slot for the unsplit socket (the
+/// arguments of an `async fn` stay in its future for its whole life).
+pub(crate) fn serve<H: Hub>(
     endpoint: Arc<Endpoint<H>>,
     socket: WebSocket,
-    mut init: ConnectionInit,
+    init: Box<ConnectionInit>,
+    resume_token: Option<String>,
+) -> impl Future<Output = ()> + Send {
+    let (sink, stream) = socket.split();
+    run(endpoint, sink, stream, init, resume_token)
+}
+
+async fn run<H: Hub>(
+    endpoint: Arc<Endpoint<H>>,
+    mut sink: SplitSink<WebSocket, Message>,
+    mut stream: SplitStream<WebSocket>,
+    mut init: Box<ConnectionInit>,
     resume_token: Option<String>,
 ) {
-    let (mut sink, mut stream) = socket.split();
     let options = &endpoint.shared.options;
-    let handshake = session::read_handshake(&mut inbound(&mut stream), options, true).await;
+    let handshake = Box::pin(session::read_handshake(
+        &mut inbound(&mut stream),
+        options,
+        true,
+    ))
+    .await;
     let (protocol, version, leftover) = match handshake {
         Handshake::Accepted {
             protocol,
@@ -71,16 +102,29 @@ pub(crate) async fn serve<H: Hub>(
     // Stateful reconnect: negotiated (with a secret token) and asked for by
     // the handshake's protocol version.
     if let Some(token) = resume_token.filter(|_| version >= 2) {
-        resume::serve(endpoint, (sink, stream), init, leftover, token).await;
+        resume::serve(endpoint, (sink, stream), *init, leftover, token).await;
         return;
     }
     let (tx, rx) = mpsc::channel(options.outbound_buffer_capacity);
-    let connection = ConnectionHandle::new(init, tx);
+    let connection = ConnectionHandle::new(*init, tx);
     // The handshake answer is the first thing in the queue, so it precedes
     // anything `on_connected` sends.
     connection.send_frame(Handshake::response(None)).await;
-    let writer = write_loop(sink, rx, connection.clone(), options.keep_alive_interval);
-    let session = session::run(Arc::clone(&endpoint), connection, inbound(stream), leftover);
+    // Boxed, so each lives once on the heap: moved into `join!` unboxed,
+    // they would also keep their slots in this future, and an idle
+    // connection would carry both twice.
+    let writer = Box::pin(write_loop(
+        sink,
+        rx,
+        connection.clone(),
+        options.keep_alive_interval,
+    ));
+    let session = Box::pin(session::run(
+        Arc::clone(&endpoint),
+        connection,
+        inbound(stream),
+        leftover,
+    ));
     tokio::join!(writer, session);
 }
 
@@ -118,7 +162,15 @@ async fn write_loop(
     keep_alive: Duration,
 ) {
     let protocol = connection.protocol();
-    let ping = session::encode(protocol, &HubMessage::Ping);
+    // Shared by every connection of the protocol, not one copy each.
+    static PINGS: OnceLock<[Bytes; 2]> = OnceLock::new();
+    let [json_ping, msgpack_ping] = PINGS.get_or_init(|| {
+        [Protocol::Json, Protocol::MessagePack].map(|p| session::encode(p, &HubMessage::Ping))
+    });
+    let ping = match protocol {
+        Protocol::Json => json_ping,
+        Protocol::MessagePack => msgpack_ping,
+    };
     let idle = sleep_until(Instant::now() + keep_alive);
     tokio::pin!(idle);
     let mut batch: Vec<u8> = Vec::new();
@@ -142,7 +194,7 @@ async fn write_loop(
         let Some(message) = frame_message(protocol, frame) else {
             continue;
         };
-        match timeout(SEND_TIMEOUT, sink.send(message)).await {
+        match Box::pin(timeout(SEND_TIMEOUT, sink.send(message))).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
                 connection.abort_with(AbortReason::Transport(error.to_string()));
@@ -162,7 +214,8 @@ async fn write_loop(
             break;
         }
     }
-    close(&mut sink, code).await;
+    // Boxed: an idle connection's task need not reserve room for closing.
+    Box::pin(close(&mut sink, code)).await;
 }
 
 /// The WebSocket message carrying `frame`: Text for JSON, Binary for
