@@ -166,6 +166,8 @@
 //! and is installed with [`HubEndpoint::lifetime_manager`].
 
 mod auth;
+#[doc(hidden)]
+pub mod bench;
 mod connection;
 mod context;
 mod dispatch;
