@@ -96,7 +96,7 @@ fn config() -> WebSocketConfig {
     // A small read buffer, as the tidings WebSocket transport has: the
     // default (128 KiB, allocated up front) would dominate the memory of an
     // idle connection. Writes are buffered until the flush after a burst.
-    WebSocketConfig::default().read_buffer_size(1024)
+    WebSocketConfig::default().read_buffer_size(512)
 }
 
 #[tokio::main]

@@ -43,11 +43,12 @@ use crate::{
 pub(super) const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// ASP.NET Core's `WebSockets.CloseTimeout`.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Initial capacity of each connection's read buffer. tungstenite's default
-/// (128 KiB, allocated when the socket opens) made an idle connection cost
-/// about 150 KiB of resident memory; hub messages are small, and a larger
-/// frame still grows the buffer to its size.
-pub(crate) const READ_BUFFER: usize = 1024;
+/// Each connection's read buffer: how much one read from the socket takes.
+/// tungstenite's default (128 KiB, allocated when the socket opens) made an
+/// idle connection cost about 150 KiB of resident memory. Hub messages from
+/// clients are small; a larger frame grows the buffer to its size, at the
+/// cost of one read per 512 bytes while it arrives.
+pub(crate) const READ_BUFFER: usize = 512;
 /// Largest batch the writer builds from queued messages.
 pub(super) const MAX_BATCH: usize = 64 * 1024;
 
@@ -102,7 +103,16 @@ async fn run<H: Hub>(
     // Stateful reconnect: negotiated (with a secret token) and asked for by
     // the handshake's protocol version.
     if let Some(token) = resume_token.filter(|_| version >= 2) {
-        resume::serve(endpoint, (sink, stream), *init, leftover, token).await;
+        // Boxed: inline, its larger state would be reserved by every
+        // connection's task, stateful or not.
+        Box::pin(resume::serve(
+            endpoint,
+            (sink, stream),
+            *init,
+            leftover,
+            token,
+        ))
+        .await;
         return;
     }
     let (tx, rx) = mpsc::channel(options.outbound_buffer_capacity);
