@@ -204,14 +204,22 @@ async fn write_loop(
         let Some(message) = frame_message(protocol, frame) else {
             continue;
         };
-        match Box::pin(timeout(SEND_TIMEOUT, sink.send(message))).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
+        // The keep-alive timer is not needed while a write is under way: it
+        // serves as the send timeout, so a write costs no timer of its own.
+        idle.as_mut().reset(Instant::now() + SEND_TIMEOUT);
+        let sent = tokio::select! {
+            biased;
+            sent = sink.send(message) => Some(sent),
+            () = &mut idle => None,
+        };
+        match sent {
+            Some(Ok(())) => {}
+            Some(Err(error)) => {
                 connection.abort_with(AbortReason::Transport(error.to_string()));
                 code = 1011;
                 break;
             }
-            Err(_) => {
+            None => {
                 connection.abort_with(AbortReason::Transport(
                     "a write to the transport timed out".to_owned(),
                 ));
