@@ -30,9 +30,9 @@ export async function startServer(args = [], env = {}) {
     stdio: ["ignore", "pipe", "pipe"],
   });
   let stderr = "";
+  let out = "";
   child.stderr.on("data", (d) => (stderr += d));
   const url = await new Promise((resolve, reject) => {
-    let out = "";
     const timer = setTimeout(() => reject(new Error(`server did not start: ${stderr}`)), 15000);
     child.stdout.on("data", (d) => {
       out += d;
@@ -53,6 +53,7 @@ export async function startServer(args = [], env = {}) {
     child,
     exited,
     stderr: () => stderr,
+    stdout: () => out,
     async stop() {
       if (child.exitCode === null && child.signalCode === null) {
         child.kill("SIGKILL");

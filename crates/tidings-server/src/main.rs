@@ -3,6 +3,7 @@
 //! HTTP/2 (h2c, or TLS with ALPN when a certificate is given).
 
 mod auth;
+mod health;
 mod hubs;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -119,6 +120,17 @@ struct Args {
     /// PEM private key of the certificate.
     #[arg(long, env = "TIDINGS_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+
+    /// Log format: `text` for people, `json` (one object per line) for log collectors.
+    #[arg(long, env = "TIDINGS_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 /// A transport name as the SignalR protocol spells it.
@@ -156,13 +168,16 @@ impl Args {
 }
 
 fn endpoint<H: tidings::Hub>(
-    hub: H,
+    (name, hub): (&str, H),
     args: &Args,
     shutdown: &Shutdown,
     manager: &Arc<MemoryLifetimeManager>,
     auth: &Option<Arc<JwtAuthenticator>>,
+    registry: &tidings::Metrics,
 ) -> HubEndpoint<H> {
     let mut endpoint = HubEndpoint::new(hub)
+        .name(name)
+        .metrics(registry)
         .options(args.hub_options())
         .shutdown(shutdown)
         .lifetime_manager(Arc::clone(manager) as Arc<dyn tidings::LifetimeManager>);
@@ -176,12 +191,8 @@ fn endpoint<H: tidings::Hub>(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
     let args = Args::parse();
+    init_logging(args.log_format);
     let shutdown = Shutdown::new();
     let auth = args
         .jwt_secret
@@ -191,9 +202,32 @@ async fn main() -> anyhow::Result<()> {
     let managers: Vec<Arc<MemoryLifetimeManager>> = (0..3)
         .map(|_| Arc::new(MemoryLifetimeManager::new()))
         .collect();
-    let chat = endpoint(ChatHub, &args, &shutdown, &managers[0], &auth);
-    let test = endpoint(TestHub::default(), &args, &shutdown, &managers[1], &auth);
-    let dashboard = endpoint(DashboardHub, &args, &shutdown, &managers[2], &auth);
+    let registry = tidings::Metrics::new();
+    let (args, auth) = (&args, &auth);
+    let chat = endpoint(
+        ("chat", ChatHub),
+        args,
+        &shutdown,
+        &managers[0],
+        auth,
+        &registry,
+    );
+    let test = endpoint(
+        ("test", TestHub::default()),
+        args,
+        &shutdown,
+        &managers[1],
+        auth,
+        &registry,
+    );
+    let dashboard = endpoint(
+        ("dashboard", DashboardHub),
+        args,
+        &shutdown,
+        &managers[2],
+        auth,
+        &registry,
+    );
 
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
@@ -212,6 +246,8 @@ async fn main() -> anyhow::Result<()> {
 
     let app = axum::Router::new()
         .route("/health", get(|| async { "ok" }))
+        .merge(health::router(shutdown.clone(), registry.clone(), false))
+        .merge(registry.router())
         .route(
             "/dashboard/stream",
             get(dashboard_stream).with_state(stream.clone()),
@@ -254,6 +290,17 @@ async fn dashboard_stream(
     last: LastEventId,
 ) -> ServerSentEvents {
     stream.sse(last)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => logs.init(),
+        // One JSON object per line, with the fields of the enclosing spans
+        // (an invocation's hub, method and connection id).
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
 }
 
 async fn wait_for_signal() {

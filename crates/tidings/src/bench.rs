@@ -27,6 +27,7 @@ pub fn connection(id: &str, protocol: Protocol, capacity: usize) -> (ConnectionH
         principal: Principal::anonymous(),
         query: Vec::new(),
         headers: Default::default(),
+        metrics: None,
     };
     (ConnectionHandle::new(init, tx), Outlet { rx, protocol })
 }
@@ -44,11 +45,10 @@ impl Outlet {
     pub fn drain(&mut self) -> usize {
         let mut total = 0;
         while let Ok(item) = self.rx.try_recv() {
-            total += match item {
-                Outbound::Frame(bytes) | Outbound::Windowed { frame: bytes, .. } => bytes.len(),
-                Outbound::Shared(message) => message.frame(self.protocol).map_or(0, |f| f.len()),
-                Outbound::Close(frame) => frame.map_or(0, |f| f.len()),
-            };
+            let mut closing = false;
+            total += item
+                .into_frame(self.protocol, &mut closing)
+                .map_or(0, |f| f.len());
         }
         total
     }
@@ -74,6 +74,8 @@ impl<H: Hub> Dispatcher<H> {
     pub fn new(hub: H, protocol: Protocol) -> Self {
         let (connection, outlet) = connection("bench", protocol, 16);
         let shared = Arc::new(HubShared {
+            name: Arc::from("bench"),
+            metrics: None,
             lifetime: Arc::new(MemoryLifetimeManager::new()) as Arc<dyn LifetimeManager>,
             options: HubOptions::default(),
         });

@@ -18,7 +18,10 @@ use tidings_protocol::{Protocol, TransportType};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::{ConnectionError, Principal, message::SerializedMessage, resume::Resume};
+use crate::{
+    ConnectionError, Principal, message::SerializedMessage, metrics::TransportMetrics,
+    resume::Resume,
+};
 
 /// One entry of a connection's outbound queue.
 #[derive(Debug)]
@@ -37,6 +40,22 @@ pub(crate) enum Outbound {
     /// The last frame (a Close message, or nothing): write it, then close
     /// the transport.
     Close(Option<Bytes>),
+}
+
+impl Outbound {
+    /// The bytes to write for this entry (a shared message is serialized
+    /// in `protocol` now, once for all its recipients); sets `closing` at
+    /// the final entry.
+    pub(crate) fn into_frame(self, protocol: Protocol, closing: &mut bool) -> Option<Bytes> {
+        match self {
+            Outbound::Frame(bytes) | Outbound::Windowed { frame: bytes, .. } => Some(bytes),
+            Outbound::Shared(message) => message.frame(protocol),
+            Outbound::Close(frame) => {
+                *closing = true;
+                frame
+            }
+        }
+    }
 }
 
 /// Why a connection was aborted from outside its own task.
@@ -72,6 +91,8 @@ struct Inner {
     abort_reason: Mutex<Option<AbortReason>>,
     /// Stateful-reconnect state, for connections that negotiated it.
     resume: Option<Arc<Resume>>,
+    /// The counters of the connection's hub and transport.
+    metrics: Option<Arc<TransportMetrics>>,
 }
 
 pub(crate) struct ConnectionInit {
@@ -81,6 +102,7 @@ pub(crate) struct ConnectionInit {
     pub principal: Principal,
     pub query: Vec<(String, String)>,
     pub headers: HeaderMap,
+    pub metrics: Option<Arc<TransportMetrics>>,
 }
 
 impl ConnectionHandle {
@@ -108,6 +130,7 @@ impl ConnectionHandle {
                 kill: CancellationToken::new(),
                 abort_reason: Mutex::new(None),
                 resume,
+                metrics: init.metrics,
             }),
         }
     }
@@ -144,6 +167,17 @@ impl ConnectionHandle {
     /// The stateful-reconnect state, if the connection uses it.
     pub(crate) fn resume(&self) -> Option<&Arc<Resume>> {
         self.inner.resume.as_ref()
+    }
+
+    pub(crate) fn metrics(&self) -> Option<&Arc<TransportMetrics>> {
+        self.inner.metrics.as_ref()
+    }
+
+    /// Counts one message of `bytes` written to the transport.
+    pub(crate) fn record_sent(&self, bytes: usize) {
+        if let Some(metrics) = &self.inner.metrics {
+            metrics.sent(bytes);
+        }
     }
 
     pub(crate) fn query(&self) -> &[(String, String)] {

@@ -27,12 +27,16 @@ use crate::{
     hub::BoxFuture,
     lifetime::{LifetimeManager, Target},
     message::{ClientInvocation, SerializedMessage},
+    metrics::HubMetrics,
 };
 
 /// Hub-wide state shared by every connection of one endpoint.
 pub(crate) struct HubShared {
+    /// The hub's name (metrics labels, spans).
+    pub name: Arc<str>,
     pub lifetime: Arc<dyn LifetimeManager>,
     pub options: HubOptions,
+    pub metrics: Option<HubMetrics>,
 }
 
 /// The per-connection context handed to hub methods and lifecycle hooks.

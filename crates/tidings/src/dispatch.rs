@@ -243,7 +243,7 @@ pub(crate) async fn run_unary<H: Hub>(
                 .map(|s| (*s).to_owned())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "the hub method panicked".to_owned());
-            tracing::error!(%target, %message, "hub method panicked");
+            tracing::error!(%target, panic = %message, "hub method panicked");
             Err(HubError {
                 kind: HubErrorKind::Internal {
                     type_name: "Panic".to_owned(),

@@ -25,13 +25,15 @@ use base64::Engine;
 use tidings_protocol::{AvailableTransport, NegotiateResponse, TransferFormat, TransportType};
 
 use crate::{
-    HubContext, HubOptions, Principal, Shutdown,
+    HubContext, HubOptions, Metrics, Principal, Shutdown,
     auth::{AuthError, Authenticator, SharedAuthenticator, form_urlencoded_pairs},
     connection::ConnectionInit,
     context::HubShared,
     dispatch::Methods,
+    error::short_type_name,
     hub::Hub,
     lifetime::{LifetimeManager, MemoryLifetimeManager},
+    metrics::TransportMetrics,
     transport::{
         self,
         http::{self, HttpConnection},
@@ -54,6 +56,8 @@ use crate::{
 /// ```
 pub struct HubEndpoint<H: Hub> {
     hub: Arc<H>,
+    name: Arc<str>,
+    metrics: Option<Metrics>,
     options: HubOptions,
     lifetime: Arc<dyn LifetimeManager>,
     authenticator: Option<SharedAuthenticator>,
@@ -64,6 +68,7 @@ impl<H: Hub> std::fmt::Debug for HubEndpoint<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HubEndpoint")
             .field("hub", &std::any::type_name::<H>())
+            .field("name", &self.name)
             .field("options", &self.options)
             .finish_non_exhaustive()
     }
@@ -75,6 +80,8 @@ impl<H: Hub> HubEndpoint<H> {
     pub fn new(hub: H) -> Self {
         HubEndpoint {
             hub: Arc::new(hub),
+            name: Arc::from(short_type_name::<H>()),
+            metrics: None,
             options: HubOptions::default(),
             lifetime: Arc::new(MemoryLifetimeManager::new()),
             authenticator: None,
@@ -85,6 +92,20 @@ impl<H: Hub> HubEndpoint<H> {
     /// Replaces the options.
     pub fn options(mut self, options: HubOptions) -> Self {
         self.options = options;
+        self
+    }
+
+    /// Names the hub: the `signalr_hub` label of its metrics and the
+    /// `rpc.service` of its invocation spans. Defaults to the type's name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Arc::from(name.into());
+        self
+    }
+
+    /// Records the hub's connections, messages and invocations into a
+    /// (usually server-wide) [`Metrics`] registry.
+    pub fn metrics(mut self, metrics: &Metrics) -> Self {
+        self.metrics = Some(metrics.clone());
         self
     }
 
@@ -110,10 +131,16 @@ impl<H: Hub> HubEndpoint<H> {
 
     /// A handle for sending to this hub's clients from any task.
     pub fn context(&self) -> HubContext {
-        HubContext::new(Arc::new(HubShared {
+        HubContext::new(Arc::new(self.shared()))
+    }
+
+    fn shared(&self) -> HubShared {
+        HubShared {
+            name: Arc::clone(&self.name),
             lifetime: Arc::clone(&self.lifetime),
             options: self.options.clone(),
-        }))
+            metrics: self.metrics.as_ref().map(|m| m.hub(&self.name)),
+        }
     }
 
     /// The routes of this hub, to be nested at the hub's path.
@@ -123,11 +150,8 @@ impl<H: Hub> HubEndpoint<H> {
     {
         let endpoint = Arc::new(Endpoint {
             methods: Methods::new(),
+            shared: Arc::new(self.shared()),
             hub: self.hub,
-            shared: Arc::new(HubShared {
-                lifetime: self.lifetime,
-                options: self.options,
-            }),
             authenticator: self.authenticator,
             shutdown: self.shutdown,
             pending: Mutex::new(Pending::default()),
@@ -170,6 +194,10 @@ impl<H: Hub> Endpoint<H> {
                 _ => StatusCode::UNAUTHORIZED.into_response(),
             }
         })
+    }
+
+    fn transport_metrics(&self, transport: TransportType) -> Option<Arc<TransportMetrics>> {
+        self.shared.metrics.as_ref().map(|m| m.transport(transport))
     }
 
     fn transports(&self) -> Vec<AvailableTransport> {
@@ -422,6 +450,7 @@ async fn connect<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Requ
         principal,
         query: request_query(&parts),
         headers: detached(&parts.headers),
+        metrics: endpoint.transport_metrics(TransportType::WebSockets),
     });
     let tracker = endpoint.shutdown.tracker().clone();
     upgrade.on_upgrade(move |socket| {
@@ -580,6 +609,7 @@ async fn connect_http<H: Hub>(endpoint: Arc<Endpoint<H>>, parts: Parts) -> Respo
         principal,
         query: request_query(&parts),
         headers: detached(&parts.headers),
+        metrics: endpoint.transport_metrics(transport),
     };
     let connection = HttpConnection::start(&endpoint, init, transport, token.clone());
     endpoint

@@ -159,6 +159,16 @@
 //!   the connection's queue, so the same slow-consumer rule applies.
 //! * No lock is held across an `.await`.
 //!
+//! ## Metrics and tracing
+//!
+//! A [`Metrics`] registry given to each endpoint
+//! ([`HubEndpoint::metrics`]) counts connections (by hub and transport,
+//! with the OpenTelemetry SignalR names), messages and bytes both ways and
+//! invocation latencies; [`Metrics::router`] serves them to Prometheus at
+//! `/metrics` and [`Metrics::snapshot`] gives dashboards the totals. Every
+//! invocation runs in an `invocation` tracing span carrying `rpc.service`
+//! (the hub's [name](HubEndpoint::name)), `rpc.method` and the connection id.
+//!
 //! ## Scale-out
 //!
 //! Delivery and membership go through a [`LifetimeManager`]; the default is
@@ -176,6 +186,7 @@ mod error;
 mod hub;
 mod lifetime;
 mod message;
+pub mod metrics;
 mod options;
 mod resume;
 mod serve;
@@ -196,6 +207,7 @@ pub use error::{ConnectionError, GroupError, HubError, InvokeError, SendError};
 pub use hub::{BoxFuture, Hub, MethodDescriptor, MethodFuture, MethodKind};
 pub use lifetime::{LifetimeManager, MemoryLifetimeManager, Target};
 pub use message::{ClientInvocation, SerializedMessage};
+pub use metrics::Metrics;
 pub use options::HubOptions;
 pub use serve::{Serve, serve};
 #[cfg(feature = "tls")]

@@ -500,6 +500,7 @@ mod tests {
             principal: user.map(Principal::user).unwrap_or_default(),
             query: Vec::new(),
             headers: Default::default(),
+            metrics: None,
         };
         (ConnectionHandle::new(init, tx), rx)
     }

@@ -33,6 +33,7 @@ use crate::{
     upload::{UploadItem, Uploads},
 };
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, Span};
 
 /// What a transport yields: a chunk of bytes, or why it failed. The end of
 /// the stream is a clean close.
@@ -155,6 +156,16 @@ enum End {
 }
 
 impl End {
+    /// The `signalr.connection.status` of the ending, as ASP.NET Core
+    /// reports it: only timeouts and shutdowns are told apart.
+    fn status(&self) -> &'static str {
+        match self {
+            End::ClientTimeout => "timeout",
+            End::Shutdown => "app_shutdown",
+            _ => "normal_closure",
+        }
+    }
+
     /// The Close message to send and the error to hand to `on_disconnected`.
     fn into_parts(self, detailed: bool) -> (Option<Close>, Option<ConnectionError>) {
         fn with_error(error: &ConnectionError, detailed: bool) -> Close {
@@ -226,6 +237,10 @@ pub(crate) async fn run<H, S>(
 
     lifetime.on_connected(&connection).await;
     tracing::debug!(connection_id = %connection.id(), protocol = %connection.protocol(), "connected");
+    let started = Instant::now();
+    if let Some(metrics) = connection.metrics() {
+        metrics.connected();
+    }
 
     // Client results are refused inside on_connected: this connection is
     // not read until it returns, so no answer could arrive.
@@ -257,9 +272,13 @@ pub(crate) async fn run<H, S>(
                 sequence: InboundSequence::default(),
             };
             reader.decoder.push(&leftover);
+            reader.received_bytes(leftover.len());
             reader.read_loop(&mut inbound).await
         }
     };
+    if let Some(metrics) = connection.metrics() {
+        metrics.disconnected(started.elapsed(), end.status());
+    }
 
     let (close, error) = end.into_parts(detailed);
     let frame = close.map(|close| encode(connection.protocol(), &HubMessage::Close(close)));
@@ -327,6 +346,9 @@ impl<H: Hub> Reader<'_, H> {
             loop {
                 match self.decoder.next_message() {
                     Ok(Some(message)) => {
+                        if let Some(metrics) = connection.metrics() {
+                            metrics.received(1, 0);
+                        }
                         match self.admit(&message) {
                             Ok(true) => {}
                             Ok(false) => continue,
@@ -383,10 +405,17 @@ impl<H: Hub> Reader<'_, H> {
                             );
                             self.sequence.reattached();
                         }
+                        self.received_bytes(bytes.len());
                         self.decoder.push(&bytes);
                     }
                 },
             }
+        }
+    }
+
+    fn received_bytes(&self, bytes: usize) {
+        if let Some(metrics) = self.cx.connection().metrics() {
+            metrics.received(0, bytes);
         }
     }
 
@@ -520,8 +549,10 @@ impl<H: Hub> Reader<'_, H> {
         streaming: bool,
         shutdown: &CancellationToken,
     ) -> Option<End> {
+        let received = Instant::now();
         let connection = self.cx.connection();
         let detailed = self.endpoint.shared.options.enable_detailed_errors;
+        let span = invocation_span(&self.endpoint.shared.name, connection, &invocation);
         let method =
             match dispatch::prepare(&self.endpoint.methods, &invocation, streaming, detailed) {
                 Prepared::Run(method) => method,
@@ -551,13 +582,19 @@ impl<H: Hub> Reader<'_, H> {
             let (owner, uploads) = self.open_uploads(&invocation);
             let hub = Arc::clone(&self.endpoint.hub);
             let cx = self.cx.clone();
-            self.tasks.spawn(async move {
-                dispatch::run_stream(hub, method, cx, invocation, uploads, cancel).await;
-                Finished {
-                    stream: Some(id),
-                    uploads: owner,
+            if let Some(metrics) = &self.endpoint.shared.metrics {
+                metrics.stream_started();
+            }
+            self.tasks.spawn(
+                async move {
+                    dispatch::run_stream(hub, method, cx, invocation, uploads, cancel).await;
+                    Finished {
+                        stream: Some(id),
+                        uploads: owner,
+                    }
                 }
-            });
+                .instrument(span),
+            );
             return None;
         }
         // Methods fed by client streams do not take a slot either: they run
@@ -585,20 +622,35 @@ impl<H: Hub> Reader<'_, H> {
             Some(slot) => self.cx.with_scope(Scope::Invocation(Arc::clone(slot))),
             None => self.cx.clone(),
         };
-        self.tasks.spawn(async move {
-            let connection = cx.connection().clone();
-            if let Some(reply) = dispatch::run_unary(hub, method, cx, invocation, uploads).await {
-                let frame = encode(connection.protocol(), &reply);
-                connection.send_frame(frame).await;
+        let metrics = self.endpoint.shared.metrics.clone();
+        self.tasks.spawn(
+            async move {
+                let connection = cx.connection().clone();
+                let reply = dispatch::run_unary(hub, method, cx, invocation, uploads).await;
+                let failed = matches!(
+                    &reply,
+                    Some(HubMessage::Completion(tidings_protocol::Completion {
+                        result: tidings_protocol::CompletionResult::Error(_),
+                        ..
+                    }))
+                );
+                if let Some(reply) = reply {
+                    let frame = encode(connection.protocol(), &reply);
+                    connection.send_frame(frame).await;
+                }
+                if let Some(metrics) = metrics {
+                    metrics.invocation(received.elapsed(), !failed);
+                }
+                if let Some(slot) = slot {
+                    slot.release();
+                }
+                Finished {
+                    stream: None,
+                    uploads: owner,
+                }
             }
-            if let Some(slot) = slot {
-                slot.release();
-            }
-            Finished {
-                stream: None,
-                uploads: owner,
-            }
-        });
+            .instrument(span),
+        );
         None
     }
 
@@ -614,6 +666,20 @@ impl<H: Hub> Reader<'_, H> {
         let (owner, receivers) = self.uploads.open(&invocation.stream_ids, capacity);
         (Some(owner), receivers)
     }
+}
+
+/// The span of one invocation, named and attributed as the OpenTelemetry
+/// conventions for RPC name a SignalR call: `{hub}/{method}`.
+fn invocation_span(hub: &str, connection: &ConnectionHandle, invocation: &Invocation) -> Span {
+    tracing::info_span!(
+        "invocation",
+        otel.name = %format_args!("{hub}/{}", invocation.target),
+        rpc.system = "signalr",
+        rpc.service = hub,
+        rpc.method = %invocation.target,
+        signalr.connection_id = connection.id(),
+        signalr.invocation_id = invocation.invocation_id.as_deref(),
+    )
 }
 
 pub(crate) fn far_future() -> Instant {

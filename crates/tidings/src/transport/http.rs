@@ -35,6 +35,7 @@ use crate::{
     connection::{ConnectionInit, Outbound},
     endpoint::Endpoint,
     hub::Hub,
+    metrics::TransportMetrics,
     session::{self, Handshake},
 };
 
@@ -57,6 +58,8 @@ pub(crate) struct HttpConnection {
     last_poll: Mutex<Instant>,
     /// The hub protocol, once the handshake chose it.
     protocol: std::sync::OnceLock<Protocol>,
+    /// The counters of the connection's hub and transport.
+    metrics: Option<Arc<TransportMetrics>>,
 }
 
 impl HttpConnection {
@@ -84,6 +87,7 @@ impl HttpConnection {
             stop: CancellationToken::new(),
             last_poll: Mutex::new(Instant::now()),
             protocol: std::sync::OnceLock::new(),
+            metrics: init.metrics.clone(),
         });
         let task = run(
             Arc::clone(endpoint),
@@ -241,7 +245,7 @@ pub(crate) fn sse(http: Arc<HttpConnection>, keep_alive: Duration) -> Response {
             let mut closing = false;
             let mut item = first_item?;
             loop {
-                if let Some(frame) = frame_of(item, Protocol::Json, &mut closing) {
+                if let Some(frame) = http.frame_of(item, Protocol::Json, &mut closing) {
                     write_event(&mut out, &frame);
                 }
                 if closing || out.len() >= MAX_BATCH {
@@ -271,15 +275,15 @@ pub(crate) fn sse(http: Arc<HttpConnection>, keep_alive: Duration) -> Response {
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-/// The bytes of one queue entry; sets `closing` at the final entry.
-fn frame_of(item: Outbound, protocol: Protocol, closing: &mut bool) -> Option<Bytes> {
-    match item {
-        Outbound::Frame(bytes) | Outbound::Windowed { frame: bytes, .. } => Some(bytes),
-        Outbound::Shared(message) => message.frame(protocol),
-        Outbound::Close(frame) => {
-            *closing = true;
-            frame
+impl HttpConnection {
+    /// The bytes of one queue entry, counted as sent; sets `closing` at
+    /// the final entry.
+    fn frame_of(&self, item: Outbound, protocol: Protocol, closing: &mut bool) -> Option<Bytes> {
+        let frame = item.into_frame(protocol, closing);
+        if let (Some(metrics), Some(frame)) = (&self.metrics, &frame) {
+            metrics.sent(frame.len());
         }
+        frame
     }
 }
 
@@ -361,7 +365,7 @@ pub(crate) async fn poll(
         let mut closing = false;
         if let Some(mut item) = first_item {
             loop {
-                if let Some(frame) = frame_of(item, protocol, &mut closing) {
+                if let Some(frame) = http.frame_of(item, protocol, &mut closing) {
                     out.put_slice(&frame);
                 }
                 if closing || out.len() >= MAX_BATCH {

@@ -519,6 +519,7 @@ impl Writer {
         };
         let mut closing = false;
         let resume = &self.resume;
+        let connection = &self.connection;
         let frame = collect(
             first,
             &mut self.rx,
@@ -526,6 +527,8 @@ impl Writer {
             self.protocol,
             &mut closing,
             |frame| {
+                // Counted once, when first sent: replays are not new messages.
+                connection.record_sent(frame.len());
                 let mut buffer = resume.buffer();
                 buffer.push(frame.clone());
                 buffer.has_room()

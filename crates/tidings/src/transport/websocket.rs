@@ -196,7 +196,11 @@ async fn write_loop(
             () = &mut idle => Outbound::Frame(ping.clone()),
         };
         let mut closing = false;
-        let frame = match collect(first, &mut rx, &mut batch, protocol, &mut closing, |_| true) {
+        let count = |frame: &Bytes| {
+            connection.record_sent(frame.len());
+            true
+        };
+        let frame = match collect(first, &mut rx, &mut batch, protocol, &mut closing, count) {
             Some(frame) => frame,
             None if closing => break,
             None => continue,
@@ -265,7 +269,7 @@ pub(super) fn collect(
 ) -> Option<Bytes> {
     let mut more = true;
     let mut take = |item: Outbound, closing: &mut bool, more: &mut bool| {
-        let bytes = bytes_of(item, protocol, closing);
+        let bytes = item.into_frame(protocol, closing);
         if let Some(bytes) = bytes.as_ref().filter(|_| !*closing) {
             *more = admit(bytes);
         }
@@ -292,17 +296,6 @@ pub(super) fn collect(
         single
     } else {
         Some(Bytes::copy_from_slice(batch))
-    }
-}
-
-fn bytes_of(item: Outbound, protocol: Protocol, closing: &mut bool) -> Option<Bytes> {
-    match item {
-        Outbound::Frame(bytes) | Outbound::Windowed { frame: bytes, .. } => Some(bytes),
-        Outbound::Shared(message) => message.frame(protocol),
-        Outbound::Close(frame) => {
-            *closing = true;
-            frame
-        }
     }
 }
 
