@@ -22,10 +22,10 @@ use tidings_protocol::{Protocol, ToArguments};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::{
-    ConnectionHandle, GroupError, HubOptions, InvokeError, Principal, SendError,
+    ConnectionHandle, GroupError, HubOptions, InvokeError, PresenceError, Principal, SendError,
     error::short_type_name,
     hub::BoxFuture,
-    lifetime::{LifetimeManager, Target},
+    lifetime::{LifetimeManager, Member, Target},
     message::{ClientInvocation, SerializedMessage},
     metrics::HubMetrics,
 };
@@ -186,6 +186,14 @@ impl Context {
         }
     }
 
+    /// Who is connected and who is in which group, across every server of
+    /// a backplane.
+    pub fn presence(&self) -> Presence<'_> {
+        Presence {
+            lifetime: &*self.hub.lifetime,
+        }
+    }
+
     pub(crate) fn options(&self) -> &HubOptions {
         &self.hub.options
     }
@@ -226,6 +234,14 @@ impl HubContext {
     /// Group membership.
     pub fn groups(&self) -> Groups<'_> {
         Groups {
+            lifetime: &*self.hub.lifetime,
+        }
+    }
+
+    /// Who is connected and who is in which group, across every server of
+    /// a backplane.
+    pub fn presence(&self) -> Presence<'_> {
+        Presence {
             lifetime: &*self.hub.lifetime,
         }
     }
@@ -568,5 +584,66 @@ impl Groups<'_> {
     /// Removes a connection from a group.
     pub async fn remove(&self, connection_id: &str, group: &str) -> Result<(), GroupError> {
         self.lifetime.remove_from_group(connection_id, group).await
+    }
+}
+
+/// Presence queries: who is connected and who is in which group.
+///
+/// With the in-memory lifetime manager the answers cover this server; with
+/// a backplane they cover every server of the cluster. Lists come sorted.
+#[derive(Clone, Copy)]
+pub struct Presence<'a> {
+    lifetime: &'a dyn LifetimeManager,
+}
+
+impl fmt::Debug for Presence<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Presence").finish_non_exhaustive()
+    }
+}
+
+impl Presence<'_> {
+    /// The ids of a user's connections.
+    pub async fn connections_of_user(&self, user_id: &str) -> Result<Vec<String>, PresenceError> {
+        let mut ids = self.lifetime.connections_of_user(user_id).await?;
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// The connections in a group, with their users.
+    pub async fn group_members(&self, group: &str) -> Result<Vec<Member>, PresenceError> {
+        let mut members = self.lifetime.group_members(group).await?;
+        members.sort_unstable();
+        Ok(members)
+    }
+
+    /// The distinct users with a connection in a group (anonymous
+    /// connections are left out).
+    pub async fn users_in_group(&self, group: &str) -> Result<Vec<String>, PresenceError> {
+        let mut users: Vec<String> = self
+            .lifetime
+            .group_members(group)
+            .await?
+            .into_iter()
+            .filter_map(|m| m.user_id)
+            .collect();
+        users.sort_unstable();
+        users.dedup();
+        Ok(users)
+    }
+
+    /// The groups a connection is in.
+    pub async fn groups_of_connection(
+        &self,
+        connection_id: &str,
+    ) -> Result<Vec<String>, PresenceError> {
+        let mut groups = self.lifetime.groups_of_connection(connection_id).await?;
+        groups.sort_unstable();
+        Ok(groups)
+    }
+
+    /// How many distinct users are connected.
+    pub async fn online_user_count(&self) -> Result<usize, PresenceError> {
+        self.lifetime.online_user_count().await
     }
 }

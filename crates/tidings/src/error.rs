@@ -1,7 +1,8 @@
 //! Errors: what a hub method returns ([`HubError`]), why a connection ended
 //! ([`ConnectionError`]), what sending to clients can fail with
-//! ([`SendError`]), and why a client result was not obtained
-//! ([`InvokeError`]).
+//! ([`SendError`]), why a client result was not obtained
+//! ([`InvokeError`]), and why a presence query was not answered
+//! ([`PresenceError`]).
 //!
 //! The texts mirror ASP.NET Core SignalR on purpose: clients written against
 //! ASP.NET Core match on them (`HubException: …`, `Connection closed with an
@@ -186,6 +187,18 @@ pub enum GroupError {
     /// The lifetime manager (for example a backplane) failed.
     #[error("could not change the group membership: {0}")]
     Delivery(String),
+}
+
+/// Failure to answer a presence query ([`Presence`](crate::Presence)).
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum PresenceError {
+    /// The lifetime manager keeps no presence information.
+    #[error("this lifetime manager does not answer presence queries")]
+    Unsupported,
+    /// The lifetime manager (for example a backplane) failed to answer.
+    #[error("could not read presence: {0}")]
+    Backend(String),
 }
 
 /// Why a client result ([`SingleClientProxy::invoke`](crate::SingleClientProxy::invoke))

@@ -193,19 +193,21 @@ mod serve;
 mod session;
 mod shutdown;
 pub mod sse;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod transport;
 mod upload;
 
 pub use auth::{AuthError, Authenticator, Principal, bearer_token};
 pub use connection::ConnectionHandle;
 pub use context::{
-    ClientInvoke, ClientProxy, Clients, Context, Groups, HubContext, SingleClientProxy,
+    ClientInvoke, ClientProxy, Clients, Context, Groups, HubContext, Presence, SingleClientProxy,
 };
 pub use dispatch::{Call, MethodOutput};
 pub use endpoint::HubEndpoint;
-pub use error::{ConnectionError, GroupError, HubError, InvokeError, SendError};
+pub use error::{ConnectionError, GroupError, HubError, InvokeError, PresenceError, SendError};
 pub use hub::{BoxFuture, Hub, MethodDescriptor, MethodFuture, MethodKind};
-pub use lifetime::{LifetimeManager, MemoryLifetimeManager, Target};
+pub use lifetime::{LifetimeManager, Member, MemoryLifetimeManager, Target};
 pub use message::{ClientInvocation, SerializedMessage};
 pub use metrics::Metrics;
 pub use options::HubOptions;

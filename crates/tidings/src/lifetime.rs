@@ -15,6 +15,10 @@
 //! Completion. The in-memory manager keeps the pending answers per
 //! connection, so a connection can only answer what it was asked, and its
 //! departure fails whatever it still owes.
+//!
+//! Presence queries (who is connected, who is in a group) go through the
+//! manager as well: the in-memory manager answers from its own indexes, a
+//! backplane answers for the whole cluster.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -28,7 +32,7 @@ use tidings_protocol::{Completion, CompletionResult, Payload};
 use tokio::sync::oneshot;
 
 use crate::{
-    ConnectionHandle, GroupError, InvokeError, SendError,
+    ConnectionHandle, GroupError, InvokeError, PresenceError, SendError,
     hub::BoxFuture,
     message::{ClientInvocation, SerializedMessage},
 };
@@ -57,9 +61,35 @@ pub enum Target {
     Users(Vec<String>),
 }
 
+/// A connection as presence queries report it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub struct Member {
+    /// The public connection id.
+    pub connection_id: String,
+    /// The connection's user identifier, if authenticated.
+    pub user_id: Option<String>,
+}
+
+impl Member {
+    /// A member with this connection id and user.
+    pub fn new(connection_id: impl Into<String>, user_id: Option<String>) -> Self {
+        Member {
+            connection_id: connection_id.into(),
+            user_id,
+        }
+    }
+}
+
 /// Tracks connections and groups and delivers messages to targets.
 ///
 /// Implementations must be cheap to call concurrently from many tasks.
+///
+/// A backplane implements it for a cluster of servers: every target reaches
+/// the matching connections of every server, group changes work for
+/// connections of any server, and presence queries answer for the whole
+/// cluster. The specification every implementation must pass is
+/// `tidings::testing::spec` (feature `testing`).
 pub trait LifetimeManager: Send + Sync + 'static {
     /// A connection completed its handshake.
     fn on_connected<'a>(&'a self, connection: &'a ConnectionHandle) -> BoxFuture<'a, ()>;
@@ -110,6 +140,39 @@ pub trait LifetimeManager: Send + Sync + 'static {
         connection_id: &'a str,
         completion: Completion,
     ) -> BoxFuture<'a, ()>;
+
+    /// The ids of the connections of a user, on every server.
+    fn connections_of_user<'a>(
+        &'a self,
+        user_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, PresenceError>> {
+        let _ = user_id;
+        Box::pin(async { Err(PresenceError::Unsupported) })
+    }
+
+    /// The members of a group, on every server.
+    fn group_members<'a>(
+        &'a self,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<Member>, PresenceError>> {
+        let _ = group;
+        Box::pin(async { Err(PresenceError::Unsupported) })
+    }
+
+    /// The groups a connection (of any server) is in.
+    fn groups_of_connection<'a>(
+        &'a self,
+        connection_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, PresenceError>> {
+        let _ = connection_id;
+        Box::pin(async { Err(PresenceError::Unsupported) })
+    }
+
+    /// How many distinct users have at least one connection, on every
+    /// server (anonymous connections are not counted).
+    fn online_user_count(&self) -> BoxFuture<'_, Result<usize, PresenceError>> {
+        Box::pin(async { Err(PresenceError::Unsupported) })
+    }
 }
 
 /// The single-server lifetime manager: everything in memory.
@@ -230,6 +293,87 @@ impl MemoryLifetimeManager {
         true
     }
 
+    /// How many local connections are in a group.
+    pub fn group_size(&self, group: &str) -> usize {
+        self.read().groups.get(group).map_or(0, HashMap::len)
+    }
+
+    /// How many local connections a user has.
+    pub fn user_connection_count(&self, user_id: &str) -> usize {
+        self.read().users.get(user_id).map_or(0, HashMap::len)
+    }
+
+    /// The ids of the local connections of a user.
+    pub fn local_connections_of_user(&self, user_id: &str) -> Vec<String> {
+        self.read()
+            .users
+            .get(user_id)
+            .map(|m| m.keys().map(|id| id.to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The local members of a group.
+    pub fn local_group_members(&self, group: &str) -> Vec<Member> {
+        self.read()
+            .groups
+            .get(group)
+            .map(|members| {
+                members
+                    .values()
+                    .map(|h| Member::new(h.id(), h.user_id().map(str::to_owned)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The local connections, as presence reports them.
+    pub fn local_members(&self) -> Vec<Member> {
+        self.read()
+            .connections
+            .values()
+            .map(|e| Member::new(e.handle.id(), e.handle.user_id().map(str::to_owned)))
+            .collect()
+    }
+
+    /// How many distinct users have a local connection.
+    pub fn local_user_count(&self) -> usize {
+        self.read().users.len()
+    }
+
+    /// Delivers a message to the local members of `group` except the
+    /// `excluded` connections and the members of any of `earlier` groups;
+    /// returns how many connections it was queued for.
+    ///
+    /// A backplane uses it for a message to several groups, sent as one
+    /// publish per group: a connection in several of them is then served
+    /// only for the first of its groups in the list, so it receives one copy.
+    pub fn send_local_to_group_once(
+        &self,
+        group: &str,
+        excluded: &[String],
+        earlier: &[String],
+        message: &Arc<SerializedMessage>,
+    ) -> usize {
+        let state = self.read();
+        let Some(members) = state.groups.get(group) else {
+            return 0;
+        };
+        let in_earlier = |id: &str| {
+            earlier.iter().any(|g| {
+                state
+                    .groups
+                    .get(g.as_str())
+                    .is_some_and(|m| m.contains_key(id))
+            })
+        };
+        members
+            .iter()
+            .filter(|(id, _)| !excluded.iter().any(|x| x.as_str() == &***id))
+            .filter(|(id, _)| !in_earlier(id))
+            .filter(|(_, handle)| handle.send(message))
+            .count()
+    }
+
     /// The groups a local connection is in.
     pub fn groups_of(&self, connection_id: &str) -> Vec<String> {
         self.read()
@@ -322,6 +466,21 @@ impl MemoryLifetimeManager {
     ) -> Result<Payload, InvokeError> {
         let number = self.last_invocation.fetch_add(1, Ordering::Relaxed) + 1;
         let id: Box<str> = format!("s{number}").into();
+        let message = invocation.into_message(id.clone());
+        self.invoke_local_message(connection_id, id, message).await
+    }
+
+    /// Sends a client result's invocation, already carrying its id
+    /// `invocation_id`, to a local connection and waits for the answer.
+    /// A backplane uses it for invocations that arrive from other servers
+    /// already serialized ([`SerializedMessage::from_frames`]).
+    pub async fn invoke_local_message(
+        &self,
+        connection_id: &str,
+        invocation_id: Box<str>,
+        message: SerializedMessage,
+    ) -> Result<Payload, InvokeError> {
+        let id = invocation_id;
         let (tx, rx) = oneshot::channel();
         let handle = {
             let mut state = self.write();
@@ -338,9 +497,7 @@ impl MemoryLifetimeManager {
             connection_id,
             id: &id,
         };
-        let frame = invocation
-            .into_message(id.clone())
-            .try_frame(handle.protocol())?;
+        let frame = message.try_frame(handle.protocol())?;
         // Like a reply, this waits for room in the connection's queue
         // rather than closing a busy connection: the caller waits anyway.
         if !handle.send_frame(frame).await {
@@ -478,6 +635,35 @@ impl LifetimeManager for MemoryLifetimeManager {
     ) -> BoxFuture<'a, ()> {
         self.complete_local(connection_id, completion);
         Box::pin(async {})
+    }
+
+    fn connections_of_user<'a>(
+        &'a self,
+        user_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, PresenceError>> {
+        let found = self.local_connections_of_user(user_id);
+        Box::pin(async { Ok(found) })
+    }
+
+    fn group_members<'a>(
+        &'a self,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<Member>, PresenceError>> {
+        let found = self.local_group_members(group);
+        Box::pin(async { Ok(found) })
+    }
+
+    fn groups_of_connection<'a>(
+        &'a self,
+        connection_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, PresenceError>> {
+        let found = self.groups_of(connection_id);
+        Box::pin(async { Ok(found) })
+    }
+
+    fn online_user_count(&self) -> BoxFuture<'_, Result<usize, PresenceError>> {
+        let count = self.local_user_count();
+        Box::pin(async move { Ok(count) })
     }
 }
 
