@@ -7,6 +7,13 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# The backplane tests start their own redis-server (on a free port).
+if ! command -v redis-server > /dev/null; then
+    step "installing redis-server"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq redis-server > /dev/null
+fi
+
 # The Python server of the Rust client's interop tests installs while Rust builds.
 mkdir -p target
 bash scripts/aiosignalr-venv.sh > target/aiosignalr-python 2> target/aiosignalr-venv.log &

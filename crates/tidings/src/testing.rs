@@ -236,6 +236,21 @@ pub mod spec {
         all
     }
 
+    /// [`fence`] from each of `servers` in turn (each sent messages under
+    /// test): per connection, everything received before the last fence.
+    async fn fences(
+        servers: &[&Arc<dyn LifetimeManager>],
+        connections: &mut [&mut TestConnection],
+    ) -> Vec<Vec<(String, Value)>> {
+        let mut all = vec![Vec::new(); connections.len()];
+        for server in servers {
+            for (seen, more) in all.iter_mut().zip(fence(server, connections).await) {
+                seen.extend(more);
+            }
+        }
+        all
+    }
+
     fn got(method: &str, arg: Value) -> (String, Value) {
         (method.to_owned(), arg)
     }
@@ -262,7 +277,7 @@ pub mod spec {
         let mut c = connect(&s[2], &id("c"), None).await;
         send(&s[0], Target::All, "M", json!(1)).await;
         send(&s[2], Target::All, "M", json!(2)).await;
-        let seen = fence(&s[2], &mut [&mut a, &mut b, &mut c]).await;
+        let seen = fences(&[&s[0], &s[2]], &mut [&mut a, &mut b, &mut c]).await;
         for (i, messages) in seen.iter().enumerate() {
             let mut numbers: Vec<_> = messages.iter().map(|(_, v)| v.clone()).collect();
             numbers.sort_by_key(|v| v.as_i64());
@@ -370,7 +385,7 @@ pub mod spec {
         let groups = vec!["g1".to_owned(), "g2".to_owned(), "empty".to_owned()];
         send(&s[1], Target::Groups(groups.clone()), "G", json!(1)).await;
         send(&s[0], Target::Groups(groups), "G", json!(2)).await;
-        let seen = fence(&s[0], &mut [&mut a, &mut b, &mut c]).await;
+        let seen = fences(&[&s[1], &s[0]], &mut [&mut a, &mut b, &mut c]).await;
         for messages in &seen[..2] {
             let mut numbers: Vec<_> = messages.iter().map(|(_, v)| v.clone()).collect();
             numbers.sort_by_key(|v| v.as_i64());

@@ -1,0 +1,323 @@
+//! # tidings-redis
+//!
+//! A Redis backplane for [tidings](tidings): several tidings servers behind
+//! a load balancer act as one. A message to all clients, a group, a user or
+//! one connection reaches it on whichever server it is connected to; group
+//! membership works for connections of any server; client results reach a
+//! connection elsewhere; presence queries answer for the whole cluster.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use tidings::HubEndpoint;
+//! use tidings_redis::{RedisBackplane, RedisOptions};
+//! # struct Chat;
+//! # #[tidings::hub] impl Chat { async fn ping(&self) {} }
+//!
+//! let backplane = RedisBackplane::connect(RedisOptions::new("redis://127.0.0.1:6379"))?;
+//! let chat = HubEndpoint::new(Chat).lifetime_manager(backplane.lifetime_manager("MyApp.ChatHub"));
+//! # let _ = chat; Ok(()) }
+//! ```
+//!
+//! ## Wire format
+//!
+//! The channels and payloads are those of ASP.NET Core's
+//! `Microsoft.AspNetCore.SignalR.StackExchangeRedis` (`{prefix}{hub}:all`,
+//! `:connection:{id}`, `:group:{name}`, `:user:{id}`, `:internal:groups`,
+//! `:internal:ack:{server}`, `:internal:return:{server}`; MessagePack
+//! envelopes carrying the message pre-serialized in every protocol), so a
+//! tidings server and an ASP.NET Core server configured with the same hub
+//! name and prefix can share one backplane. tidings adds a trailing
+//! extension item that ASP.NET Core ignores (see the `wire` module), and
+//! its own keys for presence and the server registry.
+//!
+//! ## When Redis fails
+//!
+//! Local delivery never waits for Redis. Cross-server messages go through a
+//! bounded outbox ([`RedisOptions::buffer`]); while Redis is away they wait
+//! there, and are published after the reconnect (with exponential backoff),
+//! once the other servers are back and subscribed. Messages that do not fit
+//! are dropped, counted ([`BackplaneStats::dropped`]) and logged. A message
+//! published again after a failure is recognised by its sequence number
+//! and delivered once.
+//!
+//! ## Presence
+//!
+//! Each server keeps its connections, users and groups in Redis hashes and
+//! sets, tagged with its server id; a server whose heartbeat stops is
+//! purged by the others.
+
+mod link;
+mod manager;
+mod presence;
+mod wire;
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::time::sleep;
+
+pub use link::BackplaneStats;
+pub use manager::RedisLifetimeManager;
+
+use crate::link::{Link, addresses_key, lock, now_ms, servers_key};
+
+/// Settings of a [`RedisBackplane`].
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    url: String,
+    pub(crate) channel_prefix: String,
+    pub(crate) advertise: Option<String>,
+    pub(crate) buffer_messages: usize,
+    pub(crate) buffer_bytes: usize,
+    pub(crate) reconnect_min: Duration,
+    pub(crate) reconnect_max: Duration,
+    pub(crate) command_timeout: Duration,
+    pub(crate) ack_timeout: Duration,
+    pub(crate) resubscribe_grace: Duration,
+    pub(crate) heartbeat: Duration,
+    pub(crate) server_ttl: Duration,
+}
+
+impl RedisOptions {
+    /// Settings for the Redis server at `url` (`redis://host:port/db`,
+    /// `rediss://` for TLS is not built in), with the defaults below.
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisOptions {
+            url: url.into(),
+            channel_prefix: String::new(),
+            advertise: None,
+            buffer_messages: 10_000,
+            buffer_bytes: 32 << 20,
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+            command_timeout: Duration::from_secs(5),
+            ack_timeout: Duration::from_secs(30),
+            resubscribe_grace: Duration::from_secs(5),
+            heartbeat: Duration::from_secs(2),
+            server_ttl: Duration::from_secs(10),
+        }
+    }
+
+    /// Prepended verbatim to every channel and key (StackExchange.Redis's
+    /// `ChannelPrefix`): applications sharing one Redis stay apart.
+    pub fn channel_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.channel_prefix = prefix.into();
+        self
+    }
+
+    /// The address (`host:port`) other servers use to reach this one,
+    /// published in the server registry.
+    pub fn advertise(mut self, address: impl Into<String>) -> Self {
+        self.advertise = Some(address.into());
+        self
+    }
+
+    /// Bounds the outbox of cross-server messages waiting for Redis, in
+    /// messages and bytes (default 10 000 and 32 MiB).
+    pub fn buffer(mut self, messages: usize, bytes: usize) -> Self {
+        self.buffer_messages = messages;
+        self.buffer_bytes = bytes;
+        self
+    }
+
+    /// The reconnect backoff: the first wait, doubled up to `max`
+    /// (default 100 ms to 5 s), with jitter.
+    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.reconnect_min = min;
+        self.reconnect_max = max.max(min);
+        self
+    }
+
+    /// Limit of one Redis command and of a connection attempt (default 5 s).
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// How long a group change of another server's connection waits for
+    /// that server's acknowledgement (default 30 s, as in ASP.NET Core).
+    pub fn ack_timeout(mut self, timeout: Duration) -> Self {
+        self.ack_timeout = timeout;
+        self
+    }
+
+    /// After a reconnect, how long buffered messages wait for the other
+    /// servers to re-subscribe before they are published (default 5 s).
+    pub fn resubscribe_grace(mut self, grace: Duration) -> Self {
+        self.resubscribe_grace = grace;
+        self
+    }
+
+    /// How often the server renews its registration, and after how long
+    /// without renewal it is considered gone and its presence entries are
+    /// purged (default 2 s and 10 s).
+    pub fn heartbeat(mut self, every: Duration, ttl: Duration) -> Self {
+        self.heartbeat = every;
+        self.server_ttl = ttl.max(every * 2);
+        self
+    }
+}
+
+/// Why the backplane could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackplaneError {
+    /// The Redis URL is not usable.
+    #[error("invalid Redis URL: {0}")]
+    Url(String),
+}
+
+/// A connection to Redis shared by the hubs of one server.
+///
+/// Create one per process with [`connect`](Self::connect), then one
+/// [`RedisLifetimeManager`] per hub with
+/// [`lifetime_manager`](Self::lifetime_manager). Dropping the backplane
+/// stops its background tasks.
+pub struct RedisBackplane {
+    link: Arc<Link>,
+}
+
+impl std::fmt::Debug for RedisBackplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackplane")
+            .field("server_id", &self.link.server_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBackplane {
+    /// Starts the backplane. It connects in the background and keeps
+    /// reconnecting: a server starts (and serves its own clients) while
+    /// Redis is away. Must be called inside a Tokio runtime.
+    pub fn connect(options: RedisOptions) -> Result<Self, BackplaneError> {
+        use redis::IntoConnectionInfo;
+        let info = options
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| BackplaneError::Url(e.to_string()))?;
+        // Pub/sub and commands share one multiplexed connection: RESP3.
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let info = info.set_redis_settings(settings);
+        let client = redis::Client::open(info).map_err(|e| BackplaneError::Url(e.to_string()))?;
+        let server_id = format!("{:016x}", rand::random::<u64>());
+        let link = Link::new(client, options, server_id);
+        link.start();
+        tokio::spawn(heartbeat(Arc::clone(&link)));
+        Ok(RedisBackplane { link })
+    }
+
+    /// Waits until the backplane is connected and subscribed; false if
+    /// that did not happen within `wait`.
+    pub async fn wait_connected(&self, wait: Duration) -> bool {
+        self.link.wait_up(wait).await
+    }
+
+    /// The lifetime manager of one hub. `hub` names the hub on the
+    /// backplane (for ASP.NET Core servers sharing it: the hub class's full
+    /// .NET name); every server must use the same name for the same hub.
+    pub fn lifetime_manager(&self, hub: &str) -> Arc<RedisLifetimeManager> {
+        Arc::new(RedisLifetimeManager::new(Arc::clone(&self.link), hub))
+    }
+
+    /// This server's id on the backplane (random, per process).
+    pub fn server_id(&self) -> &str {
+        &self.link.server_id
+    }
+
+    /// The backplane's counters now.
+    pub fn stats(&self) -> BackplaneStats {
+        self.link.stats()
+    }
+
+    /// The advertised address of a live server, from the registry.
+    pub async fn server_address(&self, server_id: &str) -> Option<String> {
+        let mut connection = self.link.connection()?;
+        let prefix = &self.link.options.channel_prefix;
+        let expires: Option<u64> = redis::cmd("ZSCORE")
+            .arg(servers_key(prefix))
+            .arg(server_id)
+            .query_async(&mut connection)
+            .await
+            .ok()?;
+        if expires? < now_ms() {
+            return None;
+        }
+        redis::cmd("HGET")
+            .arg(addresses_key(prefix))
+            .arg(server_id)
+            .query_async(&mut connection)
+            .await
+            .ok()?
+    }
+}
+
+impl Drop for RedisBackplane {
+    fn drop(&mut self) {
+        self.link.stop.cancel();
+    }
+}
+
+/// Renews this server's registration, learns the live servers, and purges
+/// the presence entries of servers whose registration expired.
+async fn heartbeat(link: Arc<Link>) {
+    loop {
+        tokio::select! {
+            () = sleep(link.options.heartbeat) => {}
+            () = link.stop.cancelled() => return,
+        }
+        let Some(mut connection) = link.connection() else {
+            continue;
+        };
+        if let Err(error) = link::register(&link, &mut connection).await {
+            tracing::debug!(%error, "heartbeat failed");
+            continue;
+        }
+        let key = servers_key(&link.options.channel_prefix);
+        let now = now_ms();
+        let live: redis::RedisResult<Vec<String>> = redis::cmd("ZRANGEBYSCORE")
+            .arg(&key)
+            .arg(now)
+            .arg("+inf")
+            .query_async(&mut connection)
+            .await;
+        if let Ok(live) = live {
+            *lock(&link.peers) = live.into_iter().filter(|s| *s != link.server_id).collect();
+        }
+        let dead: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(&key)
+            .arg("-inf")
+            .arg(format!("({now}"))
+            .query_async(&mut connection)
+            .await
+            .unwrap_or_default();
+        for server in dead {
+            let hubs: Vec<_> = lock(&link.hubs)
+                .iter()
+                .filter_map(std::sync::Weak::upgrade)
+                .collect();
+            let mut purged = 0;
+            for hub in hubs {
+                purged += hub
+                    .presence
+                    .purge(&mut connection, &server)
+                    .await
+                    .unwrap_or(0);
+            }
+            tracing::info!(
+                server,
+                purged,
+                "a server stopped renewing its registration; its connections were forgotten"
+            );
+            let _: redis::RedisResult<()> = redis::pipe()
+                .zrem(&key, &server)
+                .ignore()
+                .hdel(addresses_key(&link.options.channel_prefix), &server)
+                .ignore()
+                .exec_async(&mut connection)
+                .await;
+        }
+    }
+}

@@ -1,0 +1,675 @@
+//! The link to Redis: one multiplexed RESP3 connection per server, and the
+//! tasks that keep it useful through failures.
+//!
+//! * The **supervisor** connects (with exponential backoff and jitter),
+//!   subscribes every wanted channel, registers the server, and only then
+//!   declares the link up. While up it applies subscription changes in
+//!   batches; when the connection breaks it starts over. Subscriptions are
+//!   desired state ([`Link::want`]): what is wanted while Redis is away is
+//!   subscribed when it is back.
+//! * The **receiver** of each connection turns pushed messages into calls
+//!   of the hub that wants the channel ([`Route`]), dropping a message the
+//!   same server already published once (sequence numbers survive a
+//!   resend after a failure).
+//! * The **publisher** drains the outbox: publishes queued by
+//!   [`Link::publish`], which never waits. It sends them in pipelined
+//!   batches; a batch that fails stays at the front and is sent again after
+//!   the reconnect. After a reconnect it first waits (up to the resubscribe
+//!   grace) until the servers it knew are registered again — registered
+//!   means subscribed — so what was buffered reaches them.
+//!
+//! The outbox is bounded in messages and bytes. When it is full, new
+//! publishes are refused, counted in [`BackplaneStats::dropped`] and logged;
+//! nothing ever waits for Redis on the delivery path.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    sync::{
+        Arc, Mutex, RwLock, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use redis::{PushInfo, PushKind, Value, aio::MultiplexedConnection};
+use tokio::{
+    sync::{Notify, mpsc, watch},
+    time::{Instant, sleep, timeout},
+};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::{RedisOptions, manager::HubCore, wire::ChannelKind};
+
+/// Where a subscribed channel's messages go.
+#[derive(Clone)]
+pub(crate) struct Route {
+    pub hub: Weak<HubCore>,
+    pub kind: ChannelKind,
+}
+
+/// Counters of the backplane, for logs and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BackplaneStats {
+    /// Messages published to Redis.
+    pub published: u64,
+    /// Messages waiting in the outbox (Redis away or slow).
+    pub buffered: u64,
+    /// Messages refused because the outbox was full.
+    pub dropped: u64,
+    /// Messages received from other servers.
+    pub received: u64,
+    /// Messages received twice (a resend after a failure) and dropped.
+    pub duplicates: u64,
+    /// Successful connections to Redis after the first.
+    pub reconnects: u64,
+    /// Whether the link is up now.
+    pub connected: bool,
+}
+
+/// The current connection, when the link is up.
+#[derive(Clone)]
+pub(crate) enum State {
+    Down,
+    Up {
+        connection: MultiplexedConnection,
+        epoch: u64,
+    },
+}
+
+struct Publish {
+    channel: String,
+    payload: Bytes,
+}
+
+#[derive(Default)]
+struct Outbox {
+    queue: VecDeque<Publish>,
+    bytes: usize,
+}
+
+#[derive(Default)]
+struct Pending {
+    /// Channels whose subscription may have to change.
+    changed: Vec<String>,
+    /// Bumped with every change.
+    generation: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    published: AtomicU64,
+    dropped: AtomicU64,
+    received: AtomicU64,
+    duplicates: AtomicU64,
+    reconnects: AtomicU64,
+}
+
+pub(crate) struct Link {
+    client: redis::Client,
+    pub options: RedisOptions,
+    pub server_id: String,
+    state: watch::Sender<State>,
+    routes: RwLock<HashMap<String, Route>>,
+    pending: Mutex<Pending>,
+    applied: watch::Sender<u64>,
+    nudge: Notify,
+    outbox: Mutex<Outbox>,
+    outbox_ready: Notify,
+    seq: AtomicU64,
+    /// The last sequence number seen from each other server.
+    seen: Mutex<HashMap<String, u64>>,
+    /// Other live servers, as of the last heartbeat.
+    pub peers: Mutex<HashSet<String>>,
+    counters: Counters,
+    /// Hubs to tell about a reconnect (they resynchronize presence).
+    pub hubs: Mutex<Vec<Weak<HubCore>>>,
+    pub stop: CancellationToken,
+}
+
+/// The registry keys (process-wide, under the channel prefix).
+pub(crate) fn servers_key(prefix: &str) -> String {
+    format!("{prefix}tidings:servers")
+}
+
+pub(crate) fn addresses_key(prefix: &str) -> String {
+    format!("{prefix}tidings:addresses")
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Link {
+    pub fn new(client: redis::Client, options: RedisOptions, server_id: String) -> Arc<Self> {
+        Arc::new(Link {
+            client,
+            options,
+            server_id,
+            state: watch::Sender::new(State::Down),
+            routes: RwLock::new(HashMap::new()),
+            pending: Mutex::new(Pending::default()),
+            applied: watch::Sender::new(0),
+            nudge: Notify::new(),
+            outbox: Mutex::new(Outbox::default()),
+            outbox_ready: Notify::new(),
+            seq: AtomicU64::new(0),
+            seen: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashSet::new()),
+            counters: Counters::default(),
+            hubs: Mutex::new(Vec::new()),
+            stop: Default::default(),
+        })
+    }
+
+    /// Starts the supervisor and the publisher.
+    pub fn start(self: &Arc<Self>) {
+        tokio::spawn(supervise(Arc::clone(self)));
+        tokio::spawn(publish_loop(Arc::clone(self)));
+    }
+
+    pub fn stats(&self) -> BackplaneStats {
+        let c = &self.counters;
+        BackplaneStats {
+            published: c.published.load(Ordering::Relaxed),
+            buffered: lock(&self.outbox).queue.len() as u64,
+            dropped: c.dropped.load(Ordering::Relaxed),
+            received: c.received.load(Ordering::Relaxed),
+            duplicates: c.duplicates.load(Ordering::Relaxed),
+            reconnects: c.reconnects.load(Ordering::Relaxed),
+            connected: self.connection().is_some(),
+        }
+    }
+
+    /// The connection, if the link is up now.
+    pub fn connection(&self) -> Option<MultiplexedConnection> {
+        match &*self.state.borrow() {
+            State::Up { connection, .. } => Some(connection.clone()),
+            State::Down => None,
+        }
+    }
+
+    pub fn subscribe_state(&self) -> watch::Receiver<State> {
+        self.state.subscribe()
+    }
+
+    /// Waits until the link is up (or `wait` passed).
+    pub async fn wait_up(&self, wait: Duration) -> bool {
+        let mut state = self.state.subscribe();
+        timeout(wait, state.wait_for(|s| matches!(s, State::Up { .. })))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// The next publish sequence number.
+    pub fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Makes `channel` wanted (true) or not (false) and returns the change's
+    /// generation, for [`wait_applied`](Self::wait_applied). Callers that
+    /// must order changes of one channel hold their own lock around it.
+    pub fn want(&self, channel: String, route: Option<Route>) -> u64 {
+        {
+            let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+            match route {
+                Some(route) => {
+                    routes.insert(channel.clone(), route);
+                }
+                None => {
+                    routes.remove(&channel);
+                }
+            }
+        }
+        let generation = {
+            let mut pending = lock(&self.pending);
+            pending.changed.push(channel);
+            pending.generation += 1;
+            pending.generation
+        };
+        self.nudge.notify_one();
+        generation
+    }
+
+    pub fn is_wanted(&self, channel: &str) -> bool {
+        self.routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(channel)
+    }
+
+    /// Waits until the subscription changes up to `generation` reached
+    /// Redis. Returns at once while the link is down (the changes are made
+    /// when it is back) and gives up after the command timeout.
+    pub async fn wait_applied(&self, generation: u64) {
+        let mut applied = self.applied.subscribe();
+        let mut state = self.state.subscribe();
+        let _ = timeout(self.options.command_timeout, async {
+            loop {
+                if *applied.borrow_and_update() >= generation {
+                    return;
+                }
+                if matches!(*state.borrow_and_update(), State::Down) {
+                    return;
+                }
+                tokio::select! {
+                    changed = applied.changed() => if changed.is_err() { return },
+                    changed = state.changed() => if changed.is_err() { return },
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Queues a publish; never waits. Returns false if the outbox is full
+    /// (the message is dropped and counted).
+    pub fn publish(&self, channel: String, payload: Bytes) -> bool {
+        let mut outbox = lock(&self.outbox);
+        let full = outbox.queue.len() >= self.options.buffer_messages
+            || outbox.bytes + payload.len() > self.options.buffer_bytes;
+        if full {
+            drop(outbox);
+            let dropped = self.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            // One line per burst, not one per message.
+            if dropped.is_power_of_two() || dropped.is_multiple_of(1000) {
+                tracing::warn!(
+                    dropped,
+                    limit_messages = self.options.buffer_messages,
+                    limit_bytes = self.options.buffer_bytes,
+                    "backplane outbox full; cross-server messages dropped"
+                );
+            }
+            return false;
+        }
+        outbox.bytes += payload.len();
+        outbox.queue.push_back(Publish { channel, payload });
+        drop(outbox);
+        self.outbox_ready.notify_one();
+        true
+    }
+
+    /// Whether a message from `origin` numbered `seq` is new; records it.
+    fn fresh(&self, origin: &str, seq: u64) -> bool {
+        let mut seen = lock(&self.seen);
+        match seen.get_mut(origin) {
+            Some(last) if *last >= seq => false,
+            Some(last) => {
+                *last = seq;
+                true
+            }
+            None => {
+                seen.insert(origin.to_owned(), seq);
+                true
+            }
+        }
+    }
+
+    /// Filters received envelopes: not from this server, not seen before.
+    pub fn accept(&self, origin: Option<&str>, seq: Option<u64>) -> bool {
+        match (origin, seq) {
+            (Some(origin), _) if origin == self.server_id => false,
+            (Some(origin), Some(seq)) => {
+                let fresh = self.fresh(origin, seq);
+                if !fresh {
+                    self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                }
+                fresh
+            }
+            _ => true,
+        }
+    }
+
+    fn route(&self, channel: &str) -> Option<Route> {
+        self.routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(channel)
+            .cloned()
+    }
+
+    fn set_state(&self, state: State) {
+        self.state.send_replace(state);
+    }
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Connects, subscribes, registers; keeps subscriptions in line with what
+/// is wanted; starts over when the connection breaks.
+async fn supervise(link: Arc<Link>) {
+    let mut backoff = link.options.reconnect_min;
+    let mut epoch = 0u64;
+    while !link.stop.is_cancelled() {
+        let (push_tx, push_rx) = mpsc::unbounded_channel();
+        let config = redis::AsyncConnectionConfig::new()
+            .set_push_sender(push_tx)
+            .set_connection_timeout(Some(link.options.command_timeout))
+            .set_response_timeout(Some(link.options.command_timeout));
+        let connected = link
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await;
+        let mut connection = match connected {
+            Ok(connection) => connection,
+            Err(error) => {
+                tracing::debug!(%error, "cannot reach Redis; retrying");
+                wait_backoff(&link, &mut backoff).await;
+                continue;
+            }
+        };
+        let broken = Arc::new(Notify::new());
+        tokio::spawn(receive(Arc::clone(&link), push_rx, Arc::clone(&broken)));
+        let mut subscribed = HashSet::new();
+        let generation = {
+            let mut pending = lock(&link.pending);
+            pending.changed.clear();
+            pending.generation
+        };
+        let wanted: Vec<String> = link
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        let ready = async {
+            for chunk in wanted.chunks(512) {
+                connection.subscribe(chunk).await?;
+                subscribed.extend(chunk.iter().cloned());
+            }
+            register(&link, &mut connection).await
+        };
+        if let Err(error) = ready.await {
+            tracing::warn!(%error, "Redis connection failed while subscribing; retrying");
+            wait_backoff(&link, &mut backoff).await;
+            continue;
+        }
+        epoch += 1;
+        if epoch > 1 {
+            link.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                channels = subscribed.len(),
+                "reconnected to Redis; subscriptions restored"
+            );
+        } else {
+            tracing::info!(server_id = %link.server_id, "connected to Redis");
+        }
+        backoff = link.options.reconnect_min;
+        link.set_state(State::Up {
+            connection: connection.clone(),
+            epoch,
+        });
+        link.applied.send_replace(generation);
+        if epoch > 1 {
+            let hubs: Vec<_> = lock(&link.hubs).iter().filter_map(Weak::upgrade).collect();
+            for hub in hubs {
+                tokio::spawn(async move { hub.resynchronize().await });
+            }
+        }
+        // Up: apply subscription changes until the connection breaks.
+        loop {
+            tokio::select! {
+                () = broken.notified() => break,
+                () = link.nudge.notified() => {}
+                () = link.stop.cancelled() => return,
+            }
+            let (changed, generation) = {
+                let mut pending = lock(&link.pending);
+                (std::mem::take(&mut pending.changed), pending.generation)
+            };
+            let mut add = Vec::new();
+            let mut remove = Vec::new();
+            let mut seen = HashSet::new();
+            for channel in changed {
+                if !seen.insert(channel.clone()) {
+                    continue;
+                }
+                match (link.is_wanted(&channel), subscribed.contains(&channel)) {
+                    (true, false) => add.push(channel),
+                    (false, true) => remove.push(channel),
+                    _ => {}
+                }
+            }
+            let result = async {
+                if !add.is_empty() {
+                    connection.subscribe(&add).await?;
+                    subscribed.extend(add);
+                }
+                if !remove.is_empty() {
+                    connection.unsubscribe(&remove).await?;
+                    for channel in &remove {
+                        subscribed.remove(channel);
+                    }
+                }
+                Ok::<_, redis::RedisError>(())
+            }
+            .await;
+            if let Err(error) = result {
+                tracing::warn!(%error, "Redis subscription change failed; reconnecting");
+                break;
+            }
+            link.applied.send_replace(generation);
+        }
+        link.set_state(State::Down);
+        tracing::warn!(
+            "lost the connection to Redis; local delivery continues, cross-server messages are buffered"
+        );
+        wait_backoff(&link, &mut backoff).await;
+    }
+}
+
+async fn wait_backoff(link: &Link, backoff: &mut Duration) {
+    // Full jitter keeps a fleet of servers from reconnecting in lockstep.
+    let jitter = rand::random::<f64>() * 0.5 + 0.5;
+    let wait = backoff.mul_f64(jitter);
+    tokio::select! {
+        () = sleep(wait) => {}
+        () = link.stop.cancelled() => {}
+    }
+    *backoff = (*backoff * 2).min(link.options.reconnect_max);
+}
+
+/// Registers this server (address and liveness) in the registry.
+pub(crate) async fn register(
+    link: &Link,
+    connection: &mut MultiplexedConnection,
+) -> redis::RedisResult<()> {
+    let prefix = &link.options.channel_prefix;
+    let expires = now_ms() + link.options.server_ttl.as_millis() as u64;
+    let mut pipe = redis::pipe();
+    pipe.zadd(servers_key(prefix), &link.server_id, expires)
+        .ignore();
+    if let Some(address) = &link.options.advertise {
+        pipe.hset(addresses_key(prefix), &link.server_id, address)
+            .ignore();
+    }
+    pipe.exec_async(connection).await
+}
+
+/// Reads one connection's pushed messages until it breaks.
+async fn receive(
+    link: Arc<Link>,
+    mut pushes: mpsc::UnboundedReceiver<PushInfo>,
+    broken: Arc<Notify>,
+) {
+    while let Some(push) = pushes.recv().await {
+        match push.kind {
+            PushKind::Message | PushKind::SMessage => {
+                let mut data = push.data.into_iter();
+                let (Some(channel), Some(payload)) = (data.next(), data.next()) else {
+                    continue;
+                };
+                let (Some(channel), Some(payload)) = (text(channel), bytes(payload)) else {
+                    continue;
+                };
+                let Some(route) = link.route(&channel) else {
+                    // Unsubscribed meanwhile.
+                    continue;
+                };
+                let Some(hub) = route.hub.upgrade() else {
+                    continue;
+                };
+                link.counters.received.fetch_add(1, Ordering::Relaxed);
+                hub.receive(&route.kind, &payload);
+            }
+            PushKind::Disconnection => break,
+            _ => {}
+        }
+    }
+    broken.notify_one();
+}
+
+fn text(value: Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn bytes(value: Value) -> Option<Vec<u8>> {
+    match value {
+        Value::BulkString(bytes) => Some(bytes),
+        Value::SimpleString(s) => Some(s.into_bytes()),
+        _ => None,
+    }
+}
+
+/// Largest pipeline the publisher sends at once.
+const BATCH_MESSAGES: usize = 256;
+const BATCH_BYTES: usize = 1 << 20;
+
+async fn publish_loop(link: Arc<Link>) {
+    let mut state = link.subscribe_state();
+    let mut last_epoch = 0;
+    loop {
+        // Something to send?
+        let ready = link.outbox_ready.notified();
+        if lock(&link.outbox).queue.is_empty() {
+            tokio::select! {
+                () = ready => {}
+                () = link.stop.cancelled() => return,
+            }
+            continue;
+        }
+        // A connection to send it on?
+        let (mut connection, epoch) = {
+            let up = tokio::select! {
+                up = state.wait_for(|s| matches!(s, State::Up { .. })) => up.map(|s| s.clone()),
+                () = link.stop.cancelled() => return,
+            };
+            match up {
+                Ok(State::Up { connection, epoch }) => (connection, epoch),
+                _ => return,
+            }
+        };
+        if epoch != last_epoch {
+            // Epoch 1 is the first connection; any later one follows a
+            // failure, after which the other servers may still be
+            // re-subscribing.
+            if epoch > 1 {
+                wait_for_peers(&link, &mut connection).await;
+            }
+            last_epoch = epoch;
+        }
+        let (mut pipe, count) = {
+            let outbox = lock(&link.outbox);
+            let mut pipe = redis::pipe();
+            let mut count = 0;
+            let mut size = 0;
+            let command = "PUBLISH";
+            for publish in outbox.queue.iter() {
+                if count == BATCH_MESSAGES || (count > 0 && size >= BATCH_BYTES) {
+                    break;
+                }
+                pipe.cmd(command)
+                    .arg(&publish.channel)
+                    .arg(publish.payload.as_ref())
+                    .ignore();
+                count += 1;
+                size += publish.payload.len();
+            }
+            (pipe, count)
+        };
+        let sent = timeout(
+            link.options.command_timeout,
+            pipe.exec_async(&mut connection),
+        )
+        .await;
+        match sent {
+            Ok(Ok(())) => {
+                let mut outbox = lock(&link.outbox);
+                for _ in 0..count {
+                    if let Some(publish) = outbox.queue.pop_front() {
+                        outbox.bytes -= publish.payload.len();
+                    }
+                }
+                drop(outbox);
+                link.counters
+                    .published
+                    .fetch_add(count as u64, Ordering::Relaxed);
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "publish failed; kept for after the reconnect");
+                wait_for_new_epoch(&link, &mut state, epoch).await;
+            }
+            Err(_) => {
+                tracing::debug!("publish timed out; kept for after the reconnect");
+                wait_for_new_epoch(&link, &mut state, epoch).await;
+            }
+        }
+        pipe.clear();
+    }
+}
+
+/// After a failed publish: wait until the supervisor has a new connection
+/// (or, if this one was fine after all, a short pause before retrying).
+async fn wait_for_new_epoch(link: &Link, state: &mut watch::Receiver<State>, epoch: u64) {
+    let newer = state.wait_for(|s| match s {
+        State::Up { epoch: e, .. } => *e != epoch,
+        State::Down => false,
+    });
+    tokio::select! {
+        _ = newer => {}
+        () = sleep(link.options.reconnect_max) => {}
+        () = link.stop.cancelled() => {}
+    }
+}
+
+/// After a reconnect: wait until every server known before is registered
+/// again (and so subscribed), or the grace period passed.
+async fn wait_for_peers(link: &Link, connection: &mut MultiplexedConnection) {
+    let known: HashSet<String> = lock(&link.peers).clone();
+    tracing::debug!(
+        peers = known.len(),
+        "waiting for the other servers to re-subscribe"
+    );
+    if known.is_empty() {
+        return;
+    }
+    let deadline = Instant::now() + link.options.resubscribe_grace;
+    let key = servers_key(&link.options.channel_prefix);
+    while Instant::now() < deadline {
+        let live: redis::RedisResult<Vec<String>> = redis::cmd("ZRANGEBYSCORE")
+            .arg(&key)
+            .arg(now_ms())
+            .arg("+inf")
+            .query_async(connection)
+            .await;
+        match live {
+            Ok(live) if known.iter().all(|k| live.contains(k)) => return,
+            Ok(_) => {}
+            Err(_) => return,
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    tracing::info!(
+        "not every server re-registered within the resubscribe grace; publishing anyway"
+    );
+}

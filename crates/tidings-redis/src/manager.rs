@@ -1,0 +1,819 @@
+//! [`RedisLifetimeManager`]: one hub's lifetime manager on the backplane.
+//!
+//! Local connections live in a [`MemoryLifetimeManager`]; the Redis side
+//! is what the other servers need:
+//!
+//! * **Delivery.** Local recipients are served at once, synchronously, and
+//!   the message is queued for Redis once per channel (all, group, user,
+//!   or connection when the connection is elsewhere). The publishing server
+//!   skips its own messages when they come back, so a local recipient gets
+//!   one copy, in the order its server sent them — also while Redis is
+//!   away. A message for a connection of this server is never published.
+//! * **Subscriptions** follow local state: `all` and the internal channels
+//!   always; a connection's channel while it is here; a user's or group's
+//!   channel while at least one local connection is in it. Changes are
+//!   ordered by one lock around the local change and the subscription
+//!   change, and awaited (when Redis is up) before `on_connected` or a group
+//!   change returns, so a message sent afterwards by any server arrives.
+//! * **Groups of other servers' connections** use ASP.NET Core's command and
+//!   acknowledgement; an id that no server has (by presence) is ignored at
+//!   once, as the in-memory manager ignores it.
+//! * **Client results** for a connection elsewhere are published with a
+//!   random invocation id and this server's return channel; the server
+//!   holding the connection relays the client's Completion back.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicI32, Ordering},
+    },
+};
+
+use bytes::Bytes;
+use tidings::{
+    BoxFuture, ClientInvocation, ConnectionHandle, GroupError, InvokeError, LifetimeManager,
+    Member, MemoryLifetimeManager, PresenceError, Protocol, SendError, SerializedMessage, Target,
+};
+use tidings_protocol::{Completion, CompletionResult, HubMessage, MessageDecoder, Payload};
+use tokio::sync::oneshot;
+
+use crate::{
+    link::{Link, Route},
+    presence::Presence,
+    wire::{
+        ChannelKind, Channels, Envelope, GroupAction, GroupCommand, decode_ack, decode_completion,
+        encode_ack, encode_completion,
+    },
+};
+
+/// The text ASP.NET Core's server sends back when the connection asked for
+/// a client result left before answering.
+const DISCONNECTED: &str = "Connection disconnected.";
+
+type Answer = oneshot::Sender<Result<Payload, InvokeError>>;
+
+/// One hub's state on the backplane.
+pub(crate) struct HubCore {
+    pub(crate) link: Arc<Link>,
+    channels: Channels,
+    pub(crate) local: MemoryLifetimeManager,
+    /// Orders a local membership change with its subscription change.
+    membership: Mutex<()>,
+    acks: Mutex<HashMap<i32, oneshot::Sender<()>>>,
+    last_ack: AtomicI32,
+    results: Mutex<HashMap<String, Answer>>,
+    pub(crate) presence: Presence,
+    me: Weak<HubCore>,
+}
+
+/// A hub's lifetime manager backed by Redis: made by
+/// [`RedisBackplane::lifetime_manager`](crate::RedisBackplane::lifetime_manager).
+#[derive(Clone)]
+pub struct RedisLifetimeManager {
+    core: Arc<HubCore>,
+}
+
+impl std::fmt::Debug for RedisLifetimeManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLifetimeManager")
+            .field("hub", &self.core.channels.base())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl RedisLifetimeManager {
+    pub(crate) fn new(link: Arc<Link>, hub: &str) -> Self {
+        let channels = Channels::new(&link.options.channel_prefix, hub);
+        let core = Arc::new_cyclic(|me| HubCore {
+            presence: Presence::new(channels.base()),
+            link: Arc::clone(&link),
+            channels,
+            local: MemoryLifetimeManager::new(),
+            membership: Mutex::new(()),
+            acks: Mutex::new(HashMap::new()),
+            last_ack: AtomicI32::new(0),
+            results: Mutex::new(HashMap::new()),
+            me: me.clone(),
+        });
+        let server = &link.server_id;
+        for (channel, kind) in [
+            (core.channels.all(), ChannelKind::All),
+            (
+                core.channels.group_management(),
+                ChannelKind::GroupManagement,
+            ),
+            (core.channels.ack(server), ChannelKind::Ack),
+            (core.channels.return_results(server), ChannelKind::Return),
+        ] {
+            core.want(channel, kind);
+        }
+        lock(&link.hubs).push(Arc::downgrade(&core));
+        RedisLifetimeManager { core }
+    }
+
+    /// The local connections (this server's share of the hub).
+    pub fn local(&self) -> &MemoryLifetimeManager {
+        &self.core.local
+    }
+}
+
+impl HubCore {
+    fn route(&self, kind: ChannelKind) -> Route {
+        Route {
+            hub: self.me.clone(),
+            kind,
+        }
+    }
+
+    fn want(&self, channel: String, kind: ChannelKind) -> u64 {
+        let route = self.route(kind);
+        self.link.want(channel, Some(route))
+    }
+
+    fn unwant(&self, channel: String) -> u64 {
+        self.link.want(channel, None)
+    }
+
+    /// The envelope of `message` for other servers: every protocol's frame.
+    fn envelope(
+        &self,
+        message: &SerializedMessage,
+        excluded: &[String],
+    ) -> Result<Envelope, SendError> {
+        let json = message.try_frame(Protocol::Json).ok();
+        let msgpack = message.try_frame(Protocol::MessagePack).ok();
+        if json.is_none() && msgpack.is_none() {
+            // Report the reason the JSON attempt failed.
+            message.try_frame(Protocol::Json)?;
+        }
+        Ok(Envelope {
+            excluded: excluded.to_vec(),
+            json,
+            msgpack,
+            origin: Some(self.link.server_id.clone()),
+            ..Default::default()
+        })
+    }
+
+    fn publish(&self, channel: String, mut envelope: Envelope) {
+        envelope.seq = Some(self.link.next_seq());
+        self.link.publish(channel, Bytes::from(envelope.encode()));
+    }
+
+    fn send(&self, target: &Target, message: &Arc<SerializedMessage>) -> Result<(), SendError> {
+        let local = &self.local;
+        let none: &[String] = &[];
+        match target {
+            Target::All => {
+                let envelope = self.envelope(message, none)?;
+                local.send_local(target, message);
+                self.publish(self.channels.all(), envelope);
+            }
+            Target::AllExcept(excluded) => {
+                let envelope = self.envelope(message, excluded)?;
+                local.send_local(target, message);
+                self.publish(self.channels.all(), envelope);
+            }
+            Target::Connection(id) => {
+                self.send_to_connections(std::slice::from_ref(id), message)?
+            }
+            Target::Connections(ids) => self.send_to_connections(ids, message)?,
+            Target::Group(group) => {
+                let envelope = self.envelope(message, none)?;
+                local.send_local(target, message);
+                self.publish(self.channels.group(group), envelope);
+            }
+            Target::GroupExcept(group, excluded) => {
+                let envelope = self.envelope(message, excluded)?;
+                local.send_local(target, message);
+                self.publish(self.channels.group(group), envelope);
+            }
+            Target::Groups(groups) => {
+                let envelope = self.envelope(message, none)?;
+                local.send_local(target, message);
+                let mut earlier: Vec<String> = Vec::new();
+                for group in groups {
+                    if earlier.contains(group) {
+                        continue;
+                    }
+                    let envelope = Envelope {
+                        earlier: earlier.clone(),
+                        ..envelope.clone()
+                    };
+                    self.publish(self.channels.group(group), envelope);
+                    earlier.push(group.clone());
+                }
+            }
+            Target::User(user) => {
+                let envelope = self.envelope(message, none)?;
+                local.send_local(target, message);
+                self.publish(self.channels.user(user), envelope);
+            }
+            Target::Users(users) => {
+                let envelope = self.envelope(message, none)?;
+                local.send_local(target, message);
+                let mut done: Vec<&String> = Vec::new();
+                for user in users {
+                    if !done.contains(&user) {
+                        self.publish(self.channels.user(user), envelope.clone());
+                        done.push(user);
+                    }
+                }
+            }
+            // Target is non-exhaustive: a new kind must be added here.
+            other => {
+                return Err(SendError::Delivery(format!(
+                    "the Redis backplane cannot send to {other:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn send_to_connections(
+        &self,
+        ids: &[String],
+        message: &Arc<SerializedMessage>,
+    ) -> Result<(), SendError> {
+        let mut envelope = None;
+        let mut done: Vec<&String> = Vec::new();
+        for id in ids {
+            if done.contains(&id) {
+                continue;
+            }
+            done.push(id);
+            if let Some(handle) = self.local.connection(id) {
+                handle.send(message);
+                continue;
+            }
+            let envelope = match &envelope {
+                Some(envelope) => envelope,
+                None => envelope.insert(self.envelope(message, &[])?),
+            };
+            self.publish(self.channels.connection(id), envelope.clone());
+        }
+        Ok(())
+    }
+
+    /// A message arrived on one of this hub's channels.
+    pub(crate) fn receive(&self, kind: &ChannelKind, payload: &[u8]) {
+        match kind {
+            ChannelKind::All
+            | ChannelKind::Group(_)
+            | ChannelKind::User(_)
+            | ChannelKind::Connection(_) => {
+                let envelope = match Envelope::decode(payload) {
+                    Ok(envelope) => envelope,
+                    Err(error) => {
+                        tracing::warn!(%error, "ignoring a backplane message");
+                        return;
+                    }
+                };
+                if !self.link.accept(envelope.origin.as_deref(), envelope.seq) {
+                    return;
+                }
+                self.deliver(kind, envelope);
+            }
+            ChannelKind::GroupManagement => match GroupCommand::decode(payload) {
+                Ok(command) => self.on_group_command(command),
+                Err(error) => tracing::warn!(%error, "ignoring a group command"),
+            },
+            ChannelKind::Ack => match decode_ack(payload) {
+                Ok(id) => {
+                    if let Some(waiter) = lock(&self.acks).remove(&id) {
+                        let _ = waiter.send(());
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "ignoring an ack"),
+            },
+            ChannelKind::Return => self.on_result(payload),
+        }
+    }
+
+    fn deliver(&self, kind: &ChannelKind, envelope: Envelope) {
+        let Envelope {
+            excluded,
+            json,
+            msgpack,
+            result,
+            earlier,
+            ..
+        } = envelope;
+        let message = Arc::new(SerializedMessage::from_frames(json, msgpack));
+        match kind {
+            ChannelKind::All if excluded.is_empty() => {
+                self.local.send_local(&Target::All, &message);
+            }
+            ChannelKind::All => {
+                self.local
+                    .send_local(&Target::AllExcept(excluded), &message);
+            }
+            ChannelKind::Group(group) => {
+                self.local
+                    .send_local_to_group_once(group, &excluded, &earlier, &message);
+            }
+            ChannelKind::User(user) => {
+                self.local.send_local(&Target::User(user.clone()), &message);
+            }
+            ChannelKind::Connection(id) => match result {
+                None => {
+                    self.local
+                        .send_local(&Target::Connection(id.clone()), &message);
+                }
+                Some((invocation_id, return_channel)) => {
+                    let Some(core) = self.me.upgrade() else {
+                        return;
+                    };
+                    let id = id.clone();
+                    tokio::spawn(async move {
+                        core.answer_for(&id, invocation_id, return_channel, message)
+                            .await;
+                    });
+                }
+            },
+            _ => {}
+        }
+    }
+
+    /// A client result asked by another server of a local connection: ask
+    /// the client, publish its answer on the asker's return channel.
+    async fn answer_for(
+        &self,
+        connection_id: &str,
+        invocation_id: String,
+        return_channel: String,
+        message: Arc<SerializedMessage>,
+    ) {
+        let Some(handle) = self.local.connection(connection_id) else {
+            return;
+        };
+        let protocol = handle.protocol();
+        let message = Arc::try_unwrap(message).unwrap_or_else(|shared| {
+            SerializedMessage::from_frames(
+                shared.frame(Protocol::Json),
+                shared.frame(Protocol::MessagePack),
+            )
+        });
+        let answer = self
+            .local
+            .invoke_local_message(connection_id, invocation_id.clone().into(), message)
+            .await;
+        let completion = match answer {
+            Ok(payload) => Completion::value(invocation_id, payload),
+            Err(InvokeError::Client(text)) => Completion::error(invocation_id, text),
+            Err(InvokeError::Disconnected(_)) => Completion::error(invocation_id, DISCONNECTED),
+            Err(other) => Completion::error(invocation_id, other.to_string()),
+        };
+        let mut frame = Vec::with_capacity(64);
+        if let Err(error) = protocol.write_message(&HubMessage::Completion(completion), &mut frame)
+        {
+            tracing::warn!(%error, "cannot relay a client result");
+            return;
+        }
+        let payload = encode_completion(protocol.name(), &frame);
+        if let Some(mut connection) = self.link.connection() {
+            let sent: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                .arg(&return_channel)
+                .arg(payload)
+                .query_async(&mut connection)
+                .await;
+            if let Err(error) = sent {
+                tracing::warn!(%error, "cannot relay a client result");
+            }
+        } else {
+            tracing::warn!("Redis is away; a client result for another server is lost");
+        }
+    }
+
+    fn on_result(&self, payload: &[u8]) {
+        let (protocol, frame) = match decode_completion(payload) {
+            Ok(parts) => parts,
+            Err(error) => {
+                tracing::warn!(%error, "ignoring a client result");
+                return;
+            }
+        };
+        let Some(protocol) = Protocol::from_name(&protocol) else {
+            tracing::warn!(%protocol, "a client result in an unknown protocol");
+            return;
+        };
+        let mut decoder = MessageDecoder::new(protocol, None);
+        decoder.push(&frame);
+        let Ok(Some(HubMessage::Completion(completion))) = decoder.next_message() else {
+            tracing::warn!("a client result that is not a Completion");
+            return;
+        };
+        let Some(answer) = lock(&self.results).remove(&completion.invocation_id) else {
+            return;
+        };
+        let result = match completion.result {
+            CompletionResult::Value(payload) => Ok(payload),
+            CompletionResult::Void => Ok(Payload::null(protocol)),
+            CompletionResult::Error(error) if error == DISCONNECTED => {
+                Err(InvokeError::Disconnected(String::new()))
+            }
+            CompletionResult::Error(error) => Err(InvokeError::Client(error)),
+        };
+        let _ = answer.send(result);
+    }
+
+    async fn invoke_remote(
+        &self,
+        connection_id: &str,
+        invocation: ClientInvocation,
+    ) -> Result<Payload, InvokeError> {
+        let Some(mut connection) = self.link.connection() else {
+            return Err(InvokeError::Delivery("Redis is unavailable".to_owned()));
+        };
+        // ASP.NET Core's cross-server ids: 16 random bytes in base64 (22
+        // characters); they cannot collide with clients' stream ids.
+        let invocation_id = random_id();
+        let message = invocation.into_message(invocation_id.clone());
+        let mut envelope = self.envelope(&message, &[]).map_err(InvokeError::from)?;
+        envelope.result = Some((
+            invocation_id.clone(),
+            self.channels.return_results(&self.link.server_id),
+        ));
+        let (tx, rx) = oneshot::channel();
+        lock(&self.results).insert(invocation_id.clone(), tx);
+        let _pending = Forget {
+            results: &self.results,
+            id: &invocation_id,
+        };
+        let receivers: i64 = redis::cmd("PUBLISH")
+            .arg(self.channels.connection(connection_id))
+            .arg(envelope.encode())
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| InvokeError::Delivery(e.to_string()))?;
+        if receivers == 0 {
+            return Err(InvokeError::UnknownConnection(connection_id.to_owned()));
+        }
+        match rx.await {
+            Ok(Err(InvokeError::Disconnected(_))) | Err(_) => {
+                Err(InvokeError::Disconnected(connection_id.to_owned()))
+            }
+            Ok(result) => result,
+        }
+    }
+
+    /// Adds or removes a local connection; false if it is not here.
+    async fn change_local(&self, connection_id: &str, group: &str, action: GroupAction) -> bool {
+        let generation = {
+            let _order = lock(&self.membership);
+            let here = match action {
+                GroupAction::Add => self.local.add_local_to_group(connection_id, group),
+                GroupAction::Remove => self.local.remove_local_from_group(connection_id, group),
+            };
+            if !here {
+                return false;
+            }
+            let channel = self.channels.group(group);
+            let members = self.local.group_size(group);
+            match (members, self.link.is_wanted(&channel)) {
+                (0, true) => Some(self.unwant(channel)),
+                (1.., false) => Some(self.want(channel, ChannelKind::Group(group.to_owned()))),
+                _ => None,
+            }
+        };
+        if let Some(generation) = generation {
+            self.link.wait_applied(generation).await;
+        }
+        if let Some(mut connection) = self.link.connection() {
+            let written = match action {
+                GroupAction::Add => {
+                    self.presence
+                        .join(&mut connection, connection_id, group)
+                        .await
+                }
+                GroupAction::Remove => {
+                    self.presence
+                        .leave(&mut connection, connection_id, group)
+                        .await
+                }
+            };
+            if let Err(error) = written {
+                tracing::debug!(%error, "presence not updated; it is rewritten after the reconnect");
+            }
+        }
+        true
+    }
+
+    async fn change_group(
+        &self,
+        connection_id: &str,
+        group: &str,
+        action: GroupAction,
+    ) -> Result<(), GroupError> {
+        if self.change_local(connection_id, group, action).await {
+            return Ok(());
+        }
+        let Some(mut connection) = self.link.connection() else {
+            return Err(GroupError::Delivery("Redis is unavailable".to_owned()));
+        };
+        let owner = self
+            .presence
+            .owner(&mut connection, connection_id)
+            .await
+            .map_err(|e| GroupError::Delivery(e.to_string()))?;
+        if owner.is_none() {
+            // Connected nowhere: ignored, as the in-memory manager does.
+            return Ok(());
+        }
+        let id = self
+            .last_ack
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.acks).insert(id, tx);
+        let command = GroupCommand {
+            id,
+            server: self.link.server_id.clone(),
+            action,
+            group: group.to_owned(),
+            connection_id: connection_id.to_owned(),
+        };
+        let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+            .arg(self.channels.group_management())
+            .arg(command.encode())
+            .query_async(&mut connection)
+            .await;
+        let outcome = match published {
+            Err(error) => Err(GroupError::Delivery(error.to_string())),
+            Ok(_) => match tokio::time::timeout(self.link.options.ack_timeout, rx).await {
+                Ok(Ok(())) => Ok(()),
+                _ => Err(GroupError::Delivery(format!(
+                    "the server holding connection '{connection_id}' did not acknowledge within {} ms",
+                    self.link.options.ack_timeout.as_millis()
+                ))),
+            },
+        };
+        lock(&self.acks).remove(&id);
+        outcome
+    }
+
+    fn on_group_command(&self, command: GroupCommand) {
+        if self.local.connection(&command.connection_id).is_none() {
+            return;
+        }
+        let Some(core) = self.me.upgrade() else {
+            return;
+        };
+        tokio::spawn(async move {
+            core.change_local(&command.connection_id, &command.group, command.action)
+                .await;
+            let ack = encode_ack(command.id);
+            if let Some(mut connection) = core.link.connection() {
+                let sent: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                    .arg(core.channels.ack(&command.server))
+                    .arg(ack)
+                    .query_async(&mut connection)
+                    .await;
+                if let Err(error) = sent {
+                    tracing::warn!(%error, "cannot acknowledge a group command");
+                }
+            }
+        });
+    }
+
+    async fn connected(&self, handle: &ConnectionHandle) {
+        let generation = {
+            let _order = lock(&self.membership);
+            self.local.add_connection(handle);
+            let mut generation = self.want(
+                self.channels.connection(handle.id()),
+                ChannelKind::Connection(handle.id().to_owned()),
+            );
+            if let Some(user) = handle.user_id() {
+                let channel = self.channels.user(user);
+                if !self.link.is_wanted(&channel) {
+                    generation = self.want(channel, ChannelKind::User(user.to_owned()));
+                }
+            }
+            generation
+        };
+        self.link.wait_applied(generation).await;
+        if let Some(mut connection) = self.link.connection() {
+            let written = self
+                .presence
+                .connect(
+                    &mut connection,
+                    handle.id(),
+                    &self.link.server_id,
+                    handle.user_id(),
+                )
+                .await;
+            if let Err(error) = written {
+                tracing::debug!(%error, "presence not updated; it is rewritten after the reconnect");
+            }
+        }
+    }
+
+    async fn disconnected(&self, handle: &ConnectionHandle) {
+        {
+            let _order = lock(&self.membership);
+            let groups = self.local.groups_of(handle.id());
+            self.local.remove_connection(handle);
+            self.unwant(self.channels.connection(handle.id()));
+            if let Some(user) = handle.user_id()
+                && self.local.user_connection_count(user) == 0
+            {
+                self.unwant(self.channels.user(user));
+            }
+            for group in groups {
+                if self.local.group_size(&group) == 0 {
+                    self.unwant(self.channels.group(&group));
+                }
+            }
+        }
+        if let Some(mut connection) = self.link.connection()
+            && let Err(error) = self.presence.disconnect(&mut connection, handle.id()).await
+        {
+            tracing::debug!(%error, "presence not updated; it is rewritten after the reconnect");
+        }
+    }
+
+    /// After a reconnect: Redis may have lost everything (a restart), so
+    /// this server writes its own presence entries again.
+    pub(crate) async fn resynchronize(&self) {
+        let Some(mut connection) = self.link.connection() else {
+            return;
+        };
+        let server = self.link.server_id.clone();
+        let result = async {
+            self.presence.purge(&mut connection, &server).await?;
+            for member in self.local.local_members() {
+                self.presence
+                    .connect(
+                        &mut connection,
+                        &member.connection_id,
+                        &server,
+                        member.user_id.as_deref(),
+                    )
+                    .await?;
+                for group in self.local.groups_of(&member.connection_id) {
+                    self.presence
+                        .join(&mut connection, &member.connection_id, &group)
+                        .await?;
+                }
+            }
+            // Connections that left while this ran must not stay listed.
+            for id in self
+                .presence
+                .connections_of_server(&mut connection, &server)
+                .await?
+            {
+                if self.local.connection(&id).is_none() {
+                    self.presence.disconnect(&mut connection, &id).await?;
+                }
+            }
+            Ok::<_, redis::RedisError>(())
+        }
+        .await;
+        if let Err(error) = result {
+            tracing::warn!(%error, "presence not rewritten after the reconnect");
+        }
+    }
+
+    async fn with_connection<T, F>(&self, query: F) -> Result<T, PresenceError>
+    where
+        F: AsyncFnOnce(&mut redis::aio::MultiplexedConnection) -> redis::RedisResult<T>,
+    {
+        let Some(mut connection) = self.link.connection() else {
+            return Err(PresenceError::Backend("Redis is unavailable".to_owned()));
+        };
+        query(&mut connection)
+            .await
+            .map_err(|e| PresenceError::Backend(e.to_string()))
+    }
+}
+
+/// Removes a pending client result when the caller stops waiting.
+struct Forget<'a> {
+    results: &'a Mutex<HashMap<String, Answer>>,
+    id: &'a str,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        lock(self.results).remove(self.id);
+    }
+}
+
+pub(crate) fn random_id() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>())
+}
+
+impl LifetimeManager for RedisLifetimeManager {
+    fn on_connected<'a>(&'a self, connection: &'a ConnectionHandle) -> BoxFuture<'a, ()> {
+        Box::pin(self.core.connected(connection))
+    }
+
+    fn on_disconnected<'a>(&'a self, connection: &'a ConnectionHandle) -> BoxFuture<'a, ()> {
+        Box::pin(self.core.disconnected(connection))
+    }
+
+    fn send<'a>(
+        &'a self,
+        target: &'a Target,
+        message: Arc<SerializedMessage>,
+    ) -> BoxFuture<'a, Result<(), SendError>> {
+        let sent = self.core.send(target, &message);
+        Box::pin(async { sent })
+    }
+
+    fn add_to_group<'a>(
+        &'a self,
+        connection_id: &'a str,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<(), GroupError>> {
+        Box::pin(
+            self.core
+                .change_group(connection_id, group, GroupAction::Add),
+        )
+    }
+
+    fn remove_from_group<'a>(
+        &'a self,
+        connection_id: &'a str,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<(), GroupError>> {
+        Box::pin(
+            self.core
+                .change_group(connection_id, group, GroupAction::Remove),
+        )
+    }
+
+    fn invoke_connection<'a>(
+        &'a self,
+        connection_id: &'a str,
+        invocation: ClientInvocation,
+    ) -> BoxFuture<'a, Result<Payload, InvokeError>> {
+        Box::pin(async move {
+            if self.core.local.connection(connection_id).is_some() {
+                self.core
+                    .local
+                    .invoke_local(connection_id, invocation)
+                    .await
+            } else {
+                self.core.invoke_remote(connection_id, invocation).await
+            }
+        })
+    }
+
+    fn set_connection_result<'a>(
+        &'a self,
+        connection_id: &'a str,
+        completion: Completion,
+    ) -> BoxFuture<'a, ()> {
+        // The connection is local (it sent the Completion here); the
+        // answer goes to whoever waits on this server — for a caller on
+        // another server, that is the relay task of `answer_for`.
+        self.core.local.complete_local(connection_id, completion);
+        Box::pin(async {})
+    }
+
+    fn connections_of_user<'a>(
+        &'a self,
+        user_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, PresenceError>> {
+        Box::pin(
+            self.core.with_connection(async |c| {
+                self.core.presence.connections_of_user(c, user_id).await
+            }),
+        )
+    }
+
+    fn group_members<'a>(
+        &'a self,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<Member>, PresenceError>> {
+        Box::pin(
+            self.core
+                .with_connection(async |c| self.core.presence.members(c, group).await),
+        )
+    }
+
+    fn groups_of_connection<'a>(
+        &'a self,
+        connection_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, PresenceError>> {
+        Box::pin(
+            self.core
+                .with_connection(async |c| self.core.presence.groups_of(c, connection_id).await),
+        )
+    }
+
+    fn online_user_count(&self) -> BoxFuture<'_, Result<usize, PresenceError>> {
+        Box::pin(
+            self.core
+                .with_connection(async |c| self.core.presence.user_count(c).await),
+        )
+    }
+}

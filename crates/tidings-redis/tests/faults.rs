@@ -1,0 +1,123 @@
+//! Redis failures: a real `redis-server` is killed and restarted while one
+//! server sends; the other server's clients receive every message once,
+//! in order, after the recovery; local clients never notice; what exceeds
+//! the outbox bound is counted.
+
+mod support;
+
+use std::{sync::Arc, time::Duration};
+
+use serde_json::json;
+use tidings::{LifetimeManager, SerializedMessage, Target, testing::TestConnection};
+use tidings_redis::{RedisBackplane, RedisOptions};
+
+fn options(url: &str, buffer: usize) -> RedisOptions {
+    RedisOptions::new(url)
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .heartbeat(Duration::from_millis(100), Duration::from_secs(2))
+        .command_timeout(Duration::from_secs(1))
+        .buffer(buffer, 1 << 20)
+}
+
+async fn backplane(url: &str, buffer: usize) -> RedisBackplane {
+    let backplane = RedisBackplane::connect(options(url, buffer)).expect("backplane");
+    assert!(backplane.wait_connected(Duration::from_secs(5)).await);
+    backplane
+}
+
+async fn broadcast(manager: &Arc<dyn LifetimeManager>, n: u64) {
+    let message = SerializedMessage::invocation("N", (n,));
+    manager
+        .send(&Target::All, Arc::new(message))
+        .await
+        .expect("send never fails for lack of Redis");
+}
+
+/// The numbers `connection` receives until `last` (or a timeout).
+async fn numbers_until(connection: &mut TestConnection, last: u64) -> Vec<u64> {
+    let mut seen = Vec::new();
+    while let Some(received) = connection.next_within(Duration::from_secs(10)).await {
+        let n = received.arguments[0].as_u64().expect("a number");
+        seen.push(n);
+        if n == last {
+            break;
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_loses_nothing_that_fits_the_buffer() {
+    let redis = support::RedisServer::start();
+    let one = backplane(&redis.url(), 1000).await;
+    let two = backplane(&redis.url(), 1000).await;
+    let sender: Arc<dyn LifetimeManager> = one.lifetime_manager("Faults.Hub");
+    let receiver: Arc<dyn LifetimeManager> = two.lifetime_manager("Faults.Hub");
+    let mut local = TestConnection::new("local", None);
+    let mut remote = TestConnection::new("remote", None);
+    sender.on_connected(local.handle()).await;
+    receiver.on_connected(remote.handle()).await;
+    // Both servers know each other before the failure.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    for n in 1..=20 {
+        broadcast(&sender, n).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    redis.kill();
+    for n in 21..=60 {
+        broadcast(&sender, n).await;
+        // Local delivery goes on while Redis is away.
+        let got = local.next().await;
+        assert_eq!(got.arguments, [json!(n - 20)]);
+    }
+    assert!(!one.stats().connected);
+    assert!(one.stats().buffered > 0, "{:?}", one.stats());
+    redis.restart();
+    for n in 61..=80 {
+        broadcast(&sender, n).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+
+    let expected: Vec<u64> = (1..=80).collect();
+    assert_eq!(numbers_until(&mut remote, 80).await, expected);
+    let rest = numbers_until(&mut local, 80).await;
+    assert_eq!(rest, (41..=80).collect::<Vec<_>>());
+    let stats = one.stats();
+    assert_eq!(stats.dropped, 0, "{stats:?}");
+    assert_eq!(stats.buffered, 0, "{stats:?}");
+    assert!(stats.reconnects >= 1, "{stats:?}");
+    assert!(two.stats().reconnects >= 1);
+    // Nothing more arrives: every message came once.
+    assert!(
+        remote
+            .next_within(Duration::from_millis(200))
+            .await
+            .is_none()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_past_the_buffer_bound_are_dropped_and_counted() {
+    let redis = support::RedisServer::start();
+    let one = backplane(&redis.url(), 5).await;
+    let two = backplane(&redis.url(), 5).await;
+    let sender: Arc<dyn LifetimeManager> = one.lifetime_manager("Faults.Hub");
+    let receiver: Arc<dyn LifetimeManager> = two.lifetime_manager("Faults.Hub");
+    let mut remote = TestConnection::new("remote", None);
+    receiver.on_connected(remote.handle()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    redis.kill();
+    for n in 1..=12 {
+        broadcast(&sender, n).await;
+    }
+    assert_eq!(one.stats().dropped, 7);
+    assert_eq!(one.stats().buffered, 5);
+    redis.restart();
+    // The five that fitted arrive after the recovery.
+    assert_eq!(numbers_until(&mut remote, 5).await, [1, 2, 3, 4, 5]);
+    broadcast(&sender, 100).await;
+    assert_eq!(numbers_until(&mut remote, 100).await, [100]);
+    assert_eq!(one.stats().dropped, 7);
+}

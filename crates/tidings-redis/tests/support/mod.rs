@@ -1,0 +1,117 @@
+//! A real `redis-server` for tests: started on a free port, gone when the
+//! test process ends (its wrapper shell kills it when stdin closes).
+
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+/// One `redis-server` process on a port of its own.
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    process: Mutex<Option<Running>>,
+}
+
+#[derive(Debug)]
+struct Running {
+    wrapper: Child,
+    /// Closing it (dropping) makes the wrapper kill the server.
+    _stdin: ChildStdin,
+    pid: u32,
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address").port()
+}
+
+impl RedisServer {
+    /// Starts a server without persistence on a free port.
+    pub fn start() -> Self {
+        let server = RedisServer {
+            port: free_port(),
+            process: Mutex::new(None),
+        };
+        server.restart();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts the server on its port.
+    pub fn restart(&self) {
+        let script = format!(
+            "redis-server --port {} --bind 127.0.0.1 --save '' --appendonly no --loglevel warning >/dev/null & pid=$!; echo $pid; read _; kill -9 $pid",
+            self.port
+        );
+        let mut wrapper = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test.sh installs it)");
+        let stdin = wrapper.stdin.take().expect("stdin");
+        let mut line = String::new();
+        BufReader::new(wrapper.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("pid");
+        let pid = line.trim().parse().expect("pid");
+        *self.process.lock().expect("lock") = Some(Running {
+            wrapper,
+            _stdin: stdin,
+            pid,
+        });
+        self.wait_ready();
+    }
+
+    /// Kills the server at once (SIGKILL): connections drop, data is lost.
+    pub fn kill(&self) {
+        if let Some(mut running) = self.process.lock().expect("lock").take() {
+            let _ = Command::new("kill")
+                .arg("-9")
+                .arg(running.pid.to_string())
+                .status();
+            drop(running._stdin);
+            let _ = running.wrapper.wait();
+        }
+        // Wait until the port is free again.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+                let mut reply = [0u8; 7];
+                if stream.write_all(b"PING\r\n").is_ok()
+                    && stream.read_exact(&mut reply).is_ok()
+                    && &reply == b"+PONG\r\n"
+                {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
