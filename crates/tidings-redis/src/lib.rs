@@ -51,9 +51,10 @@ mod manager;
 mod presence;
 mod wire;
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use tokio::time::sleep;
+use tidings::{BoxFuture, Cluster};
+use tokio::time::{Instant, sleep};
 
 pub use link::BackplaneStats;
 pub use manager::RedisLifetimeManager;
@@ -174,7 +175,13 @@ pub enum BackplaneError {
 /// stops its background tasks.
 pub struct RedisBackplane {
     link: Arc<Link>,
+    /// Addresses of other servers, as last read from the registry.
+    addresses: std::sync::Mutex<HashMap<String, (String, Instant)>>,
 }
+
+/// How long a server address read from the registry is used without
+/// asking again.
+const ADDRESS_FRESHNESS: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for RedisBackplane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -206,7 +213,10 @@ impl RedisBackplane {
         let link = Link::new(client, options, server_id);
         link.start();
         tokio::spawn(heartbeat(Arc::clone(&link)));
-        Ok(RedisBackplane { link })
+        Ok(RedisBackplane {
+            link,
+            addresses: std::sync::Mutex::new(HashMap::new()),
+        })
     }
 
     /// Waits until the backplane is connected and subscribed; false if
@@ -251,6 +261,40 @@ impl RedisBackplane {
             .query_async(&mut connection)
             .await
             .ok()?
+    }
+}
+
+/// Forwarding between the servers of the backplane: the server id is the
+/// backplane's, addresses come from the registry (cached for a few
+/// seconds, and used as last known while Redis is away).
+impl Cluster for RedisBackplane {
+    fn server_id(&self) -> &str {
+        &self.link.server_id
+    }
+
+    fn locate<'a>(&'a self, server_id: &'a str) -> BoxFuture<'a, Option<String>> {
+        Box::pin(async move {
+            let cached = lock(&self.addresses).get(server_id).cloned();
+            if let Some((address, read)) = &cached
+                && read.elapsed() < ADDRESS_FRESHNESS
+            {
+                return Some(address.clone());
+            }
+            if self.link.connection().is_none() {
+                return cached.map(|(address, _)| address);
+            }
+            let address = self.server_address(server_id).await;
+            let mut addresses = lock(&self.addresses);
+            match &address {
+                Some(address) => {
+                    addresses.insert(server_id.to_owned(), (address.clone(), Instant::now()));
+                }
+                None => {
+                    addresses.remove(server_id);
+                }
+            }
+            address
+        })
     }
 }
 

@@ -12,9 +12,10 @@ use anyhow::Context as _;
 use axum::{extract::State, routing::get};
 use clap::Parser;
 use tidings::{
-    HubEndpoint, HubOptions, MemoryLifetimeManager, Shutdown, TlsConfig,
+    Cluster, HubEndpoint, HubOptions, LifetimeManager, MemoryLifetimeManager, Shutdown, TlsConfig,
     sse::{EventLog, LastEventId, ServerSentEvents},
 };
+use tidings_redis::{RedisBackplane, RedisLifetimeManager, RedisOptions};
 use tracing_subscriber::EnvFilter;
 
 use crate::{
@@ -124,6 +125,36 @@ struct Args {
     /// Log format: `text` for people, `json` (one object per line) for log collectors.
     #[arg(long, env = "TIDINGS_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
+
+    /// Redis URL (`redis://host:port`): turns on the backplane, so that
+    /// several servers act as one.
+    #[arg(long, env = "TIDINGS_REDIS")]
+    redis: Option<String>,
+
+    /// Prepended to every Redis channel and key, to keep applications
+    /// sharing one Redis apart.
+    #[arg(long, env = "TIDINGS_REDIS_PREFIX", default_value = "")]
+    redis_prefix: String,
+
+    /// `host:port` at which the other servers reach this one (requests for
+    /// connections of this server are forwarded there). Default: the listen
+    /// address, with 127.0.0.1 for an unspecified IP.
+    #[arg(long, env = "TIDINGS_ADVERTISE")]
+    advertise: Option<String>,
+
+    /// Cross-server messages kept while Redis is away (more are dropped and counted).
+    #[arg(long, env = "TIDINGS_REDIS_BUFFER_MESSAGES", default_value_t = 10_000)]
+    redis_buffer_messages: usize,
+
+    /// How often this server renews its registration on the backplane, in
+    /// milliseconds; after five missed renewals the others forget its
+    /// connections.
+    #[arg(long, env = "TIDINGS_REDIS_HEARTBEAT_MS", default_value_t = 2_000)]
+    redis_heartbeat_ms: u64,
+
+    /// Bytes of cross-server messages kept while Redis is away.
+    #[arg(long, env = "TIDINGS_REDIS_BUFFER_BYTES", default_value_t = 32 << 20)]
+    redis_buffer_bytes: usize,
 }
 
 /// How log lines are written.
@@ -171,7 +202,7 @@ fn endpoint<H: tidings::Hub>(
     (name, hub): (&str, H),
     args: &Args,
     shutdown: &Shutdown,
-    manager: &Arc<MemoryLifetimeManager>,
+    (manager, cluster): (Arc<dyn LifetimeManager>, Option<Arc<dyn Cluster>>),
     auth: &Option<Arc<JwtAuthenticator>>,
     registry: &tidings::Metrics,
 ) -> HubEndpoint<H> {
@@ -180,7 +211,10 @@ fn endpoint<H: tidings::Hub>(
         .metrics(registry)
         .options(args.hub_options())
         .shutdown(shutdown)
-        .lifetime_manager(Arc::clone(manager) as Arc<dyn tidings::LifetimeManager>);
+        .lifetime_manager(manager);
+    if let Some(cluster) = cluster {
+        endpoint = endpoint.cluster(cluster);
+    }
     if let Some(auth) = auth {
         let auth = Arc::clone(auth);
         endpoint =
@@ -199,16 +233,26 @@ async fn main() -> anyhow::Result<()> {
         .as_ref()
         .map(|secret| Arc::new(JwtAuthenticator::new(secret.as_bytes())));
 
-    let managers: Vec<Arc<MemoryLifetimeManager>> = (0..3)
-        .map(|_| Arc::new(MemoryLifetimeManager::new()))
-        .collect();
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let local = listener.local_addr()?;
+
+    let lifetimes = Lifetimes::new(&args, local)?;
+    if let Lifetimes::Redis { backplane, .. } = &lifetimes
+        && !backplane.wait_connected(Duration::from_secs(5)).await
+    {
+        tracing::warn!(
+            "Redis is not reachable yet: serving this server's clients, connecting in the background"
+        );
+    }
     let registry = tidings::Metrics::new();
     let (args, auth) = (&args, &auth);
     let chat = endpoint(
         ("chat", ChatHub),
         args,
         &shutdown,
-        &managers[0],
+        lifetimes.chat(),
         auth,
         &registry,
     );
@@ -216,15 +260,20 @@ async fn main() -> anyhow::Result<()> {
         ("test", TestHub::default()),
         args,
         &shutdown,
-        &managers[1],
+        lifetimes.test(),
         auth,
         &registry,
     );
+    // Metrics are per server: the dashboard's clients hear their own server only.
+    let dashboard_manager = Arc::new(MemoryLifetimeManager::new());
     let dashboard = endpoint(
         ("dashboard", DashboardHub),
         args,
         &shutdown,
-        &managers[2],
+        (
+            Arc::clone(&dashboard_manager) as Arc<dyn LifetimeManager>,
+            lifetimes.cluster(),
+        ),
         auth,
         &registry,
     );
@@ -240,7 +289,7 @@ async fn main() -> anyhow::Result<()> {
     let metrics = tokio::spawn(hubs::dashboard::push_metrics(
         dashboard.context(),
         stream.clone(),
-        managers.clone(),
+        lifetimes.connection_counter(dashboard_manager),
         Duration::from_millis(args.metrics_period_ms.max(100)),
     ));
 
@@ -256,10 +305,6 @@ async fn main() -> anyhow::Result<()> {
         .nest("/hubs/test", test.into_router())
         .nest("/hubs/dashboard", dashboard.into_router());
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let local = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(address = %local, scheme, "tidings listening (HTTP/1.1 and HTTP/2)");
     // Scripts read this line to learn the port when listening on port 0.
@@ -281,6 +326,102 @@ async fn main() -> anyhow::Result<()> {
     server.await?;
     metrics.abort();
     Ok(())
+}
+
+/// The lifetime managers of the chat and test hubs: in memory, or on the
+/// Redis backplane.
+enum Lifetimes {
+    Memory {
+        chat: Arc<MemoryLifetimeManager>,
+        test: Arc<MemoryLifetimeManager>,
+    },
+    Redis {
+        backplane: Arc<RedisBackplane>,
+        chat: Arc<RedisLifetimeManager>,
+        test: Arc<RedisLifetimeManager>,
+    },
+}
+
+impl Lifetimes {
+    fn new(args: &Args, local: SocketAddr) -> anyhow::Result<Self> {
+        let Some(url) = &args.redis else {
+            return Ok(Lifetimes::Memory {
+                chat: Arc::new(MemoryLifetimeManager::new()),
+                test: Arc::new(MemoryLifetimeManager::new()),
+            });
+        };
+        let advertise = match &args.advertise {
+            Some(address) => address.clone(),
+            None if local.ip().is_unspecified() => format!("127.0.0.1:{}", local.port()),
+            None => local.to_string(),
+        };
+        let options = RedisOptions::new(url.as_str())
+            .channel_prefix(args.redis_prefix.as_str())
+            .advertise(advertise.as_str())
+            .buffer(args.redis_buffer_messages, args.redis_buffer_bytes)
+            .heartbeat(
+                Duration::from_millis(args.redis_heartbeat_ms.max(10)),
+                Duration::from_millis(args.redis_heartbeat_ms.max(10) * 5),
+            );
+        let backplane =
+            Arc::new(RedisBackplane::connect(options).context("cannot use the Redis URL")?);
+        tracing::info!(server_id = backplane.server_id(), %advertise, "Redis backplane on");
+        Ok(Lifetimes::Redis {
+            chat: backplane.lifetime_manager("tidings.ChatHub"),
+            test: backplane.lifetime_manager("tidings.TestHub"),
+            backplane,
+        })
+    }
+
+    /// The chat hub's lifetime manager, and the cluster it forwards in.
+    fn chat(&self) -> (Arc<dyn LifetimeManager>, Option<Arc<dyn Cluster>>) {
+        match self {
+            Lifetimes::Memory { chat, .. } => (Arc::clone(chat) as _, None),
+            Lifetimes::Redis { chat, .. } => (Arc::clone(chat) as _, self.cluster()),
+        }
+    }
+
+    /// The test hub's lifetime manager, and the cluster it forwards in.
+    fn test(&self) -> (Arc<dyn LifetimeManager>, Option<Arc<dyn Cluster>>) {
+        match self {
+            Lifetimes::Memory { test, .. } => (Arc::clone(test) as _, None),
+            Lifetimes::Redis { test, .. } => (Arc::clone(test) as _, self.cluster()),
+        }
+    }
+
+    /// The cluster, with the backplane: requests of connections negotiated
+    /// on another server are forwarded to it.
+    fn cluster(&self) -> Option<Arc<dyn Cluster>> {
+        match self {
+            Lifetimes::Memory { .. } => None,
+            Lifetimes::Redis { backplane, .. } => Some(Arc::clone(backplane) as _),
+        }
+    }
+
+    /// Counts this server's connections of every hub.
+    fn connection_counter(
+        &self,
+        dashboard: Arc<MemoryLifetimeManager>,
+    ) -> impl Fn() -> usize + Send + 'static {
+        let (chat, test): (Arc<dyn Fn() -> usize + Send + Sync>, _) = match self {
+            Lifetimes::Memory { chat, test } => {
+                let (chat, test) = (Arc::clone(chat), Arc::clone(test));
+                (
+                    Arc::new(move || chat.connection_count()),
+                    Arc::new(move || test.connection_count())
+                        as Arc<dyn Fn() -> usize + Send + Sync>,
+                )
+            }
+            Lifetimes::Redis { chat, test, .. } => {
+                let (chat, test) = (Arc::clone(chat), Arc::clone(test));
+                (
+                    Arc::new(move || chat.local().connection_count()),
+                    Arc::new(move || test.local().connection_count()) as _,
+                )
+            }
+        };
+        move || chat() + test() + dashboard.connection_count()
+    }
 }
 
 /// `GET /dashboard/stream`: the metrics as plain Server-Sent Events,

@@ -27,6 +27,7 @@ use tidings_protocol::{AvailableTransport, NegotiateResponse, TransferFormat, Tr
 use crate::{
     HubContext, HubOptions, Metrics, Principal, Shutdown,
     auth::{AuthError, Authenticator, SharedAuthenticator, form_urlencoded_pairs},
+    cluster::{self, Cluster},
     connection::ConnectionInit,
     context::HubShared,
     dispatch::Methods,
@@ -62,6 +63,7 @@ pub struct HubEndpoint<H: Hub> {
     lifetime: Arc<dyn LifetimeManager>,
     authenticator: Option<SharedAuthenticator>,
     shutdown: Shutdown,
+    cluster: Option<Arc<dyn Cluster>>,
 }
 
 impl<H: Hub> std::fmt::Debug for HubEndpoint<H> {
@@ -86,6 +88,7 @@ impl<H: Hub> HubEndpoint<H> {
             lifetime: Arc::new(MemoryLifetimeManager::new()),
             authenticator: None,
             shutdown: Shutdown::new(),
+            cluster: None,
         }
     }
 
@@ -123,6 +126,15 @@ impl<H: Hub> HubEndpoint<H> {
         self
     }
 
+    /// Makes this server one of a cluster without sticky sessions: requests
+    /// for a connection negotiated on another server of the cluster are
+    /// forwarded to it (see [`Cluster`]). Without it nothing is forwarded and
+    /// ids carry no server id.
+    pub fn cluster(mut self, cluster: Arc<dyn Cluster>) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
+
     /// Ties the endpoint's connections to a shared [`Shutdown`].
     pub fn shutdown(mut self, shutdown: &Shutdown) -> Self {
         self.shutdown = shutdown.clone();
@@ -154,6 +166,7 @@ impl<H: Hub> HubEndpoint<H> {
             hub: self.hub,
             authenticator: self.authenticator,
             shutdown: self.shutdown,
+            cluster: self.cluster,
             pending: Mutex::new(Pending::default()),
             http: Mutex::new(HashMap::new()),
             resumable: Mutex::new(HashMap::new()),
@@ -172,6 +185,7 @@ pub(crate) struct Endpoint<H: Hub> {
     pub shared: Arc<HubShared>,
     pub shutdown: Shutdown,
     authenticator: Option<SharedAuthenticator>,
+    cluster: Option<Arc<dyn Cluster>>,
     pending: Mutex<Pending>,
     /// Live SSE and Long Polling connections, by token.
     http: Mutex<HashMap<String, Arc<HttpConnection>>>,
@@ -181,6 +195,40 @@ pub(crate) struct Endpoint<H: Hub> {
 }
 
 impl<H: Hub> Endpoint<H> {
+    /// A new connection id or token: tagged with this server's id in a
+    /// cluster.
+    fn new_id(&self) -> String {
+        match &self.cluster {
+            Some(cluster) => cluster::tagged_id(&**cluster, &new_id()),
+            None => new_id(),
+        }
+    }
+
+    /// Serves `request` on the server that holds its connection if that is
+    /// another server of the cluster; hands it back to be served here
+    /// otherwise.
+    async fn elsewhere(&self, request: Request) -> Result<Response, Request> {
+        let Some(cluster) = &self.cluster else {
+            return Err(request);
+        };
+        let Some(token) = request
+            .uri()
+            .query()
+            .and_then(|q| form_urlencoded_pairs(q).find(|(k, _)| k.eq_ignore_ascii_case("id")))
+            .map(|(_, v)| v)
+        else {
+            return Err(request);
+        };
+        match cluster::route(&**cluster, request.headers(), &token).await {
+            cluster::Route::Local => Err(request),
+            cluster::Route::Forward(address) => {
+                let stop = self.shutdown.token().clone();
+                Ok(cluster::forward(request, &address, stop).await)
+            }
+            cluster::Route::Gone => Ok(text(StatusCode::NOT_FOUND, "No Connection with that ID")),
+        }
+    }
+
     async fn authenticate(&self, parts: &Parts) -> Result<Principal, Response> {
         let Some(authenticator) = &self.authenticator else {
             return Ok(Principal::anonymous());
@@ -375,9 +423,9 @@ async fn negotiate<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Re
     if let Err(response) = endpoint.authenticate(&parts).await {
         return response;
     }
-    let connection_id = new_id();
+    let connection_id = endpoint.new_id();
     let token = if version >= 1 {
-        new_id()
+        endpoint.new_id()
     } else {
         connection_id.clone()
     };
@@ -400,6 +448,10 @@ async fn negotiate<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Re
 }
 
 async fn connect<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Request) -> Response {
+    let request = match endpoint.elsewhere(request).await {
+        Ok(response) => return response,
+        Err(request) => request,
+    };
     let (mut parts, _body) = request.into_parts();
     if endpoint.shutdown.is_shutting_down() {
         return unavailable();
@@ -435,7 +487,7 @@ async fn connect<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Requ
             },
         },
         // Negotiation skipped: a new connection whose token is its id.
-        None => (Arc::from(new_id().as_str()), None),
+        None => (Arc::from(endpoint.new_id().as_str()), None),
     };
     let upgrade = match websocket_upgrade(&endpoint, &mut parts).await {
         Ok(upgrade) => upgrade,
@@ -625,6 +677,10 @@ async fn connect_http<H: Hub>(endpoint: Arc<Endpoint<H>>, parts: Parts) -> Respo
 
 /// `POST {hub}?id=…`: client-to-server messages of SSE and Long Polling.
 async fn send<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Request) -> Response {
+    let request = match endpoint.elsewhere(request).await {
+        Ok(response) => return response,
+        Err(request) => request,
+    };
     let (parts, body) = request.into_parts();
     let Some(token) = query_value(&parts, "id") else {
         return text(StatusCode::BAD_REQUEST, "Connection ID required");
@@ -646,6 +702,10 @@ async fn send<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Request
 
 /// `DELETE {hub}?id=…`: the Long Polling client stops.
 async fn delete<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Request) -> Response {
+    let request = match endpoint.elsewhere(request).await {
+        Ok(response) => return response,
+        Err(request) => request,
+    };
     let (parts, _body) = request.into_parts();
     let Some(token) = query_value(&parts, "id") else {
         return text(StatusCode::BAD_REQUEST, "Connection ID required");

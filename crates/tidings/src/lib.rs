@@ -178,6 +178,7 @@
 mod auth;
 #[doc(hidden)]
 pub mod bench;
+mod cluster;
 mod connection;
 mod context;
 mod dispatch;
@@ -199,6 +200,7 @@ mod transport;
 mod upload;
 
 pub use auth::{AuthError, Authenticator, Principal, bearer_token};
+pub use cluster::Cluster;
 pub use connection::ConnectionHandle;
 pub use context::{
     ClientInvoke, ClientProxy, Clients, Context, Groups, HubContext, Presence, SingleClientProxy,

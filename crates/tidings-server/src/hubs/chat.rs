@@ -17,6 +17,29 @@ pub struct RoomMessage {
     timestamp: String,
 }
 
+/// The people in a room (`RoomUsers` and `GetRoomUsers`).
+#[derive(Debug, Serialize)]
+pub struct RoomUsers {
+    room: String,
+    /// User ids of the signed-in members, sorted, each once.
+    users: Vec<String>,
+    /// Connections in the room, anonymous ones included.
+    connections: usize,
+}
+
+async fn room_users(cx: &Context, room: String) -> Result<RoomUsers, HubError> {
+    let presence = cx.presence();
+    let members = presence.group_members(&room).await?;
+    let mut users: Vec<String> = members.iter().filter_map(|m| m.user_id.clone()).collect();
+    users.sort_unstable();
+    users.dedup();
+    Ok(RoomUsers {
+        room,
+        users,
+        connections: members.len(),
+    })
+}
+
 /// The display name of the caller: the `name` claim, else "Anonymous".
 fn display_name(cx: &Context) -> String {
     cx.user().claim("name").unwrap_or("Anonymous").to_owned()
@@ -38,24 +61,37 @@ impl ChatHub {
         Ok(())
     }
 
-    /// The caller joins `room`; the room receives `UserJoined(name)`.
+    /// The caller joins `room`; the room receives `UserJoined(name)`, then
+    /// `RoomUsers({room, users, connections})`.
     async fn join_room(&self, cx: &Context, room: String) -> Result<(), HubError> {
         cx.groups().add(cx.connection_id(), &room).await?;
         cx.clients()
-            .group(room)
+            .group(room.clone())
             .send("UserJoined", (display_name(cx),))
             .await?;
+        let users = room_users(cx, room.clone()).await?;
+        cx.clients().group(room).send("RoomUsers", (users,)).await?;
         Ok(())
     }
 
-    /// The caller leaves `room`; the room receives `UserLeft(name)`.
+    /// The caller leaves `room`; the room receives `UserLeft(name)`, then
+    /// `RoomUsers({room, users, connections})`.
     async fn leave_room(&self, cx: &Context, room: String) -> Result<(), HubError> {
         cx.groups().remove(cx.connection_id(), &room).await?;
         cx.clients()
-            .group(room)
+            .group(room.clone())
             .send("UserLeft", (display_name(cx),))
             .await?;
+        let users = room_users(cx, room.clone()).await?;
+        cx.clients().group(room).send("RoomUsers", (users,)).await?;
         Ok(())
+    }
+
+    /// Who is in `room`, on every server: `{room, users, connections}`
+    /// (user ids of signed-in members, sorted; number of connections,
+    /// anonymous ones included).
+    async fn get_room_users(&self, cx: &Context, room: String) -> Result<RoomUsers, HubError> {
+        room_users(cx, room).await
     }
 
     /// The room receives `ReceiveRoomMessage({room, sender, content, timestamp})`.

@@ -2,13 +2,10 @@
 //! every 2 s from a background task, through a hub context to hub clients
 //! and through an event log to plain Server-Sent Events subscribers.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tidings::{HubContext, MemoryLifetimeManager, hub, sse::EventLog};
+use tidings::{HubContext, hub, sse::EventLog};
 
 /// The dashboard hub: clients only listen for `Metrics`.
 #[derive(Debug, Default)]
@@ -35,7 +32,7 @@ pub const STREAM_HISTORY: usize = 60;
 pub async fn push_metrics(
     dashboard: HubContext,
     stream: EventLog<Metrics>,
-    managers: Vec<Arc<MemoryLifetimeManager>>,
+    connections: impl Fn() -> usize,
     period: Duration,
 ) {
     let started = Instant::now();
@@ -44,7 +41,7 @@ pub async fn push_metrics(
         ticker.tick().await;
         let sample = Metrics {
             uptime_seconds: started.elapsed().as_secs(),
-            connections: managers.iter().map(|m| m.connection_count()).sum(),
+            connections: connections(),
             timestamp: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         };
         if let Err(error) = stream.publish(&sample) {

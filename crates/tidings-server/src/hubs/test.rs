@@ -480,6 +480,92 @@ impl TestHub {
         Ok(())
     }
 
+    /// Removes another connection (by id) from a group.
+    async fn remove_from_group(
+        &self,
+        cx: &Context,
+        connection_id: String,
+        group: String,
+    ) -> Result<(), HubError> {
+        cx.groups().remove(&connection_id, &group).await?;
+        Ok(())
+    }
+
+    /// Streams `count` client results: connection `connectionId`'s
+    /// `method(i)` for i = 0, 1, …; a failed call streams its error text.
+    #[hub(stream)]
+    async fn ask_client_stream(
+        &self,
+        cx: &Context,
+        connection_id: String,
+        method: String,
+        count: u32,
+    ) -> impl Stream<Item = Value> + use<> {
+        let hub = cx.hub_context();
+        futures_util::stream::unfold(0, move |i| {
+            let (hub, id, method) = (hub.clone(), connection_id.clone(), method.clone());
+            async move {
+                if i >= count {
+                    return None;
+                }
+                let answer = hub
+                    .clients()
+                    .client(id)
+                    .invoke::<Value, _>(&method, (i,))
+                    .await;
+                Some((
+                    answer.unwrap_or_else(|e| Value::String(e.to_string())),
+                    i + 1,
+                ))
+            }
+        })
+    }
+
+    /// Sends every item of a client-to-server stream to connection
+    /// `connectionId` as `Relayed(item)`; returns how many it relayed.
+    async fn relay_stream(
+        &self,
+        cx: &Context,
+        connection_id: String,
+        mut items: ClientStream<Value>,
+    ) -> Result<usize, HubError> {
+        let mut relayed = 0;
+        while let Some(item) = items.recv().await? {
+            cx.clients()
+                .client(connection_id.clone())
+                .send("Relayed", (item,))
+                .await?;
+            relayed += 1;
+        }
+        Ok(relayed)
+    }
+
+    /// Presence across every server: `{connectionsOfUser, groupMembers,
+    /// usersInGroup, groupsOfConnection, onlineUsers}` for the given user,
+    /// group and connection.
+    async fn get_presence(
+        &self,
+        cx: &Context,
+        user: String,
+        group: String,
+        connection_id: String,
+    ) -> Result<Value, HubError> {
+        let presence = cx.presence();
+        let members: Vec<Value> = presence
+            .group_members(&group)
+            .await?
+            .into_iter()
+            .map(|m| serde_json::json!({"connectionId": m.connection_id, "userId": m.user_id}))
+            .collect();
+        Ok(serde_json::json!({
+            "connectionsOfUser": presence.connections_of_user(&user).await?,
+            "groupMembers": members,
+            "usersInGroup": presence.users_in_group(&group).await?,
+            "groupsOfConnection": presence.groups_of_connection(&connection_id).await?,
+            "onlineUsers": presence.online_user_count().await?,
+        }))
+    }
+
     /// Joins the `observers` group, which hears about every disconnection.
     async fn observe(&self, cx: &Context) -> Result<(), HubError> {
         cx.groups().add(cx.connection_id(), "observers").await?;

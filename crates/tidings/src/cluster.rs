@@ -1,0 +1,184 @@
+//! No sticky sessions: any server of a cluster accepts every request of a
+//! connection, whichever server negotiated it.
+//!
+//! With a [`Cluster`] installed ([`HubEndpoint::cluster`](crate::HubEndpoint::cluster)),
+//! connection ids and tokens start with the id of the server that
+//! negotiated them (`<server id>.<random>`; the random part keeps the token
+//! as secret and unguessable as without a cluster). A transport request
+//! (`GET`, `POST`, `DELETE` with `?id=`) carrying another server's token is
+//! forwarded to that server as it is: headers, body and all, streaming in
+//! both directions. A WebSocket upgrade is forwarded too; once the owner
+//! answers `101`, the two upgraded connections are spliced byte for byte.
+//! So every transport, Long Polling's held polls and stateful reconnect's
+//! re-attaching sockets included, reaches the one server that holds the
+//! connection's state.
+//!
+//! A forwarded request carries a marker header and is never forwarded
+//! again. A token whose server is gone (unknown to the cluster, or not
+//! answering) gets `404`, like any unknown id.
+
+use std::sync::OnceLock;
+
+use axum::{
+    body::Body,
+    extract::{OriginalUri, Request},
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, Version, header},
+    response::{IntoResponse, Response},
+};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioIo},
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::BoxFuture;
+
+/// The servers of a cluster, as far as request forwarding needs them.
+///
+/// A backplane implements it (for example `tidings_redis::RedisBackplane`).
+pub trait Cluster: Send + Sync + 'static {
+    /// This server's id in the cluster. It must not contain `.`.
+    fn server_id(&self) -> &str;
+
+    /// The address (`host:port`, plain HTTP) at which the server
+    /// `server_id` accepts forwarded requests, if it is alive.
+    fn locate<'a>(&'a self, server_id: &'a str) -> BoxFuture<'a, Option<String>>;
+}
+
+/// Marks a forwarded request; its receiver never forwards it again.
+pub(crate) const FORWARDED: HeaderName = HeaderName::from_static("tidings-forwarded");
+
+/// Where a request for connection token `token` must be served.
+pub(crate) enum Route {
+    /// Here.
+    Local,
+    /// At this address.
+    Forward(String),
+    /// Nowhere: the owning server is gone.
+    Gone,
+}
+
+/// A new id for a connection negotiated here: `<server id>.<random>`.
+pub(crate) fn tagged_id(cluster: &dyn Cluster, random: &str) -> String {
+    format!("{}.{random}", cluster.server_id())
+}
+
+/// Decides where a request with connection token `token` is served.
+pub(crate) async fn route(cluster: &dyn Cluster, headers: &HeaderMap, token: &str) -> Route {
+    if headers.contains_key(&FORWARDED) {
+        return Route::Local;
+    }
+    let Some((owner, _)) = token.split_once('.') else {
+        return Route::Local;
+    };
+    if owner == cluster.server_id() {
+        return Route::Local;
+    }
+    match cluster.locate(owner).await {
+        Some(address) => Route::Forward(address),
+        None => Route::Gone,
+    }
+}
+
+fn client() -> &'static Client<HttpConnector, Body> {
+    static CLIENT: OnceLock<Client<HttpConnector, Body>> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Client::builder(TokioExecutor::new()).build(connector)
+    })
+}
+
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "No Connection with that ID").into_response()
+}
+
+/// Forwards `request` to the server at `address` and relays its answer.
+/// Spliced WebSockets end with `stop` (the server's shutdown).
+pub(crate) async fn forward(
+    mut request: Request,
+    address: &str,
+    stop: CancellationToken,
+) -> Response {
+    let original = request
+        .extensions()
+        .get::<OriginalUri>()
+        .map_or_else(|| request.uri().clone(), |uri| uri.0.clone());
+    let path = original.path_and_query().map_or("/", |p| p.as_str());
+    let Ok(uri) = format!("http://{address}{path}").parse::<Uri>() else {
+        return not_found();
+    };
+    let upgrading = request.headers().contains_key(header::UPGRADE);
+    let client_side = upgrading.then(|| hyper::upgrade::on(&mut request));
+    let (parts, body) = request.into_parts();
+    let mut outgoing = axum::http::Request::new(body);
+    *outgoing.method_mut() = parts.method;
+    *outgoing.uri_mut() = uri;
+    *outgoing.version_mut() = Version::HTTP_11;
+    let headers = outgoing.headers_mut();
+    for (name, value) in &parts.headers {
+        if name == header::HOST || (is_hop_by_hop(name) && !upgrading) {
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    headers.insert(FORWARDED, HeaderValue::from_static("1"));
+    if let Ok(host) = HeaderValue::from_str(address) {
+        headers.insert(header::HOST, host);
+    }
+
+    let mut response = match client().request(outgoing).await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::debug!(%error, address, "the server holding the connection did not answer");
+            return not_found();
+        }
+    };
+    if let Some(client_side) = client_side
+        && response.status() == StatusCode::SWITCHING_PROTOCOLS
+    {
+        let server_side = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            let (client_io, server_io) = tokio::join!(client_side, server_side);
+            let (Ok(client_io), Ok(server_io)) = (client_io, server_io) else {
+                tracing::debug!("a forwarded WebSocket upgrade failed");
+                return;
+            };
+            let mut client_io = TokioIo::new(client_io);
+            let mut server_io = TokioIo::new(server_io);
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut client_io, &mut server_io) => {}
+                () = stop.cancelled() => {}
+            }
+        });
+        let (parts, _) = response.into_parts();
+        return Response::from_parts(parts, Body::empty());
+    }
+    let (mut parts, body) = response.into_parts();
+    let hop_by_hop: Vec<HeaderName> = parts
+        .headers
+        .keys()
+        .filter(|name| is_hop_by_hop(name))
+        .cloned()
+        .collect();
+    for name in hop_by_hop {
+        parts.headers.remove(name);
+    }
+    Response::from_parts(parts, Body::new(body))
+}
