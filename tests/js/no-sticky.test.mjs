@@ -64,10 +64,16 @@ for (const [transport, protocol] of COMBOS) {
   });
 }
 
-test("a WebSocket whose negotiate was served elsewhere is served (forwarded) to its server", async () => {
+test("a WebSocket whose negotiate was served elsewhere is served where it landed", async () => {
+  const proxyHost = new URL(proxy.url).host;
   for (let i = 0; i < 3; i++) {
-    const client = await connect(proxy, "/hubs/test", "messagepack");
+    const from = proxy.log.length;
+    const client = await connect(proxy, "/hubs/test", i % 2 ? "messagepack" : "json");
+    const { negotiated, later } = routes(from);
+    assert.notEqual(negotiated, [...later][0]);
     assert.equal(await client.invoke("Add", 2, i), 2 + i);
+    // Taken over, not forwarded: the server saw the client's own request.
+    assert.equal(await client.invoke("GetHeader", "host"), proxyHost);
     await client.stop();
   }
 });
@@ -77,6 +83,9 @@ test("stateful reconnect across servers: cut sockets re-attach through the proxy
   const direct = await connect(servers[2], "/hubs/test", "json");
   try {
     const id = await client.invoke("GetConnectionId");
+    // Stateful connections stay on the server that negotiated them (their
+    // later sockets find them by the token): this socket was forwarded.
+    assert.notEqual(await client.invoke("GetHeader", "host"), new URL(proxy.url).host);
     await client.invoke("JoinGroup", "stateful");
     const got = record(client, "GroupMessage");
     let sent = 0;

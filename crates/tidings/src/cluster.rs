@@ -13,6 +13,13 @@
 //! re-attaching sockets included, reaches the one server that holds the
 //! connection's state.
 //!
+//! A WebSocket for a connection that another server negotiated but has
+//! not started yet is *taken over* instead: the server it reached asks the
+//! negotiating server for the pending connection (one short request) and
+//! serves the socket itself, so the connection's traffic crosses no extra
+//! hop. Only stateful-reconnect connections are not taken over: their later
+//! sockets present the token, which names the negotiating server.
+//!
 //! A forwarded request carries a marker header and is never forwarded
 //! again. A token whose server is gone (unknown to the cluster, or not
 //! answering) gets `404`, like any unknown id.
@@ -47,6 +54,10 @@ pub trait Cluster: Send + Sync + 'static {
 
 /// Marks a forwarded request; its receiver never forwards it again.
 pub(crate) const FORWARDED: HeaderName = HeaderName::from_static("tidings-forwarded");
+
+/// Marks a claim: another server asks for a negotiated connection whose
+/// WebSocket reached it.
+pub(crate) const CLAIM: HeaderName = HeaderName::from_static("tidings-claim");
 
 /// Where a request for connection token `token` must be served.
 pub(crate) enum Route {
@@ -109,6 +120,48 @@ fn not_found() -> Response {
     (StatusCode::NOT_FOUND, "No Connection with that ID").into_response()
 }
 
+fn target(request: &Request, address: &str) -> Option<Uri> {
+    let original = request
+        .extensions()
+        .get::<OriginalUri>()
+        .map_or_else(|| request.uri().clone(), |uri| uri.0.clone());
+    let path = original.path_and_query().map_or("/", |p| p.as_str());
+    format!("http://{address}{path}").parse::<Uri>().ok()
+}
+
+/// Asks the server at `address`, which negotiated the connection of this
+/// WebSocket `request`, to hand the connection over so that it is served
+/// here, where the socket landed, instead of through this server. Returns
+/// the connection id; `None` when the connection is stateful (its later
+/// sockets find it by its token, on its server), unknown, or the server
+/// did not answer — then the request is forwarded.
+pub(crate) fn claim(
+    request: &Request,
+    address: &str,
+) -> impl Future<Output = Option<String>> + Send + 'static {
+    // Nothing of the request is held across the wait (its body is not Sync).
+    let uri = target(request, address);
+    let address = address.to_owned();
+    async move { claim_at(uri?, &address).await }
+}
+
+async fn claim_at(uri: Uri, address: &str) -> Option<String> {
+    let claim = axum::http::Request::get(uri)
+        .header(FORWARDED, "1")
+        .header(CLAIM, "1")
+        .header(header::HOST, address)
+        .body(Body::empty())
+        .ok()?;
+    let response = client().request(claim).await.ok()?;
+    if response.status() != StatusCode::OK {
+        return None;
+    }
+    let body = axum::body::to_bytes(Body::new(response.into_body()), 1024)
+        .await
+        .ok()?;
+    String::from_utf8(body.to_vec()).ok()
+}
+
 /// Forwards `request` to the server at `address` and relays its answer.
 /// Spliced WebSockets end with `stop` (the server's shutdown).
 pub(crate) async fn forward(
@@ -116,12 +169,7 @@ pub(crate) async fn forward(
     address: &str,
     stop: CancellationToken,
 ) -> Response {
-    let original = request
-        .extensions()
-        .get::<OriginalUri>()
-        .map_or_else(|| request.uri().clone(), |uri| uri.0.clone());
-    let path = original.path_and_query().map_or("/", |p| p.as_str());
-    let Ok(uri) = format!("http://{address}{path}").parse::<Uri>() else {
+    let Some(uri) = target(&request, address) else {
         return not_found();
     };
     let upgrading = request.headers().contains_key(header::UPGRADE);

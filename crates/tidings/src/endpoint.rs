@@ -206,10 +206,16 @@ impl<H: Hub> Endpoint<H> {
 
     /// Serves `request` on the server that holds its connection if that is
     /// another server of the cluster; hands it back to be served here
-    /// otherwise.
-    async fn elsewhere(&self, request: Request) -> Result<Response, Request> {
+    /// otherwise. A WebSocket for a connection another server negotiated
+    /// but has not started is taken over (served here) unless it is
+    /// stateful: its later sockets must find it by its token.
+    async fn elsewhere(&self, request: Request) -> Result<Response, Here> {
+        let here = |request| Here {
+            request,
+            claimed: None,
+        };
         let Some(cluster) = &self.cluster else {
-            return Err(request);
+            return Err(here(request));
         };
         let Some(token) = request
             .uri()
@@ -217,15 +223,43 @@ impl<H: Hub> Endpoint<H> {
             .and_then(|q| form_urlencoded_pairs(q).find(|(k, _)| k.eq_ignore_ascii_case("id")))
             .map(|(_, v)| v)
         else {
-            return Err(request);
+            return Err(here(request));
         };
         match cluster::route(&**cluster, request.headers(), &token).await {
-            cluster::Route::Local => Err(request),
+            cluster::Route::Local => Err(here(request)),
             cluster::Route::Forward(address) => {
+                if is_websocket(request.headers())
+                    && let Some(id) = cluster::claim(&request, &address).await
+                {
+                    return Err(Here {
+                        request,
+                        claimed: Some(Arc::from(id.as_str())),
+                    });
+                }
                 let stop = self.shutdown.token().clone();
                 Ok(cluster::forward(request, &address, stop).await)
             }
             cluster::Route::Gone => Ok(text(StatusCode::NOT_FOUND, "No Connection with that ID")),
+        }
+    }
+
+    /// Another server of the cluster claims a negotiated connection whose
+    /// WebSocket reached it: the connection id, if the connection has not
+    /// started and is not stateful (`409` if it is, `404` if unknown).
+    fn hand_over(&self, parts: &Parts) -> Response {
+        let Some(token) = query_value(parts, "id") else {
+            return text(StatusCode::BAD_REQUEST, "Connection ID required");
+        };
+        let timeout = self.shared.options.disconnect_timeout;
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.expire(timeout);
+        match pending.by_token.get(&token) {
+            None => text(StatusCode::NOT_FOUND, "No Connection with that ID"),
+            Some(p) if p.stateful => StatusCode::CONFLICT.into_response(),
+            Some(_) => match pending.by_token.remove(&token) {
+                Some(p) => p.id.to_string().into_response(),
+                None => text(StatusCode::NOT_FOUND, "No Connection with that ID"),
+            },
         }
     }
 
@@ -334,6 +368,20 @@ impl<H: Hub> Endpoint<H> {
             .get(token)
             .cloned()
     }
+}
+
+/// A request to serve on this server, with the connection id of a
+/// connection taken over from another server of the cluster.
+struct Here {
+    request: Request,
+    claimed: Option<Arc<str>>,
+}
+
+fn is_websocket(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
 /// A negotiated connection waiting for its transport.
@@ -448,11 +496,14 @@ async fn negotiate<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Re
 }
 
 async fn connect<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Request) -> Response {
-    let request = match endpoint.elsewhere(request).await {
+    let (request, claimed) = match endpoint.elsewhere(request).await {
         Ok(response) => return response,
-        Err(request) => request,
+        Err(here) => (here.request, here.claimed),
     };
     let (mut parts, _body) = request.into_parts();
+    if endpoint.cluster.is_some() && parts.headers.contains_key(&cluster::CLAIM) {
+        return endpoint.hand_over(&parts);
+    }
     if endpoint.shutdown.is_shutting_down() {
         return unavailable();
     }
@@ -475,8 +526,9 @@ async fn connect<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Requ
         Ok(principal) => principal,
         Err(response) => return response,
     };
-    let (connection_id, resume_token) = match query_value(&parts, "id") {
-        Some(token) => match endpoint.take_pending(&token) {
+    let (connection_id, resume_token) = match (claimed, query_value(&parts, "id")) {
+        (Some(claimed), _) => (claimed, None),
+        (None, Some(token)) => match endpoint.take_pending(&token) {
             Some(pending) => (pending.id, pending.stateful.then_some(token)),
             None => match endpoint.resumable(&token) {
                 // A stateful connection whose client lost its socket.
@@ -487,7 +539,7 @@ async fn connect<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Requ
             },
         },
         // Negotiation skipped: a new connection whose token is its id.
-        None => (Arc::from(endpoint.new_id().as_str()), None),
+        (None, None) => (Arc::from(endpoint.new_id().as_str()), None),
     };
     let upgrade = match websocket_upgrade(&endpoint, &mut parts).await {
         Ok(upgrade) => upgrade,
@@ -679,7 +731,7 @@ async fn connect_http<H: Hub>(endpoint: Arc<Endpoint<H>>, parts: Parts) -> Respo
 async fn send<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Request) -> Response {
     let request = match endpoint.elsewhere(request).await {
         Ok(response) => return response,
-        Err(request) => request,
+        Err(here) => here.request,
     };
     let (parts, body) = request.into_parts();
     let Some(token) = query_value(&parts, "id") else {
@@ -704,7 +756,7 @@ async fn send<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Request
 async fn delete<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Request) -> Response {
     let request = match endpoint.elsewhere(request).await {
         Ok(response) => return response,
-        Err(request) => request,
+        Err(here) => here.request,
     };
     let (parts, _body) = request.into_parts();
     let Some(token) = query_value(&parts, "id") else {
