@@ -38,9 +38,22 @@ test("a Redis restart mid-stream: no server falls over, nothing is lost or repea
         await sleep(2);
       }
     };
+    const metric = async (name) => {
+      const text = await (await fetch(`${servers[0].url}/metrics`)).text();
+      const line = text.split("\n").find((l) => l.startsWith(`${name} `));
+      return line === undefined ? undefined : Number(line.split(" ")[1]);
+    };
+    const ready = async () => (await fetch(`${servers[0].url}/readyz`)).status;
+    assert.equal(await metric("tidings_backplane_connected"), 1);
+    assert.equal(await ready(), 200);
     await burst(30);
     await redis.kill();
     await burst(30);
+    // The outage shows: not ready (a load balancer sends new clients
+    // elsewhere), messages waiting in the outbox.
+    await until(async () => (await metric("tidings_backplane_connected")) === 0, "the outage in /metrics");
+    assert.equal(await ready(), 503);
+    assert.ok((await metric("tidings_backplane_messages_buffered")) > 0);
     // Local delivery never waited for Redis.
     await until(() => atLocal.length === 60, "local delivery during the outage");
     await sleep(300);
@@ -55,6 +68,11 @@ test("a Redis restart mid-stream: no server falls over, nothing is lost or repea
     for (const seen of atRemote) assert.deepEqual(seen.map(([x]) => x), all);
     await until(() => atLocal.length === n, "local delivery");
     assert.deepEqual(atLocal.map(([x]) => x), all);
+    assert.equal(await metric("tidings_backplane_connected"), 1);
+    assert.equal(await metric("tidings_backplane_messages_buffered"), 0);
+    assert.equal(await metric("tidings_backplane_messages_dropped_total"), 0);
+    assert.ok((await metric("tidings_backplane_messages_published_total")) >= n);
+    assert.equal(await ready(), 200);
     // Both servers are still serving.
     for (const server of servers) {
       const probe = await connect(server, "/hubs/test", "json");

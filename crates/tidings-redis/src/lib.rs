@@ -53,7 +53,7 @@ mod wire;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use tidings::{BoxFuture, Cluster};
+use tidings::{BoxFuture, Cluster, metrics::BackplaneMetrics};
 use tokio::time::{Instant, sleep};
 
 pub use link::BackplaneStats;
@@ -76,6 +76,7 @@ pub struct RedisOptions {
     pub(crate) resubscribe_grace: Duration,
     pub(crate) heartbeat: Duration,
     pub(crate) server_ttl: Duration,
+    pub(crate) metrics: Option<BackplaneMetrics>,
 }
 
 impl RedisOptions {
@@ -95,6 +96,7 @@ impl RedisOptions {
             resubscribe_grace: Duration::from_secs(5),
             heartbeat: Duration::from_secs(2),
             server_ttl: Duration::from_secs(10),
+            metrics: None,
         }
     }
 
@@ -154,6 +156,16 @@ impl RedisOptions {
     pub fn heartbeat(mut self, every: Duration, ttl: Duration) -> Self {
         self.heartbeat = every;
         self.server_ttl = ttl.max(every * 2);
+        self
+    }
+}
+
+impl RedisOptions {
+    /// Also counts into a metrics registry's backplane metrics (published,
+    /// received, buffered, dropped, connected), besides
+    /// [`RedisBackplane::stats`].
+    pub fn metrics(mut self, metrics: BackplaneMetrics) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 }

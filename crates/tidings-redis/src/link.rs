@@ -273,6 +273,9 @@ impl Link {
             || outbox.bytes + payload.len() > self.options.buffer_bytes;
         if full {
             drop(outbox);
+            if let Some(metrics) = &self.options.metrics {
+                metrics.dropped(1);
+            }
             let dropped = self.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             // One line per burst, not one per message.
             if dropped.is_power_of_two() || dropped.is_multiple_of(1000) {
@@ -287,7 +290,11 @@ impl Link {
         }
         outbox.bytes += payload.len();
         outbox.queue.push_back(Publish { channel, payload });
+        let waiting = outbox.queue.len();
         drop(outbox);
+        if let Some(metrics) = &self.options.metrics {
+            metrics.set_buffered(waiting as u64);
+        }
         self.outbox_ready.notify_one();
         true
     }
@@ -332,6 +339,9 @@ impl Link {
     }
 
     fn set_state(&self, state: State) {
+        if let Some(metrics) = &self.options.metrics {
+            metrics.set_connected(matches!(state, State::Up { .. }));
+        }
         self.state.send_replace(state);
     }
 }
@@ -516,6 +526,9 @@ async fn receive(
                     continue;
                 };
                 link.counters.received.fetch_add(1, Ordering::Relaxed);
+                if let Some(metrics) = &link.options.metrics {
+                    metrics.received();
+                }
                 hub.receive(&route.kind, &payload);
             }
             PushKind::Disconnection => break,
@@ -610,7 +623,14 @@ async fn publish_loop(link: Arc<Link>) {
                         outbox.bytes -= publish.payload.len();
                     }
                 }
+                let waiting = outbox.queue.len();
                 drop(outbox);
+                if let Some(metrics) = &link.options.metrics {
+                    for _ in 0..count {
+                        metrics.published();
+                    }
+                    metrics.set_buffered(waiting as u64);
+                }
                 link.counters
                     .published
                     .fetch_add(count as u64, Ordering::Relaxed);

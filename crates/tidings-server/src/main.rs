@@ -238,7 +238,8 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let local = listener.local_addr()?;
 
-    let lifetimes = Lifetimes::new(&args, local)?;
+    let registry = tidings::Metrics::new();
+    let lifetimes = Lifetimes::new(&args, local, &registry)?;
     if let Lifetimes::Redis { backplane, .. } = &lifetimes
         && !backplane.wait_connected(Duration::from_secs(5)).await
     {
@@ -246,7 +247,6 @@ async fn main() -> anyhow::Result<()> {
             "Redis is not reachable yet: serving this server's clients, connecting in the background"
         );
     }
-    let registry = tidings::Metrics::new();
     let (args, auth) = (&args, &auth);
     let chat = endpoint(
         ("chat", ChatHub),
@@ -295,7 +295,11 @@ async fn main() -> anyhow::Result<()> {
 
     let app = axum::Router::new()
         .route("/health", get(|| async { "ok" }))
-        .merge(health::router(shutdown.clone(), registry.clone(), false))
+        .merge(health::router(
+            shutdown.clone(),
+            registry.clone(),
+            args.redis.is_some(),
+        ))
         .merge(registry.router())
         .route(
             "/dashboard/stream",
@@ -343,7 +347,7 @@ enum Lifetimes {
 }
 
 impl Lifetimes {
-    fn new(args: &Args, local: SocketAddr) -> anyhow::Result<Self> {
+    fn new(args: &Args, local: SocketAddr, registry: &tidings::Metrics) -> anyhow::Result<Self> {
         let Some(url) = &args.redis else {
             return Ok(Lifetimes::Memory {
                 chat: Arc::new(MemoryLifetimeManager::new()),
@@ -359,6 +363,7 @@ impl Lifetimes {
             .channel_prefix(args.redis_prefix.as_str())
             .advertise(advertise.as_str())
             .buffer(args.redis_buffer_messages, args.redis_buffer_bytes)
+            .metrics(registry.backplane().clone())
             .heartbeat(
                 Duration::from_millis(args.redis_heartbeat_ms.max(10)),
                 Duration::from_millis(args.redis_heartbeat_ms.max(10) * 5),
