@@ -61,6 +61,7 @@ impl TestConnection {
             principal: user.map(Principal::user).unwrap_or_default(),
             query: Vec::new(),
             headers: Default::default(),
+            metrics: None,
         };
         TestConnection {
             handle: ConnectionHandle::new(init, tx),
