@@ -1,0 +1,17 @@
+//! # tidings-service
+//!
+//! tidings as a standalone real-time service that any backend can drive,
+//! in the manner of Azure SignalR Service: the service holds every client
+//! connection, and application servers, written in any language, only run
+//! business logic over HTTP.
+//!
+//! * [`keys`]: access keys, REST API tokens and client tokens.
+//! * [`signature`]: how tidings signs what it posts upstream.
+//! * [`upstream`]: the HTTP backend of a serverless hub.
+
+pub mod keys;
+pub mod signature;
+pub mod upstream;
+
+pub use keys::{AccessKey, AccessKeys, ClientToken, KeyError, RestAuthError, TokenError, rest_token};
+pub use upstream::{Caller, Upstream, UpstreamConfigError, UpstreamError, UpstreamOptions};
