@@ -23,6 +23,7 @@ use std::{
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use percent_encoding::percent_decode_str;
 use serde_json::{Map, Value, json};
 use sha2::Sha256;
 
@@ -65,8 +66,8 @@ impl AccessKey {
 
     /// A new random key (32 random bytes) and its secret text.
     pub fn generate() -> (Self, String) {
-        let text = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(rand::random::<[u8; 32]>());
+        let text =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
         let key = AccessKey {
             secret: Arc::from(text.as_bytes()),
         };
@@ -229,7 +230,10 @@ fn audience_matches(aud: Option<&Value>, authority: &str, path: &str) -> bool {
             _ => return false,
         };
         let request_host = strip_default_port(authority, url.scheme());
-        host.eq_ignore_ascii_case(request_host) && url.path() == path
+        // Paths are compared decoded: the token's signer and the HTTP
+        // client may escape the same name differently.
+        let decode = |p: &str| percent_decode_str(p).collect::<Vec<u8>>();
+        host.eq_ignore_ascii_case(request_host) && decode(url.path()) == decode(path)
     };
     match aud {
         Some(Value::String(aud)) => matches(aud),
@@ -270,9 +274,7 @@ fn unix_now() -> u64 {
 /// what a backend sends as `Authorization: Bearer …`.
 pub fn rest_token(key: &AccessKey, url: &str, ttl: Duration) -> Result<String, TokenError> {
     let now = unix_now();
-    let exp = now
-        .checked_add(ttl.as_secs())
-        .ok_or(TokenError::Lifetime)?;
+    let exp = now.checked_add(ttl.as_secs()).ok_or(TokenError::Lifetime)?;
     let claims = json!({ "aud": url, "iat": now, "exp": exp });
     let Value::Object(claims) = claims else {
         return Err(TokenError::Encode("claims are not an object".to_owned()));
@@ -375,7 +377,10 @@ mod tests {
 
     #[test]
     fn short_keys_are_refused() {
-        assert!(matches!(AccessKey::new("short"), Err(KeyError::TooShort(5))));
+        assert!(matches!(
+            AccessKey::new("short"),
+            Err(KeyError::TooShort(5))
+        ));
         let (_, text) = AccessKey::generate();
         assert_eq!(text.len(), 43);
     }
@@ -389,7 +394,10 @@ mod tests {
         let ttl = Duration::from_secs(60);
         for signer in [&primary, &old] {
             let token = rest_token(signer, url, ttl).expect("token");
-            assert!(keys.verify_rest(&token, "127.0.0.1:5000", "/api/hubs/chat/:send").is_ok());
+            assert!(
+                keys.verify_rest(&token, "127.0.0.1:5000", "/api/hubs/chat/:send")
+                    .is_ok()
+            );
         }
         let token = rest_token(&primary, url, ttl).expect("token");
         assert_eq!(
@@ -409,9 +417,18 @@ mod tests {
             keys.verify_rest("not.a.jwt", "127.0.0.1:5000", "/"),
             Err(RestAuthError::Malformed)
         );
+        // Escaping differences do not matter.
+        let spaced = rest_token(&primary, "http://h/api/hubs/my%20hub/:send", ttl).expect("token");
+        assert!(
+            keys.verify_rest(&spaced, "h", "/api/hubs/my hub/%3Asend")
+                .is_ok()
+        );
         // Default ports are the same authority.
         let https = rest_token(&primary, "https://svc.example/api/health", ttl).expect("token");
-        assert!(keys.verify_rest(&https, "svc.example:443", "/api/health").is_ok());
+        assert!(
+            keys.verify_rest(&https, "svc.example:443", "/api/health")
+                .is_ok()
+        );
     }
 
     #[test]

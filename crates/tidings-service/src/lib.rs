@@ -7,11 +7,17 @@
 //!
 //! * [`keys`]: access keys, REST API tokens and client tokens.
 //! * [`signature`]: how tidings signs what it posts upstream.
+//! * [`ServerlessHub`]: a hub with no Rust code, whose invocations and
+//!   connection events are posted to an [`upstream`].
 //! * [`upstream`]: the HTTP backend of a serverless hub.
 
 pub mod keys;
+mod serverless;
 pub mod signature;
 pub mod upstream;
 
-pub use keys::{AccessKey, AccessKeys, ClientToken, KeyError, RestAuthError, TokenError, rest_token};
+pub use keys::{
+    AccessKey, AccessKeys, ClientToken, KeyError, RestAuthError, TokenError, rest_token,
+};
+pub use serverless::ServerlessHub;
 pub use upstream::{Caller, Upstream, UpstreamConfigError, UpstreamError, UpstreamOptions};

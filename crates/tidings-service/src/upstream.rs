@@ -204,7 +204,10 @@ impl fmt::Debug for Upstream {
 
 impl Upstream {
     /// The upstream of hub `hub`.
-    pub fn new(hub: impl Into<String>, options: UpstreamOptions) -> Result<Self, UpstreamConfigError> {
+    pub fn new(
+        hub: impl Into<String>,
+        options: UpstreamOptions,
+    ) -> Result<Self, UpstreamConfigError> {
         options.validate()?;
         let client = reqwest::Client::builder()
             .user_agent(concat!("tidings/", env!("CARGO_PKG_VERSION")))
@@ -237,7 +240,10 @@ impl Upstream {
         body.insert("hub".into(), Value::from(self.hub.clone()));
         body.insert("category".into(), Value::from(category));
         body.insert("event".into(), Value::from(event));
-        body.insert("connectionId".into(), Value::from(caller.connection_id.clone()));
+        body.insert(
+            "connectionId".into(),
+            Value::from(caller.connection_id.clone()),
+        );
         body.insert(
             "userId".into(),
             caller.user_id.clone().map_or(Value::Null, Value::from),

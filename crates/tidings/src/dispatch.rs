@@ -26,6 +26,7 @@ const BINDING_ERROR: &str = "Error binding arguments. Make sure that the types o
 #[derive(Debug)]
 pub struct Call {
     cx: Context,
+    target: String,
     arguments: Vec<Payload>,
     /// The receiving ends of the invocation's client-to-server streams, in
     /// `streamIds` order; each is taken once by [`Call::upload`].
@@ -36,9 +37,15 @@ pub struct Call {
 pub(crate) type UploadReceivers = Vec<mpsc::Receiver<UploadItem>>;
 
 impl Call {
-    pub(crate) fn new(cx: Context, arguments: Vec<Payload>, uploads: UploadReceivers) -> Self {
+    pub(crate) fn new(
+        cx: Context,
+        target: String,
+        arguments: Vec<Payload>,
+        uploads: UploadReceivers,
+    ) -> Self {
         Call {
             cx,
+            target,
             arguments,
             uploads: uploads.into_iter().map(Some).collect(),
         }
@@ -47,6 +54,16 @@ impl Call {
     /// The calling connection's context.
     pub fn context(&self) -> &Context {
         &self.cx
+    }
+
+    /// The method name the client invoked, as it spelled it.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// How many arguments the invocation carries (client streams aside).
+    pub fn argument_count(&self) -> usize {
+        self.arguments.len()
     }
 
     /// Deserializes argument `index`. A value of the wrong type is a binding
@@ -181,9 +198,12 @@ pub(crate) fn prepare<H: Hub>(
 ) -> Prepared<H> {
     let target = &invocation.target;
     let Some(method) = methods.get(target) else {
-        return Prepared::Reject(format!(
-            "Failed to invoke '{target}' due to an error on the server. HubException: Method does not exist."
-        ));
+        return match H::fallback() {
+            Some(fallback) => prepare_fallback(fallback, invocation, streaming),
+            None => Prepared::Reject(format!(
+                "Failed to invoke '{target}' due to an error on the server. HubException: Method does not exist."
+            )),
+        };
     };
     match (method.kind, streaming) {
         (MethodKind::Stream, false) => {
@@ -219,6 +239,28 @@ pub(crate) fn prepare<H: Hub>(
     Prepared::Run(method)
 }
 
+/// The checks of [`prepare`] that apply to a hub's fallback: a unary
+/// method without client streams, taking any number of arguments.
+fn prepare_fallback<H: Hub>(
+    fallback: &'static MethodDescriptor<H>,
+    invocation: &Invocation,
+    streaming: bool,
+) -> Prepared<H> {
+    let target = &invocation.target;
+    if streaming {
+        return Prepared::Reject(format!(
+            "The client attempted to invoke the non-streaming '{target}' method with a streaming invocation."
+        ));
+    }
+    let streams = invocation.stream_ids.len();
+    if streams > 0 {
+        return Prepared::Reject(format!(
+            "An unexpected error occurred invoking '{target}' on the server. HubException: Client sent {streams} stream(s), Hub method expects 0."
+        ));
+    }
+    Prepared::Run(fallback)
+}
+
 /// Runs a unary method and builds its Completion (`None` for a
 /// non-blocking invocation, which gets no answer).
 pub(crate) async fn run_unary<H: Hub>(
@@ -231,7 +273,7 @@ pub(crate) async fn run_unary<H: Hub>(
     let detailed = cx.options().enable_detailed_errors;
     let protocol = cx.protocol();
     let target = invocation.target;
-    let call = Call::new(cx, invocation.arguments, uploads);
+    let call = Call::new(cx, target.clone(), invocation.arguments, uploads);
     // A panicking method must not take the connection down with it: it is
     // reported like any other failure.
     let outcome = AssertUnwindSafe((method.handler)(hub, call))
@@ -287,7 +329,7 @@ pub(crate) async fn run_stream<H: Hub>(
     let Some(id) = invocation.invocation_id else {
         return;
     };
-    let call = Call::new(cx, invocation.arguments, uploads);
+    let call = Call::new(cx, target.clone(), invocation.arguments, uploads);
     let started = AssertUnwindSafe((method.handler)(hub, call)).catch_unwind();
     let started = tokio::select! {
         started = started => started,

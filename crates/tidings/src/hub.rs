@@ -60,6 +60,19 @@ pub trait Hub: Send + Sync + Sized + 'static {
     /// The method table.
     fn methods() -> &'static [MethodDescriptor<Self>];
 
+    /// The method that answers invocations of names the table does not
+    /// list: for a hub whose methods are not known at compile time (for
+    /// example one that forwards every call over HTTP). It must be
+    /// [`MethodKind::Unary`] without client-to-server streams; its `arity`
+    /// is not checked — it receives whatever arguments came
+    /// ([`Call::argument_count`]) and the invoked name ([`Call::target`]).
+    ///
+    /// `None` (the default): such invocations are answered with ASP.NET
+    /// Core's "Method does not exist".
+    fn fallback() -> Option<&'static MethodDescriptor<Self>> {
+        None
+    }
+
     /// Runs after the handshake, before any invocation is read.
     /// An error closes the connection with a Close message carrying the error.
     ///

@@ -189,6 +189,7 @@ mod lifetime;
 mod message;
 pub mod metrics;
 mod options;
+mod redirect;
 mod resume;
 mod serve;
 mod session;
@@ -213,6 +214,7 @@ pub use lifetime::{LifetimeManager, Member, MemoryLifetimeManager, Target};
 pub use message::{ClientInvocation, SerializedMessage};
 pub use metrics::Metrics;
 pub use options::HubOptions;
+pub use redirect::NegotiateRedirect;
 pub use serve::{Serve, serve};
 #[cfg(feature = "tls")]
 pub use serve::{TlsConfig, TlsError};
