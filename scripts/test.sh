@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Runs every check and test of the repository. Installs what the tests need
-# where it is missing (npm packages for the JS-client suite, cargo-fuzz, the
-# aiosignalr server for the Rust client's interop tests).
+# where it is missing (npm packages for the JS-client suite, the demo app and
+# the browser suite, Chromium, cargo-fuzz, the aiosignalr server for the Rust
+# client's interop tests, schemathesis for the REST API).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
-# The backplane tests start their own redis-server (on a free port).
-if ! command -v redis-server > /dev/null; then
+# The backplane tests start their own redis-server (on a free port), and a
+# three-node Redis Cluster joined with redis-cli (Debian's redis-server
+# package brings redis-tools).
+if ! command -v redis-server > /dev/null || ! command -v redis-cli > /dev/null; then
     step "installing redis-server"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq && apt-get install -y -qq redis-server > /dev/null
@@ -56,5 +59,33 @@ if [[ -f tests/js/package.json ]]; then
     cargo build -p tidings-server
     (cd tests/js && npm ci --no-audit --no-fund && TIDINGS_BIN="$PWD/../../target/debug/tidings" node --test)
 fi
+
+step "REST API against its OpenAPI document (schemathesis)"
+bash scripts/schemathesis.sh > target/schemathesis.log 2>&1 \
+    || { cat target/schemathesis.log; exit 1; }
+tail -n 12 target/schemathesis.log
+
+if [[ -f tests/ts/package.json ]]; then
+    step "TypeScript of the hubs: tsc --strict, misspelled usage, run against the server"
+    cargo build -p tidings-server
+    (cd tests/ts && npm ci --no-audit --no-fund && TIDINGS_BIN="$PWD/../../target/debug/tidings" node --test typescript.test.mjs)
+fi
+
+step "demo web app: generated hub modules, strict types, committed bundle up to date"
+cargo build -p tidings-server
+for hub in chat dashboard; do
+    target/debug/tidings typescript --hub "$hub" --check \
+        --out "crates/tidings-server/web/src/generated/$hub.ts"
+done
+(cd crates/tidings-server/web && npm ci --no-audit --no-fund && npm run check)
+
+step "browser suite (Chromium driven by Playwright)"
+if ! command -v chromium > /dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq chromium > /dev/null
+fi
+cargo build -p tidings-server
+# Screenshots of each test land in target/screenshots/.
+(cd tests/browser && npm ci --no-audit --no-fund && TIDINGS_BIN="$PWD/../../target/debug/tidings" node --test)
 
 step "all checks passed"

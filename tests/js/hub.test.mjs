@@ -243,11 +243,58 @@ for (const [transport, protocol] of COMBOS) {
       }
     });
 
+    test("chat hub: typing in a room, notifications to every connection of a user, presence after a disconnect", async () => {
+      const room = `room-${transport}-${protocol}`;
+      const build3 = (claims) => buildConnection(detailed, "/hubs/chat", protocol, token(claims), transport);
+      const [ann1, ann2, bob] = [
+        build3({ sub: "ann", name: "Ann" }),
+        build3({ sub: "ann", name: "Ann" }),
+        build3({ sub: "bob", name: "Bob" }),
+      ];
+      await Promise.all([ann1, ann2, bob].map((c) => c.start()));
+      await ann1.invoke("JoinRoom", room);
+      await bob.invoke("JoinRoom", room);
+
+      // Typing goes to the room's other members only.
+      const typing = next(ann1, "RoomTyping");
+      const [bobTyping, ann2Typing] = [record(bob, "RoomTyping"), record(ann2, "RoomTyping")];
+      await bob.invoke("StartTypingInRoom", room);
+      assert.deepEqual(await typing, [{ room, user: "Bob" }]);
+
+      // A notification reaches both connections of ann, and not bob.
+      const toAnn = [next(ann1, "Notification"), next(ann2, "Notification")];
+      const bobNotes = record(bob, "Notification");
+      await bob.invoke("NotifyUser", "ann", "hi ann");
+      for (const [notification] of await Promise.all(toAnn)) {
+        assert.equal(notification.from, "Bob");
+        assert.equal(notification.text, "hi ann");
+        assert.ok(Math.abs(Date.parse(notification.timestamp) - Date.now()) < 60000, notification.timestamp);
+      }
+      // Messages to one connection arrive in order: once this one is there,
+      // anything sent to bob before it would have been too.
+      const marker = next(bob, "Notification");
+      await ann1.invoke("NotifyUser", "bob", "marker");
+      assert.equal((await marker)[0].text, "marker");
+      assert.deepEqual(bobNotes.map(([n]) => n.text), ["marker"]);
+      assert.deepEqual(bobTyping, []);
+      assert.deepEqual(ann2Typing, []);
+
+      // A member that disconnects leaves its rooms.
+      const [left, users] = [next(ann1, "UserLeft"), next(ann1, "RoomUsers")];
+      await bob.stop();
+      assert.deepEqual(await left, ["Bob"]);
+      assert.deepEqual(await users, [{ room, users: ["ann"], connections: 1 }]);
+      await Promise.all([ann1.stop(), ann2.stop()]);
+    });
+
     test("dashboard hub: metrics pushed from a background task", async () => {
       const c = await open(detailed, "/hubs/dashboard");
       const [metrics] = await next(c, "Metrics", 3000);
       assert.equal(typeof metrics.uptimeSeconds, "number");
       assert.ok(metrics.connections >= 1);
+      assert.ok(metrics.activeConnections >= 1);
+      assert.equal(typeof metrics.messagesPerSecond, "number");
+      assert.ok(metrics.p99LatencyMs === null || metrics.p99LatencyMs >= 0);
       assert.ok(!Number.isNaN(Date.parse(metrics.timestamp)));
       await c.stop();
     });

@@ -8,7 +8,7 @@ import { startServer, connect, rejectsWith, sleep } from "./helpers.mjs";
 
 let server;
 before(async () => {
-  server = await startServer(["--log-format", "json"], { RUST_LOG: "info" });
+  server = await startServer(["--log-format", "json"], { RUST_LOG: "info,tidings::invocation=debug" });
 });
 after(async () => {
   await server.stop();

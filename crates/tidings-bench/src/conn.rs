@@ -52,10 +52,24 @@ impl ServerKind {
 pub struct Endpoint {
     pub kind: ServerKind,
     pub server: SocketAddr,
+    /// Further servers of a cluster: listeners are spread over `server` and
+    /// these in turn; senders and echo connections use `server`.
+    #[serde(default)]
+    pub peers: Vec<SocketAddr>,
     /// The hub path on a tidings server (e.g. `/hubs/test`).
     pub hub_path: String,
     #[serde(with = "protocol_name")]
     pub protocol: Protocol,
+}
+
+impl Endpoint {
+    /// The server the listener with this global index connects to.
+    pub fn listener_server(&self, index: usize) -> SocketAddr {
+        match index % (self.peers.len() + 1) {
+            0 => self.server,
+            n => self.peers[n - 1],
+        }
+    }
 }
 
 /// A protocol travels between processes by its handshake name.
@@ -111,6 +125,7 @@ impl Conn {
     /// `path_and_query`, and (for tidings) completes the SignalR handshake.
     pub async fn open(
         endpoint: &Endpoint,
+        server: SocketAddr,
         path_and_query: &str,
         source: Ipv4Addr,
     ) -> anyhow::Result<Conn> {
@@ -119,12 +134,11 @@ impl Conn {
             .bind(SocketAddr::from((source, 0)))
             .with_context(|| format!("cannot bind {source}"))?;
         let stream = socket
-            .connect(endpoint.server)
+            .connect(server)
             .await
-            .with_context(|| format!("cannot connect to {}", endpoint.server))?;
+            .with_context(|| format!("cannot connect to {server}"))?;
         stream.set_nodelay(true)?;
-        let request =
-            format!("ws://{}{}", endpoint.server, path_and_query).into_client_request()?;
+        let request = format!("ws://{server}{path_and_query}").into_client_request()?;
         let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config()))
             .await
             .context("WebSocket upgrade failed")?;

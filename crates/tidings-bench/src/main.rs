@@ -76,6 +76,10 @@ struct RunArgs {
     /// Address of the server.
     #[arg(long, default_value = "127.0.0.1:5000")]
     url: SocketAddr,
+    /// Further servers of a cluster (sharing a Redis backplane): listeners
+    /// are spread over `--url` and these; the sender uses `--url`.
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<SocketAddr>,
     /// Hub path on a tidings server.
     #[arg(long, default_value = "/hubs/test")]
     hub: String,
@@ -155,6 +159,7 @@ impl RunArgs {
                     ServerArg::Raw => ServerKind::Raw,
                 },
                 server: self.url,
+                peers: self.peers.clone(),
                 hub_path: self.hub.clone(),
                 protocol: self.protocol,
             },
@@ -179,7 +184,7 @@ impl RunArgs {
                 duration_ms: duration_ms + ms(self.warmup),
                 warmup_ms: ms(self.warmup),
             }],
-            Scenario::Broadcast | Scenario::Group => self
+            Scenario::Broadcast | Scenario::Group | Scenario::Cluster => self
                 .rate
                 .iter()
                 .map(|&rate| Phase::Fanout {

@@ -63,7 +63,7 @@ pub fn table(reports: &[Report]) -> String {
         let _ = writeln!(
             out,
             "| {scenario} | {} | {} | {connections} | {rate} | {throughput} | {} | {} | {} | {} | {} | {delivered} | {rss} |",
-            r.server.name(),
+            r.server_label(),
             r.protocol,
             latency[0],
             latency[1],

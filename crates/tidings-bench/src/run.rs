@@ -46,6 +46,21 @@ pub struct RunConfig {
     pub progress: bool,
 }
 
+impl Report {
+    /// The server column of a table: `tidings`, `raw`, or `tidings ×3` for
+    /// a cluster run.
+    pub fn server_label(&self) -> String {
+        match (self.scenario, self.servers) {
+            (Scenario::Cluster, n) => format!("{} ×{n} + Redis", self.server.name()),
+            _ => self.server.name().to_owned(),
+        }
+    }
+}
+
+fn one() -> usize {
+    1
+}
+
 /// Resident memory of the server around an idle run.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct Rss {
@@ -59,6 +74,9 @@ pub struct Rss {
 pub struct Report {
     pub scenario: Scenario,
     pub server: ServerKind,
+    /// Server processes the listeners were spread over.
+    #[serde(default = "one")]
+    pub servers: usize,
     pub protocol: String,
     pub connections: usize,
     pub failed_connections: usize,
@@ -149,7 +167,7 @@ pub async fn run(
             first,
             count,
             total: config.connections,
-            group_size: if config.scenario == Scenario::Broadcast {
+            group_size: if matches!(config.scenario, Scenario::Broadcast | Scenario::Cluster) {
                 config.connections.max(1)
             } else {
                 config.group_size.max(1)
@@ -373,6 +391,7 @@ fn merge(
     Ok(Report {
         scenario: config.scenario,
         server: config.endpoint.kind,
+        servers: 1 + config.endpoint.peers.len(),
         protocol: config.endpoint.protocol.name().to_owned(),
         connections: connected,
         failed_connections: failed,

@@ -19,6 +19,9 @@ pub enum Scenario {
     Connect,
     /// Hold N idle connections; the server's RSS per connection is read.
     Idle,
+    /// A broadcast through the Redis backplane: listeners spread over one
+    /// server, then over three (suite only; the suite starts `redis-server`).
+    Cluster,
 }
 
 impl Scenario {
@@ -29,12 +32,16 @@ impl Scenario {
             Scenario::Group => "group",
             Scenario::Connect => "connect",
             Scenario::Idle => "idle",
+            Scenario::Cluster => "cluster",
         }
     }
 
     /// Whether connections are fan-out listeners with senders.
     pub fn is_fanout(self) -> bool {
-        matches!(self, Scenario::Broadcast | Scenario::Group)
+        matches!(
+            self,
+            Scenario::Broadcast | Scenario::Group | Scenario::Cluster
+        )
     }
 }
 
@@ -80,7 +87,7 @@ impl WorkerSpec {
 
     pub fn group_name(&self, group: usize) -> String {
         match self.scenario {
-            Scenario::Broadcast => "all".to_owned(),
+            Scenario::Broadcast | Scenario::Cluster => "all".to_owned(),
             _ => format!("g{group}"),
         }
     }

@@ -201,10 +201,11 @@ struct Server {
 }
 
 impl Server {
-    async fn start(binary: &PathBuf, kind: ServerKind) -> anyhow::Result<Server> {
+    async fn start(binary: &PathBuf, kind: ServerKind, extra: &[String]) -> anyhow::Result<Server> {
         let mut command = Command::new(binary);
         command
             .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -243,6 +244,91 @@ impl Server {
     }
 }
 
+/// A `redis-server` of our own on a free port, for the cluster scenario.
+struct Redis {
+    child: Child,
+    url: String,
+}
+
+impl Redis {
+    async fn start() -> anyhow::Result<Redis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start redis-server (is it installed?)")?;
+        let address = SocketAddr::from(([127, 0, 0, 1], port));
+        let ready = async {
+            loop {
+                if tokio::net::TcpStream::connect(address).await.is_ok() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), ready)
+            .await
+            .context("redis-server did not accept connections within 10 s")?;
+        Ok(Redis {
+            child,
+            url: format!("redis://127.0.0.1:{port}"),
+        })
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// Runs the cluster scenario: the broadcast through a Redis backplane with
+/// the listeners on one server, then spread over three, in one run.
+async fn run_cluster(
+    args: &SuiteArgs,
+    server_bin: &PathBuf,
+    protocol: Protocol,
+) -> anyhow::Result<Vec<Report>> {
+    let redis = Redis::start().await?;
+    let mut reports = Vec::new();
+    for (round, count) in [1usize, 3].into_iter().enumerate() {
+        // A fresh channel prefix per round: nothing of the previous round's
+        // servers (presence, registry) is seen by the next.
+        let extra = [
+            "--redis".to_owned(),
+            redis.url.clone(),
+            "--redis-prefix".to_owned(),
+            format!("bench{round}:"),
+        ];
+        let mut servers = Vec::new();
+        for _ in 0..count {
+            servers.push(Server::start(server_bin, ServerKind::Tidings, &extra).await?);
+        }
+        let outcome = run_one(
+            args,
+            Scenario::Cluster,
+            protocol,
+            ServerKind::Tidings,
+            &servers,
+        )
+        .await;
+        for server in servers {
+            server.stop().await;
+        }
+        reports.extend(outcome?);
+        if !args.quick {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    redis.stop().await;
+    Ok(reports)
+}
+
 fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("executable directory")?;
@@ -275,6 +361,7 @@ pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
             Scenario::Group,
             Scenario::Connect,
             Scenario::Idle,
+            Scenario::Cluster,
         ]
     } else {
         args.scenarios.clone()
@@ -292,14 +379,34 @@ pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
     );
     for &scenario in &scenarios {
         for &protocol in &args.protocols {
+            if scenario == Scenario::Cluster {
+                let load_1min = load()[0];
+                let reports = run_cluster(&args, &server_bin, protocol)
+                    .await
+                    .with_context(|| format!("cluster broadcast ({protocol})"))?;
+                println!("{}", report::table(&reports));
+                results.runs.extend(
+                    reports
+                        .into_iter()
+                        .map(|report| Entry { load_1min, report }),
+                );
+                continue;
+            }
             for kind in [ServerKind::Raw, ServerKind::Tidings] {
                 let binary = match kind {
                     ServerKind::Raw => &baseline_bin,
                     ServerKind::Tidings => &server_bin,
                 };
                 let load_1min = load()[0];
-                let server = Server::start(binary, kind).await?;
-                let outcome = run_one(&args, scenario, protocol, kind, &server).await;
+                let server = Server::start(binary, kind, &[]).await?;
+                let outcome = run_one(
+                    &args,
+                    scenario,
+                    protocol,
+                    kind,
+                    std::slice::from_ref(&server),
+                )
+                .await;
                 server.stop().await;
                 let reports = outcome.with_context(|| {
                     format!("{} against {} ({protocol})", scenario.name(), kind.name())
@@ -390,13 +497,15 @@ async fn run_one(
     scenario: Scenario,
     protocol: Protocol,
     kind: ServerKind,
-    server: &Server,
+    servers: &[Server],
 ) -> anyhow::Result<Vec<Report>> {
+    let server = servers.first().context("no server")?;
     let duration_ms = (args.duration * 1000.0) as u64;
     let mut config = RunConfig {
         endpoint: Endpoint {
             kind,
             server: server.address,
+            peers: servers[1..].iter().map(|s| s.address).collect(),
             hub_path: "/hubs/test".to_owned(),
             protocol,
         },
@@ -449,6 +558,20 @@ async fn run_one(
             config.connections = args.idle_connections;
             vec![Phase::Hold]
         }
+        Scenario::Cluster => {
+            config.connections = args.broadcast_connections;
+            // The target rates only: the cluster figures compare one server
+            // with three, not the ramp.
+            args.broadcast_rates
+                .iter()
+                .take(3)
+                .map(|&rate| Phase::Fanout {
+                    rate,
+                    duration_ms,
+                    drain_ms,
+                })
+                .collect()
+        }
     };
     let mut index = 0;
     run::run(&config, &phases, |report| {
@@ -467,8 +590,24 @@ fn find<'a>(
     protocol: &str,
     rate: Option<f64>,
 ) -> Option<&'a Report> {
+    find_on(results, scenario, kind, protocol, rate, 1)
+}
+
+/// [`find`] for a run over `servers` server processes.
+fn find_on<'a>(
+    results: &'a Results,
+    scenario: Scenario,
+    kind: ServerKind,
+    protocol: &str,
+    rate: Option<f64>,
+    servers: usize,
+) -> Option<&'a Report> {
     results.runs.iter().map(|e| &e.report).find(|r| {
-        r.scenario == scenario && r.server == kind && r.protocol == protocol && r.rate == rate
+        r.scenario == scenario
+            && r.server == kind
+            && r.protocol == protocol
+            && r.rate == rate
+            && r.servers == servers
     })
 }
 
@@ -516,7 +655,12 @@ fn markdown(results: &Results) -> String {
     out.push_str("| scenario | protocol | rate/s | raw throughput/s | tidings throughput/s | ratio | raw p99 ms | tidings p99 ms |\n");
     out.push_str("|---|---|---:|---:|---:|---:|---:|---:|\n");
     for t in reports.iter().filter(|r| r.server == ServerKind::Tidings) {
-        let Some(raw) = find(results, t.scenario, ServerKind::Raw, &t.protocol, t.rate) else {
+        // A cluster run is compared with the single raw server's broadcast.
+        let baseline = match t.scenario {
+            Scenario::Cluster => Scenario::Broadcast,
+            other => other,
+        };
+        let Some(raw) = find(results, baseline, ServerKind::Raw, &t.protocol, t.rate) else {
             continue;
         };
         if t.scenario == Scenario::Idle {
@@ -525,7 +669,10 @@ fn markdown(results: &Results) -> String {
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} |",
-            t.scenario.name(),
+            match t.scenario {
+                Scenario::Cluster => format!("cluster ({})", t.server_label()),
+                other => other.name().to_owned(),
+            },
             t.protocol,
             t.rate.map(|r| r.to_string()).unwrap_or_default(),
             report::per_second(raw.throughput),
@@ -609,6 +756,40 @@ fn markdown(results: &Results) -> String {
                 );
             }
         }
+        for rate in [10.0, 20.0, 40.0] {
+            let (Some(one), Some(three)) = (
+                find_on(
+                    results,
+                    Scenario::Cluster,
+                    ServerKind::Tidings,
+                    protocol,
+                    Some(rate),
+                    1,
+                ),
+                find_on(
+                    results,
+                    Scenario::Cluster,
+                    ServerKind::Tidings,
+                    protocol,
+                    Some(rate),
+                    3,
+                ),
+            ) else {
+                continue;
+            };
+            let _ = writeln!(
+                out,
+                "- broadcast through Redis at {rate}/s, {protocol}: one server {:.0} deliveries/s (p99 {:.2} ms, {}/{} delivered), three servers {:.0} deliveries/s (p99 {:.2} ms, {}/{} delivered)",
+                one.throughput,
+                one.latency.p99_ms,
+                one.ops,
+                one.expected.unwrap_or(0),
+                three.throughput,
+                three.latency.p99_ms,
+                three.ops,
+                three.expected.unwrap_or(0),
+            );
+        }
         for kind in [ServerKind::Raw, ServerKind::Tidings] {
             if let Some(idle) = find(results, Scenario::Idle, kind, protocol, None)
                 && let Some(rss) = idle.rss
@@ -646,12 +827,13 @@ fn markdown(results: &Results) -> String {
         .iter()
         .filter(|r| r.server == ServerKind::Tidings && r.protocol == "json")
     {
-        let Some(mp) = find(
+        let Some(mp) = find_on(
             results,
             json.scenario,
             ServerKind::Tidings,
             "messagepack",
             json.rate,
+            json.servers,
         ) else {
             continue;
         };
@@ -671,7 +853,10 @@ fn markdown(results: &Results) -> String {
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} |",
-            json.scenario.name(),
+            match json.scenario {
+                Scenario::Cluster => format!("cluster ({})", json.server_label()),
+                other => other.name().to_owned(),
+            },
             json.rate.map(|r| r.to_string()).unwrap_or_default(),
             report::per_second(json.throughput),
             report::per_second(mp.throughput),

@@ -278,7 +278,11 @@ async fn open_all(worker: &Arc<Worker>, current: &Current) {
 async fn open_one(worker: &Worker, index: usize, role: Role) -> anyhow::Result<Conn> {
     let spec = &worker.spec;
     let source = source_address(index, spec.sources);
-    let mut conn = Conn::open(&spec.endpoint, &spec.path(role), source).await?;
+    let server = match role {
+        Role::Listener(_) => spec.endpoint.listener_server(index),
+        Role::Sender(_) | Role::Echo => spec.endpoint.server,
+    };
+    let mut conn = Conn::open(&spec.endpoint, server, &spec.path(role), source).await?;
     if let (Role::Listener(g), Scenario::Group, ServerKind::Tidings) =
         (role, spec.scenario, spec.endpoint.kind)
     {
@@ -505,7 +509,7 @@ fn fanout_message(
             Invocation::new("Broadcast", (stamp,).to_arguments(protocol)?)
         }
         (ServerKind::Raw, _) => Invocation::new("GroupMessage", (stamp,).to_arguments(protocol)?),
-        (ServerKind::Tidings, Scenario::Broadcast) => {
+        (ServerKind::Tidings, Scenario::Broadcast | Scenario::Cluster) => {
             Invocation::new("BroadcastOthers", (stamp,).to_arguments(protocol)?)
                 .with_invocation_id(seq.to_string())
         }
@@ -532,7 +536,7 @@ async fn storm(worker: &Arc<Worker>, run: &Arc<PhaseRun>, concurrency: usize) {
                 let index = next.fetch_add(1, Ordering::Relaxed);
                 let source = source_address(index, spec.sources);
                 let started = Instant::now();
-                match Conn::open(&spec.endpoint, &path, source).await {
+                match Conn::open(&spec.endpoint, spec.endpoint.server, &path, source).await {
                     Ok(conn) => {
                         run.recorder.record(started.elapsed());
                         run.ops.fetch_add(1, Ordering::Relaxed);

@@ -5,10 +5,14 @@ use heck::ToUpperCamelCase;
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
 use quote::{format_ident, quote, quote_spanned};
+use syn::ext::IdentExt as _;
 use syn::{
     Attribute, Error, FnArg, ImplItem, ImplItemFn, ItemImpl, LitStr, Pat, ReturnType, Type,
     parse_macro_input, spanned::Spanned,
 };
+
+mod client;
+mod schema;
 
 /// Turns an `impl` block into a hub; see the `tidings` crate documentation.
 ///
@@ -28,25 +32,151 @@ use syn::{
 /// * `#[on_connected]` marks the connection hook (`&Context` parameter,
 ///   returns `()` or `Result<(), E>`); `#[on_disconnected]` the
 ///   disconnection hook (`&Context` and/or `Option<ConnectionError>`).
+/// * `#[hub(client = ChatClient)]` on the `impl` block names the hub's
+///   client contract (a `#[client]` trait), for generated client code.
+/// * The hub implements `tidings::schema::HubSchema`: its methods'
+///   parameter and result types, for generators.
+/// * `#[authorize]` on a method requires an authenticated caller;
+///   `#[authorize(roles = "Admin, Ops")]` one of these roles (`role` or
+///   `roles` claims); `#[authorize(policy = "name")]` a policy registered on
+///   the endpoint. `#[hub(authorize)]` (same options) on the `impl` block
+///   requires it of every connection.
 #[proc_macro_attribute]
 pub fn hub(attr: TokenStream, item: TokenStream) -> TokenStream {
-    if !attr.is_empty() {
-        return Error::new(
-            Span::call_site(),
-            "#[hub] on an impl block takes no arguments",
-        )
-        .to_compile_error()
-        .into();
-    }
+    let mut client: Option<syn::Path> = None;
+    let mut authorize: Option<TokenStream2> = None;
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident("authorize") {
+            authorize = Some(parse_authorize_meta(&meta)?);
+            Ok(())
+        } else if meta.path.is_ident("client") {
+            if client.is_some() {
+                return Err(meta.error("`client` is given twice"));
+            }
+            client = Some(meta.value()?.parse()?);
+            Ok(())
+        } else {
+            Err(meta.error(
+                "#[hub] on an impl block takes only `client = ContractTrait` (a #[tidings::client] trait) and `authorize`",
+            ))
+        }
+    });
+    parse_macro_input!(attr with parser);
     let input = parse_macro_input!(item as ItemImpl);
-    match expand(input) {
+    match expand(input, client, authorize) {
         Ok(tokens) => tokens.into(),
         Err(error) => error.to_compile_error().into(),
     }
 }
 
+/// Declares a client contract: the methods a hub may invoke on its
+/// clients; see the `tidings` crate documentation.
+///
+/// * Each `fn name(arg: Type, ...);` (no body, no `async`, optionally
+///   `&self`) becomes a method of every `ClientTarget` (`ClientProxy`,
+///   `SingleClientProxy`) that invokes the client method named in
+///   PascalCase, or as `#[client(name = "...")]` says, and returns a
+///   future of `Result<(), SendError>`.
+/// * A method with a result type (`-> bool`) is a client result: it exists
+///   only on a `SingleClientProxy` and returns a `ClientInvoke`.
+/// * Borrowed parameters are serialized when the method is called; owned
+///   ones lazily, like `ClientProxy::send`.
+#[proc_macro_attribute]
+pub fn client(attr: TokenStream, item: TokenStream) -> TokenStream {
+    if !attr.is_empty() {
+        return Error::new(
+            Span::call_site(),
+            "#[client] takes no arguments (name methods with `#[client(name = \"...\")]`)",
+        )
+        .to_compile_error()
+        .into();
+    }
+    let input = parse_macro_input!(item as syn::ItemTrait);
+    match client::expand(input) {
+        Ok(tokens) => tokens.into(),
+        Err(error) => error.to_compile_error().into(),
+    }
+}
+
+/// `authorize` or `authorize(roles = "...", policy = "...")` → an
+/// `Authorize` expression.
+fn parse_authorize_meta(meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<TokenStream2> {
+    let mut roles: Vec<String> = Vec::new();
+    let mut policy: Option<String> = None;
+    if meta.input.peek(syn::token::Paren) {
+        meta.parse_nested_meta(|inner| {
+            let value: LitStr = inner.value()?.parse()?;
+            if inner.path.is_ident("roles") {
+                roles.extend(
+                    value
+                        .value()
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|r| !r.is_empty())
+                        .map(str::to_owned),
+                );
+                Ok(())
+            } else if inner.path.is_ident("policy") {
+                policy = Some(value.value());
+                Ok(())
+            } else {
+                Err(inner.error("expected `roles = \"...\"` or `policy = \"...\"`"))
+            }
+        })?;
+    }
+    Ok(authorize_tokens(&roles, policy.as_deref()))
+}
+
+fn authorize_tokens(roles: &[String], policy: Option<&str>) -> TokenStream2 {
+    let policy = match policy {
+        Some(p) => quote!(::core::option::Option::Some(#p)),
+        None => quote!(::core::option::Option::None),
+    };
+    quote!(::tidings::__private::Authorize::new(&[#(#roles),*], #policy))
+}
+
+/// A method's `#[authorize]` attribute (bare, or with roles/policy).
+fn parse_authorize_attr(attr: &Attribute) -> syn::Result<TokenStream2> {
+    match &attr.meta {
+        syn::Meta::Path(_) => Ok(authorize_tokens(&[], None)),
+        syn::Meta::List(_) => {
+            let mut out = None;
+            attr.parse_nested_meta(|inner| {
+                let value: LitStr = inner.value()?.parse()?;
+                let (roles, policy) = out.get_or_insert_with(|| (Vec::new(), None));
+                if inner.path.is_ident("roles") {
+                    roles.extend(
+                        value
+                            .value()
+                            .split(',')
+                            .map(str::trim)
+                            .filter(|r| !r.is_empty())
+                            .map(str::to_owned),
+                    );
+                    Ok(())
+                } else if inner.path.is_ident("policy") {
+                    *policy = Some(value.value());
+                    Ok(())
+                } else {
+                    Err(inner.error("expected `roles = \"...\"` or `policy = \"...\"`"))
+                }
+            })?;
+            let (roles, policy): (Vec<String>, Option<String>) = out.unwrap_or_default();
+            Ok(authorize_tokens(&roles, policy.as_deref()))
+        }
+        syn::Meta::NameValue(nv) => Err(Error::new(
+            nv.span(),
+            "expected `#[authorize]` or `#[authorize(roles = \"...\", policy = \"...\")]`",
+        )),
+    }
+}
+
 enum Role {
-    Method { name: String, stream: bool },
+    Method {
+        name: String,
+        stream: bool,
+        authorize: Option<TokenStream2>,
+    },
     Skip,
     OnConnected,
     OnDisconnected,
@@ -59,9 +189,15 @@ struct MethodInfo {
     stream_params: usize,
     handler: syn::Ident,
     stream: bool,
+    schema: schema::Method,
+    authorize: Option<TokenStream2>,
 }
 
-fn expand(mut input: ItemImpl) -> syn::Result<TokenStream2> {
+fn expand(
+    mut input: ItemImpl,
+    client: Option<syn::Path>,
+    hub_authorize: Option<TokenStream2>,
+) -> syn::Result<TokenStream2> {
     if !input.generics.params.is_empty() {
         return Err(Error::new(
             input.generics.span(),
@@ -87,11 +223,16 @@ fn expand(mut input: ItemImpl) -> syn::Result<TokenStream2> {
         let role = take_role(function)?;
         match role {
             Role::Skip => {}
-            Role::Method { name, stream } => {
+            Role::Method {
+                name,
+                stream,
+                authorize,
+            } => {
                 let index = methods.len();
                 let handler = format_ident!("__tidings_handler_{}", index);
                 let (arity, stream_params, tokens) = method_handler(function, &handler, stream)?;
                 handlers.push(tokens);
+                let schema = schema::server_method(function, &name, stream);
                 methods.push(MethodInfo {
                     ident: function.sig.ident.clone(),
                     name,
@@ -99,6 +240,8 @@ fn expand(mut input: ItemImpl) -> syn::Result<TokenStream2> {
                     stream_params,
                     handler,
                     stream,
+                    schema,
+                    authorize,
                 });
             }
             Role::OnConnected => {
@@ -140,6 +283,10 @@ fn expand(mut input: ItemImpl) -> syn::Result<TokenStream2> {
         let arity = m.arity;
         let stream_params = m.stream_params;
         let handler = &m.handler;
+        let authorize = match &m.authorize {
+            Some(tokens) => quote!(::core::option::Option::Some(&#tokens)),
+            None => quote!(::core::option::Option::None),
+        };
         let kind = if m.stream {
             quote!(::tidings::__private::MethodKind::Stream)
         } else {
@@ -152,12 +299,27 @@ fn expand(mut input: ItemImpl) -> syn::Result<TokenStream2> {
                 arity: #arity,
                 stream_params: #stream_params,
                 handler: <#self_ty>::#handler,
+                authorize: #authorize,
             }
         }
     });
 
+    let authorization = hub_authorize.map(|tokens| {
+        quote! {
+            fn authorization() -> ::core::option::Option<&'static ::tidings::__private::Authorize> {
+                const AUTHORIZE: ::tidings::__private::Authorize = #tokens;
+                ::core::option::Option::Some(&AUTHORIZE)
+            }
+        }
+    });
+
+    let schemas: Vec<_> = methods.iter().map(|m| m.schema.clone()).collect();
+    let schema = schema::hub_impl(&self_ty, &schemas, client.as_ref());
+
     Ok(quote! {
         #input
+
+        #schema
 
         #[doc(hidden)]
         #[allow(non_snake_case, clippy::all)]
@@ -174,6 +336,7 @@ fn expand(mut input: ItemImpl) -> syn::Result<TokenStream2> {
             }
             #on_connected
             #on_disconnected
+            #authorization
         }
     })
 }
@@ -183,9 +346,12 @@ fn take_role(function: &mut ImplItemFn) -> syn::Result<Role> {
     let mut role = None;
     let mut name = None;
     let mut stream = false;
+    let mut authorize = None;
     let mut kept: Vec<Attribute> = Vec::new();
     for attr in std::mem::take(&mut function.attrs) {
-        if attr.path().is_ident("on_connected") {
+        if attr.path().is_ident("authorize") {
+            authorize = Some(parse_authorize_attr(&attr)?);
+        } else if attr.path().is_ident("on_connected") {
             role = Some(Role::OnConnected);
         } else if attr.path().is_ident("on_disconnected") {
             role = Some(Role::OnDisconnected);
@@ -216,8 +382,10 @@ fn take_role(function: &mut ImplItemFn) -> syn::Result<Role> {
     Ok(match role {
         Some(role) => role,
         None => Role::Method {
-            name: name.unwrap_or_else(|| function.sig.ident.to_string().to_upper_camel_case()),
+            name: name
+                .unwrap_or_else(|| function.sig.ident.unraw().to_string().to_upper_camel_case()),
             stream,
+            authorize,
         },
     })
 }

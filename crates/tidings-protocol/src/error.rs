@@ -67,11 +67,13 @@ pub enum DecodeError {
     /// A MessagePack completion has a result kind other than 1, 2 or 3.
     #[error("Invalid invocation result kind.")]
     InvalidResultKind,
-    /// A text message is not valid UTF-8.
-    #[error("Invalid UTF-8 in a JSON hub message: {0}")]
+    /// A text message is not valid UTF-8. The text is ASP.NET Core's for any unreadable JSON; the
+    /// position of the fault is in the source error (and in `Debug`), not in what clients see.
+    #[error("Error reading JSON.")]
     InvalidUtf8(#[from] std::str::Utf8Error),
-    /// A text message is not a JSON object.
-    #[error("Error reading JSON: {0}")]
+    /// A text message is not a JSON object. Worded as ASP.NET Core words it; the parser's own
+    /// description is the source error.
+    #[error("Error reading JSON.")]
     Json(#[from] serde_json::Error),
     /// A binary message is malformed MessagePack or does not have the expected layout.
     #[error("Error reading MessagePack: {0}")]
@@ -128,4 +130,17 @@ pub enum HandshakeError {
     /// A message with a `type` was received where a handshake response was expected.
     #[error("Expected a handshake response from the server.")]
     UnexpectedMessage,
+}
+
+/// Why a negotiate request's query was refused. The texts are ASP.NET Core's: servers send them to the
+/// client as the negotiate response's `error`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NegotiateError {
+    /// `negotiateVersion` is not an integer.
+    #[error("The client requested an invalid protocol version '{0}'")]
+    InvalidVersion(String),
+    /// `negotiateVersion` is below the lowest version the server speaks (0).
+    #[error("The client requested version '{0}', but the server does not support this version.")]
+    UnsupportedVersion(i32),
 }

@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::{HandshakeError, RECORD_SEPARATOR};
+use crate::{HandshakeError, Protocol, RECORD_SEPARATOR};
 
 /// The client's handshake: `{"protocol":"json","version":1}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,6 +73,100 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(HandshakeRequest, usize)>, Ha
         )?,
     };
     Ok(Some((HandshakeRequest { protocol, version }, consumed)))
+}
+
+/// The error a server sends when the handshake does not complete in time, or is larger than the
+/// maximum message size (ASP.NET Core uses the same text for both).
+pub const HANDSHAKE_CANCELED: &str = "Handshake was canceled.";
+
+/// What a server accepts in a handshake.
+#[derive(Clone, Copy, Debug)]
+pub struct HandshakePolicy<'a> {
+    /// The hub protocols clients may choose.
+    pub supported: &'a [Protocol],
+    /// The maximum message size, which applies to the handshake too (`None`: unlimited).
+    pub max_message_size: Option<usize>,
+    /// Whether the transport carries binary data (Server-Sent Events does not).
+    pub binary_allowed: bool,
+    /// Whether a malformed request's refusal names the parse error (detailed errors).
+    pub detailed_errors: bool,
+}
+
+/// What a server makes of the first bytes of a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HandshakeOutcome {
+    /// No complete request yet: wait for more bytes.
+    Pending,
+    /// Accepted: the chosen protocol, the requested version (2 asks for stateful reconnect), and how
+    /// many bytes the request used — the bytes after them are already hub messages.
+    Accepted {
+        /// The hub protocol for the rest of the connection.
+        protocol: Protocol,
+        /// The version the client asked for (0, 1 or 2).
+        version: u32,
+        /// Bytes used by the request, separator included.
+        used: usize,
+    },
+    /// Refused: answer with this error (see [`write_response`]), then close.
+    Refused(String),
+}
+
+/// Decides on a handshake from everything a client has sent so far (`buf`: its inbound bytes from the
+/// start, every transport chunk appended), with ASP.NET Core's rules and error texts:
+///
+/// * only the first `max_message_size` bytes are looked at; more than that without a complete
+///   request is refused with [`HANDSHAKE_CANCELED`];
+/// * a request that cannot be parsed → `An unexpected error occurred during connection handshake.`
+///   (with the parse error after it when `detailed_errors` is on);
+/// * a protocol name not in `supported` (compared case-insensitively) → `The protocol '…' is not supported.`;
+/// * a version above 2 → `The server does not support version … of the '…' protocol.`;
+/// * MessagePack on a transport without binary data → `Cannot use the '…' protocol on the current
+///   transport. The transport does not support 'Binary' transfer format.`
+///
+/// The outcome depends only on the bytes, not on how they were split into chunks.
+pub fn accept(buf: &[u8], policy: &HandshakePolicy<'_>) -> HandshakeOutcome {
+    let (segment, over) = match policy.max_message_size {
+        Some(limit) if buf.len() > limit => (&buf[..limit], true),
+        _ => (buf, false),
+    };
+    let (request, used) = match parse_request(segment) {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) if over => return HandshakeOutcome::Refused(HANDSHAKE_CANCELED.to_owned()),
+        Ok(None) => return HandshakeOutcome::Pending,
+        Err(error) => {
+            let mut text = "An unexpected error occurred during connection handshake.".to_owned();
+            if policy.detailed_errors {
+                text.push_str(" InvalidDataException: ");
+                text.push_str(&error.to_string());
+            }
+            return HandshakeOutcome::Refused(text);
+        }
+    };
+    let protocol = Protocol::from_name(&request.protocol).filter(|p| policy.supported.contains(p));
+    let Some(protocol) = protocol else {
+        return HandshakeOutcome::Refused(format!(
+            "The protocol '{}' is not supported.",
+            request.protocol
+        ));
+    };
+    if request.version > 2 {
+        return HandshakeOutcome::Refused(format!(
+            "The server does not support version {} of the '{}' protocol.",
+            request.version, request.protocol
+        ));
+    }
+    if protocol == Protocol::MessagePack && !policy.binary_allowed {
+        return HandshakeOutcome::Refused(format!(
+            "Cannot use the '{}' protocol on the current transport. The transport does not support 'Binary' transfer format.",
+            request.protocol
+        ));
+    }
+    HandshakeOutcome::Accepted {
+        protocol,
+        version: request.version,
+        used,
+    }
 }
 
 /// Appends the server's answer: `{}` + `0x1E` on success, `{"error":"…"}` + `0x1E` otherwise.

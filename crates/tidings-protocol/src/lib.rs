@@ -8,7 +8,8 @@
 //! * **MessagePack** ([`Protocol::MessagePack`]): each message is a MessagePack array prefixed with its
 //!   length as a VarInt.
 //!
-//! It also covers the [`handshake`] that selects the protocol and the [`negotiate`] response body.
+//! It also covers the [`handshake`] that selects the protocol (and the server's decision on it), the
+//! [`negotiate`] request query and response body, and the Server-Sent Events framing ([`sse`]).
 //! Transports, connections and hubs live elsewhere; nothing here depends on an async runtime or HTTP.
 //!
 //! Arguments, results and stream items are carried as [`Payload`]s: the serialized bytes of one value,
@@ -42,15 +43,18 @@ mod msgpack;
 pub mod negotiate;
 mod payload;
 mod protocol;
+pub mod sse;
 
 pub use decoder::MessageDecoder;
-pub use error::{DecodeError, EncodeError, HandshakeError, PayloadError};
+pub use error::{DecodeError, EncodeError, HandshakeError, NegotiateError, PayloadError};
 pub use handshake::{HandshakeRequest, HandshakeResponse};
 pub use message::{
     CancelInvocation, Close, Completion, CompletionResult, Headers, HubMessage, Invocation,
     StreamItem,
 };
-pub use negotiate::{AvailableTransport, NegotiateResponse, TransferFormat, TransportType};
+pub use negotiate::{
+    AvailableTransport, NegotiateRequest, NegotiateResponse, TransferFormat, TransportType,
+};
 pub use payload::{Payload, ToArguments};
 pub use protocol::Protocol;
 

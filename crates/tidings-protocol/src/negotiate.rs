@@ -1,6 +1,9 @@
-//! The JSON body of the negotiate response (`POST {hub}/negotiate`), for servers and clients.
+//! Negotiation (`POST {hub}/negotiate`): the JSON body of the response, for servers and clients, and
+//! what the request asks for in its URL query ([`NegotiateRequest`], [`query_pairs`]).
 
 use serde::{Deserialize, Serialize};
+
+use crate::NegotiateError;
 
 /// The negotiate response. Serializes with camelCase names, in the order ASP.NET Core writes them, and
 /// omits `None` fields and an empty transport list.
@@ -94,4 +97,107 @@ pub enum TransferFormat {
     Text,
     /// Arbitrary bytes (MessagePack hub protocol).
     Binary,
+}
+
+/// What a negotiate request asks for, read from its URL query: the negotiate version and whether the
+/// client wants stateful reconnect. Servers answer the version (or the error) in the negotiate
+/// response; the token scheme depends on it (version 0: the connection id is the token).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NegotiateRequest {
+    /// The version to answer with: the client's `negotiateVersion`, capped at 1 (the highest this
+    /// implementation speaks); 0 when the client sent none (older clients, Python's `signalrcore`).
+    pub version: u32,
+    /// `useStatefulReconnect=true` was in the query. Honour it only when the endpoint allows stateful
+    /// reconnect and `version` is at least 1 (a version-0 token is the public connection id).
+    pub stateful_reconnect: bool,
+}
+
+impl NegotiateRequest {
+    /// Reads the query string of a negotiate request (without the leading `?`), matching keys
+    /// case-insensitively as ASP.NET Core does. A `negotiateVersion` that is not a 32-bit integer,
+    /// or is negative, is an error whose text is ASP.NET Core's (servers send it as
+    /// `{"error":"…"}` with status 200).
+    ///
+    /// ```
+    /// use tidings_protocol::negotiate::NegotiateRequest;
+    ///
+    /// let request = NegotiateRequest::from_query(Some("negotiateVersion=7&useStatefulReconnect=True"))?;
+    /// assert_eq!(request, NegotiateRequest { version: 1, stateful_reconnect: true });
+    /// assert_eq!(NegotiateRequest::from_query(None)?.version, 0);
+    /// let error = NegotiateRequest::from_query(Some("negotiateVersion=one")).unwrap_err();
+    /// assert_eq!(error.to_string(), "The client requested an invalid protocol version 'one'");
+    /// # Ok::<(), tidings_protocol::NegotiateError>(())
+    /// ```
+    pub fn from_query(query: Option<&str>) -> Result<NegotiateRequest, NegotiateError> {
+        let query = query.unwrap_or_default();
+        let version = match query_value(query, "negotiateVersion") {
+            None => 0,
+            // int.TryParse: optional sign, digits, surrounding white space.
+            Some(raw) => match raw.trim().parse::<i32>() {
+                Err(_) => return Err(NegotiateError::InvalidVersion(raw)),
+                Ok(v) if v < 0 => return Err(NegotiateError::UnsupportedVersion(v)),
+                Ok(v) => v.min(1).unsigned_abs(),
+            },
+        };
+        let stateful_reconnect = query_value(query, "useStatefulReconnect")
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+        Ok(NegotiateRequest {
+            version,
+            stateful_reconnect,
+        })
+    }
+}
+
+/// The first value of `key` in a URL query (keys compared ASCII case-insensitively, values
+/// percent-decoded), as ASP.NET Core reads `id`, `negotiateVersion` and `useStatefulReconnect`.
+pub fn query_value(query: &str, key: &str) -> Option<String> {
+    query_pairs(query)
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| v)
+}
+
+/// The `key=value` pairs of a URL query (`application/x-www-form-urlencoded`), in order: `+` is a
+/// space, `%XX` a byte; a `%` not followed by two hex digits stays as it is, a pair without `=` has
+/// an empty value, empty pairs are skipped, and bytes that do not form UTF-8 become U+FFFD.
+pub fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query.split('&').filter(|s| !s.is_empty()).map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(key), percent_decode(value))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        // Not `u8::from_str_radix`, which would also take a sign (`%+1`).
+        match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            b'A'..=b'F' => Some(b - b'A' + 10),
+            _ => None,
+        }
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => match (
+                bytes.get(i + 1).and_then(|&b| hex(b)),
+                bytes.get(i + 2).and_then(|&b| hex(b)),
+            ) {
+                (Some(high), Some(low)) => {
+                    out.push(high << 4 | low);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    match String::from_utf8(out) {
+        Ok(text) => text,
+        Err(error) => String::from_utf8_lossy(error.as_bytes()).into_owned(),
+    }
 }

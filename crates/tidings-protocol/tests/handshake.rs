@@ -142,3 +142,110 @@ fn request_round_trip() {
     assert_eq!(out, b"{\"protocol\":\"messagepack\",\"version\":1}\x1e");
     assert_eq!(handshake::parse_request(&out).unwrap().unwrap().0, req);
 }
+
+mod accept {
+    use tidings_protocol::{
+        Protocol,
+        handshake::{HANDSHAKE_CANCELED, HandshakeOutcome, HandshakePolicy, accept},
+    };
+
+    const BOTH: [Protocol; 2] = [Protocol::Json, Protocol::MessagePack];
+
+    fn policy(limit: Option<usize>) -> HandshakePolicy<'static> {
+        HandshakePolicy {
+            supported: &BOTH,
+            max_message_size: limit,
+            binary_allowed: true,
+            detailed_errors: true,
+        }
+    }
+
+    fn refused(text: &str) -> HandshakeOutcome {
+        HandshakeOutcome::Refused(text.to_owned())
+    }
+
+    #[test]
+    fn accepts_and_reports_what_follows() {
+        let buf = b"{\"protocol\":\"MessagePack\",\"version\":2}\x1e\x02\x91\x06";
+        assert_eq!(
+            accept(buf, &policy(None)),
+            HandshakeOutcome::Accepted {
+                protocol: Protocol::MessagePack,
+                version: 2,
+                used: buf.len() - 3,
+            }
+        );
+        assert_eq!(
+            accept(b"{\"protocol\":\"json\"", &policy(None)),
+            HandshakeOutcome::Pending
+        );
+    }
+
+    #[test]
+    fn refusals_use_aspnet_core_texts() {
+        let p = policy(None);
+        assert_eq!(
+            accept(b"{\"protocol\":\"foo\",\"version\":1}\x1e", &p),
+            refused("The protocol 'foo' is not supported.")
+        );
+        assert_eq!(
+            accept(b"{\"protocol\":\"json\",\"version\":3}\x1e", &p),
+            refused("The server does not support version 3 of the 'json' protocol.")
+        );
+        assert_eq!(
+            accept(b"{\"type\":1}\x1e", &p),
+            refused(
+                "An unexpected error occurred during connection handshake. InvalidDataException: Missing required property 'protocol'."
+            )
+        );
+        let plain = HandshakePolicy {
+            detailed_errors: false,
+            ..p
+        };
+        assert_eq!(
+            accept(b"[]\x1e", &plain),
+            refused("An unexpected error occurred during connection handshake.")
+        );
+        let sse = HandshakePolicy {
+            binary_allowed: false,
+            ..p
+        };
+        assert_eq!(
+            accept(b"{\"protocol\":\"messagepack\",\"version\":1}\x1e", &sse),
+            refused(
+                "Cannot use the 'messagepack' protocol on the current transport. The transport does not support 'Binary' transfer format."
+            )
+        );
+        let json_only = HandshakePolicy {
+            supported: &[Protocol::Json],
+            ..p
+        };
+        assert_eq!(
+            accept(
+                b"{\"protocol\":\"messagepack\",\"version\":1}\x1e",
+                &json_only
+            ),
+            refused("The protocol 'messagepack' is not supported.")
+        );
+    }
+
+    /// Only the first `limit` bytes count, as in ASP.NET Core: a request that does not end within
+    /// them is canceled, even when a (malformed) one ends later. Parsing the whole buffer instead
+    /// made the answer depend on how the bytes were split into transport chunks.
+    #[test]
+    fn the_size_limit_applies_before_parsing() {
+        let p = policy(Some(16));
+        let long = b"{\"protocol\":\"json\",\"version\":1}\x1e";
+        assert_eq!(accept(long, &p), refused(HANDSHAKE_CANCELED));
+        assert_eq!(accept(&long[..10], &p), HandshakeOutcome::Pending);
+        let malformed_late = b"{\"protocol\":\"json\",,,,,,,,}\x1e";
+        assert_eq!(accept(malformed_late, &p), refused(HANDSHAKE_CANCELED));
+        // Within the limit, followed by more than the limit of messages.
+        let mut buf = b"{\"protocol\":\"json\",\"version\":1}\x1e".to_vec();
+        buf.extend_from_slice(&[b' '; 100]);
+        assert!(matches!(
+            accept(&buf, &policy(Some(32))),
+            HandshakeOutcome::Accepted { used: 32, .. }
+        ));
+    }
+}

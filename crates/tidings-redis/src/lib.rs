@@ -30,6 +30,39 @@
 //! extension item that ASP.NET Core ignores (see the `wire` module), and
 //! its own keys for presence and the server registry.
 //!
+//! ## Redis Cluster
+//!
+//! [`RedisOptions::cluster`] connects to a Redis Cluster (Redis 7 or
+//! later) through any of its nodes:
+//!
+//! ```no_run
+//! # fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use tidings_redis::{RedisBackplane, RedisOptions};
+//! # tokio::runtime::Runtime::new()?.block_on(async {
+//! let options = RedisOptions::cluster(["redis://10.0.0.9:7000", "redis://10.0.0.10:7000"]);
+//! let backplane = RedisBackplane::connect(options)?;
+//! # let _ = backplane; Ok::<_, Box<dyn std::error::Error>>(()) })?;
+//! # Ok(()) }
+//! ```
+//!
+//! Channel messages then travel by sharded pub/sub (`SPUBLISH`,
+//! `SSUBSCRIBE`): each reaches only the shard owning its channel's hash
+//! slot, not every node. The channel names are unchanged and spread over
+//! the shards; keys used together share a hash tag (one hub's presence
+//! keys `{<prefix><hub>}:presence…`, which they do on a single node too,
+//! and the server registry, `{<prefix>tidings}:servers` and `:addresses`
+//! instead of `<prefix>tidings:…`).
+//!
+//! Ordering is weaker than on a single node: one server's messages on one
+//! channel (or any channels of one slot) arrive in the order it sent them,
+//! but messages for channels of different shards reach a receiver over
+//! different connections, so under load a later one may overtake an
+//! earlier one. The publisher narrows this: runs of one slot are
+//! pipelined, and the next slot's run is published only once the previous
+//! run was accepted. After a shard fails, buffered messages wait until the
+//! other servers have subscribed again on a new connection (a subscription
+//! epoch in the registry), as after a single node's restart.
+//!
 //! ## When Redis fails
 //!
 //! Local delivery never waits for Redis. Cross-server messages go through a
@@ -46,6 +79,7 @@
 //! sets, tagged with its server id; a server whose heartbeat stops is
 //! purged by the others.
 
+mod connection;
 mod link;
 mod manager;
 mod presence;
@@ -59,12 +93,17 @@ use tokio::time::{Instant, sleep};
 pub use link::BackplaneStats;
 pub use manager::RedisLifetimeManager;
 
-use crate::link::{Link, addresses_key, lock, now_ms, servers_key};
+use crate::{
+    connection::Client,
+    link::{Link, addresses_key, epochs_key, lock, now_ms, servers_key},
+};
 
 /// Settings of a [`RedisBackplane`].
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
-    url: String,
+    /// One URL for a single node; the seed nodes of a cluster.
+    urls: Vec<String>,
+    pub(crate) cluster: bool,
     pub(crate) channel_prefix: String,
     pub(crate) advertise: Option<String>,
     pub(crate) buffer_messages: usize,
@@ -84,7 +123,8 @@ impl RedisOptions {
     /// `rediss://` for TLS is not built in), with the defaults below.
     pub fn new(url: impl Into<String>) -> Self {
         RedisOptions {
-            url: url.into(),
+            urls: vec![url.into()],
+            cluster: false,
             channel_prefix: String::new(),
             advertise: None,
             buffer_messages: 10_000,
@@ -98,6 +138,36 @@ impl RedisOptions {
             server_ttl: Duration::from_secs(10),
             metrics: None,
         }
+    }
+
+    /// Settings for a Redis Cluster, reached first through any of
+    /// `nodes` (`redis://host:port` each; the others are discovered), with
+    /// the defaults of [`new`](Self::new).
+    ///
+    /// Channel messages then use sharded pub/sub (`SPUBLISH`,
+    /// `SSUBSCRIBE`): a message goes only to the shard that owns its
+    /// channel's hash slot, instead of to every node over the cluster bus,
+    /// so pub/sub traffic grows with the shards. The channel names are
+    /// those of a single node and are spread over the shards by their
+    /// slots; keys read or written together (one hub's presence, the
+    /// server registry) share a hash tag. Order is kept per slot only:
+    /// messages of different shards travel over different connections (see
+    /// the crate documentation). Redis 7 or later is needed.
+    pub fn cluster<I, S>(nodes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        RedisOptions {
+            urls: nodes.into_iter().map(Into::into).collect(),
+            cluster: true,
+            ..RedisOptions::new(String::new())
+        }
+    }
+
+    /// Whether these settings are for a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
     }
 
     /// Prepended verbatim to every channel and key (StackExchange.Redis's
@@ -208,19 +278,39 @@ impl RedisBackplane {
     /// reconnecting: a server starts (and serves its own clients) while
     /// Redis is away. Must be called inside a Tokio runtime.
     pub fn connect(options: RedisOptions) -> Result<Self, BackplaneError> {
-        use redis::IntoConnectionInfo;
-        let info = options
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| BackplaneError::Url(e.to_string()))?;
-        // Pub/sub and commands share one multiplexed connection: RESP3.
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(redis::ProtocolVersion::RESP3);
-        let info = info.set_redis_settings(settings);
-        let client = redis::Client::open(info).map_err(|e| BackplaneError::Url(e.to_string()))?;
+        let client = if options.cluster {
+            if options.urls.is_empty() {
+                return Err(BackplaneError::Url(
+                    "a Redis Cluster needs at least one node".to_owned(),
+                ));
+            }
+            // Pub/sub pushes and commands share the nodes' connections:
+            // RESP3. Few retries inside the client: the backplane has its
+            // own reconnect loop and buffer.
+            redis::cluster::ClusterClientBuilder::new(options.urls.iter().map(String::as_str))
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .retries(2)
+                .connection_timeout(options.command_timeout)
+                .response_timeout(options.command_timeout)
+                .build()
+                .map(|client| Client::Cluster(Box::new(client)))
+                .map_err(|e| BackplaneError::Url(e.to_string()))?
+        } else {
+            use redis::IntoConnectionInfo;
+            let url = options.urls.first().map_or("", String::as_str);
+            let info = url
+                .into_connection_info()
+                .map_err(|e| BackplaneError::Url(e.to_string()))?;
+            // Pub/sub and commands share one multiplexed connection: RESP3.
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_protocol(redis::ProtocolVersion::RESP3);
+            let info = info.set_redis_settings(settings);
+            redis::Client::open(info)
+                .map(Client::Node)
+                .map_err(|e| BackplaneError::Url(e.to_string()))?
+        };
         let server_id = format!("{:016x}", rand::random::<u64>());
         let link = Link::new(client, options, server_id);
         link.start();
@@ -257,9 +347,8 @@ impl RedisBackplane {
     /// The advertised address of a live server, from the registry.
     pub async fn server_address(&self, server_id: &str) -> Option<String> {
         let mut connection = self.link.connection()?;
-        let prefix = &self.link.options.channel_prefix;
         let expires: Option<u64> = redis::cmd("ZSCORE")
-            .arg(servers_key(prefix))
+            .arg(servers_key(&self.link.options))
             .arg(server_id)
             .query_async(&mut connection)
             .await
@@ -268,7 +357,7 @@ impl RedisBackplane {
             return None;
         }
         redis::cmd("HGET")
-            .arg(addresses_key(prefix))
+            .arg(addresses_key(&self.link.options))
             .arg(server_id)
             .query_async(&mut connection)
             .await
@@ -331,7 +420,7 @@ async fn heartbeat(link: Arc<Link>) {
             tracing::debug!(%error, "heartbeat failed");
             continue;
         }
-        let key = servers_key(&link.options.channel_prefix);
+        let key = servers_key(&link.options);
         let now = now_ms();
         let live: redis::RedisResult<Vec<String>> = redis::cmd("ZRANGEBYSCORE")
             .arg(&key)
@@ -341,6 +430,15 @@ async fn heartbeat(link: Arc<Link>) {
             .await;
         if let Ok(live) = live {
             *lock(&link.peers) = live.into_iter().filter(|s| *s != link.server_id).collect();
+        }
+        if link.options.cluster {
+            let epochs: redis::RedisResult<HashMap<String, u64>> = redis::cmd("HGETALL")
+                .arg(epochs_key(&link.options))
+                .query_async(&mut connection)
+                .await;
+            if let Ok(epochs) = epochs {
+                *lock(&link.peer_epochs) = epochs;
+            }
         }
         let dead: Vec<String> = redis::cmd("ZRANGEBYSCORE")
             .arg(&key)
@@ -370,7 +468,9 @@ async fn heartbeat(link: Arc<Link>) {
             let _: redis::RedisResult<()> = redis::pipe()
                 .zrem(&key, &server)
                 .ignore()
-                .hdel(addresses_key(&link.options.channel_prefix), &server)
+                .hdel(addresses_key(&link.options), &server)
+                .ignore()
+                .hdel(epochs_key(&link.options), &server)
                 .ignore()
                 .exec_async(&mut connection)
                 .await;

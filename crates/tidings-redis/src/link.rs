@@ -1,5 +1,6 @@
-//! The link to Redis: one multiplexed RESP3 connection per server, and the
-//! tasks that keep it useful through failures.
+//! The link to Redis: one multiplexed RESP3 connection per server (or one
+//! cluster connection, see the `connection` module), and the tasks that
+//! keep it useful through failures.
 //!
 //! * The **supervisor** connects (with exponential backoff and jitter),
 //!   subscribes every wanted channel, registers the server, and only then
@@ -32,7 +33,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use redis::{PushInfo, PushKind, Value, aio::MultiplexedConnection};
+use redis::{PushInfo, PushKind, Value};
 use tokio::{
     sync::{Notify, mpsc, watch},
     time::{Instant, sleep, timeout},
@@ -40,7 +41,12 @@ use tokio::{
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{RedisOptions, manager::HubCore, wire::ChannelKind};
+use crate::{
+    RedisOptions,
+    connection::{Client, Connection, slot},
+    manager::HubCore,
+    wire::ChannelKind,
+};
 
 /// Where a subscribed channel's messages go.
 #[derive(Clone)]
@@ -73,10 +79,7 @@ pub struct BackplaneStats {
 #[derive(Clone)]
 pub(crate) enum State {
     Down,
-    Up {
-        connection: MultiplexedConnection,
-        epoch: u64,
-    },
+    Up { connection: Connection, epoch: u64 },
 }
 
 struct Publish {
@@ -108,7 +111,7 @@ struct Counters {
 }
 
 pub(crate) struct Link {
-    client: redis::Client,
+    client: Client,
     pub options: RedisOptions,
     pub server_id: String,
     state: watch::Sender<State>,
@@ -119,23 +122,50 @@ pub(crate) struct Link {
     outbox: Mutex<Outbox>,
     outbox_ready: Notify,
     seq: AtomicU64,
-    /// The last sequence number seen from each other server.
-    seen: Mutex<HashMap<String, u64>>,
+    /// The last sequence number seen from each other server, per lane
+    /// (see [`Link::lane`]).
+    seen: Mutex<HashMap<String, HashMap<u16, u64>>>,
     /// Other live servers, as of the last heartbeat.
     pub peers: Mutex<HashSet<String>>,
+    /// On a cluster: how many times this server's subscriptions were made
+    /// complete on a new connection, published in the registry. A shard
+    /// that fails takes neither the registry nor the other servers'
+    /// registrations with it, so "registered" cannot mean "subscribed
+    /// again"; a higher epoch does.
+    pub subscribed: AtomicU64,
+    /// The other servers' epochs, as of the last heartbeat.
+    pub peer_epochs: Mutex<HashMap<String, u64>>,
+    /// `peer_epochs` when the link last went down.
+    epochs_before_outage: Mutex<HashMap<String, u64>>,
     counters: Counters,
     /// Hubs to tell about a reconnect (they resynchronize presence).
     pub hubs: Mutex<Vec<Weak<HubCore>>>,
     pub stop: CancellationToken,
 }
 
-/// The registry keys (process-wide, under the channel prefix).
-pub(crate) fn servers_key(prefix: &str) -> String {
-    format!("{prefix}tidings:servers")
+/// The registry keys (process-wide, under the channel prefix). On a
+/// cluster they share a hash tag, so that one pipeline may touch both.
+pub(crate) fn servers_key(options: &RedisOptions) -> String {
+    registry_key(options, "servers")
 }
 
-pub(crate) fn addresses_key(prefix: &str) -> String {
-    format!("{prefix}tidings:addresses")
+pub(crate) fn addresses_key(options: &RedisOptions) -> String {
+    registry_key(options, "addresses")
+}
+
+/// On a cluster: each server's subscription epoch (see
+/// [`Link::subscribed`]).
+pub(crate) fn epochs_key(options: &RedisOptions) -> String {
+    registry_key(options, "epochs")
+}
+
+fn registry_key(options: &RedisOptions, name: &str) -> String {
+    let prefix = &options.channel_prefix;
+    if options.cluster {
+        format!("{{{prefix}tidings}}:{name}")
+    } else {
+        format!("{prefix}tidings:{name}")
+    }
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -145,7 +175,7 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 impl Link {
-    pub fn new(client: redis::Client, options: RedisOptions, server_id: String) -> Arc<Self> {
+    pub fn new(client: Client, options: RedisOptions, server_id: String) -> Arc<Self> {
         Arc::new(Link {
             client,
             options,
@@ -160,6 +190,9 @@ impl Link {
             seq: AtomicU64::new(0),
             seen: Mutex::new(HashMap::new()),
             peers: Mutex::new(HashSet::new()),
+            subscribed: AtomicU64::new(0),
+            peer_epochs: Mutex::new(HashMap::new()),
+            epochs_before_outage: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             hubs: Mutex::new(Vec::new()),
             stop: Default::default(),
@@ -186,7 +219,7 @@ impl Link {
     }
 
     /// The connection, if the link is up now.
-    pub fn connection(&self) -> Option<MultiplexedConnection> {
+    pub fn connection(&self) -> Option<Connection> {
         match &*self.state.borrow() {
             State::Up { connection, .. } => Some(connection.clone()),
             State::Down => None,
@@ -299,28 +332,41 @@ impl Link {
         true
     }
 
-    /// Whether a message from `origin` numbered `seq` is new; records it.
-    fn fresh(&self, origin: &str, seq: u64) -> bool {
-        let mut seen = lock(&self.seen);
-        match seen.get_mut(origin) {
-            Some(last) if *last >= seq => false,
-            Some(last) => {
-                *last = seq;
-                true
-            }
-            None => {
-                seen.insert(origin.to_owned(), seq);
-                true
-            }
+    /// The lane of a channel: the unit within which one server's messages
+    /// arrive in the order it published them. A single node delivers
+    /// everything over one connection (one lane); a cluster delivers each
+    /// shard's messages over a connection of its own, so messages of
+    /// different slots may overtake each other.
+    pub fn lane(&self, channel: &str) -> u16 {
+        if self.options.cluster {
+            slot(channel)
+        } else {
+            0
         }
     }
 
+    /// Whether a message from `origin` numbered `seq` is new in its lane;
+    /// records it.
+    fn fresh(&self, origin: &str, lane: u16, seq: u64) -> bool {
+        let mut seen = lock(&self.seen);
+        let lanes = match seen.get_mut(origin) {
+            Some(lanes) => lanes,
+            None => seen.entry(origin.to_owned()).or_default(),
+        };
+        let last = lanes.entry(lane).or_insert(0);
+        if *last >= seq {
+            return false;
+        }
+        *last = seq;
+        true
+    }
+
     /// Filters received envelopes: not from this server, not seen before.
-    pub fn accept(&self, origin: Option<&str>, seq: Option<u64>) -> bool {
+    pub fn accept(&self, origin: Option<&str>, seq: Option<u64>, lane: u16) -> bool {
         match (origin, seq) {
             (Some(origin), _) if origin == self.server_id => false,
             (Some(origin), Some(seq)) => {
-                let fresh = self.fresh(origin, seq);
+                let fresh = self.fresh(origin, lane, seq);
                 if !fresh {
                     self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
                 }
@@ -357,14 +403,17 @@ async fn supervise(link: Arc<Link>) {
     let mut epoch = 0u64;
     while !link.stop.is_cancelled() {
         let (push_tx, push_rx) = mpsc::unbounded_channel();
-        let config = redis::AsyncConnectionConfig::new()
-            .set_push_sender(push_tx)
-            .set_connection_timeout(Some(link.options.command_timeout))
-            .set_response_timeout(Some(link.options.command_timeout));
-        let connected = link
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await;
+        let connected = timeout(
+            link.options.command_timeout,
+            link.client.connect(push_tx, link.options.command_timeout),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "connecting timed out",
+            )))
+        });
         let mut connection = match connected {
             Ok(connection) => connection,
             Err(error) => {
@@ -388,6 +437,7 @@ async fn supervise(link: Arc<Link>) {
             .keys()
             .cloned()
             .collect();
+        link.subscribed.store(epoch + 1, Ordering::Relaxed);
         let ready = async {
             for chunk in wanted.chunks(512) {
                 connection.subscribe(chunk).await?;
@@ -467,6 +517,8 @@ async fn supervise(link: Arc<Link>) {
             link.applied.send_replace(generation);
         }
         link.set_state(State::Down);
+        let known = lock(&link.peer_epochs).clone();
+        *lock(&link.epochs_before_outage) = known;
         tracing::warn!(
             "lost the connection to Redis; local delivery continues, cross-server messages are buffered"
         );
@@ -486,17 +538,18 @@ async fn wait_backoff(link: &Link, backoff: &mut Duration) {
 }
 
 /// Registers this server (address and liveness) in the registry.
-pub(crate) async fn register(
-    link: &Link,
-    connection: &mut MultiplexedConnection,
-) -> redis::RedisResult<()> {
-    let prefix = &link.options.channel_prefix;
+pub(crate) async fn register(link: &Link, connection: &mut Connection) -> redis::RedisResult<()> {
     let expires = now_ms() + link.options.server_ttl.as_millis() as u64;
     let mut pipe = redis::pipe();
-    pipe.zadd(servers_key(prefix), &link.server_id, expires)
+    pipe.zadd(servers_key(&link.options), &link.server_id, expires)
         .ignore();
     if let Some(address) = &link.options.advertise {
-        pipe.hset(addresses_key(prefix), &link.server_id, address)
+        pipe.hset(addresses_key(&link.options), &link.server_id, address)
+            .ignore();
+    }
+    if link.options.cluster {
+        let epoch = link.subscribed.load(Ordering::Relaxed);
+        pipe.hset(epochs_key(&link.options), &link.server_id, epoch)
             .ignore();
     }
     pipe.exec_async(connection).await
@@ -529,7 +582,7 @@ async fn receive(
                 if let Some(metrics) = &link.options.metrics {
                     metrics.received();
                 }
-                hub.receive(&route.kind, &payload);
+                hub.receive(&route.kind, &payload, link.lane(&channel));
             }
             PushKind::Disconnection => break,
             _ => {}
@@ -596,9 +649,19 @@ async fn publish_loop(link: Arc<Link>) {
             let mut pipe = redis::pipe();
             let mut count = 0;
             let mut size = 0;
-            let command = "PUBLISH";
+            let command = connection.publish_command();
+            // On a cluster a pipeline goes to one node, so a batch holds
+            // only messages of one slot: the run at the front of the
+            // outbox. Runs are sent one after the other, each once the
+            // previous one was accepted: one server's messages leave in
+            // order across shards (they may still arrive out of order, over
+            // the receivers' separate shard connections).
+            let lane = outbox.queue.front().map(|p| link.lane(&p.channel));
             for publish in outbox.queue.iter() {
                 if count == BATCH_MESSAGES || (count > 0 && size >= BATCH_BYTES) {
+                    break;
+                }
+                if count > 0 && Some(link.lane(&publish.channel)) != lane {
                     break;
                 }
                 pipe.cmd(command)
@@ -663,8 +726,10 @@ async fn wait_for_new_epoch(link: &Link, state: &mut watch::Receiver<State>, epo
 }
 
 /// After a reconnect: wait until every server known before is registered
-/// again (and so subscribed), or the grace period passed.
-async fn wait_for_peers(link: &Link, connection: &mut MultiplexedConnection) {
+/// again (and so subscribed), or the grace period passed. On a cluster,
+/// until each has a higher subscription epoch than before the outage: a
+/// failed shard leaves registrations on the other shards in place.
+async fn wait_for_peers(link: &Link, connection: &mut Connection) {
     let known: HashSet<String> = lock(&link.peers).clone();
     tracing::debug!(
         peers = known.len(),
@@ -673,18 +738,32 @@ async fn wait_for_peers(link: &Link, connection: &mut MultiplexedConnection) {
     if known.is_empty() {
         return;
     }
+    let before = lock(&link.epochs_before_outage).clone();
     let deadline = Instant::now() + link.options.resubscribe_grace;
-    let key = servers_key(&link.options.channel_prefix);
+    let key = servers_key(&link.options);
     while Instant::now() < deadline {
-        let live: redis::RedisResult<Vec<String>> = redis::cmd("ZRANGEBYSCORE")
-            .arg(&key)
-            .arg(now_ms())
-            .arg("+inf")
-            .query_async(connection)
-            .await;
-        match live {
-            Ok(live) if known.iter().all(|k| live.contains(k)) => return,
-            Ok(_) => {}
+        let ready = if link.options.cluster {
+            redis::cmd("HGETALL")
+                .arg(epochs_key(&link.options))
+                .query_async::<HashMap<String, u64>>(connection)
+                .await
+                .map(|now| {
+                    known.iter().all(|k| {
+                        now.get(k).copied().unwrap_or(0) > before.get(k).copied().unwrap_or(0)
+                    })
+                })
+        } else {
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(&key)
+                .arg(now_ms())
+                .arg("+inf")
+                .query_async::<Vec<String>>(connection)
+                .await
+                .map(|live| known.iter().all(|k| live.contains(k)))
+        };
+        match ready {
+            Ok(true) => return,
+            Ok(false) => {}
             Err(_) => return,
         }
         sleep(Duration::from_millis(50)).await;

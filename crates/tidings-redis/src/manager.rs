@@ -39,6 +39,7 @@ use tidings_protocol::{Completion, CompletionResult, HubMessage, MessageDecoder,
 use tokio::sync::oneshot;
 
 use crate::{
+    connection::Connection,
     link::{Link, Route},
     presence::Presence,
     wire::{
@@ -155,6 +156,9 @@ impl HubCore {
             excluded: excluded.to_vec(),
             json,
             msgpack,
+            close: message
+                .is_close()
+                .then(|| message.close_reason().map(str::to_owned)),
             origin: Some(self.link.server_id.clone()),
             ..Default::default()
         })
@@ -261,7 +265,7 @@ impl HubCore {
     }
 
     /// A message arrived on one of this hub's channels.
-    pub(crate) fn receive(&self, kind: &ChannelKind, payload: &[u8]) {
+    pub(crate) fn receive(&self, kind: &ChannelKind, payload: &[u8], lane: u16) {
         match kind {
             ChannelKind::All
             | ChannelKind::Group(_)
@@ -274,7 +278,10 @@ impl HubCore {
                         return;
                     }
                 };
-                if !self.link.accept(envelope.origin.as_deref(), envelope.seq) {
+                if !self
+                    .link
+                    .accept(envelope.origin.as_deref(), envelope.seq, lane)
+                {
                     return;
                 }
                 self.deliver(kind, envelope);
@@ -302,9 +309,13 @@ impl HubCore {
             msgpack,
             result,
             earlier,
+            close,
             ..
         } = envelope;
-        let message = Arc::new(SerializedMessage::from_frames(json, msgpack));
+        let message = Arc::new(match close {
+            Some(reason) => SerializedMessage::close(reason),
+            None => SerializedMessage::from_frames(json, msgpack),
+        });
         match kind {
             ChannelKind::All if excluded.is_empty() => {
                 self.local.send_local(&Target::All, &message);
@@ -377,7 +388,7 @@ impl HubCore {
         }
         let payload = encode_completion(protocol.name(), &frame);
         if let Some(mut connection) = self.link.connection() {
-            let sent: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+            let sent: redis::RedisResult<i64> = redis::cmd(connection.publish_command())
                 .arg(&return_channel)
                 .arg(payload)
                 .query_async(&mut connection)
@@ -445,7 +456,7 @@ impl HubCore {
             results: &self.results,
             id: &invocation_id,
         };
-        let receivers: i64 = redis::cmd("PUBLISH")
+        let receivers: i64 = redis::cmd(connection.publish_command())
             .arg(self.channels.connection(connection_id))
             .arg(envelope.encode())
             .query_async(&mut connection)
@@ -538,7 +549,7 @@ impl HubCore {
             group: group.to_owned(),
             connection_id: connection_id.to_owned(),
         };
-        let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+        let published: redis::RedisResult<i64> = redis::cmd(connection.publish_command())
             .arg(self.channels.group_management())
             .arg(command.encode())
             .query_async(&mut connection)
@@ -569,7 +580,7 @@ impl HubCore {
                 .await;
             let ack = encode_ack(command.id);
             if let Some(mut connection) = core.link.connection() {
-                let sent: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                let sent: redis::RedisResult<i64> = redis::cmd(connection.publish_command())
                     .arg(core.channels.ack(&command.server))
                     .arg(ack)
                     .query_async(&mut connection)
@@ -682,7 +693,7 @@ impl HubCore {
 
     async fn with_connection<T, F>(&self, query: F) -> Result<T, PresenceError>
     where
-        F: AsyncFnOnce(&mut redis::aio::MultiplexedConnection) -> redis::RedisResult<T>,
+        F: AsyncFnOnce(&mut Connection) -> redis::RedisResult<T>,
     {
         let Some(mut connection) = self.link.connection() else {
             return Err(PresenceError::Backend("Redis is unavailable".to_owned()));
@@ -815,5 +826,21 @@ impl LifetimeManager for RedisLifetimeManager {
             self.core
                 .with_connection(async |c| self.core.presence.user_count(c).await),
         )
+    }
+
+    fn connection_exists<'a>(
+        &'a self,
+        connection_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, PresenceError>> {
+        Box::pin(async move {
+            if self.core.local.connection(connection_id).is_some() {
+                return Ok(true);
+            }
+            self.core
+                .with_connection(async |c| {
+                    Ok(self.core.presence.owner(c, connection_id).await?.is_some())
+                })
+                .await
+        })
     }
 }

@@ -18,8 +18,10 @@
 //! first; a server that reconnects after a Redis failure writes its own
 //! entries again (Redis may have restarted empty).
 
-use redis::{RedisResult, Script, aio::MultiplexedConnection};
+use redis::{RedisResult, Script};
 use tidings::Member;
+
+use crate::connection::Connection;
 
 const SCRIPT: &str = r#"
 local r = KEYS[1]
@@ -105,7 +107,7 @@ impl Presence {
 
     async fn run<T: redis::FromRedisValue>(
         &self,
-        connection: &mut MultiplexedConnection,
+        connection: &mut Connection,
         args: &[&str],
     ) -> RedisResult<T> {
         let mut invocation = self.script.key(&self.root);
@@ -117,7 +119,7 @@ impl Presence {
 
     pub async fn connect(
         &self,
-        connection: &mut MultiplexedConnection,
+        connection: &mut Connection,
         id: &str,
         server: &str,
         user: Option<&str>,
@@ -130,28 +132,20 @@ impl Presence {
         .map(drop)
     }
 
-    pub async fn disconnect(
-        &self,
-        connection: &mut MultiplexedConnection,
-        id: &str,
-    ) -> RedisResult<()> {
+    pub async fn disconnect(&self, connection: &mut Connection, id: &str) -> RedisResult<()> {
         self.run::<i64>(connection, &["disconnect", id])
             .await
             .map(drop)
     }
 
     /// Forgets every connection of `server`; returns how many.
-    pub async fn purge(
-        &self,
-        connection: &mut MultiplexedConnection,
-        server: &str,
-    ) -> RedisResult<i64> {
+    pub async fn purge(&self, connection: &mut Connection, server: &str) -> RedisResult<i64> {
         self.run(connection, &["purge", server]).await
     }
 
     pub async fn join(
         &self,
-        connection: &mut MultiplexedConnection,
+        connection: &mut Connection,
         id: &str,
         group: &str,
     ) -> RedisResult<()> {
@@ -162,7 +156,7 @@ impl Presence {
 
     pub async fn leave(
         &self,
-        connection: &mut MultiplexedConnection,
+        connection: &mut Connection,
         id: &str,
         group: &str,
     ) -> RedisResult<()> {
@@ -173,7 +167,7 @@ impl Presence {
 
     pub async fn members(
         &self,
-        connection: &mut MultiplexedConnection,
+        connection: &mut Connection,
         group: &str,
     ) -> RedisResult<Vec<Member>> {
         let flat: Vec<String> = self.run(connection, &["members", group]).await?;
@@ -188,7 +182,7 @@ impl Presence {
 
     pub async fn connections_of_user(
         &self,
-        connection: &mut MultiplexedConnection,
+        connection: &mut Connection,
         user: &str,
     ) -> RedisResult<Vec<String>> {
         redis::cmd("SMEMBERS")
@@ -199,7 +193,7 @@ impl Presence {
 
     pub async fn groups_of(
         &self,
-        connection: &mut MultiplexedConnection,
+        connection: &mut Connection,
         id: &str,
     ) -> RedisResult<Vec<String>> {
         redis::cmd("SMEMBERS")
@@ -208,7 +202,7 @@ impl Presence {
             .await
     }
 
-    pub async fn user_count(&self, connection: &mut MultiplexedConnection) -> RedisResult<usize> {
+    pub async fn user_count(&self, connection: &mut Connection) -> RedisResult<usize> {
         redis::cmd("HLEN")
             .arg(format!("{}:users", self.root))
             .query_async(connection)
@@ -218,7 +212,7 @@ impl Presence {
     /// The server holding a connection, if it is connected anywhere.
     pub async fn owner(
         &self,
-        connection: &mut MultiplexedConnection,
+        connection: &mut Connection,
         id: &str,
     ) -> RedisResult<Option<String>> {
         let value: Option<String> = redis::cmd("HGET")
@@ -232,7 +226,7 @@ impl Presence {
     /// The connections registered for `server`.
     pub async fn connections_of_server(
         &self,
-        connection: &mut MultiplexedConnection,
+        connection: &mut Connection,
         server: &str,
     ) -> RedisResult<Vec<String>> {
         redis::cmd("SMEMBERS")

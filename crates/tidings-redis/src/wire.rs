@@ -12,7 +12,9 @@
 //! item unless there are four, and anything after the fourth): a trailing
 //! map with the publishing server's id (`server`), its publish sequence
 //! number (`seq`) and, for a message to several groups, the groups listed
-//! before this one (`earlier`). Servers use it to skip their own messages
+//! before this one (`earlier`), and for a request to close the recipients
+//! (whose frames are a Close message) its reason (`close`: a string, or
+//! nil without one). Servers use it to skip their own messages
 //! (they served their local connections already), to drop a message
 //! published twice after a Redis failure, and to give a connection in
 //! several of the groups one copy.
@@ -94,6 +96,8 @@ pub(crate) struct Envelope {
     pub seq: Option<u64>,
     /// For a message to several groups: the groups before this one.
     pub earlier: Vec<String>,
+    /// A request to close the recipients, with its reason.
+    pub close: Option<Option<String>>,
 }
 
 /// A payload that is not what its channel carries.
@@ -116,7 +120,10 @@ impl Envelope {
             32 + self.json.as_ref().map_or(0, |b| b.len())
                 + self.msgpack.as_ref().map_or(0, |b| b.len()),
         );
-        let has_ext = self.origin.is_some() || self.seq.is_some() || !self.earlier.is_empty();
+        let has_ext = self.origin.is_some()
+            || self.seq.is_some()
+            || !self.earlier.is_empty()
+            || self.close.is_some();
         let len = match (&self.result, has_ext) {
             (None, false) => 2,
             (None, true) => 3,
@@ -144,7 +151,8 @@ impl Envelope {
         if has_ext {
             let entries = usize::from(self.origin.is_some())
                 + usize::from(self.seq.is_some())
-                + usize::from(!self.earlier.is_empty());
+                + usize::from(!self.earlier.is_empty())
+                + usize::from(self.close.is_some());
             let _ = rmp::encode::write_map_len(&mut out, entries as u32);
             if let Some(origin) = &self.origin {
                 write_str(&mut out, "server");
@@ -159,6 +167,15 @@ impl Envelope {
                 write_array_len(&mut out, self.earlier.len());
                 for group in &self.earlier {
                     write_str(&mut out, group);
+                }
+            }
+            if let Some(reason) = &self.close {
+                write_str(&mut out, "close");
+                match reason {
+                    Some(reason) => write_str(&mut out, reason),
+                    None => {
+                        let _ = rmp::encode::write_nil(&mut out);
+                    }
                 }
             }
         }
@@ -203,6 +220,7 @@ impl Envelope {
                     Some("server") => envelope.origin = value.as_str().map(str::to_owned),
                     Some("seq") => envelope.seq = value.as_u64(),
                     Some("earlier") => envelope.earlier = strings(value).unwrap_or_default(),
+                    Some("close") => envelope.close = Some(value.as_str().map(str::to_owned)),
                     _ => {}
                 }
             }
@@ -349,6 +367,21 @@ mod tests {
     }
 
     #[test]
+    fn close_requests_round_trip_with_and_without_reason() {
+        for reason in [Some("maintenance".to_owned()), None] {
+            let envelope = Envelope {
+                excluded: vec!["a".into()],
+                json: Some(Bytes::from_static(b"{\"type\":7}\x1e")),
+                origin: Some("s1".into()),
+                close: Some(reason),
+                ..Default::default()
+            };
+            let decoded = Envelope::decode(&envelope.encode()).expect("decodes");
+            assert_eq!(decoded, envelope);
+        }
+    }
+
+    #[test]
     fn extension_and_client_result_items_round_trip() {
         let envelope = Envelope {
             excluded: vec!["a".into(), "b".into()],
@@ -358,6 +391,7 @@ mod tests {
             origin: Some("s1".into()),
             seq: Some(7),
             earlier: vec!["g1".into()],
+            close: None,
         };
         let decoded = Envelope::decode(&envelope.encode()).expect("decodes");
         assert_eq!(decoded, envelope);

@@ -2,9 +2,14 @@
 //! plain SSE metrics stream on one port, in memory, over HTTP/1.1 and
 //! HTTP/2 (h2c, or TLS with ALPN when a certificate is given).
 
-mod auth;
+mod config;
+mod demo_tokens;
 mod health;
 mod hubs;
+mod security;
+mod service;
+mod typescript;
+mod web;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -18,19 +23,24 @@ use tidings::{
 use tidings_redis::{RedisBackplane, RedisLifetimeManager, RedisOptions};
 use tracing_subscriber::EnvFilter;
 
-use crate::{
-    auth::JwtAuthenticator,
-    hubs::{
-        chat::ChatHub,
-        dashboard::{DashboardHub, Metrics, STREAM_HISTORY},
-        test::TestHub,
-    },
+use crate::hubs::{
+    chat::ChatHub,
+    dashboard::{DashboardHub, Metrics, STREAM_HISTORY},
+    test::TestHub,
 };
 
 /// A SignalR-compatible real-time server.
 #[derive(Debug, Parser)]
 #[command(name = "tidings", version)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<service::Command>,
+
+    /// TOML configuration file; flags and their environment variables
+    /// override it (see tidings.example.toml).
+    #[arg(long, env = "TIDINGS_CONFIG", global = true)]
+    config: Option<PathBuf>,
+
     /// Address to listen on.
     #[arg(long, env = "TIDINGS_LISTEN", default_value = "127.0.0.1:5000")]
     listen: SocketAddr,
@@ -39,9 +49,14 @@ struct Args {
     #[arg(long, env = "TIDINGS_DETAILED_ERRORS")]
     detailed_errors: bool,
 
-    /// Secret for HS256 bearer tokens; without it every client is anonymous.
-    #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true)]
-    jwt_secret: Option<String>,
+    #[command(flatten)]
+    security: security::SecurityArgs,
+
+    /// Serve `POST /demo/token`, which signs a token for any user name, for
+    /// the demo app at `/` (never in production: anyone can act as anyone).
+    /// Without --jwt-secret the tokens use a random secret made at start.
+    #[arg(long, env = "TIDINGS_DEMO_TOKENS")]
+    demo_tokens: bool,
 
     /// Server keep-alive (Ping) interval, in milliseconds.
     #[arg(long, env = "TIDINGS_KEEP_ALIVE_MS", default_value_t = 15_000)]
@@ -131,6 +146,12 @@ struct Args {
     #[arg(long, env = "TIDINGS_REDIS")]
     redis: Option<String>,
 
+    /// `--redis` names nodes of a Redis Cluster (comma-separated seeds,
+    /// `redis://host:port,redis://host:port`): channel messages use
+    /// sharded pub/sub, each going only to the shard owning its channel.
+    #[arg(long, env = "TIDINGS_REDIS_CLUSTER", requires = "redis")]
+    redis_cluster: bool,
+
     /// Prepended to every Redis channel and key, to keep applications
     /// sharing one Redis apart.
     #[arg(long, env = "TIDINGS_REDIS_PREFIX", default_value = "")]
@@ -155,6 +176,25 @@ struct Args {
     /// Bytes of cross-server messages kept while Redis is away.
     #[arg(long, env = "TIDINGS_REDIS_BUFFER_BYTES", default_value_t = 32 << 20)]
     redis_buffer_bytes: usize,
+
+    /// Access key of the REST API (`/api/...`) and of client tokens; give
+    /// several (comma-separated) to rotate: the first signs, all verify.
+    #[arg(
+        long = "access-key",
+        env = "TIDINGS_ACCESS_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true,
+        global = true
+    )]
+    access_keys: Vec<String>,
+
+    /// Transports of hubs the configuration file gives their own list.
+    #[arg(skip)]
+    hub_transports: std::collections::BTreeMap<String, Vec<Transport>>,
+
+    /// Largest REST API request body, in bytes.
+    #[arg(long, env = "TIDINGS_REST_BODY_LIMIT", default_value_t = tidings_service::rest::DEFAULT_BODY_LIMIT)]
+    rest_body_limit: usize,
 }
 
 /// How log lines are written.
@@ -176,6 +216,16 @@ enum Transport {
 }
 
 impl Args {
+    /// The options of hub `name`: the server's, with the hub's own
+    /// transports if the configuration file lists them.
+    fn hub_options_for(&self, name: &str) -> HubOptions {
+        let transports = self.hub_transports.get(name).unwrap_or(&self.transports);
+        self.hub_options()
+            .websockets(transports.contains(&Transport::WebSockets))
+            .server_sent_events(transports.contains(&Transport::ServerSentEvents))
+            .long_polling(transports.contains(&Transport::LongPolling))
+    }
+
     fn hub_options(&self) -> HubOptions {
         HubOptions::default()
             .enable_detailed_errors(self.detailed_errors)
@@ -203,35 +253,37 @@ fn endpoint<H: tidings::Hub>(
     args: &Args,
     shutdown: &Shutdown,
     (manager, cluster): (Arc<dyn LifetimeManager>, Option<Arc<dyn Cluster>>),
-    auth: &Option<Arc<JwtAuthenticator>>,
+    security: &security::Security,
     registry: &tidings::Metrics,
 ) -> HubEndpoint<H> {
     let mut endpoint = HubEndpoint::new(hub)
         .name(name)
         .metrics(registry)
-        .options(args.hub_options())
+        .options(security.hub_options(args.hub_options_for(name)))
         .shutdown(shutdown)
         .lifetime_manager(manager);
     if let Some(cluster) = cluster {
         endpoint = endpoint.cluster(cluster);
     }
-    if let Some(auth) = auth {
-        let auth = Arc::clone(auth);
-        endpoint =
-            endpoint.authenticator(move |parts: &axum::http::request::Parts| auth.principal(parts));
-    }
-    endpoint
+    security.apply(endpoint)
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    // `tidings typescript ...` generates code instead of serving.
+    if typescript::run_if_asked()? {
+        return Ok(());
+    }
+    let (args, serverless) = service::configure()?;
+    let args = match service::run_command(&args, &serverless)? {
+        service::Next::Exit => return Ok(()),
+        service::Next::Serve => args,
+    };
     init_logging(args.log_format);
     let shutdown = Shutdown::new();
-    let auth = args
-        .jwt_secret
-        .as_ref()
-        .map(|secret| Arc::new(JwtAuthenticator::new(secret.as_bytes())));
+    let jwt_secret = (args.security.jwt_secret.clone())
+        .or_else(|| args.demo_tokens.then(demo_tokens::random_secret));
+    let auth = security::Security::new(&args.security, jwt_secret.as_deref())?;
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -249,7 +301,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let (args, auth) = (&args, &auth);
     let chat = endpoint(
-        ("chat", ChatHub),
+        ("chat", ChatHub::default()),
         args,
         &shutdown,
         lifetimes.chat(),
@@ -285,11 +337,33 @@ async fn main() -> anyhow::Result<()> {
         _ => None,
     };
 
+    let mut rest = service::rest_api(
+        &args.access_keys,
+        [("chat", chat.context()), ("test", test.context())],
+    )?
+    .body_limit(args.rest_body_limit);
+    let mut serverless_routes = axum::Router::new();
+    for spec in serverless {
+        let hub = service::serverless_hub(&spec, &args.access_keys)?;
+        let endpoint = endpoint(
+            (spec.name.as_str(), hub),
+            args,
+            &shutdown,
+            lifetimes.for_hub(&spec.name),
+            auth,
+            &registry,
+        );
+        rest = rest.hub(&spec.name, endpoint.context());
+        serverless_routes =
+            serverless_routes.nest(&format!("/hubs/{}", spec.name), endpoint.into_router());
+    }
+
     let stream = EventLog::<Metrics>::new(STREAM_HISTORY);
     let metrics = tokio::spawn(hubs::dashboard::push_metrics(
         dashboard.context(),
         stream.clone(),
         lifetimes.connection_counter(dashboard_manager),
+        registry.clone(),
         Duration::from_millis(args.metrics_period_ms.max(100)),
     ));
 
@@ -301,13 +375,26 @@ async fn main() -> anyhow::Result<()> {
             args.redis.is_some(),
         ))
         .merge(registry.router())
+        .merge(rest.into_router())
         .route(
             "/dashboard/stream",
             get(dashboard_stream).with_state(stream.clone()),
         )
+        .merge(web::router())
+        .merge(demo_tokens::router(
+            jwt_secret
+                .as_deref()
+                .filter(|_| args.demo_tokens)
+                .map(|secret| demo_tokens::DemoTokenSettings {
+                    secret,
+                    issuer: args.security.jwt_issuer.as_deref(),
+                    audience: args.security.jwt_audience.as_deref(),
+                }),
+        ))
         .nest("/hubs/chat", chat.into_router())
         .nest("/hubs/test", test.into_router())
-        .nest("/hubs/dashboard", dashboard.into_router());
+        .nest("/hubs/dashboard", dashboard.into_router())
+        .merge(serverless_routes);
 
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(address = %local, scheme, "tidings listening (HTTP/1.1 and HTTP/2)");
@@ -359,7 +446,12 @@ impl Lifetimes {
             None if local.ip().is_unspecified() => format!("127.0.0.1:{}", local.port()),
             None => local.to_string(),
         };
-        let options = RedisOptions::new(url.as_str())
+        let options = if args.redis_cluster {
+            RedisOptions::cluster(url.split(',').map(str::trim).filter(|u| !u.is_empty()))
+        } else {
+            RedisOptions::new(url.as_str())
+        };
+        let options = options
             .channel_prefix(args.redis_prefix.as_str())
             .advertise(advertise.as_str())
             .buffer(args.redis_buffer_messages, args.redis_buffer_bytes)
@@ -391,6 +483,18 @@ impl Lifetimes {
         match self {
             Lifetimes::Memory { test, .. } => (Arc::clone(test) as _, None),
             Lifetimes::Redis { test, .. } => (Arc::clone(test) as _, self.cluster()),
+        }
+    }
+
+    /// A lifetime manager of its own for hub `name` (a serverless hub),
+    /// and the cluster it forwards in.
+    fn for_hub(&self, name: &str) -> (Arc<dyn LifetimeManager>, Option<Arc<dyn Cluster>>) {
+        match self {
+            Lifetimes::Memory { .. } => (Arc::new(MemoryLifetimeManager::new()) as _, None),
+            Lifetimes::Redis { backplane, .. } => (
+                backplane.lifetime_manager(&format!("tidings.serverless.{name}")) as _,
+                self.cluster(),
+            ),
         }
     }
 

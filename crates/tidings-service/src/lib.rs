@@ -10,8 +10,11 @@
 //! * [`ServerlessHub`]: a hub with no Rust code, whose invocations and
 //!   connection events are posted to an [`upstream`].
 //! * [`upstream`]: the HTTP backend of a serverless hub.
+//! * [`rest`]: the REST publish API ([`RestApi`]), through which backends
+//!   send to clients and manage groups and connections.
 
 pub mod keys;
+pub mod rest;
 mod serverless;
 pub mod signature;
 pub mod upstream;
@@ -19,5 +22,6 @@ pub mod upstream;
 pub use keys::{
     AccessKey, AccessKeys, ClientToken, KeyError, RestAuthError, TokenError, rest_token,
 };
+pub use rest::RestApi;
 pub use serverless::ServerlessHub;
 pub use upstream::{Caller, Upstream, UpstreamConfigError, UpstreamError, UpstreamOptions};

@@ -47,6 +47,7 @@ static FORWARD: MethodDescriptor<ServerlessHub> = MethodDescriptor {
     arity: 0,
     stream_params: 0,
     handler: forward,
+    authorize: None,
 };
 
 impl Hub for ServerlessHub {

@@ -1,5 +1,7 @@
-//! Who is connecting: [`Principal`] (user identifier and claims) and the
-//! [`Authenticator`] hook that derives it from the HTTP request.
+//! Who is connecting and what they may do: [`Principal`] (user identifier,
+//! claims, expiry), the [`Authenticator`] hook that derives it from the HTTP
+//! request, and the requirements ([`Authorize`], named policies) that hubs
+//! and methods place on it.
 //!
 //! tidings does not validate credentials itself here; an authenticator (for
 //! example a JWT validator) turns request headers into a principal, exactly as
@@ -7,7 +9,7 @@
 //! SignalR sees the request. It runs on negotiate and again on the transport
 //! request, because both carry the token.
 
-use std::{fmt, sync::Arc};
+use std::{collections::HashMap, fmt, sync::Arc, time::SystemTime};
 
 use axum::http::request::Parts;
 
@@ -18,6 +20,7 @@ use crate::hub::BoxFuture;
 pub struct Principal {
     user_id: Option<String>,
     claims: Vec<(String, String)>,
+    expires_at: Option<SystemTime>,
 }
 
 impl Principal {
@@ -31,7 +34,33 @@ impl Principal {
         Principal {
             user_id: Some(user_id.into()),
             claims: Vec::new(),
+            expires_at: None,
         }
+    }
+
+    /// Sets when the credentials expire (a token's `exp`): an open
+    /// connection is closed then (see
+    /// [`HubOptions::close_on_authentication_expiration`](crate::HubOptions::close_on_authentication_expiration)).
+    pub fn with_expiry(mut self, expires_at: SystemTime) -> Self {
+        self.expires_at = Some(expires_at);
+        self
+    }
+
+    /// When the credentials expire, if they do.
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        self.expires_at
+    }
+
+    /// Whether one of the principal's `role` or `roles` claims is `role`.
+    pub fn is_in_role(&self, role: &str) -> bool {
+        self.claims
+            .iter()
+            .any(|(k, v)| (k == "role" || k == "roles") && v == role)
+    }
+
+    /// Replaces the user identifier (what a user-id provider decides).
+    pub(crate) fn set_user_id(&mut self, user_id: Option<String>) {
+        self.user_id = user_id;
     }
 
     /// Adds a claim. A claim type may occur several times (e.g. `role`).
@@ -77,6 +106,7 @@ impl fmt::Debug for Principal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Principal")
             .field("user_id", &self.user_id)
+            .field("expires_at", &self.expires_at)
             .field(
                 "claims",
                 &self.claims.iter().map(|(k, _)| k).collect::<Vec<_>>(),
@@ -124,6 +154,112 @@ where
 
 pub(crate) type SharedAuthenticator = Arc<dyn Authenticator>;
 
+/// Chooses the user identifier of a principal (ASP.NET Core's
+/// `IUserIdProvider`); the default keeps what the authenticator set (the
+/// `sub` claim of a JWT).
+pub(crate) type UserIdProvider = Arc<dyn Fn(&Principal) -> Option<String> + Send + Sync>;
+
+/// What a hub or a hub method requires of the caller: an authenticated
+/// user, and optionally one of a set of roles and a named policy.
+///
+/// Written with attributes rather than by hand:
+///
+/// ```
+/// use tidings::{Context, HubError, hub};
+///
+/// struct Admin;
+///
+/// #[hub(authorize)] // every connection must be authenticated
+/// impl Admin {
+///     #[authorize(roles = "Admin, Ops")] // one of these roles
+///     async fn purge(&self) {}
+///
+///     #[authorize(policy = "employees")] // HubEndpoint::policy("employees", …)
+///     async fn payroll(&self) {}
+/// }
+/// ```
+///
+/// A hub-level requirement is checked when the client negotiates and when
+/// its transport connects (`401` without a user, `403` otherwise); a
+/// method-level one at each invocation, which fails with ASP.NET Core's
+/// `Failed to invoke 'X' because user is unauthorized` while the connection
+/// stays open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Authorize {
+    roles: &'static [&'static str],
+    policy: Option<&'static str>,
+}
+
+impl Authorize {
+    /// A requirement: authenticated, in one of `roles` (none: any role),
+    /// and satisfying the named policy if one is given.
+    pub const fn new(roles: &'static [&'static str], policy: Option<&'static str>) -> Self {
+        Authorize { roles, policy }
+    }
+
+    /// The roles of which the caller needs one (empty: no role needed).
+    pub fn roles(&self) -> &'static [&'static str] {
+        self.roles
+    }
+
+    /// The named policy the caller must satisfy.
+    pub fn policy(&self) -> Option<&'static str> {
+        self.policy
+    }
+}
+
+/// A policy: a predicate over the caller's principal.
+pub(crate) type Policy = Arc<dyn Fn(&Principal) -> bool + Send + Sync>;
+
+/// Why a requirement was not met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Denied {
+    /// No user: `401`.
+    Unauthenticated,
+    /// A user without the right: `403`.
+    Forbidden,
+}
+
+/// The named policies of an endpoint.
+#[derive(Clone, Default)]
+pub(crate) struct Policies {
+    by_name: HashMap<String, Policy>,
+}
+
+impl Policies {
+    pub(crate) fn insert(&mut self, name: String, policy: Policy) {
+        self.by_name.insert(name, policy);
+    }
+
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    /// Checks `requirement` against `principal`. An unknown policy name
+    /// denies: a missing rule must not open a door.
+    pub(crate) fn check(
+        &self,
+        requirement: &Authorize,
+        principal: &Principal,
+    ) -> Result<(), Denied> {
+        if !principal.is_authenticated() {
+            return Err(Denied::Unauthenticated);
+        }
+        if !requirement.roles.is_empty()
+            && !requirement.roles.iter().any(|r| principal.is_in_role(r))
+        {
+            return Err(Denied::Forbidden);
+        }
+        if let Some(name) = requirement.policy {
+            match self.by_name.get(name) {
+                Some(policy) if policy(principal) => {}
+                _ => return Err(Denied::Forbidden),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The token a request carries: the `Authorization: Bearer` header or, for
 /// browsers that cannot set headers on WebSocket and EventSource requests,
 /// the `access_token` query parameter.
@@ -143,34 +279,7 @@ pub fn bearer_token(request: &Parts) -> Option<String> {
 
 /// Decodes `application/x-www-form-urlencoded` pairs (a URL query).
 pub(crate) fn form_urlencoded_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
-    query.split('&').filter(|s| !s.is_empty()).map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(k), percent_decode(v))
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    tidings_protocol::negotiate::query_pairs(query)
 }
 
 #[cfg(test)]
@@ -199,5 +308,33 @@ mod tests {
         assert_eq!(p.claim_values("role").collect::<Vec<_>>(), ["admin", "ops"]);
         assert!(!format!("{p:?}").contains("Ann"));
         assert!(!Principal::anonymous().is_authenticated());
+        assert!(p.is_in_role("ops"));
+        assert!(!p.is_in_role("Ann"));
+    }
+
+    #[test]
+    fn requirements() {
+        let mut policies = Policies::default();
+        policies.insert(
+            "ann".into(),
+            Arc::new(|p: &Principal| p.claim("name") == Some("Ann")),
+        );
+        let admin = Principal::user("a").with_claim("roles", "Admin");
+        let ann = Principal::user("b").with_claim("name", "Ann");
+        let anyone = Authorize::new(&[], None);
+        let admins = Authorize::new(&["Ops", "Admin"], None);
+        let anns = Authorize::new(&[], Some("ann"));
+        let unknown = Authorize::new(&[], Some("nobody"));
+        let anonymous = Principal::anonymous();
+        assert_eq!(
+            policies.check(&anyone, &anonymous),
+            Err(Denied::Unauthenticated)
+        );
+        assert_eq!(policies.check(&anyone, &ann), Ok(()));
+        assert_eq!(policies.check(&admins, &admin), Ok(()));
+        assert_eq!(policies.check(&admins, &ann), Err(Denied::Forbidden));
+        assert_eq!(policies.check(&anns, &ann), Ok(()));
+        assert_eq!(policies.check(&anns, &admin), Err(Denied::Forbidden));
+        assert_eq!(policies.check(&unknown, &admin), Err(Denied::Forbidden));
     }
 }

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     ConnectionHandle, Context, HubOptions, LifetimeManager, MemoryLifetimeManager, Principal,
+    auth::Policies,
     connection::{ConnectionInit, Outbound},
     context::HubShared,
     dispatch::{self, Methods, Prepared},
@@ -29,14 +30,13 @@ pub fn connection(id: &str, protocol: Protocol, capacity: usize) -> (ConnectionH
         headers: Default::default(),
         metrics: None,
     };
-    (ConnectionHandle::new(init, tx), Outlet { rx, protocol })
+    (ConnectionHandle::new(init, tx), Outlet { rx })
 }
 
 /// The receiving end of a benchmark connection's queue.
 #[derive(Debug)]
 pub struct Outlet {
     rx: mpsc::Receiver<Outbound>,
-    protocol: Protocol,
 }
 
 impl Outlet {
@@ -46,9 +46,7 @@ impl Outlet {
         let mut total = 0;
         while let Ok(item) = self.rx.try_recv() {
             let mut closing = false;
-            total += item
-                .into_frame(self.protocol, &mut closing)
-                .map_or(0, |f| f.len());
+            total += item.into_frame(&mut closing).map_or(0, |f| f.len());
         }
         total
     }
@@ -94,8 +92,14 @@ impl<H: Hub> Dispatcher<H> {
         let Ok(Some(HubMessage::Invocation(invocation))) = self.decoder.next_message() else {
             return None;
         };
-        let Prepared::Run(method) = dispatch::prepare(&self.methods, &invocation, false, false)
-        else {
+        let policies = Policies::default();
+        let Prepared::Run(method) = dispatch::prepare(
+            &self.methods,
+            &invocation,
+            false,
+            false,
+            (self.cx.user(), &policies),
+        ) else {
             return None;
         };
         let hub = Arc::clone(&self.hub);

@@ -9,13 +9,16 @@
 
 use std::{
     fmt,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use axum::http::HeaderMap;
 use bytes::Bytes;
 use tidings_protocol::{Protocol, TransportType};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -24,12 +27,22 @@ use crate::{
 };
 
 /// One entry of a connection's outbound queue.
+///
+/// Kept to the size of one `Bytes` (32 bytes): the queue reserves room for
+/// 32 entries when it is created, so every byte here costs 32 bytes of
+/// every idle connection. Entries other than a plain frame are rare and
+/// boxed.
 #[derive(Debug)]
 pub(crate) enum Outbound {
-    /// A frame already serialized in the connection's protocol.
+    /// A frame already serialized in the connection's protocol (a message
+    /// shared with other connections is a clone of the same `Bytes`).
     Frame(Bytes),
-    /// A message shared with other connections, serialized on demand.
-    Shared(Arc<SerializedMessage>),
+    /// A stream item holding a window place, or the final entry.
+    Control(Box<Control>),
+}
+
+#[derive(Debug)]
+pub(crate) enum Control {
     /// A frame holding a place in a bounded window (a server-to-client
     /// stream's `stream_buffer_capacity`); the place frees up when the
     /// writer takes the frame.
@@ -43,18 +56,63 @@ pub(crate) enum Outbound {
 }
 
 impl Outbound {
-    /// The bytes to write for this entry (a shared message is serialized
-    /// in `protocol` now, once for all its recipients); sets `closing` at
-    /// the final entry.
-    pub(crate) fn into_frame(self, protocol: Protocol, closing: &mut bool) -> Option<Bytes> {
+    /// The final entry.
+    pub(crate) fn close(frame: Option<Bytes>) -> Self {
+        Outbound::Control(Box::new(Control::Close(frame)))
+    }
+
+    /// The frame of the final entry (`Some(None)`: close without a frame),
+    /// or `None` if this is not the final entry.
+    pub(crate) fn as_close(&mut self) -> Option<Option<Bytes>> {
         match self {
-            Outbound::Frame(bytes) | Outbound::Windowed { frame: bytes, .. } => Some(bytes),
-            Outbound::Shared(message) => message.frame(protocol),
-            Outbound::Close(frame) => {
-                *closing = true;
-                frame
-            }
+            Outbound::Control(control) => match &mut **control {
+                Control::Close(frame) => Some(frame.take()),
+                Control::Windowed { .. } => None,
+            },
+            Outbound::Frame(_) => None,
         }
+    }
+
+    /// The bytes to write for this entry; sets `closing` at the final
+    /// entry.
+    pub(crate) fn into_frame(self, closing: &mut bool) -> Option<Bytes> {
+        match self {
+            Outbound::Frame(bytes) => Some(bytes),
+            Outbound::Control(control) => match *control {
+                Control::Windowed { frame, .. } => Some(frame),
+                Control::Close(frame) => {
+                    *closing = true;
+                    frame
+                }
+            },
+        }
+    }
+}
+
+/// A one-shot signal held inline (a `CancellationToken` would cost every
+/// connection another allocation): the writer must stop at once.
+#[derive(Default)]
+struct Kill {
+    set: AtomicBool,
+    notify: Notify,
+}
+
+impl Kill {
+    fn set(&self) {
+        self.set.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    async fn wait(&self) {
+        let notified = self.notify.notified();
+        tokio::pin!(notified);
+        // Registered before the flag is checked, so that a `set` in
+        // between is not missed.
+        notified.as_mut().enable();
+        if self.set.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
     }
 }
 
@@ -63,6 +121,9 @@ impl Outbound {
 pub(crate) enum AbortReason {
     /// Hub code called `Context::abort`.
     Requested,
+    /// Closed from outside with a reason for the client
+    /// ([`ConnectionHandle::close`]).
+    Closed(Option<String>),
     /// The outbound queue overflowed.
     SlowConsumer,
     /// The transport's writer failed.
@@ -87,7 +148,7 @@ struct Inner {
     abort: CancellationToken,
     /// Cancelled when the writer must stop at once, dropping what is queued
     /// (a slow consumer cannot be given its Close message).
-    kill: CancellationToken,
+    kill: Kill,
     abort_reason: Mutex<Option<AbortReason>>,
     /// Stateful-reconnect state, for connections that negotiated it.
     resume: Option<Arc<Resume>>,
@@ -127,7 +188,7 @@ impl ConnectionHandle {
                 headers: init.headers,
                 tx,
                 abort: CancellationToken::new(),
-                kill: CancellationToken::new(),
+                kill: Kill::default(),
                 abort_reason: Mutex::new(None),
                 resume,
                 metrics: init.metrics,
@@ -195,12 +256,20 @@ impl ConnectionHandle {
     /// `ConnectionError::SlowConsumer`) rather than allowed to grow the
     /// server's memory or to slow the sender and every other recipient.
     /// Returns whether the message was queued.
+    ///
+    /// A close request ([`SerializedMessage::close`]) closes the connection
+    /// instead.
     pub fn send(&self, message: &Arc<SerializedMessage>) -> bool {
-        match self
-            .inner
-            .tx
-            .try_send(Outbound::Shared(Arc::clone(message)))
-        {
+        if message.is_close() {
+            self.close(message.close_reason());
+            return true;
+        }
+        // Serialized once per protocol for all recipients (the message
+        // caches its frames); each queue holds a clone of the same bytes.
+        let Some(frame) = message.frame(self.protocol()) else {
+            return false;
+        };
+        match self.inner.tx.try_send(Outbound::Frame(frame)) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!(connection_id = %self.id(), "outbound queue full; closing slow consumer");
@@ -225,10 +294,10 @@ impl ConnectionHandle {
     /// in a window until the writer takes it.
     pub(crate) async fn send_windowed(&self, frame: Bytes, place: OwnedSemaphorePermit) -> bool {
         tokio::select! {
-            sent = self.inner.tx.send(Outbound::Windowed {
+            sent = self.inner.tx.send(Outbound::Control(Box::new(Control::Windowed {
                 frame,
                 _place: place,
-            }) => sent.is_ok(),
+            }))) => sent.is_ok(),
             () = self.inner.abort.cancelled() => false,
         }
     }
@@ -236,7 +305,7 @@ impl ConnectionHandle {
     /// Enqueues the final frame. If the queue is full the client is not
     /// reading anyway; the connection is aborted and the frame dropped.
     pub(crate) fn send_close(&self, frame: Option<Bytes>) {
-        if self.inner.tx.try_send(Outbound::Close(frame)).is_err() {
+        if self.inner.tx.try_send(Outbound::close(frame)).is_err() {
             self.abort_with(AbortReason::SlowConsumer);
         }
     }
@@ -248,19 +317,25 @@ impl ConnectionHandle {
         self.abort_with(AbortReason::Requested);
     }
 
+    /// Closes the connection from outside (a REST API, an administrator):
+    /// the client gets a Close whose error is `reason`, without reconnect.
+    pub fn close(&self, reason: Option<&str>) {
+        self.abort_with(AbortReason::Closed(reason.map(str::to_owned)));
+    }
+
     pub(crate) fn abort_with(&self, reason: AbortReason) {
         if let Ok(mut slot) = self.inner.abort_reason.lock() {
             // The first reason wins: it is the cause, later ones are effects.
             if matches!(reason, AbortReason::SlowConsumer) {
-                self.inner.kill.cancel();
+                self.inner.kill.set();
             }
             slot.get_or_insert(reason);
         }
         self.inner.abort.cancel();
     }
 
-    pub(crate) fn killed(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
-        self.inner.kill.cancelled()
+    pub(crate) async fn killed(&self) {
+        self.inner.kill.wait().await
     }
 
     pub(crate) fn aborted(&self) -> &CancellationToken {
@@ -280,7 +355,7 @@ impl ConnectionHandle {
 impl AbortReason {
     pub(crate) fn into_error(self) -> Option<ConnectionError> {
         match self {
-            AbortReason::Requested => None,
+            AbortReason::Requested | AbortReason::Closed(_) => None,
             AbortReason::SlowConsumer => Some(ConnectionError::SlowConsumer),
             AbortReason::Transport(e) => Some(ConnectionError::Transport(e)),
         }

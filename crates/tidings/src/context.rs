@@ -28,6 +28,7 @@ use crate::{
     lifetime::{LifetimeManager, Member, Target},
     message::{ClientInvocation, SerializedMessage},
     metrics::HubMetrics,
+    typed::SendFuture,
 };
 
 /// Hub-wide state shared by every connection of one endpoint.
@@ -413,6 +414,12 @@ impl ClientProxy<'_> {
     pub fn target(&self) -> &Target {
         &self.target
     }
+
+    /// [`send_serialized`](Self::send_serialized) without the extra state
+    /// machine: what typed client contracts return.
+    pub(crate) fn send_boxed(&self, message: Arc<SerializedMessage>) -> SendFuture<'_> {
+        self.lifetime.send(&self.target, message)
+    }
 }
 
 /// One connection (ASP.NET Core's `ISingleClientProxy`): send to it, or
@@ -454,6 +461,26 @@ impl<'a> SingleClientProxy<'a> {
         self.proxy.target()
     }
 
+    pub(crate) fn proxy(&self) -> &ClientProxy<'a> {
+        &self.proxy
+    }
+
+    /// A client result of an invocation already built, or an error to
+    /// report when it is awaited.
+    pub(crate) fn invoke_prepared<T>(
+        &self,
+        invocation: Result<ClientInvocation, InvokeError>,
+    ) -> ClientInvoke<'a, T> {
+        ClientInvoke {
+            lifetime: self.proxy.lifetime,
+            connection_id: self.connection_id.clone(),
+            invocation,
+            scope: self.scope,
+            timeout: self.timeout,
+            _result: PhantomData,
+        }
+    }
+
     /// Invokes `method` on the connection with `arguments` and waits for the
     /// value its handler returns (a client result, ASP.NET Core's
     /// `Clients.Client(id).InvokeAsync<T>`); await the returned
@@ -490,14 +517,7 @@ impl<'a> SingleClientProxy<'a> {
     where
         A: ToArguments + Send + Sync + 'static,
     {
-        ClientInvoke {
-            lifetime: self.proxy.lifetime,
-            connection_id: self.connection_id.clone(),
-            invocation: ClientInvocation::new(method, arguments),
-            scope: self.scope,
-            timeout: self.timeout,
-            _result: PhantomData,
-        }
+        self.invoke_prepared(Ok(ClientInvocation::new(method, arguments)))
     }
 }
 
@@ -508,7 +528,9 @@ impl<'a> SingleClientProxy<'a> {
 pub struct ClientInvoke<'a, T> {
     lifetime: &'a dyn LifetimeManager,
     connection_id: Option<String>,
-    invocation: ClientInvocation,
+    /// An error here (arguments a typed contract could not serialize) is
+    /// the result.
+    invocation: Result<ClientInvocation, InvokeError>,
     scope: &'a Scope,
     timeout: Duration,
     _result: PhantomData<fn() -> T>,
@@ -539,6 +561,7 @@ impl<'a, T: DeserializeOwned + 'a> IntoFuture for ClientInvoke<'a, T> {
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
+            let invocation = self.invocation?;
             match self.scope {
                 Scope::OnConnected => return Err(InvokeError::NotAllowed),
                 Scope::Invocation(slot) => slot.release(),
@@ -547,9 +570,7 @@ impl<'a, T: DeserializeOwned + 'a> IntoFuture for ClientInvoke<'a, T> {
             let Some(connection_id) = self.connection_id else {
                 return Err(InvokeError::UnknownConnection(String::new()));
             };
-            let answer = self
-                .lifetime
-                .invoke_connection(&connection_id, self.invocation);
+            let answer = self.lifetime.invoke_connection(&connection_id, invocation);
             let payload = tokio::time::timeout(self.timeout, answer)
                 .await
                 .map_err(|_| InvokeError::Timeout(self.timeout))??;
@@ -645,5 +666,10 @@ impl Presence<'_> {
     /// How many distinct users are connected.
     pub async fn online_user_count(&self) -> Result<usize, PresenceError> {
         self.lifetime.online_user_count().await
+    }
+
+    /// Whether a connection with this id is connected.
+    pub async fn connection_exists(&self, connection_id: &str) -> Result<bool, PresenceError> {
+        self.lifetime.connection_exists(connection_id).await
     }
 }

@@ -13,7 +13,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    ClientStream, Context, HubError,
+    ClientStream, Context, HubError, Principal,
+    auth::Policies,
     error::HubErrorKind,
     hub::{Hub, MethodDescriptor, MethodKind},
     upload::UploadItem,
@@ -195,9 +196,19 @@ pub(crate) fn prepare<H: Hub>(
     invocation: &Invocation,
     streaming: bool,
     detailed: bool,
+    (principal, policies): (&Principal, &Policies),
 ) -> Prepared<H> {
     let target = &invocation.target;
-    let Some(method) = methods.get(target) else {
+    let found = methods.get(target);
+    // ASP.NET Core checks authorization right after finding the method.
+    if let Some(requirement) = found.or_else(H::fallback).and_then(|m| m.authorize)
+        && policies.check(requirement, principal).is_err()
+    {
+        return Prepared::Reject(format!(
+            "Failed to invoke '{target}' because user is unauthorized"
+        ));
+    }
+    let Some(method) = found else {
         return match H::fallback() {
             Some(fallback) => prepare_fallback(fallback, invocation, streaming),
             None => Prepared::Reject(format!(

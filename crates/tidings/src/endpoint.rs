@@ -22,11 +22,17 @@ use axum::{
     routing::{get, post},
 };
 use base64::Engine;
-use tidings_protocol::{AvailableTransport, NegotiateResponse, TransferFormat, TransportType};
+use tidings_protocol::{
+    AvailableTransport, NegotiateRequest, NegotiateResponse, TransferFormat, TransportType,
+};
 
 use crate::{
-    HubContext, HubOptions, Metrics, Principal, Shutdown,
-    auth::{AuthError, Authenticator, SharedAuthenticator, form_urlencoded_pairs},
+    HubContext, HubFilter, HubOptions, Metrics, Principal, Shutdown,
+    access::{ConnectionLimits, Origins, Refused, Slot},
+    auth::{
+        AuthError, Authenticator, Denied, Policies, SharedAuthenticator, UserIdProvider,
+        form_urlencoded_pairs,
+    },
     cluster::{self, Cluster},
     connection::ConnectionInit,
     context::HubShared,
@@ -64,7 +70,21 @@ pub struct HubEndpoint<H: Hub> {
     authenticator: Option<SharedAuthenticator>,
     shutdown: Shutdown,
     cluster: Option<Arc<dyn Cluster>>,
+    access: Access,
 }
+
+/// The security settings of an endpoint beyond authentication.
+#[derive(Clone, Default)]
+struct Access {
+    policies: Policies,
+    user_ids: Option<UserIdProvider>,
+    filters: Vec<Arc<dyn HubFilter>>,
+    limits: Option<ConnectionLimits>,
+    origins: Option<Origins>,
+}
+
+/// The hub filters of an endpoint, shared with its connections.
+pub(crate) type Filters = Arc<[Arc<dyn HubFilter>]>;
 
 impl<H: Hub> std::fmt::Debug for HubEndpoint<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -89,6 +109,7 @@ impl<H: Hub> HubEndpoint<H> {
             authenticator: None,
             shutdown: Shutdown::new(),
             cluster: None,
+            access: Access::default(),
         }
     }
 
@@ -126,6 +147,73 @@ impl<H: Hub> HubEndpoint<H> {
         self
     }
 
+    /// Chooses the user identifier of each connection from its principal
+    /// (ASP.NET Core's `IUserIdProvider`), e.g. an `email` claim instead of
+    /// `sub`. `None` makes the connection anonymous to `Clients.User`.
+    pub fn user_id_provider(
+        mut self,
+        provider: impl Fn(&Principal) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.access.user_ids = Some(Arc::new(provider));
+        self
+    }
+
+    /// Registers a named policy for `#[authorize(policy = "name")]`: a
+    /// predicate over the caller's principal.
+    ///
+    /// ```
+    /// # use tidings::HubEndpoint;
+    /// # struct Chat;
+    /// # #[tidings::hub] impl Chat { #[authorize(policy = "staff")] async fn ping(&self) {} }
+    /// let endpoint = HubEndpoint::new(Chat)
+    ///     .policy("staff", |user| user.claim("email").is_some_and(|e| e.ends_with("@example.com")));
+    /// # let _ = endpoint;
+    /// ```
+    pub fn policy(
+        mut self,
+        name: impl Into<String>,
+        policy: impl Fn(&Principal) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.access.policies.insert(name.into(), Arc::new(policy));
+        self
+    }
+
+    /// Adds a [`HubFilter`], run around every invocation (filters run in
+    /// the order they were added).
+    pub fn filter(mut self, filter: impl HubFilter) -> Self {
+        self.access.filters.push(Arc::new(filter));
+        self
+    }
+
+    /// Counts this endpoint's connections under `limits` (share one value
+    /// between endpoints for a server-wide ceiling).
+    pub fn connection_limits(mut self, limits: &ConnectionLimits) -> Self {
+        self.access.limits = Some(limits.clone());
+        self
+    }
+
+    /// Browser origins allowed besides the server's own (`scheme://host[:port]`,
+    /// or `*` for any): cross-origin HTTP requests get CORS answers for them,
+    /// and WebSocket upgrades carrying another `Origin` are refused with
+    /// `403`. Without this, only same-origin pages may connect (clients
+    /// outside browsers send no `Origin` and are not affected).
+    pub fn allowed_origins<S: AsRef<str>>(mut self, origins: impl IntoIterator<Item = S>) -> Self {
+        let credentials = self.access.origins.as_ref().is_none_or(|o| o.credentials);
+        let mut origins = Origins::new(origins);
+        origins.credentials = credentials;
+        self.access.origins = Some(origins);
+        self
+    }
+
+    /// Whether cross-origin requests of the allowed origins may carry
+    /// credentials (`Access-Control-Allow-Credentials`; on by default, as
+    /// the official JavaScript client sends them).
+    pub fn cors_credentials(mut self, allow: bool) -> Self {
+        let origins = self.access.origins.get_or_insert_with(Origins::default);
+        origins.credentials = allow;
+        self
+    }
+
     /// Makes this server one of a cluster without sticky sessions: requests
     /// for a connection negotiated on another server of the cluster are
     /// forwarded to it (see [`Cluster`]). Without it nothing is forwarded and
@@ -160,9 +248,22 @@ impl<H: Hub> HubEndpoint<H> {
     where
         S: Clone + Send + Sync + 'static,
     {
+        let shared = Arc::new(self.shared());
+        let access = self.access;
+        check_policies::<H>(&access.policies);
+        let cors = access
+            .origins
+            .as_ref()
+            .filter(|o| o.is_configured())
+            .map(Origins::cors);
         let endpoint = Arc::new(Endpoint {
+            policies: access.policies,
+            user_ids: access.user_ids,
+            filters: access.filters.into(),
+            limits: access.limits,
+            origins: access.origins.unwrap_or_default(),
             methods: Methods::new(),
-            shared: Arc::new(self.shared()),
+            shared,
             hub: self.hub,
             authenticator: self.authenticator,
             shutdown: self.shutdown,
@@ -171,10 +272,31 @@ impl<H: Hub> HubEndpoint<H> {
             http: Mutex::new(HashMap::new()),
             resumable: Mutex::new(HashMap::new()),
         });
-        Router::new()
+        let router = Router::new()
             .route("/negotiate", post(negotiate::<H>))
             .route("/", get(connect::<H>).post(send::<H>).delete(delete::<H>))
-            .with_state(endpoint)
+            .with_state(endpoint);
+        match cors {
+            Some(cors) => router.layer(cors),
+            None => router,
+        }
+    }
+}
+
+/// Every policy the hub's attributes name must be registered: a typo would
+/// otherwise deny every call at run time.
+fn check_policies<H: Hub>(policies: &Policies) {
+    let named = H::methods()
+        .iter()
+        .chain(H::fallback())
+        .filter_map(|m| m.authorize)
+        .chain(H::authorization())
+        .filter_map(|a| a.policy());
+    for name in named {
+        assert!(
+            policies.contains(name),
+            "the authorization policy '{name}' is not registered (HubEndpoint::policy)"
+        );
     }
 }
 
@@ -185,6 +307,13 @@ pub(crate) struct Endpoint<H: Hub> {
     pub shared: Arc<HubShared>,
     pub shutdown: Shutdown,
     authenticator: Option<SharedAuthenticator>,
+    /// Named authorization policies.
+    pub policies: Policies,
+    user_ids: Option<UserIdProvider>,
+    /// Hub filters, in order.
+    pub filters: Filters,
+    limits: Option<ConnectionLimits>,
+    origins: Origins,
     cluster: Option<Arc<dyn Cluster>>,
     pending: Mutex<Pending>,
     /// Live SSE and Long Polling connections, by token.
@@ -263,19 +392,41 @@ impl<H: Hub> Endpoint<H> {
         }
     }
 
+    /// The principal of a request, which must satisfy the hub's own
+    /// requirement: `401` without valid credentials, `403` with credentials
+    /// that do not meet it.
     async fn authenticate(&self, parts: &Parts) -> Result<Principal, Response> {
-        let Some(authenticator) = &self.authenticator else {
-            return Ok(Principal::anonymous());
+        let mut principal = match &self.authenticator {
+            None => Principal::anonymous(),
+            Some(authenticator) => authenticator.authenticate(parts).await.map_err(|error| {
+                // The error names the failure, never the credentials.
+                tracing::debug!(%error, "request refused");
+                match error {
+                    AuthError::Forbidden(_) => StatusCode::FORBIDDEN.into_response(),
+                    _ => unauthorized(),
+                }
+            })?,
         };
-        authenticator.authenticate(parts).await.map_err(|error| {
-            tracing::debug!(%error, "request refused");
-            match error {
-                // Empty bodies: the TS client builds its error from the
-                // status text then ("Unauthorized: Status code '401'").
-                AuthError::Forbidden(_) => StatusCode::FORBIDDEN.into_response(),
-                _ => StatusCode::UNAUTHORIZED.into_response(),
+        if let Some(provider) = &self.user_ids {
+            let user_id = provider(&principal);
+            principal.set_user_id(user_id);
+        }
+        if let Some(requirement) = H::authorization() {
+            match self.policies.check(requirement, &principal) {
+                Ok(()) => {}
+                Err(Denied::Unauthenticated) => return Err(unauthorized()),
+                Err(Denied::Forbidden) => return Err(StatusCode::FORBIDDEN.into_response()),
             }
-        })
+        }
+        Ok(principal)
+    }
+
+    /// A new connection's place under the connection limits.
+    fn admit(&self, parts: &Parts) -> Result<Option<Slot>, Refused> {
+        match &self.limits {
+            None => Ok(None),
+            Some(limits) => limits.admit(parts).map(Some),
+        }
     }
 
     fn transport_metrics(&self, transport: TransportType) -> Option<Arc<TransportMetrics>> {
@@ -329,7 +480,7 @@ impl<H: Hub> Endpoint<H> {
         pending.by_token.remove(token)
     }
 
-    fn add_pending(&self, token: String, id: Arc<str>, stateful: bool) {
+    fn add_pending(&self, token: String, id: Arc<str>, stateful: bool, slot: Option<Slot>) {
         let timeout = self.shared.options.disconnect_timeout;
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         pending.expire(timeout);
@@ -341,6 +492,7 @@ impl<H: Hub> Endpoint<H> {
                 id,
                 created,
                 stateful,
+                slot,
             },
         );
     }
@@ -390,6 +542,8 @@ struct PendingConnection {
     created: Instant,
     /// Stateful reconnect was asked for and allowed at negotiation.
     stateful: bool,
+    /// Its place under the connection limits, handed to the transport.
+    slot: Option<Slot>,
 }
 
 /// Negotiated connections whose transport has not arrived yet. They expire
@@ -426,10 +580,17 @@ pub(crate) fn new_id() -> String {
 }
 
 fn query_value(parts: &Parts, key: &str) -> Option<String> {
-    let query = parts.uri.query()?;
-    form_urlencoded_pairs(query)
-        .find(|(k, _)| k.eq_ignore_ascii_case(key))
-        .map(|(_, v)| v)
+    tidings_protocol::negotiate::query_value(parts.uri.query()?, key)
+}
+
+/// `401` with an empty body: the TypeScript client builds its error from
+/// the status then ("Unauthorized: Status code '401'").
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+    )
+        .into_response()
 }
 
 fn json_response(body: &NegotiateResponse) -> Response {
@@ -452,21 +613,16 @@ async fn negotiate<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Re
     if endpoint.shutdown.is_shutting_down() {
         return unavailable();
     }
-    let version = match query_value(&parts, "negotiateVersion") {
-        None => 0,
-        Some(raw) => match raw.parse::<i64>() {
-            Err(_) => {
-                return json_response(&NegotiateResponse::error(format!(
-                    "The client requested an invalid protocol version '{raw}'"
-                )));
-            }
-            Ok(v) if v < 0 => {
-                return json_response(&NegotiateResponse::error(format!(
-                    "The client requested version '{v}', but the server does not support this version."
-                )));
-            }
-            Ok(v) => v.min(1) as u32,
-        },
+    let request = match NegotiateRequest::from_query(parts.uri.query()) {
+        Ok(request) => request,
+        Err(error) => return json_response(&NegotiateResponse::error(error.to_string())),
+    };
+    let version = request.version;
+    // A negotiated connection counts under the limits from now on: a flood
+    // of negotiations cannot outgrow them while waiting for transports.
+    let slot = match endpoint.admit(&parts) {
+        Ok(slot) => slot,
+        Err(refused) => return refused.into_response(),
     };
     if let Err(response) = endpoint.authenticate(&parts).await {
         return response;
@@ -482,9 +638,13 @@ async fn negotiate<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Re
     // connection over.
     let stateful = version >= 1
         && endpoint.shared.options.allow_stateful_reconnects
-        && query_value(&parts, "useStatefulReconnect")
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
-    endpoint.add_pending(token.clone(), Arc::from(connection_id.as_str()), stateful);
+        && request.stateful_reconnect;
+    endpoint.add_pending(
+        token.clone(),
+        Arc::from(connection_id.as_str()),
+        stateful,
+        slot,
+    );
     json_response(&NegotiateResponse {
         use_stateful_reconnect: stateful.then_some(true),
         negotiate_version: Some(version),
@@ -522,14 +682,25 @@ async fn connect<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Requ
         )
             .into_response();
     }
+    if !endpoint.origins.allows_websocket(&parts) {
+        tracing::debug!("WebSocket refused: origin not allowed");
+        return text(StatusCode::FORBIDDEN, "Origin not allowed");
+    }
     let principal = match endpoint.authenticate(&parts).await {
         Ok(principal) => principal,
         Err(response) => return response,
     };
-    let (connection_id, resume_token) = match (claimed, query_value(&parts, "id")) {
-        (Some(claimed), _) => (claimed, None),
+    // A negotiated connection brings the place it took at negotiate; one
+    // without negotiation (or taken over from another server) takes one
+    // now; a socket re-attaching to a live connection takes none.
+    let admit = || endpoint.admit(&parts);
+    let (connection_id, resume_token, slot) = match (claimed, query_value(&parts, "id")) {
+        (Some(claimed), _) => match admit() {
+            Ok(slot) => (claimed, None, slot),
+            Err(refused) => return refused.into_response(),
+        },
         (None, Some(token)) => match endpoint.take_pending(&token) {
-            Some(pending) => (pending.id, pending.stateful.then_some(token)),
+            Some(pending) => (pending.id, pending.stateful.then_some(token), pending.slot),
             None => match endpoint.resumable(&token) {
                 // A stateful connection whose client lost its socket.
                 Some(entry) => return reattach(&endpoint, parts, entry, &principal).await,
@@ -539,7 +710,10 @@ async fn connect<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Requ
             },
         },
         // Negotiation skipped: a new connection whose token is its id.
-        (None, None) => (Arc::from(endpoint.new_id().as_str()), None),
+        (None, None) => match admit() {
+            Ok(slot) => (Arc::from(endpoint.new_id().as_str()), None, slot),
+            Err(refused) => return refused.into_response(),
+        },
     };
     let upgrade = match websocket_upgrade(&endpoint, &mut parts).await {
         Ok(upgrade) => upgrade,
@@ -558,12 +732,12 @@ async fn connect<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Requ
     });
     let tracker = endpoint.shutdown.tracker().clone();
     upgrade.on_upgrade(move |socket| {
-        tracker.track_future(transport::websocket::serve(
-            endpoint,
-            socket,
-            init,
-            resume_token,
-        ))
+        let serve = transport::websocket::serve(endpoint, socket, init, resume_token);
+        tracker.track_future(async move {
+            // The connection counts under the limits until it ends.
+            let _slot = slot;
+            serve.await;
+        })
     })
 }
 
@@ -575,11 +749,8 @@ async fn websocket_upgrade<H: Hub>(
     let upgrade = WebSocketUpgrade::from_request_parts(parts, &())
         .await
         .map_err(IntoResponse::into_response)?;
-    let frame_limit = endpoint
-        .shared
-        .options
-        .maximum_receive_message_size
-        .map_or(64 << 20, |limit| limit.saturating_mul(4).max(1 << 20));
+    let frame_limit =
+        transport::websocket::frame_limit(endpoint.shared.options.maximum_receive_message_size);
     Ok(upgrade
         .max_message_size(frame_limit)
         .max_frame_size(frame_limit)
@@ -703,9 +874,10 @@ async fn connect_http<H: Hub>(endpoint: Arc<Endpoint<H>>, parts: Parts) -> Respo
         Ok(principal) => principal,
         Err(response) => return response,
     };
-    let Some(pending) = endpoint.take_pending(&token) else {
+    let Some(mut pending) = endpoint.take_pending(&token) else {
         return text(StatusCode::NOT_FOUND, "No Connection with that ID");
     };
+    let slot = pending.slot.take();
     let init = ConnectionInit {
         id: pending.id,
         protocol: tidings_protocol::Protocol::Json,
@@ -715,7 +887,7 @@ async fn connect_http<H: Hub>(endpoint: Arc<Endpoint<H>>, parts: Parts) -> Respo
         headers: detached(&parts.headers),
         metrics: endpoint.transport_metrics(transport),
     };
-    let connection = HttpConnection::start(&endpoint, init, transport, token.clone());
+    let connection = HttpConnection::start(&endpoint, init, transport, token.clone(), slot);
     endpoint
         .http
         .lock()
@@ -740,8 +912,21 @@ async fn send<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Request
     let Some(connection) = endpoint.http_connection(&token) else {
         return text(StatusCode::NOT_FOUND, "No Connection with that ID");
     };
+    if endpoint.authenticator.is_some() {
+        // The POST carries the token too: it must still be valid, and be
+        // the same user's.
+        match endpoint.authenticate(&parts).await {
+            Err(response) => return response,
+            Ok(principal) if principal.user_id() != connection.user_id.as_deref() => {
+                tracing::debug!("POST refused: another user");
+                return StatusCode::FORBIDDEN.into_response();
+            }
+            Ok(_) => {}
+        }
+    }
     // A body larger than this is refused by axum before it is buffered.
-    let bytes = match axum::body::to_bytes(body, 2 << 20).await {
+    let limit = endpoint.shared.options.maximum_request_body_size;
+    let bytes = match axum::body::to_bytes(body, limit).await {
         Ok(bytes) => bytes,
         Err(_) => return StatusCode::PAYLOAD_TOO_LARGE.into_response(),
     };

@@ -155,13 +155,20 @@ pub enum ConnectionError {
     /// `on_connected` failed.
     #[error("{0}")]
     OnConnected(String),
+    /// The connection's credentials expired (see
+    /// [`HubOptions::close_on_authentication_expiration`](crate::HubOptions::close_on_authentication_expiration)).
+    #[error("AuthenticationExpiredException: The authentication of the connection expired.")]
+    AuthenticationExpired,
 }
 
 impl ConnectionError {
     /// Whether the text may be shown to the client without detailed errors
     /// (ASP.NET Core shows `HubException`s always).
     pub(crate) fn always_shown(&self) -> bool {
-        matches!(self, ConnectionError::ClosedByClient(_))
+        matches!(
+            self,
+            ConnectionError::ClosedByClient(_) | ConnectionError::AuthenticationExpired
+        )
     }
 }
 

@@ -39,6 +39,9 @@ pub struct MethodDescriptor<H: ?Sized> {
     pub stream_params: usize,
     /// The generated handler.
     pub handler: fn(Arc<H>, Call) -> MethodFuture,
+    /// What the caller must satisfy (`#[authorize]`); `None`: anyone the
+    /// hub admits.
+    pub authorize: Option<&'static Authorize>,
 }
 
 impl<H: ?Sized> std::fmt::Debug for MethodDescriptor<H> {
@@ -48,6 +51,7 @@ impl<H: ?Sized> std::fmt::Debug for MethodDescriptor<H> {
             .field("kind", &self.kind)
             .field("arity", &self.arity)
             .field("stream_params", &self.stream_params)
+            .field("authorize", &self.authorize)
             .finish_non_exhaustive()
     }
 }
@@ -70,6 +74,14 @@ pub trait Hub: Send + Sync + Sized + 'static {
     /// `None` (the default): such invocations are answered with ASP.NET
     /// Core's "Method does not exist".
     fn fallback() -> Option<&'static MethodDescriptor<Self>> {
+        None
+    }
+
+    /// What every connection must satisfy (`#[hub(authorize)]`): checked
+    /// when the client negotiates and when its transport connects, refused
+    /// with `401` (no user) or `403` (a user without the right). `None`
+    /// (the default): anonymous users may connect.
+    fn authorization() -> Option<&'static Authorize> {
         None
     }
 
@@ -101,6 +113,7 @@ pub trait Hub: Send + Sync + Sized + 'static {
 // `Call`, `Context`, `MethodOutput`, `HubError` and `ConnectionError` are
 // defined by the connection and dispatch modules and re-exported here.
 pub use crate::{
+    auth::Authorize,
     context::Context,
     dispatch::{Call, MethodOutput},
     error::{ConnectionError, HubError},

@@ -45,6 +45,59 @@
 //! }
 //! ```
 //!
+//! ## Strongly-typed hubs
+//!
+//! A [`#[client]`](macro@client) trait declares the methods a hub may call
+//! on its clients. Each becomes a method of every set of recipients
+//! ([`ClientProxy`], [`SingleClientProxy`]), named on the wire in
+//! PascalCase (or as `#[client(name = "...")]` says), so that a misspelled
+//! method or a wrong argument type is a compile error rather than a
+//! message no client handles:
+//!
+//! ```
+//! use serde::Serialize;
+//! use tidings::{Context, HubError, hub};
+//!
+//! #[derive(Serialize)]
+//! struct Room { name: String, members: usize }
+//!
+//! #[tidings::client]
+//! trait ChatClient {
+//!     fn receive_message(user: &str, message: &str);
+//!     fn room_changed(room: &Room);
+//!     #[client(name = "ping")]
+//!     fn keep_awake();
+//!     /// A client result: only on one connection (`caller`, `client(id)`).
+//!     fn confirm(question: &str) -> bool;
+//! }
+//!
+//! struct Chat;
+//!
+//! #[hub(client = ChatClient)]
+//! impl Chat {
+//!     async fn send_message(&self, cx: &Context, user: String, message: String) -> Result<(), HubError> {
+//!         cx.clients().all().receive_message(&user, &message).await?;
+//!         cx.clients().others().keep_awake().await?;
+//!         if cx.clients().caller().confirm("Tell the room?").await? {
+//!             let room = Room { name: "lobby".into(), members: 2 };
+//!             cx.clients().group("lobby").room_changed(&room).await?;
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//! ```
+//!
+//! The same methods exist on the proxies of a [`HubContext`]; the untyped
+//! [`ClientProxy::send`] stays available. Methods whose parameters are
+//! all owned types serialize lazily, like `send`; methods with borrowed
+//! parameters (`&str`, `&Room`) serialize at once in both hub protocols
+//! ([`SerializedArguments`]) so that the caller keeps its values.
+//!
+//! `#[hub(client = ...)]` also ties the contract to the hub for code
+//! generators: [`schema::HubSchema`] describes both sides, and with the
+//! `typescript` feature `typescript::TypeScriptModule` writes a
+//! TypeScript module with typed wrappers over `@microsoft/signalr`.
+//!
 //! ## Serving it
 //!
 //! [`HubEndpoint`] turns a hub into an axum [`Router`](axum::Router) holding
@@ -167,7 +220,23 @@
 //! invocation latencies; [`Metrics::router`] serves them to Prometheus at
 //! `/metrics` and [`Metrics::snapshot`] gives dashboards the totals. Every
 //! invocation runs in an `invocation` tracing span carrying `rpc.service`
-//! (the hub's [name](HubEndpoint::name)), `rpc.method` and the connection id.
+//! (the hub's [name](HubEndpoint::name)), `rpc.method` and the connection id,
+//! at DEBUG on the target `tidings::invocation` (enable it with
+//! `RUST_LOG=info,tidings::invocation=debug`).
+//!
+//! ## Authentication, authorization and limits
+//!
+//! An [`Authenticator`] turns each request into a [`Principal`]
+//! (`JwtAuthenticator`, with the feature `jwt`: HS256, RS256, ES256,
+//! issuer, audience, expiry);
+//! `#[hub(authorize)]` and `#[authorize(roles = "…", policy = "…")]` state
+//! what a hub or a method requires ([`Authorize`], named policies from
+//! [`HubEndpoint::policy`]). A connection is closed when its credentials
+//! expire ([`HubOptions::close_on_authentication_expiration`]). A
+//! [`HubFilter`] runs around every invocation ([`RateLimiter`] is one);
+//! [`ConnectionLimits`] cap live connections globally and per IP address,
+//! and [`HubEndpoint::allowed_origins`] sets CORS and the WebSocket `Origin`
+//! allow-list.
 //!
 //! ## Scale-out
 //!
@@ -175,22 +244,29 @@
 //! the in-memory [`MemoryLifetimeManager`]. A backplane implements the trait
 //! and is installed with [`HubEndpoint::lifetime_manager`].
 
+mod access;
 mod auth;
 #[doc(hidden)]
 pub mod bench;
 mod cluster;
+#[doc(hidden)]
+pub mod conformance;
 mod connection;
 mod context;
 mod dispatch;
 mod endpoint;
 mod error;
+mod filter;
 mod hub;
+#[cfg(feature = "jwt")]
+mod jwt;
 mod lifetime;
 mod message;
 pub mod metrics;
 mod options;
 mod redirect;
 mod resume;
+pub mod schema;
 mod serve;
 mod session;
 mod shutdown;
@@ -198,9 +274,13 @@ pub mod sse;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod transport;
+mod typed;
+#[cfg(feature = "typescript")]
+pub mod typescript;
 mod upload;
 
-pub use auth::{AuthError, Authenticator, Principal, bearer_token};
+pub use access::ConnectionLimits;
+pub use auth::{AuthError, Authenticator, Authorize, Principal, bearer_token};
 pub use cluster::Cluster;
 pub use connection::ConnectionHandle;
 pub use context::{
@@ -209,7 +289,10 @@ pub use context::{
 pub use dispatch::{Call, MethodOutput};
 pub use endpoint::HubEndpoint;
 pub use error::{ConnectionError, GroupError, HubError, InvokeError, PresenceError, SendError};
+pub use filter::{HubFilter, InvocationInfo, RateLimiter};
 pub use hub::{BoxFuture, Hub, MethodDescriptor, MethodFuture, MethodKind};
+#[cfg(feature = "jwt")]
+pub use jwt::{JwtAuthenticator, JwtKeyError};
 pub use lifetime::{LifetimeManager, Member, MemoryLifetimeManager, Target};
 pub use message::{ClientInvocation, SerializedMessage};
 pub use metrics::Metrics;
@@ -219,16 +302,20 @@ pub use serve::{Serve, serve};
 #[cfg(feature = "tls")]
 pub use serve::{TlsConfig, TlsError};
 pub use shutdown::Shutdown;
-pub use tidings_macros::hub;
+pub use tidings_macros::{client, hub};
 pub use tidings_protocol::Protocol;
+pub use typed::{ClientTarget, SendFuture, SerializedArguments, SingleClientTarget};
 pub use upload::ClientStream;
 
 /// Items used by code that `#[hub]` generates. Not a public API.
 #[doc(hidden)]
 pub mod __private {
     pub use crate::{
-        Call, ClientStream, Context, Hub, HubError, MethodDescriptor, MethodFuture, MethodKind,
-        MethodOutput,
+        Authorize, Call, ClientInvoke, ClientProxy, ClientStream, ClientTarget, Context, Hub,
+        HubError, MethodDescriptor, MethodFuture, MethodKind, MethodOutput, SendFuture,
+        SingleClientTarget,
+        schema::{ClientSchema, Describe, Describer, HubSchema, MethodSchema, Opaque, ParamSchema},
+        typed::{invoke_borrowed, invoke_owned, send_borrowed, send_owned},
     };
-    pub use std::{boxed::Box, result::Result, sync::Arc};
+    pub use std::{boxed::Box, result::Result, sync::Arc, vec::Vec};
 }

@@ -173,6 +173,15 @@ pub trait LifetimeManager: Send + Sync + 'static {
     fn online_user_count(&self) -> BoxFuture<'_, Result<usize, PresenceError>> {
         Box::pin(async { Err(PresenceError::Unsupported) })
     }
+
+    /// Whether a connection with this id is connected, on any server.
+    fn connection_exists<'a>(
+        &'a self,
+        connection_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, PresenceError>> {
+        let _ = connection_id;
+        Box::pin(async { Err(PresenceError::Unsupported) })
+    }
 }
 
 /// The single-server lifetime manager: everything in memory.
@@ -198,11 +207,29 @@ struct State {
 #[derive(Debug)]
 struct Entry {
     handle: ConnectionHandle,
+    /// Boxed and made on first use: an entry is 16 bytes instead of 112,
+    /// and the table reserves room for up to twice as many entries as
+    /// there are connections.
+    extra: Option<Box<Extra>>,
+}
+
+#[derive(Debug, Default)]
+struct Extra {
     groups: HashSet<Arc<str>>,
     /// Client results this connection has been asked for and owes. When
     /// the entry goes, the senders drop and the callers learn that the
     /// connection disconnected.
     answers: HashMap<Box<str>, Answer>,
+}
+
+impl Entry {
+    fn extra(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Default::default)
+    }
+
+    fn groups(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.extra.iter().flat_map(|extra| extra.groups.iter())
+    }
 }
 
 impl MemoryLifetimeManager {
@@ -239,8 +266,7 @@ impl MemoryLifetimeManager {
             id,
             Entry {
                 handle: connection.clone(),
-                groups: HashSet::new(),
-                answers: HashMap::new(),
+                extra: None,
             },
         );
     }
@@ -252,7 +278,7 @@ impl MemoryLifetimeManager {
         let Some(entry) = state.connections.remove(id) else {
             return;
         };
-        for group in entry.groups {
+        for group in entry.extra.map(|extra| extra.groups).unwrap_or_default() {
             remove_member(&mut state.groups, &group, id);
         }
         if let Some(user) = connection.user_id() {
@@ -269,7 +295,7 @@ impl MemoryLifetimeManager {
             return false;
         };
         let group: Arc<str> = Arc::from(group);
-        if entry.groups.insert(Arc::clone(&group)) {
+        if entry.extra().groups.insert(Arc::clone(&group)) {
             state
                 .groups
                 .entry(group)
@@ -287,7 +313,11 @@ impl MemoryLifetimeManager {
         let Some(entry) = state.connections.get_mut(connection_id) else {
             return false;
         };
-        if entry.groups.remove(group) {
+        if entry
+            .extra
+            .as_mut()
+            .is_some_and(|extra| extra.groups.remove(group))
+        {
             remove_member(&mut state.groups, group, connection_id);
         }
         true
@@ -379,7 +409,7 @@ impl MemoryLifetimeManager {
         self.read()
             .connections
             .get(connection_id)
-            .map(|e| e.groups.iter().map(|g| g.to_string()).collect())
+            .map(|e| e.groups().map(|g| g.to_string()).collect())
             .unwrap_or_default()
     }
 
@@ -487,7 +517,7 @@ impl MemoryLifetimeManager {
             let Some(entry) = state.connections.get_mut(connection_id) else {
                 return Err(InvokeError::UnknownConnection(connection_id.to_owned()));
             };
-            entry.answers.insert(id.clone(), tx);
+            entry.extra().answers.insert(id.clone(), tx);
             entry.handle.clone()
         };
         // However this ends (answered, failed, or dropped by a timeout),
@@ -516,15 +546,20 @@ impl MemoryLifetimeManager {
             .read()
             .connections
             .get(connection_id)
-            .is_some_and(|entry| {
-                entry
+            .and_then(|entry| entry.extra.as_ref())
+            .is_some_and(|extra| {
+                extra
                     .answers
                     .contains_key(completion.invocation_id.as_str())
             });
         let owed = asked.then(|| {
             let mut state = self.write();
             state.connections.get_mut(connection_id).and_then(|entry| {
-                let answer = entry.answers.remove(completion.invocation_id.as_str())?;
+                let answer = entry
+                    .extra
+                    .as_mut()?
+                    .answers
+                    .remove(completion.invocation_id.as_str())?;
                 Some((answer, entry.handle.protocol()))
             })
         });
@@ -566,8 +601,12 @@ struct Owed<'a> {
 impl Drop for Owed<'_> {
     fn drop(&mut self) {
         let mut state = self.manager.write();
-        if let Some(entry) = state.connections.get_mut(self.connection_id) {
-            entry.answers.remove(self.id);
+        if let Some(extra) = state
+            .connections
+            .get_mut(self.connection_id)
+            .and_then(|entry| entry.extra.as_mut())
+        {
+            extra.answers.remove(self.id);
         }
     }
 }
@@ -664,6 +703,14 @@ impl LifetimeManager for MemoryLifetimeManager {
     fn online_user_count(&self) -> BoxFuture<'_, Result<usize, PresenceError>> {
         let count = self.local_user_count();
         Box::pin(async move { Ok(count) })
+    }
+
+    fn connection_exists<'a>(
+        &'a self,
+        connection_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, PresenceError>> {
+        let found = self.connection(connection_id).is_some();
+        Box::pin(async move { Ok(found) })
     }
 }
 
@@ -849,7 +896,12 @@ mod tests {
         let timed_out = tokio::time::timeout(std::time::Duration::from_millis(20), asking).await;
         assert!(timed_out.is_err());
         sent_frame(&mut ra).await;
-        assert!(manager.read().connections["a"].answers.is_empty());
+        assert!(
+            manager.read().connections["a"]
+                .extra
+                .as_ref()
+                .is_none_or(|extra| extra.answers.is_empty())
+        );
         // The late answer finds nobody.
         assert!(
             !manager.complete_local("a", Completion::value("s1", Payload::null(Protocol::Json)))

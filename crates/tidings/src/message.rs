@@ -2,16 +2,22 @@
 //! hub protocol however many connections receive it.
 //!
 //! A broadcast to ten thousand connections creates one `SerializedMessage`
-//! behind an `Arc`. Each connection's writer asks it for the frame of its own
-//! protocol; the first writer of each protocol serializes, every other one
-//! gets the cached bytes (`Bytes` clones are reference counts). A backplane
+//! behind an `Arc`. Queueing it for a connection takes the frame of that
+//! connection's protocol; the first recipient of each protocol serializes,
+//! every other one gets the cached bytes (`Bytes` clones are reference
+//! counts). A backplane
 //! that received frames already serialized builds the message from them with
 //! [`SerializedMessage::from_frames`] and nothing is serialized again.
+//!
+//! A message can also be a request to close its recipients
+//! ([`SerializedMessage::close`]): it travels through the same targets and
+//! backplanes as an invocation, and each recipient's connection ends with
+//! a Close message carrying the reason.
 
 use std::{fmt, sync::OnceLock};
 
 use bytes::Bytes;
-use tidings_protocol::{HubMessage, Invocation, Protocol, ToArguments};
+use tidings_protocol::{Close, HubMessage, Invocation, Protocol, ToArguments};
 
 use crate::SendError;
 
@@ -24,11 +30,37 @@ pub struct SerializedMessage {
     /// Set only for a client result's invocation, which expects an answer.
     invocation_id: Option<Box<str>>,
     arguments: Option<ErasedArguments>,
+    /// Set for a request to close the recipients: the reason, if any.
+    close: Option<Option<Box<str>>>,
     json: OnceLock<Option<Bytes>>,
     msgpack: OnceLock<Option<Bytes>>,
 }
 
 impl SerializedMessage {
+    /// A request to close every recipient's connection: each is sent a
+    /// Close message with `reason` as its error (and no reconnect) and
+    /// then closed. Its frames are that Close message.
+    pub fn close(reason: Option<String>) -> Self {
+        SerializedMessage {
+            target: "".into(),
+            invocation_id: None,
+            arguments: None,
+            close: Some(reason.map(String::into_boxed_str)),
+            json: OnceLock::new(),
+            msgpack: OnceLock::new(),
+        }
+    }
+
+    /// Whether this is a request to close the recipients.
+    pub fn is_close(&self) -> bool {
+        self.close.is_some()
+    }
+
+    /// The reason of a close request.
+    pub fn close_reason(&self) -> Option<&str> {
+        self.close.as_ref().and_then(|reason| reason.as_deref())
+    }
+
     /// An invocation of `target` on the client with `arguments`.
     pub fn invocation(
         target: impl Into<Box<str>>,
@@ -38,6 +70,7 @@ impl SerializedMessage {
             target: target.into(),
             invocation_id: None,
             arguments: Some(Box::new(arguments)),
+            close: None,
             json: OnceLock::new(),
             msgpack: OnceLock::new(),
         }
@@ -51,6 +84,7 @@ impl SerializedMessage {
             target: "".into(),
             invocation_id: None,
             arguments: None,
+            close: None,
             json: OnceLock::from(json),
             msgpack: OnceLock::from(msgpack),
         }
@@ -91,6 +125,15 @@ impl SerializedMessage {
     }
 
     fn serialize(&self, protocol: Protocol) -> Result<Bytes, SendError> {
+        if let Some(reason) = &self.close {
+            let message = HubMessage::Close(Close {
+                error: reason.as_deref().map(str::to_owned),
+                allow_reconnect: false,
+            });
+            let mut out = Vec::with_capacity(64);
+            protocol.write_message(&message, &mut out)?;
+            return Ok(Bytes::from(out));
+        }
         let Some(arguments) = &self.arguments else {
             return Err(SendError::NoFrame(protocol));
         };
@@ -139,6 +182,7 @@ impl ClientInvocation {
             target: self.target,
             invocation_id: Some(invocation_id.into()),
             arguments: Some(self.arguments),
+            close: None,
             json: OnceLock::new(),
             msgpack: OnceLock::new(),
         }
@@ -188,6 +232,17 @@ mod tests {
             &json[..],
             b"{\"type\":1,\"invocationId\":\"s7\",\"target\":\"Ask\",\"arguments\":[\"q\"]}\x1e"
         );
+    }
+
+    #[test]
+    fn a_close_request_is_a_close_message() {
+        let msg = SerializedMessage::close(Some("maintenance".into()));
+        assert!(msg.is_close());
+        assert_eq!(msg.close_reason(), Some("maintenance"));
+        let json = msg.frame(Protocol::Json).expect("json");
+        assert_eq!(&json[..], b"{\"type\":7,\"error\":\"maintenance\"}\x1e");
+        assert!(msg.frame(Protocol::MessagePack).is_some());
+        assert!(!SerializedMessage::invocation("X", ()).is_close());
     }
 
     #[test]

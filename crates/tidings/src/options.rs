@@ -23,6 +23,8 @@ use tidings_protocol::Protocol;
 /// | [`client_result_timeout`](Self::client_result_timeout) | 30 s |
 /// | [`allow_stateful_reconnects`](Self::allow_stateful_reconnects) | off |
 /// | [`stateful_reconnect_buffer_size`](Self::stateful_reconnect_buffer_size) | 100 000 bytes |
+/// | [`close_on_authentication_expiration`](Self::close_on_authentication_expiration) | on |
+/// | [`maximum_request_body_size`](Self::maximum_request_body_size) | 2 MiB |
 /// | transports | WebSockets, Server-Sent Events, Long Polling |
 ///
 /// ```
@@ -51,6 +53,8 @@ pub struct HubOptions {
     pub(crate) client_result_timeout: Duration,
     pub(crate) allow_stateful_reconnects: bool,
     pub(crate) stateful_reconnect_buffer_size: usize,
+    pub(crate) close_on_authentication_expiration: bool,
+    pub(crate) maximum_request_body_size: usize,
 }
 
 impl Default for HubOptions {
@@ -73,6 +77,8 @@ impl Default for HubOptions {
             client_result_timeout: Duration::from_secs(30),
             allow_stateful_reconnects: false,
             stateful_reconnect_buffer_size: 100_000,
+            close_on_authentication_expiration: true,
+            maximum_request_body_size: 2 << 20,
         }
     }
 }
@@ -233,6 +239,26 @@ impl HubOptions {
     /// continuously (as with ASP.NET Core); raise it for high-volume streams.
     pub fn stateful_reconnect_buffer_size(mut self, value: usize) -> Self {
         self.stateful_reconnect_buffer_size = value.max(1);
+        self
+    }
+
+    /// Close a connection when its credentials expire (the `exp` of its
+    /// token, see [`Principal::with_expiry`](crate::Principal::with_expiry)),
+    /// with a Close message saying so (ASP.NET Core's
+    /// `CloseOnAuthenticationExpiration`). The close allows reconnecting, so
+    /// a client with a token factory comes back with a fresh token. On by
+    /// default.
+    pub fn close_on_authentication_expiration(mut self, value: bool) -> Self {
+        self.close_on_authentication_expiration = value;
+        self
+    }
+
+    /// The largest body of one `POST` of the Server-Sent Events and Long
+    /// Polling transports, in bytes (default 2 MiB); a larger one is refused
+    /// with `413` before it is buffered. WebSocket frames are bounded by
+    /// [`maximum_receive_message_size`](Self::maximum_receive_message_size).
+    pub fn maximum_request_body_size(mut self, value: usize) -> Self {
+        self.maximum_request_body_size = value.max(1);
         self
     }
 }

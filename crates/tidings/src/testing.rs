@@ -106,11 +106,7 @@ impl TestConnection {
                 .await
                 .ok()
                 .flatten()?;
-            let frame = match item {
-                Outbound::Frame(bytes) | Outbound::Windowed { frame: bytes, .. } => Some(bytes),
-                Outbound::Shared(message) => message.frame(self.handle.protocol()),
-                Outbound::Close(frame) => frame,
-            };
+            let frame = item.into_frame(&mut false);
             if let Some(frame) = frame {
                 self.decoder.push(&frame);
             }
@@ -164,6 +160,7 @@ macro_rules! lifetime_manager_spec {
             client_results_across_servers,
             client_result_failures,
             presence_across_servers,
+            close_requests_and_existence_across_servers,
         );
     };
 }
@@ -609,6 +606,63 @@ pub mod spec {
                 .is_empty()
         );
         assert_eq!(s[0].online_user_count().await.expect("count"), base - 1);
+    }
+
+    /// Waits until `connection` is closed; its reason, if closed by a
+    /// close request.
+    async fn closed(connection: &TestConnection) -> Option<Option<String>> {
+        let deadline = tokio::time::Instant::now() + ARRIVAL_TIMEOUT;
+        while !connection.handle().is_aborted() {
+            if tokio::time::Instant::now() > deadline {
+                panic!("{}: not closed within {ARRIVAL_TIMEOUT:?}", connection.id());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        match connection.handle().abort_reason() {
+            Some(crate::connection::AbortReason::Closed(reason)) => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// Whether a connection exists is known on every server; a close
+    /// request reaches its targets on any server, with its reason, and no
+    /// one else.
+    pub async fn close_requests_and_existence_across_servers(backend: &dyn Backend) {
+        let s = backend.servers(3).await;
+        let a = connect(&s[0], &id("a"), None).await;
+        let b = connect(&s[1], &id("b"), None).await;
+        let c = connect(&s[2], &id("c"), None).await;
+        for server in &s {
+            for connection in [&a, &b, &c] {
+                assert!(
+                    server
+                        .connection_exists(connection.id())
+                        .await
+                        .expect("exists")
+                );
+            }
+            assert!(!server.connection_exists("nobody").await.expect("exists"));
+        }
+        let close =
+            |reason: Option<&str>| Arc::new(SerializedMessage::close(reason.map(str::to_owned)));
+        s[0].send(&Target::Connection(b.id().to_owned()), close(Some("bye")))
+            .await
+            .expect("close");
+        assert_eq!(closed(&b).await, Some(Some("bye".to_owned())));
+        s[1].on_disconnected(b.handle()).await;
+        s[2].send(&Target::AllExcept(vec![a.id().to_owned()]), close(None))
+            .await
+            .expect("close");
+        assert_eq!(closed(&c).await, Some(None));
+        // The same server's fence arrives after the close would have.
+        let mut a = a;
+        let before = fence(&s[2], &mut [&mut a]).await;
+        assert_eq!(before, [Vec::<(String, Value)>::new()]);
+        assert!(!a.handle().is_aborted());
+        s[2].on_disconnected(c.handle()).await;
+        for server in &s {
+            assert!(!server.connection_exists(b.id()).await.expect("exists"));
+        }
     }
 }
 

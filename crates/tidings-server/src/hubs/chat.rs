@@ -1,14 +1,35 @@
-//! `/hubs/chat`: a chat with rooms and typing indicators.
+//! `/hubs/chat`: a chat with rooms, typing indicators, presence per room
+//! and notifications to users, and its typed client contract
+//! ([`ChatClient`]).
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Mutex,
+};
 
 use serde::Serialize;
-use tidings::{Context, HubError, hub};
+use tidings::{ConnectionError, Context, HubError, hub};
+use ts_rs::TS;
 
 /// The chat hub.
+///
+/// It remembers the rooms of each of its own connections: the lifetime
+/// manager forgets a connection's groups before `on_disconnected` runs, and
+/// the rooms must hear that a closed tab left them.
 #[derive(Debug, Default)]
-pub struct ChatHub;
+pub struct ChatHub {
+    rooms: Mutex<HashMap<String, BTreeSet<String>>>,
+}
+
+impl ChatHub {
+    fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<String, BTreeSet<String>>> {
+        // The map stays consistent whatever panicked while holding it.
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 /// A message posted to a room.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, TS)]
 pub struct RoomMessage {
     room: String,
     sender: String,
@@ -17,8 +38,25 @@ pub struct RoomMessage {
     timestamp: String,
 }
 
+/// Someone typing in a room (`RoomTyping`).
+#[derive(Debug, Serialize, TS)]
+pub struct RoomTyping {
+    room: String,
+    user: String,
+}
+
+/// A notification for one user (`Notification`).
+#[derive(Debug, Serialize, TS)]
+pub struct Notification {
+    /// Display name of the sender.
+    from: String,
+    text: String,
+    /// RFC 3339, UTC, millisecond precision.
+    timestamp: String,
+}
+
 /// The people in a room (`RoomUsers` and `GetRoomUsers`).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, TS)]
 pub struct RoomUsers {
     room: String,
     /// User ids of the signed-in members, sorted, each once.
@@ -45,7 +83,45 @@ fn display_name(cx: &Context) -> String {
     cx.user().claim("name").unwrap_or("Anonymous").to_owned()
 }
 
-#[hub]
+fn now() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+/// Tells `room` that someone left and who is still there.
+async fn announce_leave(cx: &Context, room: String) -> Result<(), HubError> {
+    let room_clients = cx.clients().group(room.clone());
+    room_clients.user_left(&display_name(cx)).await?;
+    let users = room_users(cx, room).await?;
+    room_clients.room_users(&users).await?;
+    Ok(())
+}
+
+/// What the chat hub calls on its clients.
+#[tidings::client]
+pub trait ChatClient {
+    /// A message for everyone.
+    fn receive_message(user: &str, message: &str);
+    /// Someone joined a room the client is in.
+    fn user_joined(name: &str);
+    /// Someone left a room the client is in.
+    fn user_left(name: &str);
+    /// Who is in a room, after someone joined or left it.
+    fn room_users(users: &RoomUsers);
+    /// A message posted to a room the client is in.
+    fn receive_room_message(message: &RoomMessage);
+    /// Someone else is typing.
+    fn typing_indicator(name: &str, typing: bool);
+    /// Someone else is typing in a room the client is in.
+    fn room_typing(typing: &RoomTyping);
+    /// A notification to the client's user.
+    fn notification(notification: &Notification);
+    /// An administrator deleted a message.
+    fn message_deleted(message_id: &str);
+    /// The client's own connection id, right after it connected.
+    fn connected(connection_id: &str);
+}
+
+#[hub(client = ChatClient)]
 impl ChatHub {
     /// Everyone receives `ReceiveMessage(user, message)`.
     async fn send_message(
@@ -54,10 +130,7 @@ impl ChatHub {
         user: String,
         message: String,
     ) -> Result<(), HubError> {
-        cx.clients()
-            .all()
-            .send("ReceiveMessage", (user, message))
-            .await?;
+        cx.clients().all().receive_message(&user, &message).await?;
         Ok(())
     }
 
@@ -65,12 +138,14 @@ impl ChatHub {
     /// `RoomUsers({room, users, connections})`.
     async fn join_room(&self, cx: &Context, room: String) -> Result<(), HubError> {
         cx.groups().add(cx.connection_id(), &room).await?;
-        cx.clients()
-            .group(room.clone())
-            .send("UserJoined", (display_name(cx),))
-            .await?;
-        let users = room_users(cx, room.clone()).await?;
-        cx.clients().group(room).send("RoomUsers", (users,)).await?;
+        self.rooms()
+            .entry(cx.connection_id().to_owned())
+            .or_default()
+            .insert(room.clone());
+        let room_clients = cx.clients().group(room.clone());
+        room_clients.user_joined(&display_name(cx)).await?;
+        let users = room_users(cx, room).await?;
+        room_clients.room_users(&users).await?;
         Ok(())
     }
 
@@ -78,13 +153,10 @@ impl ChatHub {
     /// `RoomUsers({room, users, connections})`.
     async fn leave_room(&self, cx: &Context, room: String) -> Result<(), HubError> {
         cx.groups().remove(cx.connection_id(), &room).await?;
-        cx.clients()
-            .group(room.clone())
-            .send("UserLeft", (display_name(cx),))
-            .await?;
-        let users = room_users(cx, room.clone()).await?;
-        cx.clients().group(room).send("RoomUsers", (users,)).await?;
-        Ok(())
+        if let Some(rooms) = self.rooms().get_mut(cx.connection_id()) {
+            rooms.remove(&room);
+        }
+        announce_leave(cx, room).await
     }
 
     /// Who is in `room`, on every server: `{room, users, connections}`
@@ -105,12 +177,21 @@ impl ChatHub {
             room: room.clone(),
             sender: display_name(cx),
             content: message,
-            timestamp: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            timestamp: now(),
         };
         cx.clients()
             .group(room)
-            .send("ReceiveRoomMessage", (payload,))
+            .receive_room_message(&payload)
             .await?;
+        Ok(())
+    }
+
+    /// Administrators only (`role`/`roles` claim `Admin`): everyone
+    /// receives `MessageDeleted(messageId)`. Others get ASP.NET Core's
+    /// "Failed to invoke 'DeleteMessage' because user is unauthorized".
+    #[authorize(roles = "Admin")]
+    async fn delete_message(&self, cx: &Context, message_id: String) -> Result<(), HubError> {
+        cx.clients().all().message_deleted(&message_id).await?;
         Ok(())
     }
 
@@ -118,18 +199,52 @@ impl ChatHub {
     async fn start_typing(&self, cx: &Context) -> Result<(), HubError> {
         cx.clients()
             .others()
-            .send("TypingIndicator", (display_name(cx), true))
+            .typing_indicator(&display_name(cx), true)
             .await?;
         Ok(())
+    }
+
+    /// The other members of `room` receive `RoomTyping({room, user})`.
+    async fn start_typing_in_room(&self, cx: &Context, room: String) -> Result<(), HubError> {
+        let typing = RoomTyping {
+            room: room.clone(),
+            user: display_name(cx),
+        };
+        cx.clients()
+            .others_in_group(room)
+            .room_typing(&typing)
+            .await?;
+        Ok(())
+    }
+
+    /// Every connection of user `user` (each open tab, on every server)
+    /// receives `Notification({from, text, timestamp})`.
+    async fn notify_user(&self, cx: &Context, user: String, text: String) -> Result<(), HubError> {
+        let notification = Notification {
+            from: display_name(cx),
+            text,
+            timestamp: now(),
+        };
+        cx.clients().user(user).notification(&notification).await?;
+        Ok(())
+    }
+
+    /// The rooms the connection was in hear `UserLeft(name)` and the new
+    /// `RoomUsers`.
+    #[on_disconnected]
+    async fn disconnected(&self, cx: &Context, _error: Option<ConnectionError>) {
+        let rooms = self.rooms().remove(cx.connection_id()).unwrap_or_default();
+        for room in rooms {
+            if let Err(error) = announce_leave(cx, room).await {
+                tracing::debug!(%error, "cannot announce a departure");
+            }
+        }
     }
 
     /// The caller receives `Connected(connectionId)`.
     #[on_connected]
     async fn connected(&self, cx: &Context) -> Result<(), HubError> {
-        cx.clients()
-            .caller()
-            .send("Connected", (cx.connection_id().to_owned(),))
-            .await?;
+        cx.clients().caller().connected(cx.connection_id()).await?;
         Ok(())
     }
 }

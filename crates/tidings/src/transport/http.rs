@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     ConnectionHandle,
+    access::Slot,
     connection::{ConnectionInit, Outbound},
     endpoint::Endpoint,
     hub::Hub,
@@ -60,6 +61,9 @@ pub(crate) struct HttpConnection {
     protocol: std::sync::OnceLock<Protocol>,
     /// The counters of the connection's hub and transport.
     metrics: Option<Arc<TransportMetrics>>,
+    /// The user the connection was opened for: later requests must be
+    /// from the same user.
+    pub user_id: Option<String>,
 }
 
 impl HttpConnection {
@@ -69,6 +73,7 @@ impl HttpConnection {
         init: ConnectionInit,
         transport: TransportType,
         token: String,
+        slot: Option<Slot>,
     ) -> Arc<HttpConnection> {
         let options = &endpoint.shared.options;
         let (in_tx, in_rx) = mpsc::channel::<Bytes>(INBOUND_CAPACITY);
@@ -88,6 +93,7 @@ impl HttpConnection {
             last_poll: Mutex::new(Instant::now()),
             protocol: std::sync::OnceLock::new(),
             metrics: init.metrics.clone(),
+            user_id: init.principal.user_id().map(str::to_owned),
         });
         let task = run(
             Arc::clone(endpoint),
@@ -97,6 +103,11 @@ impl HttpConnection {
             out_tx,
             token,
         );
+        let task = async move {
+            // The connection counts under the limits until its task ends.
+            let _slot = slot;
+            task.await;
+        };
         tokio::spawn(endpoint.shutdown.tracker().track_future(task));
         connection
     }
@@ -162,10 +173,10 @@ async fn run<H: Hub>(
         }
         Handshake::Refused(error) => {
             tracing::debug!(%error, "handshake refused");
-            let _ = outbound.try_send(Outbound::Close(Some(Handshake::response(Some(&error)))));
+            let _ = outbound.try_send(Outbound::close(Some(Handshake::response(Some(&error)))));
         }
         Handshake::Gone => {
-            let _ = outbound.try_send(Outbound::Close(None));
+            let _ = outbound.try_send(Outbound::close(None));
         }
     }
     http.close_inbound();
@@ -245,8 +256,8 @@ pub(crate) fn sse(http: Arc<HttpConnection>, keep_alive: Duration) -> Response {
             let mut closing = false;
             let mut item = first_item?;
             loop {
-                if let Some(frame) = http.frame_of(item, Protocol::Json, &mut closing) {
-                    write_event(&mut out, &frame);
+                if let Some(frame) = http.frame_of(item, &mut closing) {
+                    tidings_protocol::sse::write_event(&frame, &mut out);
                 }
                 if closing || out.len() >= MAX_BATCH {
                     break;
@@ -278,23 +289,13 @@ pub(crate) fn sse(http: Arc<HttpConnection>, keep_alive: Duration) -> Response {
 impl HttpConnection {
     /// The bytes of one queue entry, counted as sent; sets `closing` at
     /// the final entry.
-    fn frame_of(&self, item: Outbound, protocol: Protocol, closing: &mut bool) -> Option<Bytes> {
-        let frame = item.into_frame(protocol, closing);
+    fn frame_of(&self, item: Outbound, closing: &mut bool) -> Option<Bytes> {
+        let frame = item.into_frame(closing);
         if let (Some(metrics), Some(frame)) = (&self.metrics, &frame) {
             metrics.sent(frame.len());
         }
         frame
     }
-}
-
-/// One SSE event per message: every line of the payload as a `data:` line.
-fn write_event(out: &mut BytesMut, payload: &[u8]) {
-    for line in payload.split(|&b| b == b'\n') {
-        out.put_slice(b"data: ");
-        out.put_slice(line);
-        out.put_slice(b"\r\n");
-    }
-    out.put_slice(b"\r\n");
 }
 
 struct StopOnDrop(Option<CancellationToken>);
@@ -360,12 +361,11 @@ pub(crate) async fn poll(
             }
             () = http.stop.cancelled() => None,
         };
-        let protocol = http.protocol.get().copied().unwrap_or(Protocol::Json);
         let mut out = BytesMut::new();
         let mut closing = false;
         if let Some(mut item) = first_item {
             loop {
-                if let Some(frame) = http.frame_of(item, protocol, &mut closing) {
+                if let Some(frame) = http.frame_of(item, &mut closing) {
                     out.put_slice(&frame);
                 }
                 if closing || out.len() >= MAX_BATCH {

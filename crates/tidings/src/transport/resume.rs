@@ -468,13 +468,15 @@ impl Writer {
                 }
                 item = self.rx.recv(), if self.held.is_none() => match item {
                     None => return self.finish(),
-                    Some(Outbound::Close(frame)) => {
-                        if let Some(frame) = frame {
-                            self.write(frame).await;
+                    Some(mut item) => match item.as_close() {
+                        Some(frame) => {
+                            if let Some(frame) = frame {
+                                self.write(frame).await;
+                            }
+                            return self.finish_and_close().await;
                         }
-                        return self.finish_and_close().await;
-                    }
-                    Some(item) => self.held = Some(item),
+                        None => self.held = Some(item),
+                    },
                 },
                 () = self.resume.room(), if waiting => {}
                 () = self.ended.cancelled(), if waiting => {
@@ -524,7 +526,6 @@ impl Writer {
             first,
             &mut self.rx,
             &mut self.batch,
-            self.protocol,
             &mut closing,
             |frame| {
                 // Counted once, when first sent: replays are not new messages.
@@ -625,8 +626,8 @@ impl Writer {
     async fn close_after_session(mut self) {
         self.held = None;
         let mut close = None;
-        while let Ok(item) = self.rx.try_recv() {
-            if let Outbound::Close(frame) = item {
+        while let Ok(mut item) = self.rx.try_recv() {
+            if let Some(frame) = item.as_close() {
                 close = frame;
                 break;
             }

@@ -13,14 +13,17 @@
 //! copy: its `Bytes` are shared with every other recipient.
 
 use std::{
-    sync::{Arc, OnceLock},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU16, Ordering},
+    },
     time::Duration,
 };
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use futures_util::{
-    SinkExt, StreamExt,
+    FutureExt, SinkExt, StreamExt,
     stream::{SplitSink, SplitStream},
 };
 use tidings_protocol::{HubMessage, Protocol};
@@ -49,6 +52,14 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// clients are small; a larger frame grows the buffer to its size, at the
 /// cost of one read per 512 bytes while it arrives.
 pub(crate) const READ_BUFFER: usize = 512;
+/// The largest WebSocket frame and message a hub endpoint reads, for a
+/// maximum hub message size of `max_message`: four times that (a frame may
+/// carry several messages), at least 1 MiB; 64 MiB when messages are
+/// unlimited.
+pub(crate) fn frame_limit(max_message: Option<usize>) -> usize {
+    max_message.map_or(64 << 20, |limit| limit.saturating_mul(4).max(1 << 20))
+}
+
 /// Largest batch the writer builds from queued messages.
 pub(super) const MAX_BATCH: usize = 64 * 1024;
 
@@ -75,8 +86,10 @@ async fn run<H: Hub>(
     resume_token: Option<String>,
 ) {
     let options = &endpoint.shared.options;
+    // The close status a failed read asks for; 0 while reads succeed.
+    let read_failure = Arc::new(AtomicU16::new(0));
     let handshake = Box::pin(session::read_handshake(
-        &mut inbound(&mut stream),
+        &mut inbound(&mut stream, Arc::clone(&read_failure)),
         options,
         true,
     ))
@@ -108,7 +121,7 @@ async fn run<H: Hub>(
         Box::pin(resume::serve(
             endpoint,
             (sink, stream),
-            *init,
+            unbox(init),
             leftover,
             token,
         ))
@@ -116,7 +129,7 @@ async fn run<H: Hub>(
         return;
     }
     let (tx, rx) = mpsc::channel(options.outbound_buffer_capacity);
-    let connection = ConnectionHandle::new(*init, tx);
+    let connection = ConnectionHandle::new(unbox(init), tx);
     // The handshake answer is the first thing in the queue, so it precedes
     // anything `on_connected` sends.
     connection.send_frame(Handshake::response(None)).await;
@@ -128,31 +141,63 @@ async fn run<H: Hub>(
         rx,
         connection.clone(),
         options.keep_alive_interval,
+        Arc::clone(&read_failure),
     ));
     let session = Box::pin(session::run(
         Arc::clone(&endpoint),
         connection,
-        inbound(stream),
+        inbound(stream, read_failure),
         leftover,
     ));
     tokio::join!(writer, session);
 }
 
+/// Moves a value out of its box and frees the box now. (`*boxed` would
+/// move the value out but keep the allocation until the binding's scope
+/// ends, which for a connection's task is the end of the connection.)
+#[allow(clippy::boxed_local)] // taking the box by value is the point
+fn unbox<T>(boxed: Box<T>) -> T {
+    *boxed
+}
+
 /// Turns the socket's read half into the session's chunk stream: data
 /// frames become chunks (the opcode is ignored, as ASP.NET Core ignores
-/// it), a Close frame ends the stream, and an error fails it.
-fn inbound<S>(stream: S) -> impl futures_util::Stream<Item = InboundChunk> + Unpin + Send
+/// it), a Close frame ends the stream, and an error fails it (noting in
+/// `read_failure` the close status the error calls for).
+fn inbound<S>(
+    stream: S,
+    read_failure: Arc<AtomicU16>,
+) -> impl futures_util::Stream<Item = InboundChunk> + Unpin + Send
 where
     S: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin + Send,
 {
     stream
         .take_while(|item| std::future::ready(!matches!(item, Ok(Message::Close(_)))))
-        .filter_map(|item| {
+        .filter_map(move |item| {
             std::future::ready(match item {
                 Ok(message) => data(message).map(Ok),
-                Err(error) => Some(Err(ConnectionError::Transport(error.to_string()))),
+                Err(error) => {
+                    read_failure.store(close_status(&error), Ordering::Relaxed);
+                    Some(Err(ConnectionError::Transport(error.to_string())))
+                }
             })
         })
+}
+
+/// The close status for a read that failed with `error` (RFC 6455,
+/// section 7.4.1): 1007 for a Text message that is not UTF-8 (which the
+/// RFC says must fail the connection), 1009 for a message over the frame
+/// limit, 1002 for any other breach of the WebSocket protocol, 1011 for
+/// the rest (I/O errors, where the peer is usually gone anyway).
+pub(crate) fn close_status(error: &axum::Error) -> u16 {
+    use tungstenite::Error as WsError;
+    let inner = std::error::Error::source(error).and_then(|e| e.downcast_ref::<WsError>());
+    match inner {
+        Some(WsError::Utf8(_)) => 1007,
+        Some(WsError::Capacity(_)) => 1009,
+        Some(WsError::Protocol(_)) => 1002,
+        _ => 1011,
+    }
 }
 
 /// The payload of a data frame (the opcode does not matter); `None` for
@@ -170,6 +215,7 @@ async fn write_loop(
     mut rx: mpsc::Receiver<Outbound>,
     connection: ConnectionHandle,
     keep_alive: Duration,
+    read_failure: Arc<AtomicU16>,
 ) {
     let protocol = connection.protocol();
     // Shared by every connection of the protocol, not one copy each.
@@ -183,6 +229,10 @@ async fn write_loop(
     };
     let idle = sleep_until(Instant::now() + keep_alive);
     tokio::pin!(idle);
+    // The keep-alive timer is not moved on every write (each reset takes a
+    // lock of the timer wheel): when it fires, it is pushed back to where
+    // the last write puts it, and a Ping goes out only if that has passed.
+    let mut last_write = Instant::now();
     let mut batch: Vec<u8> = Vec::new();
     let mut code = 1000;
     loop {
@@ -193,14 +243,22 @@ async fn write_loop(
                 Some(item) => item,
                 None => break,
             },
-            () = &mut idle => Outbound::Frame(ping.clone()),
+            () = &mut idle => {
+                let due = last_write + keep_alive;
+                if Instant::now() < due {
+                    idle.as_mut().reset(due);
+                    continue;
+                }
+                idle.as_mut().reset(Instant::now() + keep_alive);
+                Outbound::Frame(ping.clone())
+            }
         };
         let mut closing = false;
         let count = |frame: &Bytes| {
             connection.record_sent(frame.len());
             true
         };
-        let frame = match collect(first, &mut rx, &mut batch, protocol, &mut closing, count) {
+        let frame = match collect(first, &mut rx, &mut batch, &mut closing, count) {
             Some(frame) => frame,
             None if closing => break,
             None => continue,
@@ -208,13 +266,22 @@ async fn write_loop(
         let Some(message) = frame_message(protocol, frame) else {
             continue;
         };
-        // The keep-alive timer is not needed while a write is under way: it
-        // serves as the send timeout, so a write costs no timer of its own.
-        idle.as_mut().reset(Instant::now() + SEND_TIMEOUT);
-        let sent = tokio::select! {
-            biased;
-            sent = sink.send(message) => Some(sent),
-            () = &mut idle => None,
+        // Most writes complete at once. One that has to wait for the socket
+        // uses the keep-alive timer as its send timeout, so a write costs no
+        // timer of its own.
+        let mut send = sink.send(message);
+        let sent = match (&mut send).now_or_never() {
+            Some(sent) => Some(sent),
+            None => {
+                idle.as_mut().reset(Instant::now() + SEND_TIMEOUT);
+                let sent = tokio::select! {
+                    biased;
+                    sent = &mut send => Some(sent),
+                    () = &mut idle => None,
+                };
+                idle.as_mut().reset(Instant::now() + keep_alive);
+                sent
+            }
         };
         match sent {
             Some(Ok(())) => {}
@@ -231,10 +298,18 @@ async fn write_loop(
                 break;
             }
         }
-        idle.as_mut().reset(Instant::now() + keep_alive);
+        last_write = Instant::now();
         if closing {
             break;
         }
+    }
+    if code == 1000 {
+        // A broken read ends the session, whose Close message ended this
+        // loop: the socket is closed with the status that read called for.
+        code = match read_failure.load(Ordering::Relaxed) {
+            0 => code,
+            failure => failure,
+        };
     }
     // Boxed: an idle connection's task need not reserve room for closing.
     Box::pin(close(&mut sink, code)).await;
@@ -263,13 +338,12 @@ pub(super) fn collect(
     first: Outbound,
     rx: &mut mpsc::Receiver<Outbound>,
     batch: &mut Vec<u8>,
-    protocol: Protocol,
     closing: &mut bool,
     mut admit: impl FnMut(&Bytes) -> bool,
 ) -> Option<Bytes> {
     let mut more = true;
     let mut take = |item: Outbound, closing: &mut bool, more: &mut bool| {
-        let bytes = item.into_frame(protocol, closing);
+        let bytes = item.into_frame(closing);
         if let Some(bytes) = bytes.as_ref().filter(|_| !*closing) {
             *more = admit(bytes);
         }

@@ -97,6 +97,14 @@ pub async fn text(response: Response<Incoming>) -> anyhow::Result<String> {
     Ok(String::from_utf8(body.to_bytes().to_vec())?)
 }
 
+/// The whole body of a response, as bytes.
+pub async fn bytes(response: Response<Incoming>) -> anyhow::Result<Bytes> {
+    let body = tokio::time::timeout(EVENT_TIMEOUT, response.into_body().collect())
+        .await
+        .context("body timed out")??;
+    Ok(body.to_bytes())
+}
+
 /// One Server-Sent Event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {

@@ -1,0 +1,129 @@
+//! A Redis Cluster node fails: the shard holding the `all` channel is
+//! killed and restarted while one server broadcasts. The other server's
+//! client receives every message once, in order, after the recovery; the
+//! sending server's own client never notices.
+
+mod support;
+
+use std::{sync::Arc, time::Duration};
+
+use tidings::{LifetimeManager, SerializedMessage, Target, testing::TestConnection};
+use tidings_redis::{RedisBackplane, RedisOptions};
+
+async fn backplane(urls: Vec<String>, prefix: &str) -> RedisBackplane {
+    let options = RedisOptions::cluster(urls)
+        .channel_prefix(prefix)
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .heartbeat(Duration::from_millis(100), Duration::from_secs(2))
+        .command_timeout(Duration::from_secs(1));
+    let backplane = RedisBackplane::connect(options).expect("backplane");
+    assert!(backplane.wait_connected(Duration::from_secs(10)).await);
+    backplane
+}
+
+async fn broadcast(manager: &Arc<dyn LifetimeManager>, n: u64) {
+    let message = SerializedMessage::invocation("N", (n,));
+    manager
+        .send(&Target::All, Arc::new(message))
+        .await
+        .expect("send never fails for lack of Redis");
+}
+
+async fn numbers_until(connection: &mut TestConnection, last: u64) -> Vec<u64> {
+    let mut seen = Vec::new();
+    while let Some(received) = connection.next_within(Duration::from_secs(15)).await {
+        let n = received.arguments[0].as_u64().expect("a number");
+        seen.push(n);
+        if n == last {
+            break;
+        }
+    }
+    seen
+}
+
+/// The index of the node that has sharded subscribers of `channel`.
+fn owner(urls: &[String], channel: &str) -> usize {
+    let counts: Vec<i64> = urls
+        .iter()
+        .map(|url| {
+            let mut connection = redis::Client::open(url.as_str())
+                .and_then(|c| c.get_connection())
+                .expect("a connection to a node");
+            let reply: Vec<redis::Value> = redis::cmd("PUBSUB")
+                .arg("SHARDNUMSUB")
+                .arg(channel)
+                .query(&mut connection)
+                .expect("PUBSUB SHARDNUMSUB");
+            match reply.get(1) {
+                Some(redis::Value::Int(n)) => *n,
+                other => panic!("unexpected reply {other:?}"),
+            }
+        })
+        .collect();
+    let owners: Vec<usize> = (0..counts.len()).filter(|&i| counts[i] > 0).collect();
+    assert_eq!(owners.len(), 1, "{channel} lives on one shard: {counts:?}");
+    owners[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restart_loses_nothing_and_keeps_the_order() {
+    let mut cluster = support::cluster::RedisCluster::start();
+    let urls = cluster.urls();
+    let prefix = format!("faults{:08x}.", rand::random::<u32>());
+    let one = backplane(urls.clone(), &prefix).await;
+    let two = backplane(urls.clone(), &prefix).await;
+    let sender: Arc<dyn LifetimeManager> = one.lifetime_manager("Faults.Hub");
+    let receiver: Arc<dyn LifetimeManager> = two.lifetime_manager("Faults.Hub");
+    let mut local = TestConnection::new("local", None);
+    let mut remote = TestConnection::new("remote", None);
+    sender.on_connected(local.handle()).await;
+    receiver.on_connected(remote.handle()).await;
+    // Both servers know each other before the failure.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    for n in 1..=10 {
+        broadcast(&sender, n).await;
+    }
+    assert_eq!(
+        numbers_until(&mut remote, 10).await,
+        (1..=10).collect::<Vec<_>>()
+    );
+
+    let shard = owner(&urls, &format!("{prefix}Faults.Hub:all"));
+    cluster.kill(shard);
+    for n in 11..=30 {
+        broadcast(&sender, n).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        one.stats().buffered > 0,
+        "while the shard is away, its messages wait in the outbox"
+    );
+    // Local delivery does not wait for Redis.
+    assert_eq!(
+        numbers_until(&mut local, 30).await,
+        (1..=30).collect::<Vec<_>>()
+    );
+    cluster.restart(shard);
+    for n in 31..=40 {
+        broadcast(&sender, n).await;
+    }
+    assert_eq!(
+        numbers_until(&mut remote, 40).await,
+        (11..=40).collect::<Vec<_>>(),
+        "every message once, in order, after the recovery"
+    );
+    assert!(
+        remote
+            .next_within(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "nothing twice"
+    );
+    let stats = one.stats();
+    assert!(stats.connected);
+    assert_eq!(stats.dropped, 0);
+    assert_eq!(stats.buffered, 0);
+    assert!(stats.reconnects >= 1, "{stats:?}");
+    assert!(two.stats().reconnects >= 1, "{:?}", two.stats());
+}

@@ -1,0 +1,324 @@
+//! Who may open a connection at all, decided before any negotiation or
+//! upgrade: [`ConnectionLimits`] (a global and a per-IP ceiling on live
+//! connections) and the allowed browser origins (CORS on the HTTP requests,
+//! the `Origin` check on WebSocket upgrades).
+//!
+//! Browsers enforce CORS on `fetch` and `XMLHttpRequest`, but not on
+//! WebSockets: any page may open a WebSocket to any server, with the user's
+//! cookies. Refusing upgrades whose `Origin` is neither this server's own nor
+//! an allowed one closes that cross-site WebSocket hijacking hole; clients
+//! outside browsers send no `Origin` and are not affected.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+};
+
+use axum::{
+    extract::ConnectInfo,
+    http::{HeaderValue, Method, StatusCode, header, request::Parts},
+    response::{IntoResponse, Response},
+};
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+
+/// Ceilings on live connections, shared by the endpoints given the same
+/// value ([`HubEndpoint::connection_limits`](crate::HubEndpoint::connection_limits)).
+///
+/// A connection counts from its negotiation (or, without one, from the
+/// moment its transport is accepted) until it ends or its negotiation
+/// expires unused. Over the per-IP ceiling a request is answered `429 Too
+/// Many Requests`, over the global one `503 Service Unavailable` — at
+/// negotiate, or before a transport is accepted (before a WebSocket upgrade)
+/// for clients that skip negotiation, so a refused client costs no
+/// connection state. The peer address comes from
+/// axum's `ConnectInfo<SocketAddr>` ([`serve`](crate::serve) provides it;
+/// with `axum::serve`, use `into_make_service_with_connect_info`); without it
+/// only the global ceiling applies.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionLimits {
+    max_total: Option<usize>,
+    max_per_ip: Option<usize>,
+    live: Arc<Mutex<Live>>,
+}
+
+#[derive(Debug, Default)]
+struct Live {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    Full,
+    TooManyFromAddress,
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Refused::Full => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The server has reached its connection limit.",
+            )
+                .into_response(),
+            Refused::TooManyFromAddress => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many connections from this address.",
+            )
+                .into_response(),
+        }
+    }
+}
+
+impl ConnectionLimits {
+    /// No ceilings (add them with the methods below).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// At most `max` live connections in all.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.max_total = Some(max);
+        self
+    }
+
+    /// At most `max` live connections from one IP address.
+    pub fn max_connections_per_ip(mut self, max: usize) -> Self {
+        self.max_per_ip = Some(max);
+        self
+    }
+
+    /// The live connections counted now.
+    pub fn connections(&self) -> usize {
+        self.lock().total
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn full(&self, live: &Live, ip: Option<IpAddr>) -> Option<Refused> {
+        if self.max_total.is_some_and(|max| live.total >= max) {
+            return Some(Refused::Full);
+        }
+        let from_ip = ip.and_then(|ip| live.per_ip.get(&ip)).copied();
+        if self
+            .max_per_ip
+            .is_some_and(|max| from_ip.unwrap_or(0) >= max)
+        {
+            return Some(Refused::TooManyFromAddress);
+        }
+        None
+    }
+
+    /// Admits a connection from the request's address: it counts until the
+    /// returned slot is dropped.
+    pub(crate) fn admit(&self, parts: &Parts) -> Result<Slot, Refused> {
+        let ip = peer_ip(parts);
+        let mut live = self.lock();
+        if let Some(refused) = self.full(&live, ip) {
+            return Err(refused);
+        }
+        live.total += 1;
+        if let Some(ip) = ip {
+            *live.per_ip.entry(ip).or_default() += 1;
+        }
+        Ok(Slot {
+            limits: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One admitted connection's place under the [`ConnectionLimits`].
+#[derive(Debug)]
+pub(crate) struct Slot {
+    limits: ConnectionLimits,
+    ip: Option<IpAddr>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut live = self.limits.lock();
+        live.total = live.total.saturating_sub(1);
+        if let Some(ip) = self.ip
+            && let Some(count) = live.per_ip.get_mut(&ip)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                live.per_ip.remove(&ip);
+            }
+        }
+    }
+}
+
+fn peer_ip(parts: &Parts) -> Option<IpAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(address)| address.ip())
+}
+
+/// The browser origins allowed besides the server's own.
+#[derive(Clone, Debug)]
+pub(crate) struct Origins {
+    /// `*` was given: every origin.
+    any: bool,
+    /// Lower-cased, without a trailing slash.
+    list: Vec<String>,
+    /// Whether cross-origin requests may carry credentials (cookies,
+    /// `Authorization`): the official JavaScript client sends
+    /// `withCredentials` by default.
+    pub(crate) credentials: bool,
+}
+
+impl Default for Origins {
+    fn default() -> Self {
+        Origins {
+            any: false,
+            list: Vec::new(),
+            credentials: true,
+        }
+    }
+}
+
+impl Origins {
+    /// Whether any origin besides the server's own is allowed.
+    pub(crate) fn is_configured(&self) -> bool {
+        self.any || !self.list.is_empty()
+    }
+
+    pub(crate) fn new<S: AsRef<str>>(origins: impl IntoIterator<Item = S>) -> Self {
+        let mut any = false;
+        let mut list = Vec::new();
+        for origin in origins {
+            let origin = origin.as_ref().trim().trim_end_matches('/');
+            if origin == "*" {
+                any = true;
+            } else if !origin.is_empty() {
+                list.push(origin.to_ascii_lowercase());
+            }
+        }
+        Origins {
+            any,
+            list,
+            credentials: true,
+        }
+    }
+
+    fn listed(&self, origin: &str) -> bool {
+        self.any
+            || self
+                .list
+                .iter()
+                .any(|allowed| allowed.eq_ignore_ascii_case(origin))
+    }
+
+    /// Whether a WebSocket upgrade may proceed: no `Origin` (not a
+    /// browser), the server's own origin, or an allowed one.
+    pub(crate) fn allows_websocket(&self, parts: &Parts) -> bool {
+        let Some(origin) = parts.headers.get(header::ORIGIN) else {
+            return true;
+        };
+        let Ok(origin) = origin.to_str() else {
+            return false;
+        };
+        same_origin(origin, parts) || self.listed(origin)
+    }
+
+    /// The CORS layer answering preflights and marking responses for the
+    /// allowed origins.
+    pub(crate) fn cors(&self) -> CorsLayer {
+        let origins = if self.any {
+            // With credentials, `*` is not allowed by browsers: echo the
+            // request's origin instead.
+            AllowOrigin::mirror_request()
+        } else {
+            let values: Vec<HeaderValue> = self
+                .list
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect();
+            AllowOrigin::list(values)
+        };
+        CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_headers(AllowHeaders::mirror_request())
+            .allow_credentials(self.credentials)
+    }
+}
+
+/// Whether `origin` (`scheme://host[:port]`) names the host the request
+/// was sent to.
+fn same_origin(origin: &str, parts: &Parts) -> bool {
+    let Some((_, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()));
+    host.is_some_and(|host| host.eq_ignore_ascii_case(authority))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Request;
+
+    fn parts(origin: Option<&str>, host: &str, ip: [u8; 4]) -> Parts {
+        let mut request = Request::builder().uri("/hub").header(header::HOST, host);
+        if let Some(origin) = origin {
+            request = request.header(header::ORIGIN, origin);
+        }
+        let (mut parts, ()) = request.body(()).unwrap_or_default().into_parts();
+        parts
+            .extensions
+            .insert(ConnectInfo(SocketAddr::from((ip, 1000))));
+        parts
+    }
+
+    #[test]
+    fn websocket_origins() {
+        let origins = Origins::new(["https://app.example/", " "]);
+        let host = "chat.example:8443";
+        assert!(origins.allows_websocket(&parts(None, host, [1, 1, 1, 1])));
+        assert!(origins.allows_websocket(&parts(
+            Some("https://chat.example:8443"),
+            host,
+            [1, 1, 1, 1]
+        )));
+        assert!(origins.allows_websocket(&parts(Some("https://APP.example"), host, [1, 1, 1, 1])));
+        assert!(!origins.allows_websocket(&parts(
+            Some("https://evil.example"),
+            host,
+            [1, 1, 1, 1]
+        )));
+        assert!(!origins.allows_websocket(&parts(Some("null"), host, [1, 1, 1, 1])));
+        let any = Origins::new(["*"]);
+        assert!(any.allows_websocket(&parts(Some("https://evil.example"), host, [1, 1, 1, 1])));
+    }
+
+    #[test]
+    fn limits_count_slots() {
+        let limits = ConnectionLimits::new()
+            .max_connections(3)
+            .max_connections_per_ip(2);
+        let a = parts(None, "h", [1, 1, 1, 1]);
+        let b = parts(None, "h", [2, 2, 2, 2]);
+        let a1 = limits.admit(&a).expect("first");
+        let a2 = limits.admit(&a).expect("second");
+        assert_eq!(limits.admit(&a).err(), Some(Refused::TooManyFromAddress));
+        let b1 = limits.admit(&b).expect("other address");
+        assert_eq!(limits.admit(&b).err(), Some(Refused::Full));
+        drop(a1);
+        assert_eq!(limits.connections(), 2);
+        let a3 = limits.admit(&a).expect("a place freed up");
+        drop((a2, a3, b1));
+        assert_eq!(limits.connections(), 0);
+    }
+}

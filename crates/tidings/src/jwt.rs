@@ -1,0 +1,264 @@
+//! [`JwtAuthenticator`]: bearer-token authentication with JSON Web Tokens
+//! (feature `jwt`).
+//!
+//! The token comes from the `Authorization: Bearer` header or, where a
+//! browser cannot set headers (WebSocket, EventSource), from the
+//! `access_token` query parameter ([`bearer_token`]). A request without a
+//! token is anonymous — whether anonymous users may connect is the hub's
+//! [`Authorize`](crate::Authorize) requirement. A token that is present but
+//! does not verify (signature, algorithm, expiry, issuer, audience) is always
+//! refused with `401`, even on a hub open to anonymous users: a client that
+//! sends credentials must not be silently downgraded.
+//!
+//! The `sub` claim becomes the user identifier (ASP.NET Core maps it to
+//! `ClaimTypes.NameIdentifier`, which its default user-id provider reads);
+//! every string claim, and every string of an array claim such as `roles`,
+//! becomes a claim of the [`Principal`]; `exp` becomes its expiry. Error
+//! texts name the failure, never the token.
+
+use std::{
+    fmt,
+    time::{Duration, UNIX_EPOCH},
+};
+
+use axum::http::request::Parts;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, errors::ErrorKind};
+use serde_json::{Map, Value};
+
+use crate::{AuthError, Authenticator, BoxFuture, Principal, bearer_token};
+
+/// Why a [`JwtAuthenticator`] could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JwtKeyError {
+    /// The PEM text holds neither an RSA nor an EC public key.
+    #[error("not an RSA or EC public key in PEM format")]
+    UnsupportedKey,
+}
+
+/// Validates JSON Web Tokens: HS256 with a shared secret, or RS256/ES256
+/// (and the stronger RS384/RS512/ES384) with a public key.
+///
+/// ```
+/// use tidings::{HubEndpoint, JwtAuthenticator};
+/// # struct Chat;
+/// # #[tidings::hub] impl Chat { async fn ping(&self) {} }
+/// let jwt = JwtAuthenticator::hs256(b"a long random secret")
+///     .issuer("https://login.example")
+///     .audience("chat");
+/// let endpoint = HubEndpoint::new(Chat).authenticator(jwt);
+/// # let _ = endpoint;
+/// ```
+pub struct JwtAuthenticator {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl fmt::Debug for JwtAuthenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print key material.
+        f.debug_struct("JwtAuthenticator")
+            .field("algorithms", &self.validation.algorithms)
+            .field("issuer", &self.validation.iss)
+            .field("audience", &self.validation.aud)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JwtAuthenticator {
+    /// HS256 tokens signed with `secret`.
+    pub fn hs256(secret: &[u8]) -> Self {
+        Self::with(DecodingKey::from_secret(secret), &[Algorithm::HS256])
+    }
+
+    /// Tokens signed with the private half of a PEM public key: an RSA key
+    /// accepts RS256, RS384 and RS512; an EC key ES256 and ES384.
+    pub fn from_public_key_pem(pem: &[u8]) -> Result<Self, JwtKeyError> {
+        if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+            return Ok(Self::with(
+                key,
+                &[Algorithm::RS256, Algorithm::RS384, Algorithm::RS512],
+            ));
+        }
+        if let Ok(key) = DecodingKey::from_ec_pem(pem) {
+            return Ok(Self::with(key, &[Algorithm::ES256, Algorithm::ES384]));
+        }
+        Err(JwtKeyError::UnsupportedKey)
+    }
+
+    fn with(key: DecodingKey, algorithms: &[Algorithm]) -> Self {
+        let mut validation = Validation::new(algorithms[0]);
+        validation.algorithms = algorithms.to_vec();
+        // `exp` is checked when present; tokens without it never expire.
+        validation.required_spec_claims.clear();
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.validate_aud = false;
+        // An expired token is expired: no grace period unless asked for.
+        validation.leeway = 0;
+        JwtAuthenticator { key, validation }
+    }
+
+    /// Requires the `iss` claim to be `issuer`.
+    pub fn issuer(mut self, issuer: &str) -> Self {
+        self.validation.set_issuer(&[issuer]);
+        self.validation
+            .required_spec_claims
+            .insert("iss".to_owned());
+        self
+    }
+
+    /// Requires the `aud` claim to be (or to contain) `audience`.
+    pub fn audience(mut self, audience: &str) -> Self {
+        self.validation.set_audience(&[audience]);
+        self.validation.validate_aud = true;
+        self.validation
+            .required_spec_claims
+            .insert("aud".to_owned());
+        self
+    }
+
+    /// Accepts tokens this long after their `exp` (and before their `nbf`),
+    /// for clocks that differ between issuer and server. Default: none.
+    pub fn leeway(mut self, leeway: Duration) -> Self {
+        self.validation.leeway = leeway.as_secs();
+        self
+    }
+
+    /// The principal of a token.
+    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let data = decode::<Map<String, Value>>(token, &self.key, &self.validation)
+            .map_err(|e| AuthError::Unauthorized(describe(e.kind())))?;
+        Ok(principal(&data.claims))
+    }
+
+    /// The principal of a request: anonymous without a token, the token's
+    /// principal if it verifies, `Unauthorized` otherwise.
+    pub fn principal(&self, request: &Parts) -> Result<Principal, AuthError> {
+        match bearer_token(request) {
+            None => Ok(Principal::anonymous()),
+            Some(token) => self.verify(&token),
+        }
+    }
+}
+
+impl Authenticator for JwtAuthenticator {
+    fn authenticate<'a>(
+        &'a self,
+        request: &'a Parts,
+    ) -> BoxFuture<'a, Result<Principal, AuthError>> {
+        let result = self.principal(request);
+        Box::pin(async move { result })
+    }
+}
+
+/// The principal a token's claims describe.
+fn principal(claims: &Map<String, Value>) -> Principal {
+    let mut principal = match claims.get("sub").and_then(Value::as_str) {
+        Some(sub) => Principal::user(sub),
+        None => Principal::anonymous(),
+    };
+    for (kind, value) in claims {
+        match value {
+            Value::String(s) => principal = principal.with_claim(kind, s),
+            Value::Array(items) => {
+                for item in items.iter().filter_map(Value::as_str) {
+                    principal = principal.with_claim(kind, item);
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(exp) = claims.get("exp").and_then(Value::as_u64) {
+        principal = principal.with_expiry(UNIX_EPOCH + Duration::from_secs(exp));
+    }
+    principal
+}
+
+/// A failure's description: the kind only, never the token.
+fn describe(kind: &ErrorKind) -> String {
+    match kind {
+        ErrorKind::ExpiredSignature => "the token has expired".to_owned(),
+        ErrorKind::ImmatureSignature => "the token is not valid yet".to_owned(),
+        ErrorKind::InvalidSignature => "the signature is invalid".to_owned(),
+        ErrorKind::InvalidIssuer => "the issuer is not accepted".to_owned(),
+        ErrorKind::InvalidAudience => "the audience is not accepted".to_owned(),
+        ErrorKind::InvalidAlgorithm => "the algorithm is not accepted".to_owned(),
+        ErrorKind::MissingRequiredClaim(claim) => format!("the token has no '{claim}' claim"),
+        _ => "the token is malformed".to_owned(),
+    }
+}
+
+/// Seconds since the Unix epoch (for tests building tokens).
+#[cfg(test)]
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+
+    fn sign(claims: Value, secret: &[u8]) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap_or_default()
+    }
+
+    #[test]
+    fn verifies_claims() {
+        let jwt = JwtAuthenticator::hs256(b"s").issuer("me").audience("you");
+        let exp = now() + 60;
+        let good = sign(
+            json!({"sub": "ann", "iss": "me", "aud": ["you", "x"], "roles": ["A", "B"], "exp": exp}),
+            b"s",
+        );
+        let p = jwt.verify(&good).unwrap_or_default();
+        assert_eq!(p.user_id(), Some("ann"));
+        assert!(p.is_in_role("B"));
+        assert_eq!(p.expires_at(), Some(UNIX_EPOCH + Duration::from_secs(exp)));
+
+        let cases = [
+            (
+                json!({"sub": "a", "iss": "me", "aud": "you"}),
+                &b"t"[..],
+                "signature",
+            ),
+            (
+                json!({"sub": "a", "iss": "other", "aud": "you"}),
+                b"s",
+                "issuer",
+            ),
+            (
+                json!({"sub": "a", "iss": "me", "aud": "them"}),
+                b"s",
+                "audience",
+            ),
+            (json!({"sub": "a", "aud": "you"}), b"s", "'iss'"),
+            (
+                json!({"sub": "a", "iss": "me", "aud": "you", "exp": now() - 5}),
+                b"s",
+                "expired",
+            ),
+        ];
+        for (claims, secret, expected) in cases {
+            match jwt.verify(&sign(claims, secret)) {
+                Err(AuthError::Unauthorized(text)) => assert!(text.contains(expected), "{text}"),
+                other => panic!("{expected}: {other:?}"),
+            }
+        }
+        assert!(jwt.verify("not.a.token").is_err());
+    }
+
+    #[test]
+    fn refuses_unknown_keys() {
+        assert!(JwtAuthenticator::from_public_key_pem(b"-----BEGIN NOTHING-----").is_err());
+    }
+}
