@@ -268,6 +268,12 @@ fn endpoint<H: tidings::Hub>(
     security.apply(endpoint)
 }
 
+/// mimalloc rather than the system allocator: every message allocates and
+/// frees small buffers on both worker threads, which mimalloc serves from
+/// per-thread pages (BENCHMARKS.md has what it changes).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // `tidings typescript ...` generates code instead of serving.

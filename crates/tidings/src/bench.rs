@@ -6,12 +6,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tidings_protocol::{HubMessage, MessageDecoder, Protocol, TransportType};
-use tokio::sync::mpsc;
 
 use crate::{
     ConnectionHandle, Context, HubOptions, LifetimeManager, MemoryLifetimeManager, Principal,
     auth::Policies,
-    connection::{ConnectionInit, Outbound},
+    connection::ConnectionInit,
     context::HubShared,
     dispatch::{self, Methods, Prepared},
     hub::Hub,
@@ -20,7 +19,7 @@ use crate::{
 
 /// A connection without a transport: its queue is drained by [`Outlet`].
 pub fn connection(id: &str, protocol: Protocol, capacity: usize) -> (ConnectionHandle, Outlet) {
-    let (tx, rx) = mpsc::channel(capacity);
+    let (tx, rx) = crate::outbox::channel(capacity);
     let init = ConnectionInit {
         id: Arc::from(id),
         protocol,
@@ -29,6 +28,7 @@ pub fn connection(id: &str, protocol: Protocol, capacity: usize) -> (ConnectionH
         query: Vec::new(),
         headers: Default::default(),
         metrics: None,
+        abort: Default::default(),
     };
     (ConnectionHandle::new(init, tx), Outlet { rx })
 }
@@ -36,7 +36,7 @@ pub fn connection(id: &str, protocol: Protocol, capacity: usize) -> (ConnectionH
 /// The receiving end of a benchmark connection's queue.
 #[derive(Debug)]
 pub struct Outlet {
-    rx: mpsc::Receiver<Outbound>,
+    rx: crate::outbox::Receiver,
 }
 
 impl Outlet {

@@ -17,21 +17,24 @@ use std::{
 
 use axum::http::HeaderMap;
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use tidings_protocol::{Protocol, TransportType};
-use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    ConnectionError, Principal, message::SerializedMessage, metrics::TransportMetrics,
+    ConnectionError, Principal,
+    message::SerializedMessage,
+    metrics::TransportMetrics,
+    outbox::{self, TrySendError},
     resume::Resume,
 };
 
 /// One entry of a connection's outbound queue.
 ///
-/// Kept to the size of one `Bytes` (32 bytes): the queue reserves room for
-/// 32 entries when it is created, so every byte here costs 32 bytes of
-/// every idle connection. Entries other than a plain frame are rare and
-/// boxed.
+/// Kept to the size of one `Bytes` (32 bytes): every message waiting for a
+/// connection, and the room its queue keeps after a burst, costs that
+/// much. Entries other than a plain frame are rare and boxed.
 #[derive(Debug)]
 pub(crate) enum Outbound {
     /// A frame already serialized in the connection's protocol (a message
@@ -89,30 +92,37 @@ impl Outbound {
     }
 }
 
-/// A one-shot signal held inline (a `CancellationToken` would cost every
-/// connection another allocation): the writer must stop at once.
+/// A one-shot signal held inline: the writer must stop at once.
+///
+/// It has one waiter, the connection's writer, which checks it every time
+/// it waits for the queue. A waker slot makes that check two atomic
+/// operations; a `Notify` (or a `CancellationToken`, which would also cost
+/// another allocation) would take a lock to enter and another to leave its
+/// list of waiters, on every message.
 #[derive(Default)]
 struct Kill {
     set: AtomicBool,
-    notify: Notify,
+    waker: AtomicWaker,
 }
 
 impl Kill {
     fn set(&self) {
         self.set.store(true, Ordering::Release);
-        self.notify.notify_waiters();
+        self.waker.wake();
     }
 
-    async fn wait(&self) {
-        let notified = self.notify.notified();
-        tokio::pin!(notified);
-        // Registered before the flag is checked, so that a `set` in
-        // between is not missed.
-        notified.as_mut().enable();
+    fn poll(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
         if self.set.load(Ordering::Acquire) {
-            return;
+            return std::task::Poll::Ready(());
         }
-        notified.await;
+        // Registered before the flag is checked again, so that a `set` in
+        // between is not missed.
+        self.waker.register(cx.waker());
+        if self.set.load(Ordering::Acquire) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
     }
 }
 
@@ -143,8 +153,11 @@ struct Inner {
     principal: Principal,
     query: Vec<(String, String)>,
     headers: HeaderMap,
-    tx: mpsc::Sender<Outbound>,
-    /// Cancelled when the connection must end; the connection task watches it.
+    tx: outbox::Sender,
+    /// Cancelled when the connection must end; the connection task watches
+    /// it. A child of the server's shutdown token, so that the task has one
+    /// token to watch, its own, rather than a second one shared (and
+    /// contended) by every connection.
     abort: CancellationToken,
     /// Cancelled when the writer must stop at once, dropping what is queued
     /// (a slow consumer cannot be given its Close message).
@@ -164,10 +177,12 @@ pub(crate) struct ConnectionInit {
     pub query: Vec<(String, String)>,
     pub headers: HeaderMap,
     pub metrics: Option<Arc<TransportMetrics>>,
+    /// The connection's abort token (see `Inner::abort`).
+    pub abort: CancellationToken,
 }
 
 impl ConnectionHandle {
-    pub(crate) fn new(init: ConnectionInit, tx: mpsc::Sender<Outbound>) -> Self {
+    pub(crate) fn new(init: ConnectionInit, tx: outbox::Sender) -> Self {
         Self::with_resume(init, tx, None)
     }
 
@@ -175,7 +190,7 @@ impl ConnectionHandle {
     /// reconnect); `resume` is shared with its writer.
     pub(crate) fn with_resume(
         init: ConnectionInit,
-        tx: mpsc::Sender<Outbound>,
+        tx: outbox::Sender,
         resume: Option<Arc<Resume>>,
     ) -> Self {
         ConnectionHandle {
@@ -187,7 +202,7 @@ impl ConnectionHandle {
                 query: init.query,
                 headers: init.headers,
                 tx,
-                abort: CancellationToken::new(),
+                abort: init.abort,
                 kill: Kill::default(),
                 abort_reason: Mutex::new(None),
                 resume,
@@ -271,12 +286,12 @@ impl ConnectionHandle {
         };
         match self.inner.tx.try_send(Outbound::Frame(frame)) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(TrySendError::Full(_)) => {
                 tracing::warn!(connection_id = %self.id(), "outbound queue full; closing slow consumer");
                 self.abort_with(AbortReason::SlowConsumer);
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(TrySendError::Closed) => false,
         }
     }
 
@@ -284,8 +299,20 @@ impl ConnectionHandle {
     /// Used for replies to the connection's own invocations: waiting here
     /// pauses the invocation, and with it the reading of this client only.
     pub(crate) async fn send_frame(&self, frame: Bytes) -> bool {
+        self.send_waiting(Outbound::Frame(frame)).await
+    }
+
+    async fn send_waiting(&self, entry: Outbound) -> bool {
+        // Usually there is room: queued without building the futures that
+        // waiting takes (watching the abort token enters and leaves its
+        // list of waiters, under a lock each time).
+        let entry = match self.inner.tx.try_send(entry) {
+            Ok(()) => return true,
+            Err(TrySendError::Closed) => return false,
+            Err(TrySendError::Full(entry)) => entry,
+        };
         tokio::select! {
-            sent = self.inner.tx.send(Outbound::Frame(frame)) => sent.is_ok(),
+            sent = self.inner.tx.send(entry) => sent.is_ok(),
             () = self.inner.abort.cancelled() => false,
         }
     }
@@ -293,13 +320,11 @@ impl ConnectionHandle {
     /// Like [`send_frame`](Self::send_frame), for a frame that holds `place`
     /// in a window until the writer takes it.
     pub(crate) async fn send_windowed(&self, frame: Bytes, place: OwnedSemaphorePermit) -> bool {
-        tokio::select! {
-            sent = self.inner.tx.send(Outbound::Control(Box::new(Control::Windowed {
-                frame,
-                _place: place,
-            }))) => sent.is_ok(),
-            () = self.inner.abort.cancelled() => false,
-        }
+        self.send_waiting(Outbound::Control(Box::new(Control::Windowed {
+            frame,
+            _place: place,
+        })))
+        .await
     }
 
     /// Enqueues the final frame. If the queue is full the client is not
@@ -334,8 +359,10 @@ impl ConnectionHandle {
         self.inner.abort.cancel();
     }
 
+    /// Resolves once the writer must stop. Only the connection's writer
+    /// may wait on it (the signal has room for one waiter).
     pub(crate) async fn killed(&self) {
-        self.inner.kill.wait().await
+        std::future::poll_fn(|cx| self.inner.kill.poll(cx)).await
     }
 
     pub(crate) fn aborted(&self) -> &CancellationToken {

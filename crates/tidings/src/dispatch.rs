@@ -155,11 +155,16 @@ impl std::fmt::Debug for MethodOutput {
 
 /// The method table of a hub, indexed case-insensitively.
 pub(crate) struct Methods<H: 'static> {
+    /// By the name as declared: what clients send, found without
+    /// allocating.
+    exact: HashMap<&'static str, &'static MethodDescriptor<H>>,
+    /// By the lowercased name, for clients that spell it otherwise.
     by_name: HashMap<String, &'static MethodDescriptor<H>>,
 }
 
 impl<H: Hub> Methods<H> {
     pub(crate) fn new() -> Self {
+        let mut exact = HashMap::new();
         let mut by_name = HashMap::new();
         for method in H::methods() {
             let previous = by_name.insert(method.name.to_lowercase(), method);
@@ -168,13 +173,13 @@ impl<H: Hub> Methods<H> {
                 "hub method names must differ case-insensitively: '{}'",
                 method.name
             );
+            exact.insert(method.name, method);
         }
-        Methods { by_name }
+        Methods { exact, by_name }
     }
 
     pub(crate) fn get(&self, name: &str) -> Option<&'static MethodDescriptor<H>> {
-        // Most clients send the exact name; only allocate when it differs in case.
-        if let Some(m) = self.by_name.get(name) {
+        if let Some(m) = self.exact.get(name) {
             return Some(m);
         }
         self.by_name.get(&name.to_lowercase()).copied()

@@ -729,6 +729,7 @@ async fn connect<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Requ
         query: request_query(&parts),
         headers: detached(&parts.headers),
         metrics: endpoint.transport_metrics(TransportType::WebSockets),
+        abort: endpoint.shutdown.token().child_token(),
     });
     let tracker = endpoint.shutdown.tracker().clone();
     upgrade.on_upgrade(move |socket| {
@@ -886,6 +887,7 @@ async fn connect_http<H: Hub>(endpoint: Arc<Endpoint<H>>, parts: Parts) -> Respo
         query: request_query(&parts),
         headers: detached(&parts.headers),
         metrics: endpoint.transport_metrics(transport),
+        abort: endpoint.shutdown.token().child_token(),
     };
     let connection = HttpConnection::start(&endpoint, init, transport, token.clone(), slot);
     endpoint

@@ -264,6 +264,7 @@ mod lifetime;
 mod message;
 pub mod metrics;
 mod options;
+mod outbox;
 mod redirect;
 mod resume;
 pub mod schema;

@@ -717,15 +717,15 @@ impl LifetimeManager for MemoryLifetimeManager {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbox;
     use crate::{
         Principal,
         connection::{ConnectionInit, Outbound},
     };
     use tidings_protocol::{Protocol, TransportType};
-    use tokio::sync::mpsc;
 
-    fn connection(id: &str, user: Option<&str>) -> (ConnectionHandle, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(16);
+    fn connection(id: &str, user: Option<&str>) -> (ConnectionHandle, outbox::Receiver) {
+        let (tx, rx) = outbox::channel(16);
         let init = ConnectionInit {
             id: Arc::from(id),
             protocol: Protocol::Json,
@@ -734,6 +734,7 @@ mod tests {
             query: Vec::new(),
             headers: Default::default(),
             metrics: None,
+            abort: Default::default(),
         };
         (ConnectionHandle::new(init, tx), rx)
     }
@@ -801,7 +802,7 @@ mod tests {
     }
 
     /// The invocation frame a connection received.
-    async fn sent_frame(rx: &mut mpsc::Receiver<Outbound>) -> String {
+    async fn sent_frame(rx: &mut outbox::Receiver) -> String {
         match rx.recv().await {
             Some(Outbound::Frame(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
             other => panic!("expected a frame, got {other:?}"),

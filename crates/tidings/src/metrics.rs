@@ -334,9 +334,13 @@ impl Metrics {
     /// The recorders of one hub endpoint.
     pub(crate) fn hub(&self, hub: &str) -> HubMetrics {
         let b = &self.inner.builtin;
+        let invocation_ok = b.invocations.with(&[hub, "ok"]);
+        let invocation_error = b.invocations.with(&[hub, "error"]);
         let transport = |t: TransportType| {
             let labels = [hub, transport_label(t)];
             Arc::new(TransportMetrics {
+                invocation_ok: invocation_ok.clone(),
+                invocation_error: invocation_error.clone(),
                 hub: hub.into(),
                 transport: t,
                 active: b.active.with(&labels),
@@ -351,8 +355,6 @@ impl Metrics {
             websockets: transport(TransportType::WebSockets),
             server_sent_events: transport(TransportType::ServerSentEvents),
             long_polling: transport(TransportType::LongPolling),
-            invocation_ok: b.invocations.with(&[hub, "ok"]),
-            invocation_error: b.invocations.with(&[hub, "error"]),
             streams: b.streams.with(&[hub]),
         }
     }
@@ -445,8 +447,6 @@ pub(crate) struct HubMetrics {
     websockets: Arc<TransportMetrics>,
     server_sent_events: Arc<TransportMetrics>,
     long_polling: Arc<TransportMetrics>,
-    invocation_ok: Histogram,
-    invocation_error: Histogram,
     streams: Counter,
 }
 
@@ -459,16 +459,6 @@ impl HubMetrics {
         })
     }
 
-    /// A non-streaming invocation answered after `elapsed`.
-    pub(crate) fn invocation(&self, elapsed: Duration, ok: bool) {
-        let histogram = if ok {
-            &self.invocation_ok
-        } else {
-            &self.invocation_error
-        };
-        histogram.observe(elapsed.as_secs_f64());
-    }
-
     /// A streaming invocation started.
     pub(crate) fn stream_started(&self) {
         self.streams.inc();
@@ -476,7 +466,12 @@ impl HubMetrics {
 }
 
 /// The counters of one (hub, transport): what a connection records into.
+/// It holds its hub's invocation histograms too, so that an invocation
+/// records through its connection's handle instead of taking a reference
+/// on the hub's recorders.
 pub(crate) struct TransportMetrics {
+    invocation_ok: Histogram,
+    invocation_error: Histogram,
     hub: Box<str>,
     transport: TransportType,
     active: Gauge,
@@ -508,6 +503,16 @@ impl TransportMetrics {
         if bytes > 0 {
             self.bytes_received.add(bytes as u64);
         }
+    }
+
+    /// A non-streaming invocation answered after `elapsed`.
+    pub(crate) fn invocation(&self, elapsed: Duration, ok: bool) {
+        let histogram = if ok {
+            &self.invocation_ok
+        } else {
+            &self.invocation_error
+        };
+        histogram.observe(elapsed.as_secs_f64());
     }
 
     pub(crate) fn sent(&self, bytes: usize) {
@@ -766,9 +771,35 @@ macro_rules! family_debug {
 }
 family_debug!(CounterFamily, GaugeFamily, HistogramFamily);
 
+/// How many parts a count that every connection records into is split
+/// into. Each thread adds to one part, on a cache line of its own, so that
+/// the worker threads do not take the line from each other on every
+/// message; a reader sums the parts.
+const STRIPES: usize = 8;
+
+/// A value alone on its cache line.
+#[derive(Default)]
+#[repr(align(64))]
+struct Padded<T>(T);
+
+/// The part this thread records into.
+fn stripe() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+    }
+    STRIPE.with(|stripe| *stripe)
+}
+
 /// A monotonically increasing count. Clones share the value.
-#[derive(Debug, Clone, Default)]
-pub struct Counter(Arc<AtomicU64>);
+#[derive(Clone, Default)]
+pub struct Counter(Arc<[Padded<AtomicU64>; STRIPES]>);
+
+impl fmt::Debug for Counter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Counter").field(&self.get()).finish()
+    }
+}
 
 impl Counter {
     /// Adds one.
@@ -778,12 +809,15 @@ impl Counter {
 
     /// Adds `n`.
     pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
+        self.0[stripe()].0.fetch_add(n, Ordering::Relaxed);
     }
 
     /// The current value.
     pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.0
+            .iter()
+            .map(|part| part.0.load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
     }
 }
 
@@ -820,6 +854,11 @@ pub struct Histogram(Arc<HistogramInner>);
 
 struct HistogramInner {
     bounds: Box<[f64]>,
+    /// The counts, in parts (see [`STRIPES`]).
+    stripes: Box<[Padded<HistogramStripe>]>,
+}
+
+struct HistogramStripe {
     /// One count per bound, plus the overflow bucket (+Inf).
     counts: Box<[AtomicU64]>,
     /// The sum, as `f64` bits.
@@ -839,11 +878,17 @@ impl Histogram {
         let mut bounds: Vec<f64> = bounds.iter().copied().filter(|b| b.is_finite()).collect();
         bounds.sort_by(f64::total_cmp);
         bounds.dedup();
-        let counts = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
+        let stripes = (0..STRIPES)
+            .map(|_| {
+                Padded(HistogramStripe {
+                    counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+                    sum: AtomicU64::new(0f64.to_bits()),
+                })
+            })
+            .collect();
         Histogram(Arc::new(HistogramInner {
             bounds: bounds.into(),
-            counts,
-            sum: AtomicU64::new(0f64.to_bits()),
+            stripes,
         }))
     }
 
@@ -851,11 +896,12 @@ impl Histogram {
     pub fn observe(&self, value: f64) {
         let inner = &self.0;
         let index = inner.bounds.partition_point(|bound| *bound < value);
-        inner.counts[index].fetch_add(1, Ordering::Relaxed);
-        let mut current = inner.sum.load(Ordering::Relaxed);
+        let part = &inner.stripes[stripe()].0;
+        part.counts[index].fetch_add(1, Ordering::Relaxed);
+        let mut current = part.sum.load(Ordering::Relaxed);
         loop {
             let next = (f64::from_bits(current) + value).to_bits();
-            match inner.sum.compare_exchange_weak(
+            match part.sum.compare_exchange_weak(
                 current,
                 next,
                 Ordering::Relaxed,
@@ -875,16 +921,28 @@ impl Histogram {
     /// The current counts.
     pub fn snapshot(&self) -> HistogramSnapshot {
         let inner = &self.0;
+        let count_of = |index: usize| -> u64 {
+            inner
+                .stripes
+                .iter()
+                .map(|part| part.0.counts[index].load(Ordering::Relaxed))
+                .fold(0, u64::wrapping_add)
+        };
         let buckets: Vec<(f64, u64)> = inner
             .bounds
             .iter()
             .copied()
             .chain(std::iter::once(f64::INFINITY))
-            .zip(inner.counts.iter().map(|c| c.load(Ordering::Relaxed)))
+            .enumerate()
+            .map(|(index, bound)| (bound, count_of(index)))
             .collect();
         HistogramSnapshot {
             count: buckets.iter().map(|(_, n)| n).sum(),
-            sum: f64::from_bits(inner.sum.load(Ordering::Relaxed)),
+            sum: inner
+                .stripes
+                .iter()
+                .map(|part| f64::from_bits(part.0.sum.load(Ordering::Relaxed)))
+                .sum(),
             buckets,
         }
     }
@@ -977,7 +1035,7 @@ mod tests {
         ws.received(3, 120);
         ws.sent(40);
         ws.disconnected(Duration::from_millis(300), "normal_closure");
-        hub.invocation(Duration::from_millis(2), true);
+        ws.invocation(Duration::from_millis(2), true);
         metrics.backplane().set_connected(true);
         let text = metrics.render();
         for line in [

@@ -352,6 +352,11 @@ impl<H: Hub> Reader<'_, H> {
         });
         let mut last_activity = Instant::now();
         let mut timer_set = false;
+        // Made once: a wait for cancellation made anew on every pass would
+        // enter and leave the token's list of waiters (a lock each) per
+        // message.
+        let stop = connection.aborted().cancelled();
+        tokio::pin!(stop);
         loop {
             // Dispatch everything already buffered before reading more.
             let mut dispatched = false;
@@ -391,8 +396,9 @@ impl<H: Hub> Reader<'_, H> {
             }
             tokio::select! {
                 biased;
-                () = connection.aborted().cancelled() => return End::Aborted(connection.abort_reason()),
-                () = shutdown.cancelled() => return End::Shutdown,
+                // The abort token is a child of the shutdown token: one
+                // token covers both.
+                () = &mut stop => return stopped(&connection, &shutdown),
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
                     if let Ok(done) = done {
                         self.finished(done);
@@ -568,8 +574,7 @@ impl<H: Hub> Reader<'_, H> {
         let connection = self.cx.connection();
         tokio::select! {
             output = future => Ok(output),
-            () = connection.aborted().cancelled() => Err(End::Aborted(connection.abort_reason())),
-            () = shutdown.cancelled() => Err(End::Shutdown),
+            () = connection.aborted().cancelled() => Err(stopped(connection, shutdown)),
         }
     }
 
@@ -658,12 +663,17 @@ impl<H: Hub> Reader<'_, H> {
         } else {
             // When every slot is taken, stop reading this client until one
             // frees up: back-pressure, never an error (as in ASP.NET Core).
-            match self
-                .until_end(Arc::clone(&self.slots).acquire_owned(), shutdown)
-                .await
-            {
-                Ok(permit) => Some(permit.ok()?),
-                Err(end) => return Some(end),
+            // A free slot is taken without the futures that waiting needs.
+            match Arc::clone(&self.slots).try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(tokio::sync::TryAcquireError::Closed) => return None,
+                Err(tokio::sync::TryAcquireError::NoPermits) => match self
+                    .until_end(Arc::clone(&self.slots).acquire_owned(), shutdown)
+                    .await
+                {
+                    Ok(permit) => Some(permit.ok()?),
+                    Err(end) => return Some(end),
+                },
             }
         };
         let (owner, uploads) = self.open_uploads(&invocation);
@@ -675,39 +685,46 @@ impl<H: Hub> Reader<'_, H> {
             Some(slot) => self.cx.with_scope(Scope::Invocation(Arc::clone(slot))),
             None => self.cx.clone(),
         };
-        let metrics = self.endpoint.shared.metrics.clone();
-        let mut task = Box::pin(
-            async move {
-                let connection = cx.connection().clone();
-                let reply = dispatch::run_unary(hub, method, cx, invocation, uploads).await;
-                let failure = match &reply {
-                    Some(HubMessage::Completion(tidings_protocol::Completion {
-                        result: tidings_protocol::CompletionResult::Error(text),
-                        ..
-                    })) => Some(text.clone()),
-                    _ => None,
-                };
-                let failed = failure.is_some();
-                if let Some(reply) = reply {
-                    let frame = encode(connection.protocol(), &reply);
-                    connection.send_frame(frame).await;
-                }
-                if let Some(after) = after {
-                    after.run(failure.as_deref().map_or(Ok(()), Err));
-                }
-                if let Some(metrics) = metrics {
-                    metrics.invocation(received.elapsed(), !failed);
-                }
-                if let Some(slot) = slot {
-                    slot.release();
-                }
-                Finished {
-                    stream: None,
-                    uploads: owner,
-                }
+        let task = async move {
+            let connection = cx.connection().clone();
+            let reply = dispatch::run_unary(hub, method, cx, invocation, uploads).await;
+            let failure = match &reply {
+                Some(HubMessage::Completion(tidings_protocol::Completion {
+                    result: tidings_protocol::CompletionResult::Error(text),
+                    ..
+                })) => Some(text.clone()),
+                _ => None,
+            };
+            let failed = failure.is_some();
+            if let Some(reply) = reply {
+                let frame = encode(connection.protocol(), &reply);
+                connection.send_frame(frame).await;
             }
-            .instrument(span),
-        );
+            if let Some(after) = after {
+                after.run(failure.as_deref().map_or(Ok(()), Err));
+            }
+            // Through the connection's handle (which the task owns
+            // anyway): a clone of the hub's recorders would take and
+            // drop a reference on each, shared by every connection, on
+            // every call.
+            if let Some(metrics) = connection.metrics() {
+                metrics.invocation(received.elapsed(), !failed);
+            }
+            if let Some(slot) = slot {
+                slot.release();
+            }
+            Finished {
+                stream: None,
+                uploads: owner,
+            }
+        };
+        // Entering a disabled span still costs a little on every poll.
+        let mut task: std::pin::Pin<Box<dyn Future<Output = Finished> + Send>> =
+            if span.is_disabled() {
+                Box::pin(task)
+            } else {
+                Box::pin(task.instrument(span))
+            };
         // Most methods finish without waiting for anything (or only for
         // room in this connection's own queue): polled once here, such a
         // call is answered without spawning a task, and the answer is
@@ -736,6 +753,16 @@ impl<H: Hub> Reader<'_, H> {
         let capacity = self.endpoint.shared.options.stream_buffer_capacity;
         let (owner, receivers) = self.uploads.open(&invocation.stream_ids, capacity);
         (Some(owner), receivers)
+    }
+}
+
+/// Why the connection's abort token was cancelled: an abort (which gives
+/// its reason before cancelling) or the server's shutdown (which cancels
+/// the token as its parent).
+fn stopped(connection: &ConnectionHandle, shutdown: &CancellationToken) -> End {
+    match connection.abort_reason() {
+        None if shutdown.is_cancelled() => End::Shutdown,
+        reason => End::Aborted(reason),
     }
 }
 
@@ -788,8 +815,8 @@ impl AfterCall {
 }
 
 /// The span of one invocation, named and attributed as the OpenTelemetry
-/// conventions for RPC name a SignalR call: `{hub}/{method}`.
-/// The span of one invocation, at DEBUG on the target `tidings::invocation`
+/// conventions for RPC name a SignalR call (`{hub}/{method}`), at DEBUG on
+/// the target `tidings::invocation`
 /// (as tower-http's request spans are at DEBUG): a subscriber that records
 /// span fields formats them when the span is created, which on the echo
 /// benchmark cost about a tenth of the server's time at the default INFO

@@ -15,12 +15,10 @@
 use std::{sync::Arc, time::Duration};
 
 use tidings_protocol::{HubMessage, MessageDecoder, Protocol, TransportType};
-use tokio::sync::mpsc;
 
 use crate::{
     ConnectionHandle, LifetimeManager, MemoryLifetimeManager, Principal,
-    connection::{ConnectionInit, Outbound},
-    hub::BoxFuture,
+    connection::ConnectionInit, hub::BoxFuture,
 };
 
 /// How long a test waits for a message that must arrive.
@@ -30,7 +28,7 @@ pub const ARRIVAL_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct TestConnection {
     handle: ConnectionHandle,
-    rx: mpsc::Receiver<Outbound>,
+    rx: crate::outbox::Receiver,
     decoder: MessageDecoder,
 }
 
@@ -53,7 +51,7 @@ impl TestConnection {
 
     /// A connection with this id, user and hub protocol.
     pub fn with_protocol(id: &str, user: Option<&str>, protocol: Protocol) -> Self {
-        let (tx, rx) = mpsc::channel(256);
+        let (tx, rx) = crate::outbox::channel(256);
         let init = ConnectionInit {
             id: Arc::from(id),
             protocol,
@@ -62,6 +60,7 @@ impl TestConnection {
             query: Vec::new(),
             headers: Default::default(),
             metrics: None,
+            abort: Default::default(),
         };
         TestConnection {
             handle: ConnectionHandle::new(init, tx),

@@ -37,6 +37,7 @@ use crate::{
     endpoint::Endpoint,
     hub::Hub,
     metrics::TransportMetrics,
+    outbox,
     session::{self, Handshake},
 };
 
@@ -49,7 +50,7 @@ const MAX_BATCH: usize = 64 * 1024;
 pub(crate) struct HttpConnection {
     pub transport: TransportType,
     inbound: Mutex<Option<mpsc::Sender<Bytes>>>,
-    outbound: AsyncMutex<mpsc::Receiver<Outbound>>,
+    outbound: AsyncMutex<outbox::Receiver>,
     /// The current poll; a newer poll cancels it (it answers 204).
     poll: Mutex<CancellationToken>,
     /// The Close has been delivered: later polls get 204.
@@ -77,7 +78,7 @@ impl HttpConnection {
     ) -> Arc<HttpConnection> {
         let options = &endpoint.shared.options;
         let (in_tx, in_rx) = mpsc::channel::<Bytes>(INBOUND_CAPACITY);
-        let (out_tx, out_rx) = mpsc::channel(options.outbound_buffer_capacity);
+        let (out_tx, out_rx) = outbox::channel(options.outbound_buffer_capacity);
         let connection = Arc::new(HttpConnection {
             transport,
             inbound: Mutex::new(Some(in_tx)),
@@ -140,7 +141,7 @@ async fn run<H: Hub>(
     http: Arc<HttpConnection>,
     mut init: ConnectionInit,
     inbound: mpsc::Receiver<Bytes>,
-    outbound: mpsc::Sender<Outbound>,
+    outbound: outbox::Sender,
     token: String,
 ) {
     let options = &endpoint.shared.options;
@@ -169,6 +170,19 @@ async fn run<H: Hub>(
                 // its input end and tears down normally. It must not be
                 // dropped half-way, or its cleanup would never run.
                 () = &mut watchdog => session.await,
+            }
+            if endpoint.shutdown.is_shutting_down() {
+                // The Close waits in the queue for the client's next
+                // request. Once this task ends the process may exit (the
+                // shutdown waits for connection tasks, not for clients
+                // that have yet to poll), so wait a little for it to be
+                // collected.
+                let collected = async {
+                    while !http.finished.load(Ordering::Acquire) && !http.stop.is_cancelled() {
+                        sleep(Duration::from_millis(10)).await;
+                    }
+                };
+                let _ = tokio::time::timeout(options.disconnect_timeout, collected).await;
             }
         }
         Handshake::Refused(error) => {

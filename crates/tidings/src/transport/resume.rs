@@ -49,6 +49,7 @@ use crate::{
     connection::{AbortReason, ConnectionInit, Outbound},
     endpoint::Endpoint,
     hub::Hub,
+    outbox,
     resume::Resume,
     session::{self, Handshake, InboundChunk, far_future},
     transport::websocket::{MAX_BATCH, SEND_TIMEOUT, close, collect, data, frame_message},
@@ -117,7 +118,7 @@ pub(crate) async fn serve<H: Hub>(
         return;
     }
     let resume = Arc::new(Resume::new(options.stateful_reconnect_buffer_size));
-    let (tx, rx) = mpsc::channel(options.outbound_buffer_capacity);
+    let (tx, rx) = outbox::channel(options.outbound_buffer_capacity);
     let (sockets_tx, sockets_rx) = mpsc::channel(1);
     let entry = Resumable {
         sockets: sockets_tx,
@@ -408,7 +409,7 @@ struct Writer {
     connection: ConnectionHandle,
     resume: Arc<Resume>,
     protocol: Protocol,
-    rx: mpsc::Receiver<Outbound>,
+    rx: outbox::Receiver,
     /// New sockets from the endpoint.
     sockets: mpsc::Receiver<WebSocket>,
     handoff: Arc<Handoff>,

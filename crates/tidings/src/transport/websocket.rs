@@ -27,16 +27,14 @@ use futures_util::{
     stream::{SplitSink, SplitStream},
 };
 use tidings_protocol::{HubMessage, Protocol};
-use tokio::{
-    sync::mpsc,
-    time::{Instant, sleep_until, timeout},
-};
+use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::{
     ConnectionError, ConnectionHandle,
     connection::{AbortReason, ConnectionInit, Outbound},
     endpoint::Endpoint,
     hub::Hub,
+    outbox,
     session::{self, Handshake, InboundChunk},
     transport::resume,
 };
@@ -128,7 +126,7 @@ async fn run<H: Hub>(
         .await;
         return;
     }
-    let (tx, rx) = mpsc::channel(options.outbound_buffer_capacity);
+    let (tx, rx) = outbox::channel(options.outbound_buffer_capacity);
     let connection = ConnectionHandle::new(unbox(init), tx);
     // The handshake answer is the first thing in the queue, so it precedes
     // anything `on_connected` sends.
@@ -136,6 +134,7 @@ async fn run<H: Hub>(
     // Boxed, so each lives once on the heap: moved into `join!` unboxed,
     // they would also keep their slots in this future, and an idle
     // connection would carry both twice.
+    let turn = rx.turn_key();
     let writer = Box::pin(write_loop(
         sink,
         rx,
@@ -149,7 +148,35 @@ async fn run<H: Hub>(
         inbound(stream, read_failure),
         leftover,
     ));
-    tokio::join!(writer, session);
+    session_then_writer(session, writer, turn).await;
+}
+
+/// Runs both to completion, polling the session before the writer every
+/// time the task wakes (`tokio::join!` rotates which goes first). Replies
+/// the session queues while handling what it just read are then written in
+/// the same pass; and since the writer is sure to see them, queuing them
+/// does not wake the task again (an outbox [`Turn`](outbox::Turn)).
+async fn session_then_writer(
+    mut session: std::pin::Pin<Box<impl Future<Output = ()>>>,
+    mut writer: std::pin::Pin<Box<impl Future<Output = ()>>>,
+    turn: outbox::TurnKey,
+) {
+    let (mut session_done, mut writer_done) = (false, false);
+    std::future::poll_fn(|cx| {
+        let _turn = outbox::Turn::enter(turn);
+        if !session_done {
+            session_done = session.as_mut().poll(cx).is_ready();
+        }
+        if !writer_done {
+            writer_done = writer.as_mut().poll(cx).is_ready();
+        }
+        if session_done && writer_done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await
 }
 
 /// Moves a value out of its box and frees the box now. (`*boxed` would
@@ -212,7 +239,7 @@ pub(super) fn data(message: Message) -> Option<Bytes> {
 
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Outbound>,
+    mut rx: outbox::Receiver,
     connection: ConnectionHandle,
     keep_alive: Duration,
     read_failure: Arc<AtomicU16>,
@@ -336,7 +363,7 @@ pub(super) fn frame_message(protocol: Protocol, frame: Bytes) -> Option<Message>
 /// returning false.
 pub(super) fn collect(
     first: Outbound,
-    rx: &mut mpsc::Receiver<Outbound>,
+    rx: &mut outbox::Receiver,
     batch: &mut Vec<u8>,
     closing: &mut bool,
     mut admit: impl FnMut(&Bytes) -> bool,

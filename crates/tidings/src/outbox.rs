@@ -1,0 +1,406 @@
+//! The outbound queue of one connection: bounded, many senders, one
+//! receiver (the connection's writer).
+//!
+//! It does what a bounded `tokio::sync::mpsc` channel does, for two
+//! reasons particular to this place:
+//!
+//! - **Memory.** A tokio channel allocates its first block of 32 slots
+//!   when it is created, a kilobyte that every idle connection would carry.
+//!   This queue is a `VecDeque` that grows only when messages wait.
+//! - **Wake-ups.** On a WebSocket the session and the writer share one
+//!   task, and the session's replies to its own client are queued from
+//!   inside that task. The task polls the session before the writer (see
+//!   [`Turn`]), so the writer takes such a reply in the same poll: waking
+//!   the task for it would only make it run once more for nothing. A
+//!   sender that runs inside the receiving task's turn therefore does not
+//!   wake it; every other sender does.
+
+use std::{
+    cell::Cell,
+    collections::VecDeque,
+    fmt,
+    sync::{Arc, Mutex, MutexGuard},
+    task::{Context, Poll},
+};
+
+use futures_util::task::AtomicWaker;
+use tokio::sync::Notify;
+
+use crate::connection::Outbound;
+
+/// Creates a queue that holds at most `capacity` entries.
+pub(crate) fn channel(capacity: usize) -> (Sender, Receiver) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            queue: VecDeque::new(),
+            capacity: capacity.max(1),
+            senders: 1,
+            closed: false,
+            waiting_senders: 0,
+        }),
+        receiver: AtomicWaker::new(),
+        room: Notify::new(),
+    });
+    (
+        Sender {
+            shared: Arc::clone(&shared),
+        },
+        Receiver { shared },
+    )
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// The writer, when it waits for an entry.
+    receiver: AtomicWaker,
+    /// Senders waiting for room.
+    room: Notify,
+}
+
+struct State {
+    queue: VecDeque<Outbound>,
+    capacity: usize,
+    senders: usize,
+    /// The receiver is gone: nothing will be taken any more.
+    closed: bool,
+    /// Senders inside `send` waiting for room (so that taking an entry
+    /// only signals `room` when someone listens).
+    waiting_senders: usize,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while holding the lock; recover anyway.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Identifies the queue (by its address, which stays put while it
+    /// lives).
+    fn key(self: &Arc<Self>) -> usize {
+        Arc::as_ptr(self) as usize
+    }
+
+    fn wake_receiver(self: &Arc<Self>) {
+        if TURN.with(Cell::get) != self.key() {
+            self.receiver.wake();
+        }
+    }
+}
+
+thread_local! {
+    /// The queue whose receiving task is being polled on this thread.
+    static TURN: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Marks the poll of the task that owns a queue's receiver, for as long
+/// as it lives. Only valid if the receiver is polled after everything that
+/// may send during the turn.
+pub(crate) struct Turn {
+    previous: usize,
+}
+
+/// Names a queue for [`Turn::enter`].
+#[derive(Clone, Copy)]
+pub(crate) struct TurnKey(usize);
+
+impl Turn {
+    pub(crate) fn enter(key: TurnKey) -> Turn {
+        Turn {
+            previous: TURN.with(|turn| turn.replace(key.0)),
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        TURN.with(|turn| turn.set(self.previous));
+    }
+}
+
+/// Why `try_send` did not queue an entry; the entry comes back.
+pub(crate) enum TrySendError {
+    Full(Outbound),
+    Closed,
+}
+
+/// The sending side; cloning it adds a sender.
+pub(crate) struct Sender {
+    shared: Arc<Shared>,
+}
+
+impl Sender {
+    /// Queues `entry` if there is room, without waiting.
+    pub(crate) fn try_send(&self, entry: Outbound) -> Result<(), TrySendError> {
+        let mut state = self.shared.lock();
+        if state.closed {
+            return Err(TrySendError::Closed);
+        }
+        if state.queue.len() >= state.capacity {
+            return Err(TrySendError::Full(entry));
+        }
+        state.queue.push_back(entry);
+        drop(state);
+        self.shared.wake_receiver();
+        Ok(())
+    }
+
+    /// Queues `entry`, waiting for room; gives it back if the receiver is
+    /// gone. Cancel-safe: dropped while waiting, nothing was queued.
+    pub(crate) async fn send(&self, entry: Outbound) -> Result<(), Outbound> {
+        loop {
+            let room = self.shared.room.notified();
+            tokio::pin!(room);
+            // Listening before looking, so that room made in between is
+            // not missed.
+            room.as_mut().enable();
+            {
+                let mut state = self.shared.lock();
+                if state.closed {
+                    return Err(entry);
+                }
+                if state.queue.len() < state.capacity {
+                    state.queue.push_back(entry);
+                    drop(state);
+                    self.shared.wake_receiver();
+                    return Ok(());
+                }
+                state.waiting_senders += 1;
+            }
+            let _waiting = Waiting(&self.shared);
+            // Then look again: another waiting sender may have taken the
+            // room first.
+            room.await;
+        }
+    }
+}
+
+/// Counts a sender as waiting until it stops (or its future is dropped).
+struct Waiting<'a>(&'a Arc<Shared>);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.lock().waiting_senders -= 1;
+    }
+}
+
+impl Clone for Sender {
+    fn clone(&self) -> Self {
+        self.shared.lock().senders += 1;
+        Sender {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        let last = {
+            let mut state = self.shared.lock();
+            state.senders -= 1;
+            state.senders == 0
+        };
+        if last {
+            // The receiver sees the end once the queue is empty.
+            self.shared.receiver.wake();
+        }
+    }
+}
+
+impl fmt::Debug for Sender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sender").finish_non_exhaustive()
+    }
+}
+
+/// The receiving side: the connection's writer.
+pub(crate) struct Receiver {
+    shared: Arc<Shared>,
+}
+
+/// `try_recv` found nothing: the queue is empty (or ended).
+#[derive(Debug)]
+pub(crate) struct Empty;
+
+impl Receiver {
+    /// The key of this queue's turns.
+    pub(crate) fn turn_key(&self) -> TurnKey {
+        TurnKey(self.shared.key())
+    }
+
+    /// The next entry; `None` once every sender is gone and the queue is
+    /// empty. Cancel-safe.
+    pub(crate) async fn recv(&mut self) -> Option<Outbound> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Outbound>> {
+        if let Some(taken) = self.take() {
+            return Poll::Ready(taken);
+        }
+        self.shared.receiver.register(cx.waker());
+        // Again, now that a sender would wake us.
+        match self.take() {
+            Some(taken) => Poll::Ready(taken),
+            None => Poll::Pending,
+        }
+    }
+
+    /// The next entry if one is queued.
+    pub(crate) fn try_recv(&mut self) -> Result<Outbound, Empty> {
+        match self.take() {
+            Some(Some(entry)) => Ok(entry),
+            _ => Err(Empty),
+        }
+    }
+
+    /// `Some(Some(entry))`, `Some(None)` at the end, `None` if empty.
+    fn take(&self) -> Option<Option<Outbound>> {
+        let mut state = self.shared.lock();
+        match state.queue.pop_front() {
+            Some(entry) => {
+                let signal = state.waiting_senders > 0;
+                if state.queue.is_empty() && state.queue.capacity() > SHRINK_ABOVE {
+                    // A burst is over: give its memory back.
+                    state.queue.shrink_to(SHRINK_ABOVE);
+                }
+                drop(state);
+                if signal {
+                    self.shared.room.notify_one();
+                }
+                Some(Some(entry))
+            }
+            None if state.senders == 0 => Some(None),
+            None => None,
+        }
+    }
+}
+
+/// Room kept for entries once the queue runs empty.
+const SHRINK_ABOVE: usize = 16;
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let drained = {
+            let mut state = self.shared.lock();
+            state.closed = true;
+            std::mem::take(&mut state.queue)
+        };
+        // Outside the lock: dropping an entry may release a window place.
+        drop(drained);
+        self.shared.room.notify_waiters();
+    }
+}
+
+impl fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Receiver").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn frame(text: &'static str) -> Outbound {
+        Outbound::Frame(Bytes::from_static(text.as_bytes()))
+    }
+
+    fn text(entry: Outbound) -> Vec<u8> {
+        let mut closing = false;
+        entry.into_frame(&mut closing).unwrap_or_default().to_vec()
+    }
+
+    #[tokio::test]
+    async fn entries_arrive_in_order_up_to_the_bound() {
+        let (tx, mut rx) = channel(2);
+        assert!(tx.try_send(frame("a")).is_ok());
+        assert!(tx.try_send(frame("b")).is_ok());
+        assert!(matches!(
+            tx.try_send(frame("c")),
+            Err(TrySendError::Full(_))
+        ));
+        assert_eq!(text(rx.recv().await.expect("an entry")), b"a");
+        assert!(tx.try_send(frame("c")).is_ok());
+        assert_eq!(text(rx.try_recv().expect("an entry")), b"b");
+        assert_eq!(text(rx.try_recv().expect("an entry")), b"c");
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_sender_goes_on_when_room_is_made() {
+        let (tx, mut rx) = channel(1);
+        tx.try_send(frame("a")).ok();
+        let sender = tokio::spawn(async move {
+            let sent = tx.send(frame("b")).await.is_ok();
+            (sent, tx)
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(text(rx.recv().await.expect("an entry")), b"a");
+        let (sent, _tx) = sender.await.expect("the sender task");
+        assert!(sent);
+        assert_eq!(text(rx.recv().await.expect("an entry")), b"b");
+    }
+
+    #[tokio::test]
+    async fn the_end_comes_after_the_last_sender_and_the_last_entry() {
+        let (tx, mut rx) = channel(4);
+        let second = tx.clone();
+        tx.try_send(frame("a")).ok();
+        drop(tx);
+        second.try_send(frame("b")).ok();
+        drop(second);
+        assert_eq!(text(rx.recv().await.expect("an entry")), b"a");
+        assert_eq!(text(rx.recv().await.expect("an entry")), b"b");
+        assert!(rx.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn senders_learn_that_the_receiver_is_gone() {
+        let (tx, rx) = channel(1);
+        tx.try_send(frame("a")).ok();
+        let waiting = tokio::spawn(async move { tx.send(frame("b")).await.is_err() });
+        tokio::task::yield_now().await;
+        drop(rx);
+        assert!(waiting.await.expect("the sender task"));
+    }
+
+    #[tokio::test]
+    async fn a_send_outside_the_turn_wakes_the_receiver() {
+        let (tx, mut rx) = channel(4);
+        let receiver = tokio::spawn(async move { rx.recv().await.map(text) });
+        tokio::task::yield_now().await;
+        tx.try_send(frame("a")).ok();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), receiver).await;
+        assert_eq!(
+            got.expect("in time").expect("the receiver task"),
+            Some(b"a".to_vec())
+        );
+    }
+
+    #[test]
+    fn a_send_inside_the_turn_does_not_wake_the_receiver() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::task::Wake;
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(Arc::clone(&count));
+        let mut cx = Context::from_waker(&waker);
+        let (tx, mut rx) = channel(4);
+        assert!(rx.poll_recv(&mut cx).is_pending());
+        {
+            let _turn = Turn::enter(rx.turn_key());
+            tx.try_send(frame("a")).ok();
+        }
+        assert_eq!(count.0.load(Ordering::Relaxed), 0);
+        assert!(rx.poll_recv(&mut cx).is_ready());
+        assert!(rx.poll_recv(&mut cx).is_pending());
+        tx.try_send(frame("b")).ok();
+        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+    }
+}
