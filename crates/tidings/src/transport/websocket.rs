@@ -128,9 +128,17 @@ async fn run<H: Hub>(
     }
     let (tx, rx) = outbox::channel(options.outbound_buffer_capacity);
     let connection = ConnectionHandle::new(unbox(init), tx);
-    // The handshake answer is the first thing in the queue, so it precedes
-    // anything `on_connected` sends.
-    connection.send_frame(Handshake::response(None)).await;
+    // The handshake answer goes out first and in a frame of its own (as
+    // ASP.NET Core sends it), before anything `on_connected` sends.
+    let answer = Handshake::response(None);
+    connection.record_sent(answer.len());
+    let sent = match frame_message(protocol, answer) {
+        Some(message) => timeout(SEND_TIMEOUT, sink.send(message)).await,
+        None => return,
+    };
+    if !matches!(sent, Ok(Ok(()))) {
+        return;
+    }
     // Boxed, so each lives once on the heap: moved into `join!` unboxed,
     // they would also keep their slots in this future, and an idle
     // connection would carry both twice.
