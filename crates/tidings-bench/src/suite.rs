@@ -60,7 +60,7 @@ pub struct SuiteArgs {
     scenarios: Vec<Scenario>,
     /// Echo and broadcast: rounds of both servers, alternating which goes
     /// first; the figures compared are the median round's.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Hub protocols to run.
     #[arg(long, value_delimiter = ',', default_value = "json,messagepack", value_parser = parse_protocol)]
@@ -748,7 +748,7 @@ fn markdown(results: &Results) -> String {
     if rounds > 1 {
         let _ = writeln!(
             out,
-            "Echo and broadcast ran in {rounds} rounds (above in run order: the baseline first in the 1st and 3rd round, tidings first in the 2nd). The tables below compare the median round of each (by p99 latency for broadcast, by throughput for echo); the targets list every round.\n"
+            "Echo and broadcast ran in {rounds} rounds (above in run order: the baseline first in the 1st, 3rd, … round, tidings first in the 2nd, 4th, …). The tables below compare the median round of each (by p99 latency for broadcast, by throughput for echo); the targets list every round.\n"
         );
     }
 

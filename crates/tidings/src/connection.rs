@@ -94,8 +94,9 @@ impl Outbound {
 
 /// A one-shot signal held inline: the writer must stop at once.
 ///
-/// It has one waiter, the connection's writer, which checks it every time
-/// it waits for the queue. A waker slot makes that check two atomic
+/// It has one waiter, the writer of a stateful-reconnect connection, which
+/// checks it every time it waits (other writers see the kill through their
+/// queue, [`outbox::Sender::kill`]). A waker slot makes that check two atomic
 /// operations; a `Notify` (or a `CancellationToken`, which would also cost
 /// another allocation) would take a lock to enter and another to leave its
 /// list of waiters, on every message.
@@ -212,6 +213,11 @@ impl ConnectionHandle {
     }
 
     /// The public connection id (what `Clients.Client(id)` targets).
+    /// Whether both handles are the same connection (without comparing ids).
+    pub(crate) fn is(&self, other: &ConnectionHandle) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     pub fn id(&self) -> &str {
         &self.inner.id
     }
@@ -353,6 +359,9 @@ impl ConnectionHandle {
             // The first reason wins: it is the cause, later ones are effects.
             if matches!(reason, AbortReason::SlowConsumer) {
                 self.inner.kill.set();
+                // A WebSocket writer learns it from its queue, which it
+                // waits on anyway (one waker fewer per message).
+                self.inner.tx.kill();
             }
             slot.get_or_insert(reason);
         }

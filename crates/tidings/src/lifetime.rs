@@ -222,6 +222,18 @@ struct Extra {
     answers: HashMap<Box<str>, Answer>,
 }
 
+impl State {
+    /// The handles of the listed connections that are local. Exclusions
+    /// are compared by handle rather than by id: an id comparison would
+    /// read every recipient's id from its own allocation.
+    fn local_handles(&self, ids: &[String]) -> Vec<&ConnectionHandle> {
+        ids.iter()
+            .filter_map(|id| self.connections.get(id.as_str()))
+            .map(|e| &e.handle)
+            .collect()
+    }
+}
+
 impl Entry {
     fn extra(&mut self) -> &mut Extra {
         self.extra.get_or_insert_with(Default::default)
@@ -425,11 +437,14 @@ impl MemoryLifetimeManager {
         };
         match target {
             Target::All => state.connections.values().for_each(|e| deliver(&e.handle)),
-            Target::AllExcept(excluded) => state
-                .connections
-                .values()
-                .filter(|e| !excluded.iter().any(|x| x.as_str() == e.handle.id()))
-                .for_each(|e| deliver(&e.handle)),
+            Target::AllExcept(excluded) => {
+                let excluded = state.local_handles(excluded);
+                state
+                    .connections
+                    .values()
+                    .filter(|e| !excluded.iter().any(|x| x.is(&e.handle)))
+                    .for_each(|e| deliver(&e.handle))
+            }
             Target::Connection(id) => {
                 if let Some(e) = state.connections.get(id.as_str()) {
                     deliver(&e.handle);
@@ -452,9 +467,10 @@ impl MemoryLifetimeManager {
             }
             Target::GroupExcept(group, excluded) => {
                 if let Some(members) = state.groups.get(group.as_str()) {
+                    let excluded = state.local_handles(excluded);
                     members
                         .values()
-                        .filter(|h| !excluded.iter().any(|x| x.as_str() == h.id()))
+                        .filter(|h| !excluded.iter().any(|x| x.is(h)))
                         .for_each(&mut deliver);
                 }
             }

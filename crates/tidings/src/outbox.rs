@@ -36,6 +36,7 @@ pub(crate) fn channel(capacity: usize) -> (Sender, Receiver) {
             capacity: capacity.max(1),
             senders: 1,
             closed: false,
+            killed: false,
             waiting_senders: 0,
         }),
         receiver: AtomicWaker::new(),
@@ -63,6 +64,9 @@ struct State {
     senders: usize,
     /// The receiver is gone: nothing will be taken any more.
     closed: bool,
+    /// The receiver must stop now: it gets the end at once, whatever is
+    /// still queued.
+    killed: bool,
     /// Senders inside `send` waiting for room (so that taking an entry
     /// only signals `room` when someone listens).
     waiting_senders: usize,
@@ -142,6 +146,14 @@ impl Sender {
         drop(state);
         self.shared.wake_receiver();
         Ok(())
+    }
+
+    /// Makes the receiver see the end at once, dropping what is queued
+    /// (a slow consumer's writer stops without writing its backlog). It
+    /// wakes the receiver even inside its own turn: no poll is owed to it.
+    pub(crate) fn kill(&self) {
+        self.shared.lock().killed = true;
+        self.shared.receiver.wake();
     }
 
     /// Queues `entry`, waiting for room; gives it back if the receiver is
@@ -256,6 +268,9 @@ impl Receiver {
     /// `Some(Some(entry))`, `Some(None)` at the end, `None` if empty.
     fn take(&self) -> Option<Option<Outbound>> {
         let mut state = self.shared.lock();
+        if state.killed {
+            return Some(None);
+        }
         match state.queue.pop_front() {
             Some(entry) => {
                 let signal = state.waiting_senders > 0;
@@ -309,6 +324,27 @@ mod tests {
     fn text(entry: Outbound) -> Vec<u8> {
         let mut closing = false;
         entry.into_frame(&mut closing).unwrap_or_default().to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_kill_ends_the_queue_at_once_and_wakes_the_receiver() {
+        let (tx, mut rx) = channel(4);
+        let waiting = tokio::spawn(async move {
+            let first = rx.recv().await.map(text);
+            let after = rx.recv().await.is_none();
+            (first, after, rx)
+        });
+        tokio::task::yield_now().await;
+        assert!(tx.try_send(frame("a")).is_ok());
+        tokio::task::yield_now().await;
+        assert!(tx.try_send(frame("backlog")).is_ok());
+        tx.kill();
+        let (first, after, mut rx) = waiting.await.expect("the receiver ran");
+        // "a" may or may not have been taken before the kill; the backlog
+        // never is.
+        assert!(first.is_none() || first.as_deref() == Some(&b"a"[..]));
+        assert!(after, "the queue ended");
+        assert!(rx.try_recv().is_err());
     }
 
     #[tokio::test]

@@ -327,7 +327,7 @@ async fn write_loop(
     loop {
         let first = tokio::select! {
             biased;
-            () = connection.killed() => break,
+            // A slow consumer's kill ends the queue at once.
             item = rx.recv() => match item {
                 Some(item) => item,
                 None => break,
