@@ -429,6 +429,24 @@ test("raw protocol: who may re-attach", async () => {
   back.ws.close(1000);
 });
 
+test("raw protocol: a Text frame that is not UTF-8 closes its socket with 1007, and the connection waits for the client", async () => {
+  const { raw, query } = await statefulRaw(server);
+  raw.ws.send(Buffer.from([0x7b, 0xff, 0x7d, 0x1e]), { binary: false });
+  await raw.until((f, c) => c !== null);
+  assert.equal(raw.closeInfo.code, 1007);
+  // The connection is still there: a new socket re-attaches and is told
+  // where the sequence stands.
+  const back = await rawJson(server, "/hubs/test", { handshake: null, query });
+  await back.until((f) => f.length >= 1);
+  assert.deepEqual(back.frames[0].json, { type: 9, sequenceId: 1 });
+  back.send({ type: 9, sequenceId: 1 });
+  back.send({ type: 1, invocationId: "e", target: "Echo", arguments: ["still here"] });
+  await back.until((f) => f.some((x) => x.json.invocationId === "e"));
+  assert.equal(back.frames.find((x) => x.json.invocationId === "e").json.result, "still here");
+  back.ws.close(1000);
+  await gone(server, query);
+});
+
 test("raw protocol: a Sequence beyond what was sent closes the connection with an error", async () => {
   const { raw } = await statefulRaw(server);
   raw.send({ type: 1, invocationId: "1", target: "Echo", arguments: [1] });

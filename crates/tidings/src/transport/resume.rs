@@ -52,7 +52,9 @@ use crate::{
     outbox,
     resume::Resume,
     session::{self, Handshake, InboundChunk, far_future},
-    transport::websocket::{MAX_BATCH, SEND_TIMEOUT, close, collect, data, frame_message},
+    transport::websocket::{
+        MAX_BATCH, SEND_TIMEOUT, close, close_status, collect, data, frame_message,
+    },
 };
 
 /// How often the server acknowledges what it received (ASP.NET Core's 1 s).
@@ -278,7 +280,9 @@ struct Pump {
     current: Option<(u64, Source)>,
     handoff: Arc<Handoff>,
     /// Tells the writer which socket failed.
-    lost: mpsc::UnboundedSender<u64>,
+    /// A socket's generation when its reads end, with the close status a
+    /// failed read calls for (0: none, the stream just ended).
+    lost: mpsc::UnboundedSender<(u64, u16)>,
     resume: Arc<Resume>,
     pieces: mpsc::UnboundedSender<Piece>,
     read_ahead: Arc<Semaphore>,
@@ -338,10 +342,14 @@ impl Pump {
                     };
                     let _ = self.pieces.send(Piece::Chunk(bytes, permit));
                 }
-                Next::Frame(Some(Err(_)) | None) => {
+                Next::Frame(failure @ (Some(Err(_)) | None)) => {
+                    let status = match failure {
+                        Some(Err(error)) => close_status(&error),
+                        _ => 0,
+                    };
                     if let Some((generation, _)) = self.current.take() {
                         tracing::debug!("socket lost; waiting for the client to reconnect");
-                        let _ = self.lost.send(generation);
+                        let _ = self.lost.send((generation, status));
                     }
                 }
             }
@@ -414,7 +422,7 @@ struct Writer {
     sockets: mpsc::Receiver<WebSocket>,
     handoff: Arc<Handoff>,
     /// Generations of sockets whose read side failed.
-    lost: mpsc::UnboundedReceiver<u64>,
+    lost: mpsc::UnboundedReceiver<(u64, u16)>,
     /// The current socket's write half; `None` while detached.
     sink: Option<Sink>,
     generation: u64,
@@ -461,9 +469,9 @@ impl Writer {
                     idle.as_mut().reset(Instant::now() + keep_alive);
                     continue;
                 }
-                Some(generation) = self.lost.recv() => {
+                Some((generation, status)) = self.lost.recv() => {
                     if generation == self.generation {
-                        self.detach();
+                        self.detach_with(status).await;
                     }
                     continue;
                 }
@@ -585,6 +593,20 @@ impl Writer {
         if self.sink.take().is_some() {
             self.deadline = Some(Instant::now() + self.window);
         }
+    }
+
+    /// Detaches a socket whose reads ended. A read that failed on a
+    /// breach of the WebSocket protocol (1002), a Text frame that is not
+    /// UTF-8 (1007) or a message over the limit (1009) closes the socket
+    /// with that status, as RFC 6455 asks, before the connection waits
+    /// for the client to come back; after an I/O error the peer is gone
+    /// and nothing is written. The close is given a second at most: until
+    /// it is done, a new socket of the client waits to be attached.
+    async fn detach_with(&mut self, status: u16) {
+        if let (Some(sink), 1002 | 1007 | 1009) = (self.sink.as_mut(), status) {
+            let _ = timeout(Duration::from_secs(1), close(sink, status)).await;
+        }
+        self.detach();
     }
 
     /// A new socket takes over: Sequence first (even with nothing to

@@ -277,13 +277,15 @@ where
 /// section 7.4.1): 1007 for a Text message that is not UTF-8 (which the
 /// RFC says must fail the connection), 1009 for a message over the frame
 /// limit, 1002 for any other breach of the WebSocket protocol, 1011 for
-/// the rest (I/O errors, where the peer is usually gone anyway).
+/// the rest (I/O errors, and a peer that dropped the connection without a
+/// closing handshake: it is gone, not misbehaving).
 pub(crate) fn close_status(error: &axum::Error) -> u16 {
-    use tungstenite::Error as WsError;
+    use tungstenite::{Error as WsError, error::ProtocolError};
     let inner = std::error::Error::source(error).and_then(|e| e.downcast_ref::<WsError>());
     match inner {
         Some(WsError::Utf8(_)) => 1007,
         Some(WsError::Capacity(_)) => 1009,
+        Some(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => 1011,
         Some(WsError::Protocol(_)) => 1002,
         _ => 1011,
     }
