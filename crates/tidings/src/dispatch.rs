@@ -329,6 +329,10 @@ pub(crate) async fn run_unary<H: Hub>(
 /// The producer is polled only when fewer than `stream_buffer_capacity` of
 /// its items wait in the connection's queue: a client that reads slowly
 /// holds the producer back instead of letting it fill the queue.
+///
+/// Returns the error text of the Completion when it carried one (the
+/// outcome hub filters' `after` sees); `Ok` for a stream that ended, was
+/// cancelled, or lost its connection.
 pub(crate) async fn run_stream<H: Hub>(
     hub: Arc<H>,
     method: &'static MethodDescriptor<H>,
@@ -336,20 +340,20 @@ pub(crate) async fn run_stream<H: Hub>(
     invocation: Invocation,
     uploads: UploadReceivers,
     cancel: CancellationToken,
-) {
+) -> Result<(), String> {
     let detailed = cx.options().enable_detailed_errors;
     let window = Arc::new(Semaphore::new(cx.options().stream_buffer_capacity));
     let connection = cx.connection().clone();
     let protocol = cx.protocol();
     let target = invocation.target;
     let Some(id) = invocation.invocation_id else {
-        return;
+        return Ok(());
     };
     let call = Call::new(cx, target.clone(), invocation.arguments, uploads);
     let started = AssertUnwindSafe((method.handler)(hub, call)).catch_unwind();
     let started = tokio::select! {
         started = started => started,
-        () = cancel.cancelled() => return,
+        () = cancel.cancelled() => return Ok(()),
     };
     let send = |message: HubMessage| {
         let connection = connection.clone();
@@ -365,18 +369,18 @@ pub(crate) async fn run_stream<H: Hub>(
             let text = format!(
                 "The value returned by the streaming method '{target}' is not a ChannelReader<> or IAsyncEnumerable<>."
             );
-            send(HubMessage::Completion(Completion::error(id, text))).await;
-            return;
+            send(HubMessage::Completion(Completion::error(id, text.clone()))).await;
+            return Err(text);
         }
         Ok(Err(error)) => {
             let text = error_text(&target, &error, detailed);
-            send(HubMessage::Completion(Completion::error(id, text))).await;
-            return;
+            send(HubMessage::Completion(Completion::error(id, text.clone()))).await;
+            return Err(text);
         }
         Err(_) => {
             let text = format!("An unexpected error occurred invoking '{target}' on the server.");
-            send(HubMessage::Completion(Completion::error(id, text))).await;
-            return;
+            send(HubMessage::Completion(Completion::error(id, text.clone()))).await;
+            return Err(text);
         }
     };
     let mut failure = None;
@@ -400,7 +404,8 @@ pub(crate) async fn run_stream<H: Hub>(
                 });
                 let frame = crate::session::encode(protocol, &message);
                 if !connection.send_windowed(frame, place).await {
-                    return;
+                    // The connection is gone: nobody is told anything.
+                    return Ok(());
                 }
             }
             Ok(Some(Err(error))) => {
@@ -431,7 +436,12 @@ pub(crate) async fn run_stream<H: Hub>(
             Completion::error(id, text)
         }
     };
+    let outcome = match &completion.result {
+        tidings_protocol::CompletionResult::Error(text) => Err(text.clone()),
+        _ => Ok(()),
+    };
     send(HubMessage::Completion(completion)).await;
+    outcome
 }
 
 /// The error text of a failed invocation, as ASP.NET Core words it.

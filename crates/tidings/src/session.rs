@@ -642,9 +642,12 @@ impl<H: Hub> Reader<'_, H> {
             }
             self.tasks.spawn(
                 async move {
-                    dispatch::run_stream(hub, method, cx, invocation, uploads, cancel).await;
+                    let outcome =
+                        dispatch::run_stream(hub, method, cx, invocation, uploads, cancel).await;
                     if let Some(after) = after {
-                        after.run(Ok(()));
+                        // Failed if the stream's Completion carried an error,
+                        // whether it failed at once or mid-way.
+                        after.run(outcome.as_ref().map(|_| ()).map_err(String::as_str));
                     }
                     Finished {
                         stream: Some(id),

@@ -12,7 +12,7 @@ use std::{
 };
 
 use axum::http::request::Parts;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{SinkExt, Stream, StreamExt};
 use tidings::{
     AuthError, BoxFuture, Context, HubEndpoint, HubError, HubFilter, InvocationInfo, Principal, hub,
 };
@@ -43,6 +43,13 @@ impl Vault {
     #[authorize(policy = "named-ann")]
     async fn diary(&self) -> &'static str {
         "dear diary"
+    }
+
+    /// Two entries, then (if `fail`) an error instead of the rest.
+    #[hub(stream)]
+    async fn ledger(&self, fail: bool) -> impl Stream<Item = Result<u32, HubError>> + use<> {
+        let failure = fail.then(|| Err(HubError::new("the ledger is torn")));
+        futures_util::stream::iter([Ok(1), Ok(2)].into_iter().chain(failure))
     }
 }
 
@@ -312,6 +319,53 @@ async fn filters_see_every_invocation() -> anyhow::Result<()> {
             "after WhoAmI Ok(())",
             "disconnected Some(\"user:ANN\")",
         ]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn filters_see_how_a_stream_ended() -> anyhow::Result<()> {
+    let recorder = Recorder::default();
+    let address = start(recorder.clone()).await?;
+    let Ok(mut ann) = open(address, &[("x-user", "ann"), ("x-roles", "Member")]).await? else {
+        anyhow::bail!("ann is a member");
+    };
+    for (id, fail) in [("s1", false), ("s2", true)] {
+        ann.send(Message::text(format!(
+            "{{\"type\":4,\"invocationId\":\"{id}\",\"target\":\"Ledger\",\"arguments\":[{fail}]}}\u{1e}"
+        )))
+        .await?;
+        // Two items, then the Completion.
+        let mut received = String::new();
+        while !received.contains("\"type\":3") {
+            received.push_str(&next_text(&mut ann).await?);
+        }
+        assert_eq!(received.matches("\"type\":2").count(), 2, "{received}");
+        assert_eq!(received.contains("\"error\""), fail, "{received}");
+    }
+    // `after` runs once the Completion is queued: wait for both.
+    for _ in 0..100 {
+        if recorder.seen.lock().map(|s| s.len()).unwrap_or(0) >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen = recorder.take();
+    assert_eq!(
+        seen[..3],
+        [
+            "before Ledger Some(\"s1\") args=1",
+            "after Ledger Ok(())",
+            "before Ledger Some(\"s2\") args=1"
+        ]
+    );
+    // A stream that fails mid-way is a failed invocation, with the text the
+    // client received.
+    assert!(
+        seen[3].starts_with(
+            "after Ledger Err(\"An error occurred on the server while streaming results."
+        ) && seen[3].contains("the ledger is torn"),
+        "{seen:?}"
     );
     Ok(())
 }
