@@ -81,6 +81,16 @@ impl Recorder {
         std::mem::take(&mut *self.seen.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// Waits (up to 2 s) until at least `lines` lines were recorded.
+    async fn wait_for(&self, lines: usize) {
+        for _ in 0..100 {
+            if self.seen.lock().map(|s| s.len()).unwrap_or(0) >= lines {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn push(&self, line: String) {
         self.seen
             .lock()
@@ -129,6 +139,16 @@ async fn start(recorder: Recorder) -> anyhow::Result<SocketAddr> {
     let address = listener.local_addr()?;
     tokio::spawn(tidings::serve(listener, app).into_future());
     Ok(address)
+}
+
+/// A server whose filter is a fresh recorder, and a member's socket to it.
+async fn member_ann_recorded() -> anyhow::Result<(Recorder, Socket)> {
+    let recorder = Recorder::default();
+    let address = start(recorder.clone()).await?;
+    let Ok(ann) = open(address, &[("x-user", "ann"), ("x-roles", "Member")]).await? else {
+        anyhow::bail!("ann is a member");
+    };
+    Ok((recorder, ann))
 }
 
 /// The status code of a `POST /vault/negotiate` with these headers.
@@ -282,11 +302,7 @@ async fn method_requirements_answer_with_a_completion_and_keep_the_connection() 
 
 #[tokio::test]
 async fn filters_see_every_invocation() -> anyhow::Result<()> {
-    let recorder = Recorder::default();
-    let address = start(recorder.clone()).await?;
-    let Ok(mut ann) = open(address, &[("x-user", "ann"), ("x-roles", "Member")]).await? else {
-        anyhow::bail!("ann is a member");
-    };
+    let (recorder, mut ann) = member_ann_recorded().await?;
     assert_eq!(
         call(&mut ann, "1", "Nope").await?,
         "{\"type\":3,\"invocationId\":\"1\",\"error\":\"Failed to invoke 'Nope' due to an error on the server. HubException: Method does not exist.\"}\u{1e}"
@@ -300,12 +316,7 @@ async fn filters_see_every_invocation() -> anyhow::Result<()> {
     call(&mut ann, "4", "WhoAmI").await?;
     ann.close(None).await?;
     // `disconnected` runs as the connection ends.
-    for _ in 0..100 {
-        if recorder.seen.lock().map(|s| s.len()).unwrap_or(0) >= 9 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    recorder.wait_for(9).await;
     assert_eq!(
         recorder.take(),
         [
@@ -325,11 +336,7 @@ async fn filters_see_every_invocation() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn filters_see_how_a_stream_ended() -> anyhow::Result<()> {
-    let recorder = Recorder::default();
-    let address = start(recorder.clone()).await?;
-    let Ok(mut ann) = open(address, &[("x-user", "ann"), ("x-roles", "Member")]).await? else {
-        anyhow::bail!("ann is a member");
-    };
+    let (recorder, mut ann) = member_ann_recorded().await?;
     for (id, fail) in [("s1", false), ("s2", true)] {
         ann.send(Message::text(format!(
             "{{\"type\":4,\"invocationId\":\"{id}\",\"target\":\"Ledger\",\"arguments\":[{fail}]}}\u{1e}"
@@ -344,12 +351,7 @@ async fn filters_see_how_a_stream_ended() -> anyhow::Result<()> {
         assert_eq!(received.contains("\"error\""), fail, "{received}");
     }
     // `after` runs once the Completion is queued: wait for both.
-    for _ in 0..100 {
-        if recorder.seen.lock().map(|s| s.len()).unwrap_or(0) >= 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    recorder.wait_for(4).await;
     let seen = recorder.take();
     assert_eq!(
         seen[..3],
