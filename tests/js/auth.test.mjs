@@ -77,6 +77,7 @@ describe("HS256 with issuer and audience", () => {
     "the wrong issuer": token(valid({ sub: "m", iss: "someone-else" })),
     "the wrong audience": token(valid({ sub: "m", aud: "another-app" })),
     "no issuer": token({ sub: "m", aud: AUDIENCE }),
+    "a token without expiry": token(valid({ sub: "m", exp: null })),
     "a malformed token": "not-a-jwt",
   };
   for (const [what, bad] of Object.entries(invalid)) {
@@ -217,7 +218,7 @@ describe("expiring tokens", () => {
   before(async () => {
     [server, keepOpen] = await Promise.all([
       startServer(["--jwt-secret", JWT_SECRET]),
-      startServer(["--jwt-secret", JWT_SECRET, "--close-on-auth-expiration", "false"]),
+      startServer(["--jwt-secret", JWT_SECRET, "--close-on-auth-expiration", "false", "--jwt-require-exp", "false"]),
     ]);
   });
   after(() => Promise.all([server.stop(), keepOpen.stop()]));
@@ -259,6 +260,14 @@ describe("expiring tokens", () => {
     assert.notEqual(c.connectionId, firstId);
     assert.equal(await c.invoke("GetUserIdentifier"), "renewed");
     assert.ok(issued >= 2, "a new token was asked for");
+    await c.stop();
+  });
+
+  test("a token without expiry is refused by default, accepted with --jwt-require-exp false", async () => {
+    const forever = token({ sub: "forever", exp: null });
+    assert.equal((await negotiate(server, "/hubs/test", { Authorization: `Bearer ${forever}` })).status, 401);
+    const c = await connect(keepOpen, "/hubs/test", "json", { token: forever });
+    assert.equal(await c.invoke("GetUserIdentifier"), "forever");
     await c.stop();
   });
 

@@ -63,10 +63,16 @@ export async function startServer(args = [], env = {}) {
   };
 }
 
-/** Signs an HS256 JWT with the suite's secret. */
+/**
+ * Signs an HS256 JWT with the suite's secret. Without an `exp` claim the
+ * token expires in an hour (servers refuse tokens without one); `exp: null`
+ * leaves it out.
+ */
 export function token(claims, secret = JWT_SECRET) {
   const b64 = (obj) => Buffer.from(JSON.stringify(obj)).toString("base64url");
-  const body = `${b64({ alg: "HS256", typ: "JWT" })}.${b64(claims)}`;
+  const withExpiry = { exp: Math.floor(Date.now() / 1000) + 3600, ...claims };
+  if (withExpiry.exp === null) delete withExpiry.exp;
+  const body = `${b64({ alg: "HS256", typ: "JWT" })}.${b64(withExpiry)}`;
   const sig = createHmac("sha256", secret).update(body).digest("base64url");
   return `${body}.${sig}`;
 }

@@ -127,6 +127,7 @@ pub struct AuthSection {
     pub jwt_audience: Option<String>,
     #[serde(deserialize_with = "duration")]
     pub jwt_leeway: Option<Duration>,
+    pub jwt_require_exp: Option<bool>,
     pub close_on_auth_expiration: Option<bool>,
 }
 
@@ -330,6 +331,7 @@ pub fn apply(file: &FileConfig, args: &mut Args, matches: &ArgMatches) {
     secure!(jwt_issuer, auth.jwt_issuer.clone().map(Some));
     secure!(jwt_audience, auth.jwt_audience.clone().map(Some));
     secure!(jwt_leeway_secs, auth.jwt_leeway.map(|d| d.as_secs()));
+    secure!(jwt_require_exp, auth.jwt_require_exp);
     secure!(close_on_auth_expiration, auth.close_on_auth_expiration);
     secure!(allowed_origins, file.cors.allowed_origins.clone());
     secure!(cors_credentials, file.cors.credentials);

@@ -33,6 +33,16 @@ pub struct SecurityArgs {
     #[arg(long, env = "TIDINGS_JWT_LEEWAY_SECS", default_value_t = 0)]
     pub jwt_leeway_secs: u64,
 
+    /// Refuse tokens without an `exp` claim (as ASP.NET Core does by
+    /// default); `false` accepts them, and they never expire.
+    #[arg(
+        long,
+        env = "TIDINGS_JWT_REQUIRE_EXP",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub jwt_require_exp: bool,
+
     /// Close connections when their token expires.
     #[arg(
         long,
@@ -114,6 +124,9 @@ impl Security {
             }
             if let Some(audience) = &args.jwt_audience {
                 jwt = jwt.audience(audience);
+            }
+            if !args.jwt_require_exp {
+                jwt = jwt.allow_missing_expiry();
             }
             Arc::new(jwt.leeway(Duration::from_secs(args.jwt_leeway_secs)))
         });

@@ -13,8 +13,11 @@
 //! The `sub` claim becomes the user identifier (ASP.NET Core maps it to
 //! `ClaimTypes.NameIdentifier`, which its default user-id provider reads);
 //! every string claim, and every string of an array claim such as `roles`,
-//! becomes a claim of the [`Principal`]; `exp` becomes its expiry. Error
-//! texts name the failure, never the token.
+//! becomes a claim of the [`Principal`]; `exp` becomes its expiry. A token
+//! without `exp` is refused, as ASP.NET Core's JWT bearer handler refuses it
+//! by default (`RequireExpirationTime`): a credential that never expires
+//! cannot be revoked by waiting ([`JwtAuthenticator::allow_missing_expiry`]
+//! turns that off). Error texts name the failure, never the token.
 
 use std::{
     fmt,
@@ -89,8 +92,8 @@ impl JwtAuthenticator {
     fn with(key: DecodingKey, algorithms: &[Algorithm]) -> Self {
         let mut validation = Validation::new(algorithms[0]);
         validation.algorithms = algorithms.to_vec();
-        // `exp` is checked when present; tokens without it never expire.
-        validation.required_spec_claims.clear();
+        // `exp` is required and checked; `iss` and `aud` only when asked for.
+        validation.set_required_spec_claims(&["exp"]);
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.validate_aud = false;
@@ -115,6 +118,13 @@ impl JwtAuthenticator {
         self.validation
             .required_spec_claims
             .insert("aud".to_owned());
+        self
+    }
+
+    /// Accepts tokens without an `exp` claim, which then never expire.
+    /// (`exp` is still checked when a token has one.)
+    pub fn allow_missing_expiry(mut self) -> Self {
+        self.validation.required_spec_claims.remove("exp");
         self
     }
 
@@ -227,21 +237,26 @@ mod tests {
 
         let cases = [
             (
-                json!({"sub": "a", "iss": "me", "aud": "you"}),
+                json!({"sub": "a", "iss": "me", "aud": "you", "exp": exp}),
                 &b"t"[..],
                 "signature",
             ),
             (
-                json!({"sub": "a", "iss": "other", "aud": "you"}),
+                json!({"sub": "a", "iss": "other", "aud": "you", "exp": exp}),
                 b"s",
                 "issuer",
             ),
             (
-                json!({"sub": "a", "iss": "me", "aud": "them"}),
+                json!({"sub": "a", "iss": "me", "aud": "them", "exp": exp}),
                 b"s",
                 "audience",
             ),
-            (json!({"sub": "a", "aud": "you"}), b"s", "'iss'"),
+            (json!({"sub": "a", "aud": "you", "exp": exp}), b"s", "'iss'"),
+            (
+                json!({"sub": "a", "iss": "me", "aud": "you"}),
+                b"s",
+                "'exp'",
+            ),
             (
                 json!({"sub": "a", "iss": "me", "aud": "you", "exp": now() - 5}),
                 b"s",
@@ -255,6 +270,19 @@ mod tests {
             }
         }
         assert!(jwt.verify("not.a.token").is_err());
+    }
+
+    #[test]
+    fn a_token_without_expiry_is_accepted_only_when_allowed() {
+        let forever = sign(json!({"sub": "ann"}), b"s");
+        assert!(JwtAuthenticator::hs256(b"s").verify(&forever).is_err());
+        let lenient = JwtAuthenticator::hs256(b"s").allow_missing_expiry();
+        let p = lenient.verify(&forever).unwrap_or_default();
+        assert_eq!(p.user_id(), Some("ann"));
+        assert_eq!(p.expires_at(), None);
+        // An `exp` that is there is still checked.
+        let expired = sign(json!({"sub": "ann", "exp": now() - 5}), b"s");
+        assert!(lenient.verify(&expired).is_err());
     }
 
     #[test]
