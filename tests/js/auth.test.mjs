@@ -104,7 +104,7 @@ describe("HS256 with issuer and audience", () => {
     assert.equal(sse.status, 401);
   });
 
-  test("POSTs of an HTTP transport are checked against the connection's user", async () => {
+  test("POSTs and polls of an HTTP transport are checked against the connection's user", async () => {
     const ann = token(valid({ sub: "ann" }));
     const body = await (await negotiate(server, "/hubs/test", { Authorization: `Bearer ${ann}` })).json();
     const url = `${server.url}/hubs/test?id=${body.connectionToken}`;
@@ -116,6 +116,14 @@ describe("HS256 with issuer and audience", () => {
     assert.equal((await as(token(valid({ sub: "ann" }), "forged"))).status, 401);
     assert.equal((await as(null)).status, 403);
     assert.equal((await as(ann)).status, 200);
+    // Every poll too: only the connection's user, with a token that verifies.
+    const poll = (t) => fetch(url, { headers: t ? { Authorization: `Bearer ${t}` } : {} });
+    assert.equal((await poll(token(valid({ sub: "bob" })))).status, 403);
+    assert.equal((await poll(token(valid({ sub: "ann", exp: now() - 10 })))).status, 401);
+    assert.equal((await poll(null)).status, 403);
+    const answered = await poll(ann);
+    assert.equal(answered.status, 200);
+    assert.equal(await answered.text(), "{}\x1e", "the handshake answer, to the connection's user");
     await fetch(url, { method: "DELETE" });
   });
 

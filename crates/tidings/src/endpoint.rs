@@ -869,6 +869,9 @@ async fn connect_http<H: Hub>(endpoint: Arc<Endpoint<H>>, parts: Parts) -> Respo
         if transport == TransportType::ServerSentEvents {
             return StatusCode::CONFLICT.into_response();
         }
+        if let Some(refusal) = reauthenticate(&endpoint, &parts, &existing).await {
+            return refusal;
+        }
         return http::poll(existing, false, options.long_poll_timeout).await;
     }
     let principal = match endpoint.authenticate(&parts).await {
@@ -901,6 +904,28 @@ async fn connect_http<H: Hub>(endpoint: Arc<Endpoint<H>>, parts: Parts) -> Respo
     }
 }
 
+/// Checks a later request of an HTTP connection (a Long Polling poll, a
+/// POST of messages): each carries the credentials again (the official
+/// client sends its token on every request), which must still verify — an
+/// expired token gets `401`, as ASP.NET Core's authentication answers
+/// every request — and name the connection's user (`403` otherwise).
+/// `Some` is the refusal.
+async fn reauthenticate<H: Hub>(
+    endpoint: &Endpoint<H>,
+    parts: &Parts,
+    connection: &HttpConnection,
+) -> Option<Response> {
+    endpoint.authenticator.as_ref()?;
+    match endpoint.authenticate(parts).await {
+        Err(response) => Some(response),
+        Ok(principal) if principal.user_id() != connection.user_id.as_deref() => {
+            tracing::debug!("request refused: another user");
+            Some(StatusCode::FORBIDDEN.into_response())
+        }
+        Ok(_) => None,
+    }
+}
+
 /// `POST {hub}?id=…`: client-to-server messages of SSE and Long Polling.
 async fn send<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Request) -> Response {
     let request = match endpoint.elsewhere(request).await {
@@ -914,17 +939,8 @@ async fn send<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Request
     let Some(connection) = endpoint.http_connection(&token) else {
         return text(StatusCode::NOT_FOUND, "No Connection with that ID");
     };
-    if endpoint.authenticator.is_some() {
-        // The POST carries the token too: it must still be valid, and be
-        // the same user's.
-        match endpoint.authenticate(&parts).await {
-            Err(response) => return response,
-            Ok(principal) if principal.user_id() != connection.user_id.as_deref() => {
-                tracing::debug!("POST refused: another user");
-                return StatusCode::FORBIDDEN.into_response();
-            }
-            Ok(_) => {}
-        }
+    if let Some(refusal) = reauthenticate(&endpoint, &parts, &connection).await {
+        return refusal;
     }
     // A body larger than this is refused by axum before it is buffered.
     let limit = endpoint.shared.options.maximum_request_body_size;
