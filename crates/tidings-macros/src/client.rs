@@ -293,61 +293,50 @@ fn generate(m: &ClientMethod) -> (TokenStream2, TokenStream2) {
         .zip(&types)
         .map(|(n, t)| quote_spanned!(t.span()=> #n: #t))
         .collect();
-    match &m.result {
-        None => {
-            let doc = format!("Invokes `{wire}` on the recipients without waiting for them. {how}");
-            let sig = quote_spanned! {span=>
+    // A fire-and-forget send, or an invocation awaiting one client's result.
+    let (doc, sig, call) = match &m.result {
+        None => (
+            format!("Invokes `{wire}` on the recipients without waiting for them. {how}"),
+            quote_spanned! {span=>
                 fn #ident(&self, #(#inputs),*) -> ::tidings::__private::SendFuture<'_>
-            };
-            let send = if borrowed {
+            },
+            if borrowed {
                 quote!(::tidings::__private::send_borrowed(self, #wire, &#args))
             } else {
                 quote!(::tidings::__private::send_owned(self, #wire, #args))
-            };
-            (
-                quote! {
-                    #(#attrs)*
-                    #[doc = ""]
-                    #[doc = #doc]
-                    #sig;
-                },
-                quote! {
-                    #[inline]
-                    #sig {
-                        #send
-                    }
-                },
-            )
-        }
+            },
+        ),
         Some(result) => {
-            let doc = format!(
-                "Invokes `{wire}` on one connection and waits for its result (await the returned `ClientInvoke`). {how}"
-            );
             let result_ty = quote_spanned!(result.span()=> #result);
-            let sig = quote_spanned! {span=>
-                fn #ident(&self, #(#inputs),*) -> ::tidings::__private::ClientInvoke<'_, #result_ty>
-                where
-                    Self: ::tidings::__private::SingleClientTarget
-            };
-            let invoke = if borrowed {
-                quote!(::tidings::__private::invoke_borrowed(self, #wire, &#args))
-            } else {
-                quote!(::tidings::__private::invoke_owned(self, #wire, #args))
-            };
             (
-                quote! {
-                    #(#attrs)*
-                    #[doc = ""]
-                    #[doc = #doc]
-                    #sig;
+                format!(
+                    "Invokes `{wire}` on one connection and waits for its result (await the returned `ClientInvoke`). {how}"
+                ),
+                quote_spanned! {span=>
+                    fn #ident(&self, #(#inputs),*) -> ::tidings::__private::ClientInvoke<'_, #result_ty>
+                    where
+                        Self: ::tidings::__private::SingleClientTarget
                 },
-                quote! {
-                    #[inline]
-                    #sig {
-                        #invoke
-                    }
+                if borrowed {
+                    quote!(::tidings::__private::invoke_borrowed(self, #wire, &#args))
+                } else {
+                    quote!(::tidings::__private::invoke_owned(self, #wire, #args))
                 },
             )
         }
-    }
+    };
+    (
+        quote! {
+            #(#attrs)*
+            #[doc = ""]
+            #[doc = #doc]
+            #sig;
+        },
+        quote! {
+            #[inline]
+            #sig {
+                #call
+            }
+        },
+    )
 }

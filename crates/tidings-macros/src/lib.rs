@@ -104,27 +104,35 @@ fn parse_authorize_meta(meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<To
     let mut roles: Vec<String> = Vec::new();
     let mut policy: Option<String> = None;
     if meta.input.peek(syn::token::Paren) {
-        meta.parse_nested_meta(|inner| {
-            let value: LitStr = inner.value()?.parse()?;
-            if inner.path.is_ident("roles") {
-                roles.extend(
-                    value
-                        .value()
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|r| !r.is_empty())
-                        .map(str::to_owned),
-                );
-                Ok(())
-            } else if inner.path.is_ident("policy") {
-                policy = Some(value.value());
-                Ok(())
-            } else {
-                Err(inner.error("expected `roles = \"...\"` or `policy = \"...\"`"))
-            }
-        })?;
+        meta.parse_nested_meta(|inner| roles_or_policy(&inner, &mut roles, &mut policy))?;
     }
     Ok(authorize_tokens(&roles, policy.as_deref()))
+}
+
+/// One `roles = "A, B"` (comma-separated, added to `roles`) or
+/// `policy = "name"` item of an authorization attribute.
+fn roles_or_policy(
+    inner: &syn::meta::ParseNestedMeta<'_>,
+    roles: &mut Vec<String>,
+    policy: &mut Option<String>,
+) -> syn::Result<()> {
+    let value: LitStr = inner.value()?.parse()?;
+    if inner.path.is_ident("roles") {
+        roles.extend(
+            value
+                .value()
+                .split(',')
+                .map(str::trim)
+                .filter(|r| !r.is_empty())
+                .map(str::to_owned),
+        );
+        Ok(())
+    } else if inner.path.is_ident("policy") {
+        *policy = Some(value.value());
+        Ok(())
+    } else {
+        Err(inner.error("expected `roles = \"...\"` or `policy = \"...\"`"))
+    }
 }
 
 fn authorize_tokens(roles: &[String], policy: Option<&str>) -> TokenStream2 {
@@ -140,28 +148,8 @@ fn parse_authorize_attr(attr: &Attribute) -> syn::Result<TokenStream2> {
     match &attr.meta {
         syn::Meta::Path(_) => Ok(authorize_tokens(&[], None)),
         syn::Meta::List(_) => {
-            let mut out = None;
-            attr.parse_nested_meta(|inner| {
-                let value: LitStr = inner.value()?.parse()?;
-                let (roles, policy) = out.get_or_insert_with(|| (Vec::new(), None));
-                if inner.path.is_ident("roles") {
-                    roles.extend(
-                        value
-                            .value()
-                            .split(',')
-                            .map(str::trim)
-                            .filter(|r| !r.is_empty())
-                            .map(str::to_owned),
-                    );
-                    Ok(())
-                } else if inner.path.is_ident("policy") {
-                    *policy = Some(value.value());
-                    Ok(())
-                } else {
-                    Err(inner.error("expected `roles = \"...\"` or `policy = \"...\"`"))
-                }
-            })?;
-            let (roles, policy): (Vec<String>, Option<String>) = out.unwrap_or_default();
+            let (mut roles, mut policy) = (Vec::new(), None);
+            attr.parse_nested_meta(|inner| roles_or_policy(&inner, &mut roles, &mut policy))?;
             Ok(authorize_tokens(&roles, policy.as_deref()))
         }
         syn::Meta::NameValue(nv) => Err(Error::new(
