@@ -7,7 +7,8 @@ mod support;
 
 use std::{sync::Arc, time::Duration};
 
-use tidings::{LifetimeManager, SerializedMessage, Target, testing::TestConnection};
+use support::broadcast;
+use tidings::{LifetimeManager, testing::TestConnection};
 use tidings_redis::{RedisBackplane, RedisOptions};
 
 async fn backplane(urls: Vec<String>, prefix: &str) -> RedisBackplane {
@@ -21,24 +22,9 @@ async fn backplane(urls: Vec<String>, prefix: &str) -> RedisBackplane {
     backplane
 }
 
-async fn broadcast(manager: &Arc<dyn LifetimeManager>, n: u64) {
-    let message = SerializedMessage::invocation("N", (n,));
-    manager
-        .send(&Target::All, Arc::new(message))
-        .await
-        .expect("send never fails for lack of Redis");
-}
-
+/// The numbers `connection` receives until `last` (or a 15 s silence).
 async fn numbers_until(connection: &mut TestConnection, last: u64) -> Vec<u64> {
-    let mut seen = Vec::new();
-    while let Some(received) = connection.next_within(Duration::from_secs(15)).await {
-        let n = received.arguments[0].as_u64().expect("a number");
-        seen.push(n);
-        if n == last {
-            break;
-        }
-    }
-    seen
+    support::numbers_until(connection, last, Duration::from_secs(15)).await
 }
 
 /// The index of the node that has sharded subscribers of `channel`.

@@ -8,7 +8,8 @@ mod support;
 use std::{sync::Arc, time::Duration};
 
 use serde_json::json;
-use tidings::{LifetimeManager, SerializedMessage, Target, testing::TestConnection};
+use support::broadcast;
+use tidings::{LifetimeManager, testing::TestConnection};
 use tidings_redis::{RedisBackplane, RedisOptions};
 
 fn options(url: &str, buffer: usize) -> RedisOptions {
@@ -23,14 +24,6 @@ async fn backplane(url: &str, buffer: usize) -> RedisBackplane {
     let backplane = RedisBackplane::connect(options(url, buffer)).expect("backplane");
     assert!(backplane.wait_connected(Duration::from_secs(5)).await);
     backplane
-}
-
-async fn broadcast(manager: &Arc<dyn LifetimeManager>, n: u64) {
-    let message = SerializedMessage::invocation("N", (n,));
-    manager
-        .send(&Target::All, Arc::new(message))
-        .await
-        .expect("send never fails for lack of Redis");
 }
 
 /// Waits until `backplane`'s outbox is empty (or a deadline passed).
@@ -51,17 +44,9 @@ async fn settled(backplane: &RedisBackplane) -> u64 {
     }
 }
 
-/// The numbers `connection` receives until `last` (or a timeout).
+/// The numbers `connection` receives until `last` (or a 10 s silence).
 async fn numbers_until(connection: &mut TestConnection, last: u64) -> Vec<u64> {
-    let mut seen = Vec::new();
-    while let Some(received) = connection.next_within(Duration::from_secs(10)).await {
-        let n = received.arguments[0].as_u64().expect("a number");
-        seen.push(n);
-        if n == last {
-            break;
-        }
-    }
-    seen
+    support::numbers_until(connection, last, Duration::from_secs(10)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,6 @@
 //! create`, gone when the test process ends.
 
 use std::{
-    io::{BufRead, BufReader},
     path::PathBuf,
     process::{Child, ChildStdin, Command, Stdio},
     time::{Duration, Instant},
@@ -120,19 +119,7 @@ fn start_node(port: u16, dir: &std::path::Path) -> (Child, ChildStdin) {
          rm -f '{dir}/nodes-{port}.conf'; rmdir '{dir}' 2>/dev/null",
         dir = dir.display()
     );
-    let mut wrapper = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("redis-server must be installed (scripts/test.sh installs it)");
-    let stdin = wrapper.stdin.take().expect("stdin");
-    let mut line = String::new();
-    BufReader::new(wrapper.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("pid");
+    let (wrapper, stdin, _pid) = super::spawn_wrapped(&script);
     (wrapper, stdin)
 }
 

@@ -9,9 +9,59 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream},
     process::{Child, ChildStdin, Command, Stdio},
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
+
+use tidings::{LifetimeManager, SerializedMessage, Target, testing::TestConnection};
+
+/// Sends `N(n)` to every connection through `manager`.
+pub async fn broadcast(manager: &Arc<dyn LifetimeManager>, n: u64) {
+    let message = SerializedMessage::invocation("N", (n,));
+    manager
+        .send(&Target::All, Arc::new(message))
+        .await
+        .expect("send never fails for lack of Redis");
+}
+
+/// The numbers of the `N(n)` messages `connection` receives until `last`,
+/// or until nothing arrives for `patience`.
+pub async fn numbers_until(
+    connection: &mut TestConnection,
+    last: u64,
+    patience: Duration,
+) -> Vec<u64> {
+    let mut seen = Vec::new();
+    while let Some(received) = connection.next_within(patience).await {
+        let n = received.arguments[0].as_u64().expect("a number");
+        seen.push(n);
+        if n == last {
+            break;
+        }
+    }
+    seen
+}
+
+/// Runs `script` under `sh`, which starts a server in the background,
+/// prints its pid and then waits on stdin; closing stdin (dropping the
+/// returned handle) makes the script kill the server.
+fn spawn_wrapped(script: &str) -> (Child, ChildStdin, u32) {
+    let mut wrapper = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("redis-server must be installed (scripts/test.sh installs it)");
+    let stdin = wrapper.stdin.take().expect("stdin");
+    let mut line = String::new();
+    BufReader::new(wrapper.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("pid");
+    let pid = line.trim().parse().expect("pid");
+    (wrapper, stdin, pid)
+}
 
 /// One `redis-server` process on a port of its own.
 #[derive(Debug)]
@@ -54,20 +104,7 @@ impl RedisServer {
             "redis-server --port {} --bind 127.0.0.1 --save '' --appendonly no --loglevel warning >/dev/null & pid=$!; echo $pid; read _; kill -9 $pid",
             self.port
         );
-        let mut wrapper = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("redis-server must be installed (scripts/test.sh installs it)");
-        let stdin = wrapper.stdin.take().expect("stdin");
-        let mut line = String::new();
-        BufReader::new(wrapper.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("pid");
-        let pid = line.trim().parse().expect("pid");
+        let (wrapper, stdin, pid) = spawn_wrapped(&script);
         *self.process.lock().expect("lock") = Some(Running {
             wrapper,
             _stdin: stdin,
