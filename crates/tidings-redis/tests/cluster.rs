@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+use support::cluster::{keyslot, node, pubsub_count as count};
 use tidings::{
     BoxFuture, LifetimeManager, SerializedMessage, Target,
     testing::{Backend, TestConnection},
@@ -65,42 +66,6 @@ async fn backend() -> ClusterBackend {
 
 tidings::lifetime_manager_spec!(backend());
 
-/// A plain connection to one node, for asking it about its pub/sub state.
-fn node(url: &str) -> redis::Connection {
-    redis::Client::open(url)
-        .and_then(|client| client.get_connection())
-        .expect("a connection to a cluster node")
-}
-
-/// `PUBSUB <subcommand> <channel>`'s count for one channel on one node.
-fn count(connection: &mut redis::Connection, subcommand: &str, channel: &str) -> i64 {
-    let reply: Vec<redis::Value> = redis::cmd("PUBSUB")
-        .arg(subcommand)
-        .arg(channel)
-        .query(connection)
-        .expect("PUBSUB");
-    match reply.get(1) {
-        Some(redis::Value::Int(n)) => *n,
-        other => panic!("unexpected PUBSUB {subcommand} reply: {other:?}"),
-    }
-}
-
-/// The cluster hash slot of a name without hash tag.
-fn slot(name: &str) -> u16 {
-    let mut crc: u16 = 0;
-    for &byte in name.as_bytes() {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc % 16384
-}
-
 /// Which third of the slots (as `redis-cli --cluster create` splits them
 /// over three masters) holds `slot`.
 fn third_of(slot: u16) -> u16 {
@@ -117,6 +82,8 @@ async fn channel_messages_travel_by_sharded_pub_sub_spread_over_the_shards() {
     let hub = "Shard.Hub";
     // One group in each third of the slots: `redis-cli --cluster create`
     // gives each of the three masters one third.
+    let mut asked = node(&cluster().urls()[0]);
+    let mut slot = |name: &str| keyslot(&mut asked, name);
     let mut groups: Vec<String> = Vec::new();
     for third in 0..3u16 {
         let group = (0u32..)

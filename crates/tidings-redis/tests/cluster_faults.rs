@@ -32,18 +32,7 @@ fn owner(urls: &[String], channel: &str) -> usize {
     let counts: Vec<i64> = urls
         .iter()
         .map(|url| {
-            let mut connection = redis::Client::open(url.as_str())
-                .and_then(|c| c.get_connection())
-                .expect("a connection to a node");
-            let reply: Vec<redis::Value> = redis::cmd("PUBSUB")
-                .arg("SHARDNUMSUB")
-                .arg(channel)
-                .query(&mut connection)
-                .expect("PUBSUB SHARDNUMSUB");
-            match reply.get(1) {
-                Some(redis::Value::Int(n)) => *n,
-                other => panic!("unexpected reply {other:?}"),
-            }
+            support::cluster::pubsub_count(&mut support::cluster::node(url), "SHARDNUMSUB", channel)
         })
         .collect();
     let owners: Vec<usize> = (0..counts.len()).filter(|&i| counts[i] > 0).collect();

@@ -157,3 +157,32 @@ impl Drop for RedisCluster {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A plain connection to one node, for asking it about its own state.
+pub fn node(url: &str) -> redis::Connection {
+    redis::Client::open(url)
+        .and_then(|client| client.get_connection())
+        .expect("a connection to a cluster node")
+}
+
+/// `PUBSUB <subcommand> <channel>`'s count for one channel on one node.
+pub fn pubsub_count(connection: &mut redis::Connection, subcommand: &str, channel: &str) -> i64 {
+    let reply: Vec<redis::Value> = redis::cmd("PUBSUB")
+        .arg(subcommand)
+        .arg(channel)
+        .query(connection)
+        .expect("PUBSUB");
+    match reply.get(1) {
+        Some(redis::Value::Int(n)) => *n,
+        other => panic!("unexpected PUBSUB {subcommand} reply: {other:?}"),
+    }
+}
+
+/// The hash slot of `name`, as the cluster computes it (`CLUSTER KEYSLOT`).
+pub fn keyslot(connection: &mut redis::Connection, name: &str) -> u16 {
+    redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(name)
+        .query(connection)
+        .expect("CLUSTER KEYSLOT")
+}
