@@ -6,7 +6,22 @@
 import { spawn } from "node:child_process";
 import http from "node:http";
 import net from "node:net";
-import { startServer, sleep } from "./helpers.mjs";
+import { connect, startServer, sleep, token } from "./helpers.mjs";
+
+/** The token of user `sub` (also its `name`), signed with the suites' secret. */
+export const tokenOf = (sub) => token({ sub, name: sub });
+
+/**
+ * A connection to `server` (as `user`, if given) over the given transport
+ * and protocol; `id` is its connection id as the server reports it.
+ */
+export async function clusterClient(server, { user, transport = "WebSockets", protocol = "json" } = {}) {
+  const options = { transport };
+  if (user) options.token = tokenOf(user);
+  const connection = await connect(server, "/hubs/test", protocol, options);
+  connection.id = await connection.invoke("GetConnectionId");
+  return connection;
+}
 
 /** A free TCP port on 127.0.0.1. */
 export async function freePort() {

@@ -5,8 +5,8 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { connect, next, record, token, JWT_SECRET, sleep } from "./helpers.mjs";
-import { startRedis, startCluster, until } from "./cluster.mjs";
+import { connect, next, record, JWT_SECRET, sleep } from "./helpers.mjs";
+import { clusterClient, startRedis, startCluster, tokenOf, until } from "./cluster.mjs";
 
 let redis;
 let servers;
@@ -19,16 +19,7 @@ after(async () => {
   await redis?.stop();
 });
 
-const tokenOf = (sub) => token({ sub, name: sub, exp: Math.floor(Date.now() / 1000) + 3600 });
-
-/** A connection to server `i` as `user`, over the given transport and protocol. */
-async function client(i, { user, transport = "WebSockets", protocol = "json" } = {}) {
-  const options = { transport };
-  if (user) options.token = tokenOf(user);
-  const connection = await connect(servers[i], "/hubs/test", protocol, options);
-  connection.id = await connection.invoke("GetConnectionId");
-  return connection;
-}
+const client = (i, options) => clusterClient(servers[i], options);
 
 async function stopAll(connections) {
   await Promise.all(connections.map((c) => c.stop()));

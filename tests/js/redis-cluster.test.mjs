@@ -10,8 +10,8 @@ import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
-import { connect, record, startServer, token, JWT_SECRET, sleep } from "./helpers.mjs";
-import { until } from "./cluster.mjs";
+import { record, startServer, JWT_SECRET, sleep } from "./helpers.mjs";
+import { clusterClient, until } from "./cluster.mjs";
 
 const run = promisify(execFile);
 
@@ -98,15 +98,7 @@ after(async () => {
   await cluster?.stop();
 });
 
-const tokenOf = (sub) => token({ sub, name: sub, exp: Math.floor(Date.now() / 1000) + 3600 });
-
-async function client(i, { user, transport = "WebSockets", protocol = "json" } = {}) {
-  const options = { transport };
-  if (user) options.token = tokenOf(user);
-  const connection = await connect(servers[i], "/hubs/test", protocol, options);
-  connection.id = await connection.invoke("GetConnectionId");
-  return connection;
-}
+const client = (i, options) => clusterClient(servers[i], options);
 
 /** Sum over the nodes of `PUBSUB <sub> <channel>`'s count. */
 async function subscribers(sub, channel) {

@@ -9,8 +9,8 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { connect, closed, next, record, sleep, token, JWT_SECRET } from "./helpers.mjs";
-import { startRedis, startCluster, until } from "./cluster.mjs";
+import { connect, closed, next, record, sleep, JWT_SECRET } from "./helpers.mjs";
+import { clusterClient, startRedis, startCluster, until } from "./cluster.mjs";
 import { ACCESS_KEY, rest } from "./rest.mjs";
 
 let redis;
@@ -43,15 +43,7 @@ after(async () => {
   upstream?.close();
 });
 
-const tokenOf = (sub) => token({ sub, exp: Math.floor(Date.now() / 1000) + 3600 });
-
-async function client(i, { user, transport = "WebSockets", protocol = "json" } = {}) {
-  const options = { transport };
-  if (user) options.token = tokenOf(user);
-  const connection = await connect(servers[i], "/hubs/test", protocol, options);
-  connection.id = await connection.invoke("GetConnectionId");
-  return connection;
-}
+const client = (i, options) => clusterClient(servers[i], options);
 
 /** A REST call on server `i`. */
 const api = (i, method, path, options) => rest(servers[i], method, `/api/hubs/test${path}`, options);
