@@ -2,53 +2,18 @@
 // Debian's Chromium through playwright-core, open the demo app, and write
 // screenshots to target/screenshots/.
 
-import { spawn } from "node:child_process";
 import { mkdirSync } from "node:fs";
 import { chromium } from "playwright-core";
+import { startServer } from "../server.mjs";
+
+export { startServer };
 
 const ROOT = new URL("../../", import.meta.url);
-const BIN = process.env.TIDINGS_BIN ?? new URL("target/debug/tidings", ROOT).pathname;
 export const SCREENSHOTS = new URL("target/screenshots/", ROOT).pathname;
 
 /** How long a condition may take to become true. */
 export const WAIT_MS = 20_000;
 
-/** Starts the server (on a free port unless `--listen` is given); resolves once it listens. */
-export async function startServer(args = []) {
-  const listen = args.includes("--listen") ? [] : ["--listen", "127.0.0.1:0"];
-  const child = spawn(BIN, [...listen, ...args], {
-    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn" },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let stderr = "";
-  let out = "";
-  child.stderr.on("data", (d) => (stderr += d));
-  const exited = new Promise((resolve) => child.on("exit", (code, signal) => resolve({ code, signal })));
-  const url = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`server did not start: ${stderr}`)), 15_000);
-    child.stdout.on("data", (d) => {
-      out += d;
-      const m = out.match(/listening on (http:\/\/[\d.:]+)/);
-      if (m) {
-        clearTimeout(timer);
-        resolve(m[1]);
-      }
-    });
-    exited.then(({ code, signal }) => {
-      clearTimeout(timer);
-      reject(new Error(`server exited (${code ?? signal}): ${stderr}`));
-    });
-  });
-  return {
-    url,
-    port: Number(new URL(url).port),
-    stderr: () => stderr,
-    async stop() {
-      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
-      await exited;
-    },
-  };
-}
 
 /** Chromium from the system (Debian's package), headless. */
 export async function launchBrowser() {

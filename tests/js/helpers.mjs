@@ -2,11 +2,13 @@
 // port, build official-client connections, sign test tokens, and speak the
 // raw protocol over a WebSocket where a test must see exact frames.
 
-import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
 import * as signalR from "@microsoft/signalr";
 import { MessagePackHubProtocol } from "@microsoft/signalr-protocol-msgpack";
 import WebSocket from "ws";
+import { startServer } from "../server.mjs";
+
+export { startServer };
 
 export { signalR };
 export const PROTOCOLS = ["json", "messagepack"];
@@ -21,47 +23,6 @@ export const COMBOS = [
 export const JWT_SECRET = "tidings-test-secret";
 const RS = "\x1e";
 
-const BIN = process.env.TIDINGS_BIN ?? new URL("../../target/debug/tidings", import.meta.url).pathname;
-
-/** Starts the server on a free port; resolves once it listens. */
-export async function startServer(args = [], env = {}) {
-  const child = spawn(BIN, ["--listen", "127.0.0.1:0", ...args], {
-    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn", ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let stderr = "";
-  let out = "";
-  child.stderr.on("data", (d) => (stderr += d));
-  const url = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`server did not start: ${stderr}`)), 15000);
-    child.stdout.on("data", (d) => {
-      out += d;
-      const m = out.match(/listening on (http:\/\/[\d.:]+)/);
-      if (m) {
-        clearTimeout(timer);
-        resolve(m[1]);
-      }
-    });
-    child.on("exit", (code) => {
-      clearTimeout(timer);
-      reject(new Error(`server exited with ${code}: ${stderr}`));
-    });
-  });
-  const exited = new Promise((resolve) => child.on("exit", (code, signal) => resolve({ code, signal })));
-  return {
-    url,
-    child,
-    exited,
-    stderr: () => stderr,
-    stdout: () => out,
-    async stop() {
-      if (child.exitCode === null && child.signalCode === null) {
-        child.kill("SIGKILL");
-      }
-      await exited;
-    },
-  };
-}
 
 /**
  * Signs an HS256 JWT with the suite's secret. Without an `exp` claim the

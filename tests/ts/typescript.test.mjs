@@ -6,14 +6,14 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { mkdirSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
+import { BIN, startServer } from "../server.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, "..", "..");
-const BIN = process.env.TIDINGS_BIN ?? join(root, "target", "debug", "tidings");
 const TSC = join(here, "node_modules", "typescript", "bin", "tsc");
 const HUBS = ["chat", "dashboard", "test"];
 
@@ -29,32 +29,6 @@ function tsc(project) {
   return run(process.execPath, [TSC, "-p", project, "--strict", "--pretty", "false"]);
 }
 
-/** Starts the server on a free port; resolves with its URL and a stop function. */
-async function startServer(args = []) {
-  const child = spawn(BIN, ["--listen", "127.0.0.1:0", ...args], {
-    env: { ...process.env, RUST_LOG: "warn" },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let stderr = "";
-  child.stderr.on("data", (d) => (stderr += d));
-  let out = "";
-  const url = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`server did not start: ${stderr}`)), 15000);
-    child.stdout.on("data", (d) => {
-      out += d;
-      const m = out.match(/listening on (http:\/\/[\d.:]+)/);
-      if (m) {
-        clearTimeout(timer);
-        resolve(m[1]);
-      }
-    });
-    child.on("exit", (code) => {
-      clearTimeout(timer);
-      reject(new Error(`server exited with ${code}: ${stderr}`));
-    });
-  });
-  return { url, stop: () => child.kill("SIGKILL") };
-}
 
 before(() => {
   rmSync(join(here, "generated"), { recursive: true, force: true });
