@@ -664,9 +664,6 @@ async fn connect<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Requ
     if endpoint.cluster.is_some() && parts.headers.contains_key(&cluster::CLAIM) {
         return endpoint.hand_over(&parts);
     }
-    if endpoint.shutdown.is_shutting_down() {
-        return unavailable();
-    }
     let is_websocket = parts
         .headers
         .get(header::UPGRADE)
@@ -674,6 +671,9 @@ async fn connect<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Requ
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     if !is_websocket {
         return connect_http(endpoint, parts).await;
+    }
+    if endpoint.shutdown.is_shutting_down() {
+        return unavailable();
     }
     if !endpoint.shared.options.websockets {
         return (
@@ -873,6 +873,11 @@ async fn connect_http<H: Hub>(endpoint: Arc<Endpoint<H>>, parts: Parts) -> Respo
             return refusal;
         }
         return http::poll(existing, false, options.long_poll_timeout).await;
+    }
+    // No new connection starts during a shutdown; the polls of existing
+    // ones above go on, so that they collect their Close.
+    if endpoint.shutdown.is_shutting_down() {
+        return unavailable();
     }
     let principal = match endpoint.authenticate(&parts).await {
         Ok(principal) => principal,
