@@ -5,10 +5,10 @@
 
 mod support;
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use support::broadcast;
-use tidings::{LifetimeManager, testing::TestConnection};
+use tidings::testing::TestConnection;
 use tidings_redis::{RedisBackplane, RedisOptions};
 
 async fn backplane(urls: Vec<String>, prefix: &str) -> RedisBackplane {
@@ -47,14 +47,13 @@ async fn a_node_restart_loses_nothing_and_keeps_the_order() {
     let prefix = format!("faults{:08x}.", rand::random::<u32>());
     let one = backplane(urls.clone(), &prefix).await;
     let two = backplane(urls.clone(), &prefix).await;
-    let sender: Arc<dyn LifetimeManager> = one.lifetime_manager("Faults.Hub");
-    let receiver: Arc<dyn LifetimeManager> = two.lifetime_manager("Faults.Hub");
-    let mut local = TestConnection::new("local", None);
-    let mut remote = TestConnection::new("remote", None);
-    sender.on_connected(local.handle()).await;
-    receiver.on_connected(remote.handle()).await;
-    // Both servers know each other before the failure.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let support::Pair {
+        sender,
+        mut local,
+        mut remote,
+        // Held to the end: dropping it would end the hub on server two.
+        receiver: _receiver,
+    } = support::pair(&one, &two).await;
 
     for n in 1..=10 {
         broadcast(&sender, n).await;

@@ -54,14 +54,13 @@ async fn a_redis_restart_loses_nothing_that_fits_the_buffer() {
     let redis = support::RedisServer::start();
     let one = backplane(&redis.url(), 1000).await;
     let two = backplane(&redis.url(), 1000).await;
-    let sender: Arc<dyn LifetimeManager> = one.lifetime_manager("Faults.Hub");
-    let receiver: Arc<dyn LifetimeManager> = two.lifetime_manager("Faults.Hub");
-    let mut local = TestConnection::new("local", None);
-    let mut remote = TestConnection::new("remote", None);
-    sender.on_connected(local.handle()).await;
-    receiver.on_connected(remote.handle()).await;
-    // Both servers know each other before the failure.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let support::Pair {
+        sender,
+        mut local,
+        mut remote,
+        // Held to the end: dropping it would end the hub on server two.
+        receiver: _receiver,
+    } = support::pair(&one, &two).await;
 
     for n in 1..=20 {
         broadcast(&sender, n).await;

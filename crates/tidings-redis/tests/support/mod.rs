@@ -14,6 +14,35 @@ use std::{
 };
 
 use tidings::{LifetimeManager, SerializedMessage, Target, testing::TestConnection};
+use tidings_redis::RedisBackplane;
+
+/// Two servers of one hub: `sender` (server one) with a `local`
+/// connection, and server two with a `remote` one.
+pub struct Pair {
+    pub sender: Arc<dyn LifetimeManager>,
+    /// Server two's manager: held, since dropping it ends the hub there.
+    pub receiver: Arc<dyn LifetimeManager>,
+    pub local: TestConnection,
+    pub remote: TestConnection,
+}
+
+/// Connects a client to each server, then waits until both servers know
+/// each other (before a test breaks something).
+pub async fn pair(one: &RedisBackplane, two: &RedisBackplane) -> Pair {
+    let sender = one.lifetime_manager("Faults.Hub");
+    let receiver = two.lifetime_manager("Faults.Hub");
+    let local = TestConnection::new("local", None);
+    let remote = TestConnection::new("remote", None);
+    sender.on_connected(local.handle()).await;
+    receiver.on_connected(remote.handle()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Pair {
+        sender,
+        receiver,
+        local,
+        remote,
+    }
+}
 
 /// Sends `N(n)` to every connection through `manager`.
 pub async fn broadcast(manager: &Arc<dyn LifetimeManager>, n: u64) {
