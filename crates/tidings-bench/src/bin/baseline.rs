@@ -11,20 +11,32 @@
 //! Fan-out is built as a real server would build it, and as tidings does: a frame is shared (reference-counted) between recipients, each
 //! connection has a bounded queue drained by its own writer, and a full
 //! queue drops the slow listener instead of slowing the sender.
+//!
+//! `--direct` measures the alternative design: the sender's task writes one
+//! pre-framed WebSocket frame (server frames are not masked, so the bytes
+//! are the same for every listener) straight to each listener's socket with
+//! a non-blocking write, and only a socket that cannot take it all at once
+//! falls back to its queue and writer. No listener task is woken while the
+//! sockets keep up. BENCHMARKS.md has what it measured.
 
 use std::{
     collections::HashMap,
+    io,
     net::SocketAddr,
+    pin::Pin,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
+    task::{Context, Poll, ready},
 };
 
 use anyhow::Context as _;
+use bytes::Bytes;
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::{TcpListener, TcpStream},
     sync::mpsc,
 };
@@ -45,23 +57,64 @@ struct Args {
     /// Frames that may wait for one listener before it is dropped.
     #[arg(long, default_value_t = 1024)]
     queue: usize,
+    /// Fan-out writes straight to each listener's socket from the sender's
+    /// task (see the crate docs) instead of through the listener's queue.
+    #[arg(long)]
+    direct: bool,
 }
 
-type Queue = mpsc::Sender<Message>;
+/// How a listener is reached.
+enum Member {
+    /// Through its bounded queue, drained by its own writer.
+    Queued(mpsc::Sender<Message>),
+    /// Written to directly while its socket keeps up.
+    Direct(Arc<Direct>),
+}
+
+/// A listener of `--direct` fan-out.
+struct Direct {
+    socket: Arc<TcpStream>,
+    /// Whether frames wait in `queue`: while they do, new frames queue
+    /// behind them (writing directly would overtake them). Only changed
+    /// under this lock, and frames are only queued under it, so the writer
+    /// cannot clear it while a frame is being queued.
+    backlog: Mutex<bool>,
+    queue: mpsc::Sender<Bytes>,
+}
+
+impl Direct {
+    fn deliver(&self, frame: &Bytes) {
+        let mut backlog = self.backlog.lock().unwrap_or_else(|e| e.into_inner());
+        if *backlog {
+            // Full: a slow listener loses the frame, as in the queued mode.
+            let _ = self.queue.try_send(frame.clone());
+            return;
+        }
+        let rest = match self.socket.try_write(frame) {
+            Ok(written) if written == frame.len() => return,
+            Ok(written) => frame.slice(written..),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => frame.clone(),
+            // A broken socket: its reader sees the error and leaves the group.
+            Err(_) => return,
+        };
+        *backlog = true;
+        let _ = self.queue.try_send(rest);
+    }
+}
 
 #[derive(Default)]
 struct Groups {
     next_id: AtomicU64,
-    members: Mutex<HashMap<String, HashMap<u64, Queue>>>,
+    members: Mutex<HashMap<String, HashMap<u64, Member>>>,
 }
 
 impl Groups {
-    fn join(&self, group: &str, queue: Queue) -> u64 {
+    fn join(&self, group: &str, member: Member) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.lock()
             .entry(group.to_owned())
             .or_default()
-            .insert(id, queue);
+            .insert(id, member);
         id
     }
 
@@ -78,17 +131,100 @@ impl Groups {
     /// Queues `frame` for every member of `group` without waiting.
     fn send(&self, group: &str, frame: &Message) {
         let members = self.lock();
-        if let Some(group_members) = members.get(group) {
-            for queue in group_members.values() {
+        let Some(group_members) = members.get(group) else {
+            return;
+        };
+        // Framed once for every direct listener.
+        let mut framed = None;
+        for member in group_members.values() {
+            match member {
                 // A full queue is a slow listener: it loses the frame (the load
                 // generator counts it as undelivered) rather than the sender waiting.
-                let _ = queue.try_send(frame.clone());
+                Member::Queued(queue) => {
+                    let _ = queue.try_send(frame.clone());
+                }
+                Member::Direct(direct) => {
+                    direct.deliver(framed.get_or_insert_with(|| server_frame(frame)))
+                }
             }
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<u64, Queue>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<u64, Member>>> {
         self.members.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// `message` as the bytes of an unmasked (server) WebSocket frame.
+fn server_frame(message: &Message) -> Bytes {
+    let (opcode, payload): (u8, &[u8]) = match message {
+        Message::Text(text) => (0x1, text.as_bytes()),
+        Message::Binary(bytes) => (0x2, bytes),
+        _ => (0x2, &[]),
+    };
+    let mut frame = Vec::with_capacity(payload.len() + 10);
+    frame.push(0x80 | opcode);
+    match u16::try_from(payload.len()) {
+        Ok(len @ 0..=125) => frame.push(len as u8),
+        Ok(len) => {
+            frame.push(126);
+            frame.extend_from_slice(&len.to_be_bytes());
+        }
+        Err(_) => {
+            frame.push(127);
+            frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(payload);
+    Bytes::from(frame)
+}
+
+/// A socket shared between the connection's task (tungstenite reads it,
+/// the fallback writer writes it) and `--direct` fan-out, which writes it
+/// with non-blocking writes that register no waker.
+struct Shared(Arc<TcpStream>);
+
+impl AsyncRead for Shared {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.0.poll_read_ready(cx))?;
+            match self.0.try_read(buf.initialize_unfilled()) {
+                Ok(read) => {
+                    buf.advance(read);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(error) => return Poll::Ready(Err(error)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Shared {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -118,9 +254,9 @@ async fn main() -> anyhow::Result<()> {
             }
         };
         let groups = Arc::clone(&groups);
-        let queue = args.queue;
+        let (queue, direct) = (args.queue, args.direct);
         tokio::spawn(async move {
-            if let Err(error) = serve(stream, groups, queue).await {
+            if let Err(error) = serve(stream, groups, queue, direct).await {
                 // Resets at the end of a run are expected; keep the output quiet.
                 let _ = error;
             }
@@ -130,11 +266,17 @@ async fn main() -> anyhow::Result<()> {
 
 // The upgrade callback's error type is tungstenite's, not ours.
 #[allow(clippy::result_large_err)]
-async fn serve(stream: TcpStream, groups: Arc<Groups>, queue: usize) -> anyhow::Result<()> {
+async fn serve(
+    stream: TcpStream,
+    groups: Arc<Groups>,
+    queue: usize,
+    direct: bool,
+) -> anyhow::Result<()> {
     stream.set_nodelay(true)?;
+    let socket = Arc::new(stream);
     let mut target = String::new();
     let ws = tokio_tungstenite::accept_hdr_async_with_config(
-        stream,
+        Shared(Arc::clone(&socket)),
         |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
             target = request
                 .uri()
@@ -159,7 +301,8 @@ async fn serve(stream: TcpStream, groups: Arc<Groups>, queue: usize) -> anyhow::
                     _ => {}
                 }
             }
-            fanout(ws, &groups, group, sender, queue).await
+            let direct = direct.then_some(socket);
+            fanout(ws, &groups, group, sender, queue, direct).await
         }
         _ => {
             let mut ws = ws;
@@ -169,7 +312,9 @@ async fn serve(stream: TcpStream, groups: Arc<Groups>, queue: usize) -> anyhow::
     }
 }
 
-async fn echo(mut ws: tokio_tungstenite::WebSocketStream<TcpStream>) -> anyhow::Result<()> {
+type WebSocket = tokio_tungstenite::WebSocketStream<Shared>;
+
+async fn echo(mut ws: WebSocket) -> anyhow::Result<()> {
     while let Some(message) = ws.next().await {
         match message? {
             message @ (Message::Text(_) | Message::Binary(_)) => ws.send(message).await?,
@@ -181,17 +326,21 @@ async fn echo(mut ws: tokio_tungstenite::WebSocketStream<TcpStream>) -> anyhow::
 }
 
 async fn fanout(
-    ws: tokio_tungstenite::WebSocketStream<TcpStream>,
+    ws: WebSocket,
     groups: &Groups,
     group: &str,
     sender: bool,
     queue: usize,
+    direct: Option<Arc<TcpStream>>,
 ) -> anyhow::Result<()> {
+    if let Some(socket) = direct.filter(|_| !sender) {
+        return direct_listener(ws, groups, group, queue, socket).await;
+    }
     let (mut sink, mut stream) = ws.split();
     let (tx, mut rx) = mpsc::channel::<Message>(queue);
     // A sender keeps its own queue open (and empty), so its writer waits
     // instead of ending the connection.
-    let member = (!sender).then(|| groups.join(group, tx.clone()));
+    let member = (!sender).then(|| groups.join(group, Member::Queued(tx.clone())));
     let _own = sender.then_some(tx);
     let writer = async {
         // Write every queued frame, then flush once: few syscalls in bursts.
@@ -223,5 +372,49 @@ async fn fanout(
     if let Some(id) = member {
         groups.leave(group, id);
     }
+    result
+}
+
+/// A listener of `--direct` fan-out: the writer only drains what the
+/// fan-out could not write at once; the reader waits for the end.
+async fn direct_listener(
+    ws: WebSocket,
+    groups: &Groups,
+    group: &str,
+    queue: usize,
+    socket: Arc<TcpStream>,
+) -> anyhow::Result<()> {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(queue);
+    let direct = Arc::new(Direct {
+        socket: Arc::clone(&socket),
+        backlog: Mutex::new(false),
+        queue: tx,
+    });
+    let id = groups.join(group, Member::Direct(Arc::clone(&direct)));
+    let mut out = Shared(socket);
+    let writer = async {
+        while let Some(frame) = rx.recv().await {
+            out.write_all(&frame).await?;
+            let mut backlog = direct.backlog.lock().unwrap_or_else(|e| e.into_inner());
+            if rx.is_empty() {
+                *backlog = false;
+            }
+        }
+        anyhow::Ok(())
+    };
+    let mut ws = ws;
+    let reader = async {
+        while let Some(message) = ws.next().await {
+            if let Message::Close(_) = message? {
+                break;
+            }
+        }
+        anyhow::Ok(())
+    };
+    let result = tokio::select! {
+        r = writer => r,
+        r = reader => r,
+    };
+    groups.leave(group, id);
     result
 }
