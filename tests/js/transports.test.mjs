@@ -3,7 +3,7 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startServer, connect, next, sleep } from "./helpers.mjs";
+import { startServer, connect, next, sleep, rawJson, upgradeStatus } from "./helpers.mjs";
 
 const RS = "\x1e";
 let server;
@@ -138,4 +138,54 @@ test("server-sent events: comment first, data lines, pings, and MessagePack refu
   }
   assert.match(text2, /data: \{"error":"Cannot use the 'messagepack' protocol on the current transport\. The transport does not support 'Binary' transfer format\."\}/);
   controller2.abort();
+});
+
+test("a token presented at the wrong door gets ASP.NET Core's answer, not 404", async () => {
+  const ws = server.url.replace("http", "ws");
+  const token = await negotiate();
+  const socket = await rawJson(server, "/hubs/test", { query: `?id=${encodeURIComponent(token)}` });
+  await socket.until((frames) => frames.length > 0);
+  const answer = async (res) => ({ status: res.status, body: await res.text() });
+
+  // A second socket for the connection is a conflict.
+  assert.equal((await upgradeStatus(`${ws}/hubs/test?id=${encodeURIComponent(token)}`)).status, 409);
+  // The HTTP transports' requests are refused for a WebSocket connection.
+  assert.deepEqual(await answer(await post(token, "{}" + RS)), {
+    status: 405,
+    body: "POST requests are not allowed for WebSocket connections.",
+  });
+  assert.deepEqual(await answer(await fetch(hub(token), { method: "DELETE" })), {
+    status: 400,
+    body: "Cannot terminate this connection using the DELETE endpoint.",
+  });
+  assert.deepEqual(await answer(await fetch(hub(token))), {
+    status: 400,
+    body: "Cannot change transports mid-connection",
+  });
+  assert.deepEqual(await answer(await fetch(hub(token), { headers: { Accept: "text/event-stream" } })), {
+    status: 400,
+    body: "Cannot change transports mid-connection",
+  });
+  // The connection itself is unharmed.
+  socket.send({ type: 1, invocationId: "1", target: "Echo", arguments: ["still here"] });
+  await socket.until((frames) => frames.some((f) => f.json.invocationId === "1"));
+  assert.equal(socket.frames.find((f) => f.json.invocationId === "1").json.result, "still here");
+
+  // Once the socket is gone, so is the token.
+  socket.close();
+  let status = 405;
+  for (let tries = 0; status === 405 && tries < 40; tries++) {
+    await sleep(50);
+    status = (await post(token, "{}" + RS)).status;
+  }
+  assert.equal(status, 404);
+
+  // And the other way round: a Long Polling connection cannot switch to a WebSocket.
+  const polled = await negotiate();
+  assert.equal((await fetch(hub(polled))).status, 200);
+  assert.deepEqual(await upgradeStatus(`${ws}/hubs/test?id=${encodeURIComponent(polled)}`), {
+    status: 400,
+    body: "Cannot change transports mid-connection",
+  });
+  assert.equal((await fetch(hub(polled), { method: "DELETE" })).status, 202);
 });

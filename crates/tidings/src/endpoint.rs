@@ -9,7 +9,8 @@
 //! ```
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
+    hash::{BuildHasher, RandomState},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -271,6 +272,7 @@ impl<H: Hub> HubEndpoint<H> {
             pending: Mutex::new(Pending::default()),
             http: Mutex::new(HashMap::new()),
             resumable: Mutex::new(HashMap::new()),
+            websockets: Arc::default(),
         });
         let router = Router::new()
             .route("/negotiate", post(negotiate::<H>))
@@ -321,6 +323,8 @@ pub(crate) struct Endpoint<H: Hub> {
     /// Live stateful-reconnect WebSocket connections, by token: a new
     /// WebSocket presenting the token re-attaches to the connection.
     resumable: Mutex<HashMap<String, Resumable>>,
+    /// Live WebSocket connections, by token.
+    websockets: Arc<LiveTokens>,
 }
 
 impl<H: Hub> Endpoint<H> {
@@ -522,6 +526,50 @@ impl<H: Hub> Endpoint<H> {
     }
 }
 
+/// The tokens of live WebSocket connections, to answer a request that
+/// presents one at the wrong door as ASP.NET Core does: a POST gets `405`,
+/// a DELETE or a poll `400`, a second socket `409` (not the `404` of an
+/// unknown token). Kept as keyed hashes: a few bytes per connection and no
+/// second copy of a secret. A collision could only give a forged token one
+/// of those answers instead of `404`.
+#[derive(Default)]
+struct LiveTokens {
+    keys: RandomState,
+    live: Mutex<HashSet<u64>>,
+}
+
+impl LiveTokens {
+    /// Marks `token` live until the returned guard is dropped.
+    fn hold(self: &Arc<Self>, token: &str) -> LiveToken {
+        let key = self.keys.hash_one(token);
+        self.lock().insert(key);
+        LiveToken {
+            tokens: Arc::clone(self),
+            key,
+        }
+    }
+
+    fn contains(&self, token: &str) -> bool {
+        self.lock().contains(&self.keys.hash_one(token))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A live WebSocket connection's entry in [`LiveTokens`], owned by its task.
+struct LiveToken {
+    tokens: Arc<LiveTokens>,
+    key: u64,
+}
+
+impl Drop for LiveToken {
+    fn drop(&mut self) {
+        self.tokens.lock().remove(&self.key);
+    }
+}
+
 /// A request to serve on this server, with the connection id of a
 /// connection taken over from another server of the cluster.
 struct Here {
@@ -694,7 +742,8 @@ async fn connect<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Requ
     // without negotiation (or taken over from another server) takes one
     // now; a socket re-attaching to a live connection takes none.
     let admit = || endpoint.admit(&parts);
-    let (connection_id, resume_token, slot) = match (claimed, query_value(&parts, "id")) {
+    let presented = query_value(&parts, "id");
+    let (connection_id, resume_token, slot) = match (claimed, presented.clone()) {
         (Some(claimed), _) => match admit() {
             Ok(slot) => (claimed, None, slot),
             Err(refused) => return refused.into_response(),
@@ -704,9 +753,17 @@ async fn connect<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Requ
             None => match endpoint.resumable(&token) {
                 // A stateful connection whose client lost its socket.
                 Some(entry) => return reattach(&endpoint, parts, entry, &principal).await,
-                None => {
-                    return (StatusCode::NOT_FOUND, "No Connection with that ID").into_response();
+                None if endpoint.websockets.contains(&token) => {
+                    tracing::debug!("WebSocket refused: the connection has one");
+                    return StatusCode::CONFLICT.into_response();
                 }
+                None if endpoint.http_connection(&token).is_some() => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        "Cannot change transports mid-connection",
+                    );
+                }
+                None => return text(StatusCode::NOT_FOUND, "No Connection with that ID"),
             },
         },
         // Negotiation skipped: a new connection whose token is its id.
@@ -719,6 +776,12 @@ async fn connect<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Requ
         Ok(upgrade) => upgrade,
         Err(response) => return response,
     };
+    // Held from now: a second socket for the token, while this one is being
+    // upgraded, is a conflict too. A failed upgrade drops the callback and
+    // with it the entry.
+    let live = endpoint
+        .websockets
+        .hold(presented.as_deref().unwrap_or(&connection_id));
     // Boxed: the upgrade task keeps it until the socket is ready.
     let init = Box::new(ConnectionInit {
         id: connection_id,
@@ -735,8 +798,10 @@ async fn connect<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Requ
     upgrade.on_upgrade(move |socket| {
         let serve = transport::websocket::serve(endpoint, socket, init, resume_token);
         tracker.track_future(async move {
-            // The connection counts under the limits until it ends.
+            // The connection counts under the limits, and its token as
+            // live, until it ends.
             let _slot = slot;
+            let _live = live;
             serve.await;
         })
     })
@@ -874,6 +939,12 @@ async fn connect_http<H: Hub>(endpoint: Arc<Endpoint<H>>, parts: Parts) -> Respo
         }
         return http::poll(existing, false, options.long_poll_timeout).await;
     }
+    if endpoint.websockets.contains(&token) {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "Cannot change transports mid-connection",
+        );
+    }
     // No new connection starts during a shutdown; the polls of existing
     // ones above go on, so that they collect their Close.
     if endpoint.shutdown.is_shutting_down() {
@@ -942,6 +1013,12 @@ async fn send<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Request
         return text(StatusCode::BAD_REQUEST, "Connection ID required");
     };
     let Some(connection) = endpoint.http_connection(&token) else {
+        if endpoint.websockets.contains(&token) {
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "POST requests are not allowed for WebSocket connections.",
+            );
+        }
         return text(StatusCode::NOT_FOUND, "No Connection with that ID");
     };
     if let Some(refusal) = reauthenticate(&endpoint, &parts, &connection).await {
@@ -971,14 +1048,23 @@ async fn delete<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Reque
         return text(StatusCode::BAD_REQUEST, "Connection ID required");
     };
     let Some(connection) = endpoint.http_connection(&token) else {
+        if endpoint.websockets.contains(&token) {
+            return not_deletable();
+        }
         return text(StatusCode::NOT_FOUND, "No Connection with that ID");
     };
     if connection.transport != TransportType::LongPolling {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "Cannot terminate this connection using the DELETE endpoint.",
-        );
+        return not_deletable();
     }
     http::delete(&connection);
     StatusCode::ACCEPTED.into_response()
+}
+
+/// ASP.NET Core's answer to a DELETE for a connection that does not use
+/// Long Polling.
+fn not_deletable() -> Response {
+    text(
+        StatusCode::BAD_REQUEST,
+        "Cannot terminate this connection using the DELETE endpoint.",
+    )
 }
