@@ -133,6 +133,33 @@ describe("connection limits", () => {
   });
 });
 
+describe("per-IP limit behind a reverse proxy", () => {
+  let server;
+  before(async () => {
+    // 127.0.0.2 plays the proxy.
+    server = await startServer(["--max-connections-per-ip", "1", "--trusted-proxies", "127.0.0.2,10.0.0.0/8"]);
+  });
+  after(() => server.stop());
+
+  const from = (localAddress, forwardedFor) =>
+    negotiate(server, "/hubs/test", { localAddress, headers: { "X-Forwarded-For": forwardedFor } });
+
+  test("a trusted proxy's X-Forwarded-For names the client; anyone else's is ignored", async () => {
+    // Through the proxy, each client has its own place.
+    assert.equal((await from("127.0.0.2", "203.0.113.5")).status, 200);
+    assert.equal((await from("127.0.0.2", "203.0.113.5")).status, 429);
+    assert.equal((await from("127.0.0.2", "203.0.113.6")).status, 200);
+    // A chain through two trusted proxies names the client before them;
+    // an address written before an untrusted hop is not believed.
+    assert.equal((await from("127.0.0.2", "203.0.113.6, 10.1.1.1")).status, 429);
+    assert.equal((await from("127.0.0.2", "203.0.113.7, 198.51.100.1")).status, 200);
+    assert.equal((await from("127.0.0.2", "203.0.113.8, 198.51.100.1")).status, 429);
+    // A direct client cannot pick its address by writing the header.
+    assert.equal((await from("127.0.0.3", "203.0.113.9")).status, 200);
+    assert.equal((await from("127.0.0.3", "203.0.113.10")).status, 429);
+  });
+});
+
 describe("allowed origins", () => {
   let open;
   let strict;

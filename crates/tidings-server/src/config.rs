@@ -30,6 +30,7 @@ use figment::{
     providers::{Env, Format, Toml},
 };
 use serde::{Deserialize, Deserializer};
+use tidings::TrustedProxy;
 use tidings_service::{AccessKey, UpstreamOptions};
 
 use crate::{Args, LogFormat, Transport};
@@ -107,6 +108,9 @@ pub struct LimitsSection {
     pub max_connections: Option<usize>,
     /// Most live connections from one IP address (0 = no limit).
     pub max_connections_per_ip: Option<usize>,
+    /// Reverse proxies whose X-Forwarded-For names the client.
+    #[serde(deserialize_with = "proxies")]
+    pub trusted_proxies: Option<Vec<TrustedProxy>>,
     /// Invocations a connection may make at once before the rate limit
     /// applies (0 = no rate limit).
     pub rate_limit_burst: Option<u32>,
@@ -198,6 +202,18 @@ fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duratio
                 "'{text}' is not a duration ({e}); write e.g. \"15s\" or \"500ms\""
             ))
         })
+    })
+    .transpose()
+}
+
+fn proxies<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<TrustedProxy>>, D::Error> {
+    let list: Option<Vec<String>> = Option::deserialize(deserializer)?;
+    list.map(|list| {
+        list.iter()
+            .map(|text| text.parse().map_err(serde::de::Error::custom))
+            .collect()
     })
     .transpose()
 }
@@ -323,6 +339,7 @@ pub fn apply(file: &FileConfig, args: &mut Args, matches: &ArgMatches) {
     secure!(max_request_body, limits.max_request_body);
     secure!(max_connections, limits.max_connections);
     secure!(max_connections_per_ip, limits.max_connections_per_ip);
+    secure!(trusted_proxies, limits.trusted_proxies.clone());
     secure!(rate_limit_burst, limits.rate_limit_burst);
     secure!(rate_limit_per_second, limits.rate_limit_per_second);
     let auth = &file.auth;
@@ -558,13 +575,20 @@ mod tests {
         );
         // Security options plug in the same way.
         let (_, args) = parse(
-            "[cors]\nallowed_origins = [\"https://app.example\"]\n[limits]\nmax_connections = 7\n[auth]\njwt_issuer = \"me\"",
+            "[cors]\nallowed_origins = [\"https://app.example\"]\n[limits]\nmax_connections = 7\ntrusted_proxies = [\"10.0.0.0/8\"]\n[auth]\njwt_issuer = \"me\"",
             &["--max-connections", "9"],
         )
         .expect("parses");
         assert_eq!(args.security.allowed_origins, ["https://app.example"]);
         assert_eq!(args.security.max_connections, 9);
         assert_eq!(args.security.jwt_issuer.as_deref(), Some("me"));
+        assert_eq!(
+            args.security
+                .trusted_proxies
+                .first()
+                .map(ToString::to_string),
+            Some("10.0.0.0/8".to_owned())
+        );
     }
 
     #[test]
@@ -577,6 +601,10 @@ mod tests {
                 "'soon' is not a duration",
             ),
             ("[hubs.chat]\ntransports = [\"Pigeons\"]", "Pigeons"),
+            (
+                "[limits]\ntrusted_proxies = [\"10.0.0.0/40\"]",
+                "'10.0.0.0/40' is not an IP address or network",
+            ),
         ];
         for (toml, expected) in cases {
             let error = parse(toml, &[]).map(drop).expect_err(toml);

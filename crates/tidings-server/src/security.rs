@@ -7,7 +7,9 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use tidings::{ConnectionLimits, Hub, HubEndpoint, HubOptions, JwtAuthenticator, RateLimiter};
+use tidings::{
+    ConnectionLimits, Hub, HubEndpoint, HubOptions, JwtAuthenticator, RateLimiter, TrustedProxy,
+};
 
 /// Security options of the standalone server.
 #[derive(Debug, Clone, clap::Args)]
@@ -75,6 +77,11 @@ pub struct SecurityArgs {
     #[arg(long, env = "TIDINGS_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
     pub max_connections_per_ip: usize,
 
+    /// Reverse proxies whose X-Forwarded-For names the client for the
+    /// per-IP limit (comma-separated addresses or networks: `10.0.0.0/8`).
+    #[arg(long, env = "TIDINGS_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<TrustedProxy>,
+
     /// Invocations one connection may make at once before the rate limit
     /// applies (0 = no rate limit).
     #[arg(long, env = "TIDINGS_RATE_LIMIT_BURST", default_value_t = 0)]
@@ -138,7 +145,7 @@ impl Security {
             if args.max_connections_per_ip > 0 {
                 limits = limits.max_connections_per_ip(args.max_connections_per_ip);
             }
-            limits
+            limits.trusted_proxies(args.trusted_proxies.iter().copied())
         });
         Ok(Security {
             args: args.clone(),

@@ -1,7 +1,8 @@
 //! Who may open a connection at all, decided before any negotiation or
 //! upgrade: [`ConnectionLimits`] (a global and a per-IP ceiling on live
-//! connections) and the allowed browser origins (CORS on the HTTP requests,
-//! the `Origin` check on WebSocket upgrades).
+//! connections, the client's address read through [`TrustedProxy`]s) and
+//! the allowed browser origins (CORS on the HTTP requests, the `Origin`
+//! check on WebSocket upgrades).
 //!
 //! Browsers enforce CORS on `fetch` and `XMLHttpRequest`, but not on
 //! WebSockets: any page may open a WebSocket to any server, with the user's
@@ -12,6 +13,7 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
+    str::FromStr,
     sync::{Arc, Mutex},
 };
 
@@ -35,10 +37,16 @@ use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 /// axum's `ConnectInfo<SocketAddr>` ([`serve`](crate::serve) provides it;
 /// with `axum::serve`, use `into_make_service_with_connect_info`); without it
 /// only the global ceiling applies.
+///
+/// Behind a reverse proxy every connection comes from the proxy's address,
+/// and a per-IP ceiling would hold all clients together: name the proxies
+/// with [`trusted_proxies`](Self::trusted_proxies), and the client's address
+/// is read from `X-Forwarded-For` instead.
 #[derive(Clone, Debug, Default)]
 pub struct ConnectionLimits {
     max_total: Option<usize>,
     max_per_ip: Option<usize>,
+    proxies: Arc<[TrustedProxy]>,
     live: Arc<Mutex<Live>>,
 }
 
@@ -90,6 +98,17 @@ impl ConnectionLimits {
         self
     }
 
+    /// Peers whose `X-Forwarded-For` names the client. The header is read
+    /// from its end: each address a trusted peer (or trusted proxy before
+    /// it) reports replaces the peer's own, until one is not trusted — as
+    /// ASP.NET Core's forwarded-headers middleware does with its known
+    /// proxies. A request from any other peer is counted under the peer's
+    /// address whatever its headers say: anyone can write the header.
+    pub fn trusted_proxies(mut self, proxies: impl IntoIterator<Item = TrustedProxy>) -> Self {
+        self.proxies = proxies.into_iter().collect();
+        self
+    }
+
     /// The live connections counted now.
     pub fn connections(&self) -> usize {
         self.lock().total
@@ -116,7 +135,7 @@ impl ConnectionLimits {
     /// Admits a connection from the request's address: it counts until the
     /// returned slot is dropped.
     pub(crate) fn admit(&self, parts: &Parts) -> Result<Slot, Refused> {
-        let ip = peer_ip(parts);
+        let ip = self.client_ip(parts);
         let mut live = self.lock();
         if let Some(refused) = self.full(&live, ip) {
             return Err(refused);
@@ -154,11 +173,127 @@ impl Drop for Slot {
     }
 }
 
-fn peer_ip(parts: &Parts) -> Option<IpAddr> {
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(address)| address.ip())
+impl ConnectionLimits {
+    /// The client's address: the peer's, or what trusted proxies report.
+    fn client_ip(&self, parts: &Parts) -> Option<IpAddr> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(address)| address.ip().to_canonical())?;
+        if self.proxies.is_empty() {
+            return Some(peer);
+        }
+        let trusted = |ip: IpAddr| self.proxies.iter().any(|proxy| proxy.contains(ip));
+        // Every X-Forwarded-For header, in order, as one list.
+        let hops: Vec<&str> = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+            .collect();
+        let mut client = peer;
+        for hop in hops.iter().rev() {
+            if !trusted(client) {
+                break;
+            }
+            match forwarded_address(hop) {
+                Some(ip) => client = ip,
+                // A hop that is not an address ends the trust (what came
+                // before it cannot be checked).
+                None => break,
+            }
+        }
+        Some(client)
+    }
+}
+
+/// An address in `X-Forwarded-For`: `a.b.c.d`, an IPv6 address, either
+/// with a port (`a.b.c.d:p`, `[v6]:p`), or a bracketed IPv6 address.
+fn forwarded_address(hop: &str) -> Option<IpAddr> {
+    let ip = hop
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| {
+            hop.strip_prefix('[')?
+                .strip_suffix(']')?
+                .parse::<IpAddr>()
+                .ok()
+        })?;
+    Some(ip.to_canonical())
+}
+
+/// A reverse proxy or load balancer, or a network of them, whose
+/// `X-Forwarded-For` is believed ([`ConnectionLimits::trusted_proxies`]).
+/// Parsed from an address (`10.0.0.7`, `::1`) or a network in CIDR
+/// notation (`10.0.0.0/8`, `fd00::/8`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrustedProxy {
+    network: IpAddr,
+    prefix: u8,
+}
+
+/// A [`TrustedProxy`] that could not be parsed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrustedProxyError {
+    /// Neither an address nor a network.
+    #[error("'{0}' is not an IP address or network (10.0.0.7, 10.0.0.0/8, fd00::/8)")]
+    Invalid(String),
+}
+
+impl TrustedProxy {
+    fn contains(&self, ip: IpAddr) -> bool {
+        match (self.network, ip.to_canonical()) {
+            (IpAddr::V4(network), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(network) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(network), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(network) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for TrustedProxy {
+    type Err = TrustedProxyError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let invalid = || TrustedProxyError::Invalid(text.to_owned());
+        let (address, prefix) = match text.trim().split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (text.trim(), None),
+        };
+        let network = address
+            .parse::<IpAddr>()
+            .map_err(|_| invalid())?
+            .to_canonical();
+        let bits = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => bits,
+            Some(prefix) => prefix
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= bits)
+                .ok_or_else(invalid)?,
+        };
+        Ok(TrustedProxy { network, prefix })
+    }
+}
+
+impl std::fmt::Display for TrustedProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
 }
 
 /// The browser origins allowed besides the server's own.
@@ -320,5 +455,78 @@ mod tests {
         let a3 = limits.admit(&a).expect("a place freed up");
         drop((a2, a3, b1));
         assert_eq!(limits.connections(), 0);
+    }
+
+    fn forwarded(peer: [u8; 4], headers: &[&str]) -> Parts {
+        let mut parts = parts(None, "h", peer);
+        for value in headers {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                parts.headers.append("x-forwarded-for", value);
+            }
+        }
+        parts
+    }
+
+    #[test]
+    fn trusted_proxies_name_the_client() -> Result<(), TrustedProxyError> {
+        let limits = ConnectionLimits::new()
+            .trusted_proxies(["10.0.0.0/8".parse()?, "192.168.1.1".parse()?]);
+        let ip = |peer, headers: &[&str]| limits.client_ip(&forwarded(peer, headers));
+        let client = |a, b, c, d| Some(IpAddr::from([a, b, c, d]));
+        // Through one proxy, and through two (the nearer trusted too).
+        assert_eq!(ip([10, 1, 2, 3], &["7.7.7.7"]), client(7, 7, 7, 7));
+        assert_eq!(
+            ip([10, 1, 2, 3], &["7.7.7.7, 192.168.1.1"]),
+            client(7, 7, 7, 7)
+        );
+        // Several headers are one list; ports and IPv4-mapped IPv6 are read.
+        assert_eq!(
+            ip([10, 1, 2, 3], &["7.7.7.7:5000", "10.9.9.9"]),
+            client(7, 7, 7, 7)
+        );
+        assert_eq!(ip([10, 1, 2, 3], &["::ffff:7.7.7.7"]), client(7, 7, 7, 7));
+        // A spoofed entry before an untrusted hop is not believed.
+        assert_eq!(ip([10, 1, 2, 3], &["1.1.1.1, 8.8.8.8"]), client(8, 8, 8, 8));
+        // An untrusted peer is its own address, whatever it writes.
+        assert_eq!(ip([8, 8, 8, 8], &["7.7.7.7"]), client(8, 8, 8, 8));
+        // No header, or garbage: the proxy's address.
+        assert_eq!(ip([10, 1, 2, 3], &[]), client(10, 1, 2, 3));
+        assert_eq!(ip([10, 1, 2, 3], &["unknown"]), client(10, 1, 2, 3));
+        // Without trusted proxies the header is ignored.
+        let plain = ConnectionLimits::new();
+        assert_eq!(
+            plain.client_ip(&forwarded([10, 1, 2, 3], &["7.7.7.7"])),
+            client(10, 1, 2, 3)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn trusted_proxy_parsing() {
+        for good in [
+            "10.0.0.7",
+            "10.0.0.0/8",
+            "0.0.0.0/0",
+            "::1",
+            "fd00::/8",
+            " 10.1.0.0/16 ",
+        ] {
+            assert!(good.parse::<TrustedProxy>().is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "10.0.0",
+            "10.0.0.0/33",
+            "fd00::/129",
+            "10.0.0.0/x",
+            "host.example",
+        ] {
+            assert!(bad.parse::<TrustedProxy>().is_err(), "{bad}");
+        }
+        let Ok(any) = "0.0.0.0/0".parse::<TrustedProxy>() else {
+            panic!("0.0.0.0/0 parses");
+        };
+        assert!(any.contains(IpAddr::from([1, 2, 3, 4])));
+        assert!(!any.contains("::2".parse().unwrap_or(IpAddr::from([0; 16]))));
     }
 }

@@ -280,7 +280,7 @@ mod typed;
 pub mod typescript;
 mod upload;
 
-pub use access::ConnectionLimits;
+pub use access::{ConnectionLimits, TrustedProxy, TrustedProxyError};
 pub use auth::{AuthError, Authenticator, Authorize, Principal, bearer_token};
 pub use cluster::Cluster;
 pub use connection::ConnectionHandle;
