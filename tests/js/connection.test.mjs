@@ -177,3 +177,40 @@ test("graceful shutdown: Close with allowReconnect, then the process exits", asy
   assert.deepEqual(exit, { code: 0, signal: null });
   await Promise.all(clients.map((c) => c.stop()));
 });
+
+test("graceful shutdown drains: /readyz 503 and new connections refused until the last client has its Close", async () => {
+  const own = await startServer();
+  const RS = "\x1e";
+  const negotiate = () => fetch(`${own.url}/hubs/test/negotiate?negotiateVersion=1`, { method: "POST" });
+  // A Long Polling connection that is not polling when the shutdown starts:
+  // its Close waits for its next poll, and the server for it.
+  const { connectionToken } = await (await negotiate()).json();
+  const hub = `${own.url}/hubs/test?id=${encodeURIComponent(connectionToken)}`;
+  assert.equal((await fetch(hub)).status, 200);
+  const answer = fetch(hub);
+  await fetch(hub, { method: "POST", body: `{"protocol":"json","version":1}${RS}` });
+  assert.equal(await (await answer).text(), `{}${RS}`);
+  assert.equal((await fetch(`${own.url}/readyz`)).status, 200);
+
+  own.child.kill("SIGTERM");
+  let ready = await fetch(`${own.url}/readyz`);
+  for (let tries = 0; ready.status === 200 && tries < 40; tries++) {
+    await sleep(50);
+    ready = await fetch(`${own.url}/readyz`);
+  }
+  assert.equal(ready.status, 503);
+  assert.deepEqual(await ready.json(), { status: "unavailable", accepting: false, backplane: null });
+  assert.equal((await negotiate()).status, 503);
+  // Still draining: the process waits for that connection.
+  const early = await Promise.race([own.exited, sleep(300).then(() => "running")]);
+  assert.equal(early, "running");
+
+  const close = await fetch(hub);
+  assert.equal(close.status, 200);
+  assert.equal(await close.text(), `{"type":7,"allowReconnect":true}${RS}`);
+  let timer;
+  const timeout = new Promise((resolve) => (timer = setTimeout(() => resolve("timeout"), 15000)));
+  const exit = await Promise.race([own.exited, timeout]);
+  clearTimeout(timer);
+  assert.deepEqual(exit, { code: 0, signal: null });
+});

@@ -253,9 +253,12 @@ describe("connection tokens and request bodies", () => {
       assert.equal((await attempt()).status, 404);
     }
     // The token starts a Long Polling connection once; a WebSocket with
-    // the same token is then refused.
+    // the same token is then refused, as a change of transport.
     assert.equal((await request(`${server.url}/hubs/test?id=${connectionToken}`)).status, 200);
-    assert.equal((await upgradeStatus(`${ws}?id=${connectionToken}`)).status, 404);
+    assert.deepEqual(await upgradeStatus(`${ws}?id=${connectionToken}`), {
+      status: 400,
+      body: "Cannot change transports mid-connection",
+    });
     await request(`${server.url}/hubs/test?id=${connectionToken}`, { method: "DELETE" });
   });
 
