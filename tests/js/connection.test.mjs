@@ -4,7 +4,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import WebSocket from "ws";
-import { startServer, connect, closed, rawJson, sleep, COMBOS } from "./helpers.mjs";
+import { startServer, connect, closed, next, rawJson, sleep, COMBOS } from "./helpers.mjs";
 
 let server; // short timers, detailed errors
 let plain; // defaults
@@ -213,4 +213,27 @@ test("graceful shutdown drains: /readyz 503 and new connections refused until th
   const exit = await Promise.race([own.exited, timeout]);
   clearTimeout(timer);
   assert.deepEqual(exit, { code: 0, signal: null });
+});
+
+test("several listen addresses serve one set of hubs, and shut down together", async () => {
+  const own = await startServer(["--listen", "127.0.0.1:0,127.0.0.2:0"]);
+  const urls = () => [...own.stdout().matchAll(/listening on (http:\/\/[\d.:]+)/g)].map((m) => m[1]);
+  for (let tries = 0; urls().length < 2 && tries < 40; tries++) await sleep(50);
+  const [first, second] = urls();
+  assert.match(second ?? "", /^http:\/\/127\.0\.0\.2:\d+$/);
+  const a = await connect({ url: first }, "/hubs/test", "json", { reconnect: [60000] });
+  const b = await connect({ url: second }, "/hubs/test", "json", { reconnect: [60000] });
+  // One hub behind both: a broadcast through one address reaches the other.
+  const heard = next(b, "Broadcast");
+  await a.invoke("Broadcast", "both doors");
+  assert.deepEqual(await heard, ["both doors"]);
+  const reconnecting = [a, b].map((c) => new Promise((resolve) => c.onreconnecting(() => resolve(true))));
+  own.child.kill("SIGTERM");
+  await Promise.all(reconnecting);
+  let timer;
+  const timeout = new Promise((resolve) => (timer = setTimeout(() => resolve("timeout"), 15000)));
+  const exit = await Promise.race([own.exited, timeout]);
+  clearTimeout(timer);
+  assert.deepEqual(exit, { code: 0, signal: null });
+  await Promise.all([a.stop(), b.stop()]);
 });

@@ -57,7 +57,9 @@ pub struct FileConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSection {
-    pub listen: Option<SocketAddr>,
+    /// One address, or a list of them.
+    #[serde(deserialize_with = "addresses")]
+    pub listen: Option<Vec<SocketAddr>>,
     pub advertise: Option<String>,
     pub log_format: Option<LogFormatName>,
     pub detailed_errors: Option<bool>,
@@ -206,6 +208,36 @@ fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duratio
     .transpose()
 }
 
+fn addresses<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<SocketAddr>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let list = match Option::<OneOrMany>::deserialize(deserializer)? {
+        None => return Ok(None),
+        // One string may list several (as TIDINGS_SERVER__LISTEN would).
+        Some(OneOrMany::One(one)) => one.split(',').map(|a| a.trim().to_owned()).collect(),
+        Some(OneOrMany::Many(many)) => many,
+    };
+    if list.is_empty() {
+        return Err(serde::de::Error::custom("give at least one address"));
+    }
+    list.iter()
+        .map(|text| {
+            text.parse().map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "'{text}' is not an address to listen on (ip:port, [ipv6]:port)"
+                ))
+            })
+        })
+        .collect::<Result<_, _>>()
+        .map(Some)
+}
+
 fn proxies<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<Vec<TrustedProxy>>, D::Error> {
@@ -300,7 +332,7 @@ pub fn apply(file: &FileConfig, args: &mut Args, matches: &ArgMatches) {
     }
     let ms = |d: &Option<Duration>| d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let server = &file.server;
-    set!(listen, server.listen);
+    set!(listen, server.listen.clone());
     set!(advertise, server.advertise.clone().map(Some));
     set!(
         log_format,
@@ -557,7 +589,19 @@ mod tests {
             transports = ["LongPolling"]
         "#;
         let (file, args) = parse(toml, &["--keep-alive-ms", "7000"]).expect("parses");
-        assert_eq!(args.listen.port(), 6001);
+        assert_eq!(args.listen, ["127.0.0.1:6001".parse().expect("an address")]);
+        let (_, several) =
+            parse("[server]\nlisten = [\"127.0.0.1:1\", \"[::1]:2\"]", &[]).expect("a list parses");
+        let (_, joined) = parse("[server]\nlisten = \"127.0.0.1:1, [::1]:2\"", &[])
+            .expect("a comma-separated string parses");
+        let expected: Vec<SocketAddr> = ["127.0.0.1:1", "[::1]:2"]
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        assert_eq!(
+            (several.listen, joined.listen),
+            (expected.clone(), expected)
+        );
         assert_eq!(args.log_format, LogFormat::Json);
         // The flag wins over the file.
         assert_eq!(args.keep_alive_ms, 7000);
@@ -595,6 +639,11 @@ mod tests {
     fn invalid_files_say_what_is_wrong() {
         let cases = [
             ("[server]\nlisten = \"nowhere\"", "listen"),
+            (
+                "[server]\nlisten = [\"127.0.0.1:1\", \"nowhere\"]",
+                "'nowhere' is not an address to listen on",
+            ),
+            ("[server]\nlisten = []", "give at least one address"),
             ("[server]\nlisten_on = \"127.0.0.1:1\"", "listen_on"),
             (
                 "[limits]\nkeep_alive = \"soon\"",

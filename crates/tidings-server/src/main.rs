@@ -41,9 +41,15 @@ struct Args {
     #[arg(long, env = "TIDINGS_CONFIG", global = true)]
     config: Option<PathBuf>,
 
-    /// Address to listen on.
-    #[arg(long, env = "TIDINGS_LISTEN", default_value = "127.0.0.1:5000")]
-    listen: SocketAddr,
+    /// Addresses to listen on (comma-separated or repeated, e.g. an IPv4
+    /// and an IPv6 one); the first is the one other servers are told of.
+    #[arg(
+        long,
+        env = "TIDINGS_LISTEN",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:5000"
+    )]
+    listen: Vec<SocketAddr>,
 
     /// Send the real text of hub method errors to clients.
     #[arg(long, env = "TIDINGS_DETAILED_ERRORS")]
@@ -291,10 +297,17 @@ async fn main() -> anyhow::Result<()> {
         .or_else(|| args.demo_tokens.then(demo_tokens::random_secret));
     let auth = security::Security::new(&args.security, jwt_secret.as_deref())?;
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let local = listener.local_addr()?;
+    let mut listeners = Vec::with_capacity(args.listen.len());
+    for address in &args.listen {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address}"))?;
+        let local = listener.local_addr()?;
+        listeners.push((listener, local));
+    }
+    let Some(&(_, local)) = listeners.first() else {
+        anyhow::bail!("no address to listen on (--listen)");
+    };
 
     let registry = tidings::Metrics::new();
     let lifetimes = Lifetimes::new(&args, local, &registry)?;
@@ -403,24 +416,40 @@ async fn main() -> anyhow::Result<()> {
         .merge(serverless_routes);
 
     let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(address = %local, scheme, "tidings listening (HTTP/1.1 and HTTP/2)");
-    // Scripts read this line to learn the port when listening on port 0.
-    println!("listening on {scheme}://{local}");
+    for (_, local) in &listeners {
+        tracing::info!(address = %local, scheme, "tidings listening (HTTP/1.1 and HTTP/2)");
+        // Scripts read this line to learn the port when listening on port 0.
+        println!("listening on {scheme}://{local}");
+    }
 
+    // One shutdown for every listener: they stop accepting only once the
+    // hubs have drained, so that /readyz keeps answering 503 and clients
+    // keep collecting their Close until then.
+    let (drained, drained_rx) = tokio::sync::watch::channel(false);
     let signal_shutdown = shutdown.clone();
-    let mut server = tidings::serve(listener, app).with_graceful_shutdown(async move {
+    // A task of its own: should a listener fail, the error ends the
+    // process without waiting for a signal.
+    tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down: closing connections");
         // Event-stream responses end once the log is closed; hub
         // connections are closed by the hub shutdown.
         stream.close();
-        let drained = signal_shutdown.shutdown(Duration::from_secs(10)).await;
-        tracing::info!(drained, "connections closed");
+        let closed = signal_shutdown.shutdown(Duration::from_secs(10)).await;
+        tracing::info!(drained = closed, "connections closed");
+        let _ = drained.send(true);
     });
-    if let Some(tls) = tls {
-        server = server.tls(tls);
-    }
-    server.await?;
+    let servers = listeners.into_iter().map(|(listener, _)| {
+        let mut drained = drained_rx.clone();
+        let mut server = tidings::serve(listener, app.clone()).with_graceful_shutdown(async move {
+            let _ = drained.wait_for(|done| *done).await;
+        });
+        if let Some(tls) = &tls {
+            server = server.tls(tls.clone());
+        }
+        server.into_future()
+    });
+    futures_util::future::try_join_all(servers).await?;
     metrics.abort();
     Ok(())
 }

@@ -109,7 +109,11 @@ pub fn run_command(args: &Args, serverless: &[ServerlessSpec]) -> anyhow::Result
                 .collect();
             println!(
                 "configuration OK: listening on {}, hubs: {}, REST API {}, backplane {}",
-                args.listen,
+                args.listen
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" and "),
                 hubs.join(", "),
                 if args.access_keys.is_empty() {
                     "off (no access key)"
