@@ -55,6 +55,12 @@ impl Backend for ClusterBackend {
             managers
         })
     }
+
+    // Each channel lives on the node of its hash slot: a group's messages
+    // and the messages to all travel through different nodes.
+    fn ordered_across_targets(&self) -> bool {
+        false
+    }
 }
 
 async fn backend() -> ClusterBackend {
