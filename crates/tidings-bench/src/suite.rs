@@ -632,21 +632,12 @@ fn find<'a>(
     protocol: &str,
     rate: Option<f64>,
 ) -> Option<&'a Report> {
-    find_on(results, scenario, kind, protocol, rate, 1)
+    median(rounds_of(results, scenario, kind, protocol, rate, 1))
 }
 
-/// [`find`] for a run over `servers` server processes: the median of its
-/// rounds (by p99 latency for fan-out, by throughput for echo and connect,
-/// by memory for idle).
-fn find_on<'a>(
-    results: &'a Results,
-    scenario: Scenario,
-    kind: ServerKind,
-    protocol: &str,
-    rate: Option<f64>,
-    servers: usize,
-) -> Option<&'a Report> {
-    let mut rounds = rounds_of(results, scenario, kind, protocol, rate, servers);
+/// The median of a run's rounds (by p99 latency for fan-out, by
+/// throughput for echo and connect, by memory for idle).
+fn median(mut rounds: Vec<&Report>) -> Option<&Report> {
     let key = |r: &Report| match r.scenario {
         Scenario::Echo | Scenario::Connect => r.throughput,
         Scenario::Idle => r.rss.map_or(0.0, |rss| rss.per_connection_bytes),
@@ -756,14 +747,14 @@ fn markdown(results: &Results) -> String {
     out.push_str("| scenario | protocol | rate/s | raw throughput/s | tidings throughput/s | ratio | raw p99 ms | tidings p99 ms |\n");
     out.push_str("|---|---|---:|---:|---:|---:|---:|---:|\n");
     for t in distinct_tidings_runs(&reports) {
-        let Some(t) = find_on(
+        let Some(t) = median(rounds_of(
             results,
             t.scenario,
             t.server,
             &t.protocol,
             t.rate,
             t.servers,
-        ) else {
+        )) else {
             continue;
         };
         // A cluster run is compared with the single raw server's broadcast.
@@ -881,22 +872,22 @@ fn markdown(results: &Results) -> String {
         }
         for rate in [10.0, 20.0, 40.0] {
             let (Some(one), Some(three)) = (
-                find_on(
+                median(rounds_of(
                     results,
                     Scenario::Cluster,
                     ServerKind::Tidings,
                     protocol,
                     Some(rate),
                     1,
-                ),
-                find_on(
+                )),
+                median(rounds_of(
                     results,
                     Scenario::Cluster,
                     ServerKind::Tidings,
                     protocol,
                     Some(rate),
                     3,
-                ),
+                )),
             ) else {
                 continue;
             };
@@ -950,24 +941,24 @@ fn markdown(results: &Results) -> String {
         .into_iter()
         .filter(|r| r.protocol == "json")
     {
-        let Some(json) = find_on(
+        let Some(json) = median(rounds_of(
             results,
             json.scenario,
             ServerKind::Tidings,
             "json",
             json.rate,
             json.servers,
-        ) else {
+        )) else {
             continue;
         };
-        let Some(mp) = find_on(
+        let Some(mp) = median(rounds_of(
             results,
             json.scenario,
             ServerKind::Tidings,
             "messagepack",
             json.rate,
             json.servers,
-        ) else {
+        )) else {
             continue;
         };
         if json.scenario == Scenario::Idle {
