@@ -158,6 +158,20 @@ describe("per-IP limit behind a reverse proxy", () => {
     assert.equal((await from("127.0.0.3", "203.0.113.9")).status, 200);
     assert.equal((await from("127.0.0.3", "203.0.113.10")).status, 429);
   });
+
+  test("a trusted proxy's RFC 7239 Forwarded header names the client, and wins over X-Forwarded-For", async () => {
+    const forwarded = (localAddress, headers) => negotiate(server, "/hubs/test", { localAddress, headers });
+    assert.equal((await forwarded("127.0.0.2", { Forwarded: "for=203.0.113.20;proto=http" })).status, 200);
+    assert.equal((await forwarded("127.0.0.2", { Forwarded: 'for="203.0.113.20:4711"' })).status, 429);
+    assert.equal((await forwarded("127.0.0.2", { Forwarded: 'for="[2001:db8::20]"' })).status, 200);
+    assert.equal((await forwarded("127.0.0.2", { Forwarded: 'for="[2001:db8::20]:80"' })).status, 429);
+    // Both headers: the standard one is read, X-Forwarded-For is not.
+    const both = { Forwarded: "for=203.0.113.21", "X-Forwarded-For": "203.0.113.20" };
+    assert.equal((await forwarded("127.0.0.2", both)).status, 200);
+    // From an untrusted peer the header is ignored: 127.0.0.4 is itself.
+    assert.equal((await forwarded("127.0.0.4", { Forwarded: "for=203.0.113.22" })).status, 200);
+    assert.equal((await forwarded("127.0.0.4", { Forwarded: "for=203.0.113.23" })).status, 429);
+  });
 });
 
 describe("allowed origins", () => {

@@ -110,7 +110,7 @@ pub struct LimitsSection {
     pub max_connections: Option<usize>,
     /// Most live connections from one IP address (0 = no limit).
     pub max_connections_per_ip: Option<usize>,
-    /// Reverse proxies whose X-Forwarded-For names the client.
+    /// Reverse proxies whose Forwarded or X-Forwarded-For names the client.
     #[serde(deserialize_with = "proxies")]
     pub trusted_proxies: Option<Vec<TrustedProxy>>,
     /// Invocations a connection may make at once before the rate limit

@@ -77,8 +77,9 @@ pub struct SecurityArgs {
     #[arg(long, env = "TIDINGS_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
     pub max_connections_per_ip: usize,
 
-    /// Reverse proxies whose X-Forwarded-For names the client for the
-    /// per-IP limit (comma-separated addresses or networks: `10.0.0.0/8`).
+    /// Reverse proxies whose Forwarded or X-Forwarded-For header names the
+    /// client for the per-IP limit (comma-separated addresses or networks:
+    /// `10.0.0.0/8`).
     #[arg(long, env = "TIDINGS_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<TrustedProxy>,
 

@@ -19,7 +19,7 @@ use std::{
 
 use axum::{
     extract::ConnectInfo,
-    http::{HeaderValue, Method, StatusCode, header, request::Parts},
+    http::{HeaderName, HeaderValue, Method, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
 };
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
@@ -41,7 +41,8 @@ use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 /// Behind a reverse proxy every connection comes from the proxy's address,
 /// and a per-IP ceiling would hold all clients together: name the proxies
 /// with [`trusted_proxies`](Self::trusted_proxies), and the client's address
-/// is read from `X-Forwarded-For` instead.
+/// is read from the `Forwarded` (RFC 7239) or `X-Forwarded-For` header
+/// instead.
 #[derive(Clone, Debug, Default)]
 pub struct ConnectionLimits {
     max_total: Option<usize>,
@@ -98,12 +99,14 @@ impl ConnectionLimits {
         self
     }
 
-    /// Peers whose `X-Forwarded-For` names the client. The header is read
-    /// from its end: each address a trusted peer (or trusted proxy before
-    /// it) reports replaces the peer's own, until one is not trusted — as
-    /// ASP.NET Core's forwarded-headers middleware does with its known
-    /// proxies. A request from any other peer is counted under the peer's
-    /// address whatever its headers say: anyone can write the header.
+    /// Peers whose forwarding header names the client: the `for` addresses
+    /// of RFC 7239's `Forwarded` where the request has that header, else
+    /// `X-Forwarded-For`. The list is read from its end: each address a
+    /// trusted peer (or trusted proxy before it) reports replaces the
+    /// peer's own, until one is not trusted — as ASP.NET Core's
+    /// forwarded-headers middleware does with its known proxies. A request
+    /// from any other peer is counted under the peer's address whatever its
+    /// headers say: anyone can write them.
     pub fn trusted_proxies(mut self, proxies: impl IntoIterator<Item = TrustedProxy>) -> Self {
         self.proxies = proxies.into_iter().collect();
         self
@@ -184,21 +187,33 @@ impl ConnectionLimits {
             return Some(peer);
         }
         let trusted = |ip: IpAddr| self.proxies.iter().any(|proxy| proxy.contains(ip));
-        // Every X-Forwarded-For header, in order, as one list.
-        let hops: Vec<&str> = parts
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .map(str::trim)
-            .collect();
+        // Every header of one kind, in order, as one list of hops: the
+        // standard `Forwarded` where a proxy sent it, else X-Forwarded-For.
+        // Never both: a proxy that writes one does not update the other.
+        let values = |name| {
+            parts
+                .headers
+                .get_all(name)
+                .into_iter()
+                .filter_map(|value| value.to_str().ok())
+        };
+        let hops: Vec<Option<IpAddr>> = if parts.headers.contains_key(header::FORWARDED) {
+            values(header::FORWARDED)
+                .flat_map(|value| split_unquoted(value, ','))
+                .map(forwarded_for)
+                .collect()
+        } else {
+            values(X_FORWARDED_FOR)
+                .flat_map(|value| value.split(','))
+                .map(|hop| forwarded_address(hop.trim()))
+                .collect()
+        };
         let mut client = peer;
-        for hop in hops.iter().rev() {
+        for hop in hops.into_iter().rev() {
             if !trusted(client) {
                 break;
             }
-            match forwarded_address(hop) {
+            match hop {
                 Some(ip) => client = ip,
                 // A hop that is not an address ends the trust (what came
                 // before it cannot be checked).
@@ -209,7 +224,45 @@ impl ConnectionLimits {
     }
 }
 
-/// An address in `X-Forwarded-For`: `a.b.c.d`, an IPv6 address, either
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// The address in the `for` parameter of one element of an RFC 7239
+/// `Forwarded` header (`for=192.0.2.60;proto=https`,
+/// `for="[2001:db8::17]:4711"`); `None` where there is none, or where the
+/// proxy hid it (`for=unknown`, `for=_hidden`).
+fn forwarded_for(element: &str) -> Option<IpAddr> {
+    let value = split_unquoted(element, ';').find_map(|pair| {
+        let (name, value) = pair.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("for")
+            .then_some(value.trim())
+    })?;
+    let value = value
+        .strip_prefix('"')
+        .and_then(|value| value.strip_suffix('"'))
+        .unwrap_or(value);
+    forwarded_address(value)
+}
+
+/// `text` split at every `separator` outside a quoted string (a quoted
+/// `for="[v6]:port"` may hold what would otherwise separate).
+fn split_unquoted(text: &str, separator: char) -> impl Iterator<Item = &str> {
+    let (mut quoted, mut escaped) = (false, false);
+    text.split(move |c: char| {
+        if escaped {
+            escaped = false;
+            return false;
+        }
+        match c {
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            c => return c == separator && !quoted,
+        }
+        false
+    })
+}
+
+/// An address as forwarding headers write it: `a.b.c.d`, an IPv6 address, either
 /// with a port (`a.b.c.d:p`, `[v6]:p`), or a bracketed IPv6 address.
 fn forwarded_address(hop: &str) -> Option<IpAddr> {
     let ip = hop
@@ -226,7 +279,7 @@ fn forwarded_address(hop: &str) -> Option<IpAddr> {
 }
 
 /// A reverse proxy or load balancer, or a network of them, whose
-/// `X-Forwarded-For` is believed ([`ConnectionLimits::trusted_proxies`]).
+/// forwarding headers are believed ([`ConnectionLimits::trusted_proxies`]).
 /// Parsed from an address (`10.0.0.7`, `::1`) or a network in CIDR
 /// notation (`10.0.0.0/8`, `fd00::/8`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -458,13 +511,63 @@ mod tests {
     }
 
     fn forwarded(peer: [u8; 4], headers: &[&str]) -> Parts {
+        with_headers(peer, "x-forwarded-for", headers)
+    }
+
+    fn with_headers(peer: [u8; 4], name: &'static str, headers: &[&str]) -> Parts {
         let mut parts = parts(None, "h", peer);
         for value in headers {
             if let Ok(value) = HeaderValue::from_str(value) {
-                parts.headers.append("x-forwarded-for", value);
+                parts.headers.append(name, value);
             }
         }
         parts
+    }
+
+    #[test]
+    fn rfc7239_forwarded_names_the_client() -> Result<(), TrustedProxyError> {
+        let limits = ConnectionLimits::new().trusted_proxies(["10.0.0.0/8".parse()?]);
+        let ip =
+            |peer, headers: &[&str]| limits.client_ip(&with_headers(peer, "forwarded", headers));
+        let v4 = |a, b, c, d| Some(IpAddr::from([a, b, c, d]));
+        assert_eq!(ip([10, 0, 0, 1], &["for=7.7.7.7"]), v4(7, 7, 7, 7));
+        // Other parameters, any case, quotes, ports, and a trusted hop.
+        assert_eq!(
+            ip(
+                [10, 0, 0, 1],
+                &["For=\"7.7.7.7:4711\";proto=https;by=10.0.0.1, for=10.2.2.2"]
+            ),
+            v4(7, 7, 7, 7)
+        );
+        assert_eq!(
+            ip([10, 0, 0, 1], &["proto=http;for=\"[2001:db8::17]:4711\""]),
+            Some(IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x17]))
+        );
+        // Several headers are one list; the untrusted hop ends the walk.
+        assert_eq!(
+            ip(
+                [10, 0, 0, 1],
+                &["for=1.1.1.1", "for=8.8.8.8", "for=10.3.3.3"]
+            ),
+            v4(8, 8, 8, 8)
+        );
+        // A hidden or missing address leaves the nearest known one.
+        assert_eq!(ip([10, 0, 0, 1], &["for=_hidden"]), v4(10, 0, 0, 1));
+        assert_eq!(ip([10, 0, 0, 1], &["for=unknown"]), v4(10, 0, 0, 1));
+        assert_eq!(ip([10, 0, 0, 1], &["proto=https"]), v4(10, 0, 0, 1));
+        // A comma inside quotes does not split an element.
+        assert_eq!(
+            ip([10, 0, 0, 1], &["for=7.7.7.7;ext=\"a,b\""]),
+            v4(7, 7, 7, 7)
+        );
+        // `Forwarded` wins over X-Forwarded-For when both are present.
+        let mut both = with_headers([10, 0, 0, 1], "forwarded", &["for=7.7.7.7"]);
+        both.headers
+            .append("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        assert_eq!(limits.client_ip(&both), v4(7, 7, 7, 7));
+        // From an untrusted peer the header is ignored.
+        assert_eq!(ip([8, 8, 8, 8], &["for=7.7.7.7"]), v4(8, 8, 8, 8));
+        Ok(())
     }
 
     #[test]
