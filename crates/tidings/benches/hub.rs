@@ -103,6 +103,33 @@ fn fan_out(c: &mut Criterion) {
             })
         });
     }
+    // The raw WebSocket baseline's design for comparison: a map of tokio
+    // bounded channels, one frame cloned into each, each drained.
+    let frame =
+        SerializedMessage::invocation("ReceiveMessage", ("alice".to_owned(), TEXT.to_owned()))
+            .frame(Protocol::Json)
+            .unwrap();
+    let mut channels = std::collections::HashMap::new();
+    let mut receivers = Vec::with_capacity(CONNECTIONS);
+    for i in 0..CONNECTIONS as u64 {
+        let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(1024);
+        channels.insert(i, tx);
+        receivers.push(rx);
+    }
+    group.bench_function(BenchmarkId::new("10000", "tokio-mpsc"), |b| {
+        b.iter(|| {
+            for tx in channels.values() {
+                let _ = tx.try_send(frame.clone());
+            }
+            let mut total = 0;
+            for rx in &mut receivers {
+                while let Ok(frame) = rx.try_recv() {
+                    total += frame.len();
+                }
+            }
+            total
+        })
+    });
     group.finish();
 }
 
