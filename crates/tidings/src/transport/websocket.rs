@@ -159,41 +159,32 @@ async fn run<H: Hub>(
     session_then_writer(session, writer, turn).await;
 }
 
-/// Runs both to completion, the session before the writer whenever both
-/// are due (`tokio::join!` rotates which goes first). Replies the session
-/// queues while handling what it just read are then written in the same
-/// pass; and since the writer is sure to see them, queuing them does not
-/// wake the task again (an outbox [`Turn`](outbox::Turn)).
+/// Runs both to completion, the session before the writer on every poll
+/// (`tokio::join!` rotates which goes first). Replies the session queues
+/// while handling what it just read are then written in the same pass; and
+/// since the writer is sure to see them, queuing them does not wake the
+/// task again (an outbox [`Turn`](outbox::Turn)).
 ///
-/// Each half is polled only when something woke it (the writer also after
-/// every poll of the session, for the replies above). A broadcast wakes a
-/// connection for its writer alone; polling the session as well would
-/// touch the socket's read half, the abort token and the session's state
-/// for nothing, a handful of cache misses per recipient when thousands of
-/// connections wake at once.
+/// Both halves are polled whenever either was woken, as a `select!` over
+/// a socket's two directions would. Polling only the woken half saves a
+/// little CPU per broadcast recipient, but it was measured to cost tail
+/// latency under load: a writer woken alone runs at once and writes each
+/// message on its own, where the slightly later writer of this loop finds
+/// more of a burst queued and sends it in one write, so both ends make
+/// fewer syscalls and wake-ups when they are busiest (BENCHMARKS.md).
 async fn session_then_writer(
     mut session: std::pin::Pin<Box<impl Future<Output = ()>>>,
     mut writer: std::pin::Pin<Box<impl Future<Output = ()>>>,
     turn: outbox::TurnKey,
 ) {
-    let (session_wake, writer_wake) = (Half::new(), Half::new());
-    let (session_waker, writer_waker) = (
-        std::task::Waker::from(Arc::clone(&session_wake)),
-        std::task::Waker::from(Arc::clone(&writer_wake)),
-    );
     let (mut session_done, mut writer_done) = (false, false);
     std::future::poll_fn(|cx| {
         let _turn = outbox::Turn::enter(turn);
-        let mut polled_session = false;
-        if !session_done && session_wake.due(cx) {
-            let mut cx = std::task::Context::from_waker(&session_waker);
-            session_done = session.as_mut().poll(&mut cx).is_ready();
-            polled_session = true;
+        if !session_done {
+            session_done = session.as_mut().poll(cx).is_ready();
         }
-        // `due` first: it must re-arm the writer's flag on every pass.
-        if !writer_done && (writer_wake.due(cx) || polled_session) {
-            let mut cx = std::task::Context::from_waker(&writer_waker);
-            writer_done = writer.as_mut().poll(&mut cx).is_ready();
+        if !writer_done {
+            writer_done = writer.as_mut().poll(cx).is_ready();
         }
         if session_done && writer_done {
             std::task::Poll::Ready(())
@@ -202,43 +193,6 @@ async fn session_then_writer(
         }
     })
     .await
-}
-
-/// The waker one half of a connection's task polls with: it notes that
-/// this half is due, then wakes the task.
-struct Half {
-    woken: std::sync::atomic::AtomicBool,
-    task: futures_util::task::AtomicWaker,
-}
-
-impl Half {
-    fn new() -> Arc<Half> {
-        Arc::new(Half {
-            // Both halves are due at the first poll.
-            woken: std::sync::atomic::AtomicBool::new(true),
-            task: futures_util::task::AtomicWaker::new(),
-        })
-    }
-
-    /// Whether this half was woken since its last poll; clears the flag.
-    /// The task's waker is registered before the flag is read, so a wake
-    /// that lands after the read (while the half is being polled) wakes
-    /// the task again rather than being lost.
-    fn due(&self, cx: &std::task::Context<'_>) -> bool {
-        self.task.register(cx.waker());
-        self.woken.swap(false, Ordering::AcqRel)
-    }
-}
-
-impl std::task::Wake for Half {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
-        self.task.wake();
-    }
 }
 
 /// Moves a value out of its box and frees the box now. (`*boxed` would
