@@ -47,26 +47,22 @@ async fn a_node_restart_loses_nothing_and_keeps_the_order() {
     let prefix = format!("faults{:08x}.", rand::random::<u32>());
     let one = backplane(urls.clone(), &prefix).await;
     let two = backplane(urls.clone(), &prefix).await;
-    let support::Pair {
-        sender,
-        mut local,
-        mut remote,
-        // Held to the end: dropping it would end the hub on server two.
-        receiver: _receiver,
-    } = support::pair(&one, &two).await;
+    // The whole pair stays bound to the end: dropping its receiver would
+    // end the hub on server two.
+    let mut pair = support::pair(&one, &two).await;
 
     for n in 1..=10 {
-        broadcast(&sender, n).await;
+        broadcast(&pair.sender, n).await;
     }
     assert_eq!(
-        numbers_until(&mut remote, 10).await,
+        numbers_until(&mut pair.remote, 10).await,
         (1..=10).collect::<Vec<_>>()
     );
 
     let shard = owner(&urls, &format!("{prefix}Faults.Hub:all"));
     cluster.kill(shard);
     for n in 11..=30 {
-        broadcast(&sender, n).await;
+        broadcast(&pair.sender, n).await;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(
@@ -75,20 +71,20 @@ async fn a_node_restart_loses_nothing_and_keeps_the_order() {
     );
     // Local delivery does not wait for Redis.
     assert_eq!(
-        numbers_until(&mut local, 30).await,
+        numbers_until(&mut pair.local, 30).await,
         (1..=30).collect::<Vec<_>>()
     );
     cluster.restart(shard);
     for n in 31..=40 {
-        broadcast(&sender, n).await;
+        broadcast(&pair.sender, n).await;
     }
     assert_eq!(
-        numbers_until(&mut remote, 40).await,
+        numbers_until(&mut pair.remote, 40).await,
         (11..=40).collect::<Vec<_>>(),
         "every message once, in order, after the recovery"
     );
     assert!(
-        remote
+        pair.remote
             .next_within(Duration::from_millis(300))
             .await
             .is_none(),

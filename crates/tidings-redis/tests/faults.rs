@@ -54,23 +54,19 @@ async fn a_redis_restart_loses_nothing_that_fits_the_buffer() {
     let redis = support::RedisServer::start();
     let one = backplane(&redis.url(), 1000).await;
     let two = backplane(&redis.url(), 1000).await;
-    let support::Pair {
-        sender,
-        mut local,
-        mut remote,
-        // Held to the end: dropping it would end the hub on server two.
-        receiver: _receiver,
-    } = support::pair(&one, &two).await;
+    // The whole pair stays bound to the end: dropping its receiver would
+    // end the hub on server two.
+    let mut pair = support::pair(&one, &two).await;
 
     for n in 1..=20 {
-        broadcast(&sender, n).await;
+        broadcast(&pair.sender, n).await;
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     redis.kill();
     for n in 21..=60 {
-        broadcast(&sender, n).await;
+        broadcast(&pair.sender, n).await;
         // Local delivery goes on while Redis is away.
-        let got = local.next().await;
+        let got = pair.local.next().await;
         assert_eq!(got.arguments, [json!(n - 20)]);
     }
     // The loss of the connection is noticed asynchronously (a slow machine
@@ -83,13 +79,13 @@ async fn a_redis_restart_loses_nothing_that_fits_the_buffer() {
     assert!(one.stats().buffered > 0, "{:?}", one.stats());
     redis.restart();
     for n in 61..=80 {
-        broadcast(&sender, n).await;
+        broadcast(&pair.sender, n).await;
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 
     let expected: Vec<u64> = (1..=80).collect();
-    assert_eq!(numbers_until(&mut remote, 80).await, expected);
-    let rest = numbers_until(&mut local, 80).await;
+    assert_eq!(numbers_until(&mut pair.remote, 80).await, expected);
+    let rest = numbers_until(&mut pair.local, 80).await;
     assert_eq!(rest, (41..=80).collect::<Vec<_>>());
     assert_eq!(settled(&one).await, 0, "{:?}", one.stats());
     let stats = one.stats();
@@ -98,7 +94,7 @@ async fn a_redis_restart_loses_nothing_that_fits_the_buffer() {
     assert!(two.stats().reconnects >= 1);
     // Nothing more arrives: every message came once.
     assert!(
-        remote
+        pair.remote
             .next_within(Duration::from_millis(200))
             .await
             .is_none()
