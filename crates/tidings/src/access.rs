@@ -299,21 +299,18 @@ pub enum TrustedProxyError {
 
 impl TrustedProxy {
     fn contains(&self, ip: IpAddr) -> bool {
-        match (self.network, ip.to_canonical()) {
+        let (network, ip, bits) = match (self.network, ip.to_canonical()) {
             (IpAddr::V4(network), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(network) & mask == u32::from(ip) & mask
+                (u32::from(network).into(), u32::from(ip).into(), 32)
             }
-            (IpAddr::V6(network), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(network) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
+            (IpAddr::V6(network), IpAddr::V6(ip)) => (u128::from(network), u128::from(ip), 128),
+            _ => return false,
+        };
+        // Equal in every bit above the host part (a /0 has none to compare).
+        (network ^ ip)
+            .checked_shr(bits - u32::from(self.prefix))
+            .unwrap_or(0)
+            == 0
     }
 }
 

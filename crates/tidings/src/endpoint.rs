@@ -758,10 +758,7 @@ async fn connect<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Requ
                     return StatusCode::CONFLICT.into_response();
                 }
                 None if endpoint.http_connection(&token).is_some() => {
-                    return text(
-                        StatusCode::BAD_REQUEST,
-                        "Cannot change transports mid-connection",
-                    );
+                    return transport_changed();
                 }
                 None => return text(StatusCode::NOT_FOUND, "No Connection with that ID"),
             },
@@ -940,10 +937,7 @@ async fn connect_http<H: Hub>(endpoint: Arc<Endpoint<H>>, parts: Parts) -> Respo
         return http::poll(existing, false, options.long_poll_timeout).await;
     }
     if endpoint.websockets.contains(&token) {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "Cannot change transports mid-connection",
-        );
+        return transport_changed();
     }
     // No new connection starts during a shutdown; the polls of existing
     // ones above go on, so that they collect their Close.
@@ -1066,5 +1060,14 @@ fn not_deletable() -> Response {
     text(
         StatusCode::BAD_REQUEST,
         "Cannot terminate this connection using the DELETE endpoint.",
+    )
+}
+
+/// ASP.NET Core's answer to a request for a live connection on another
+/// transport than its own.
+fn transport_changed() -> Response {
+    text(
+        StatusCode::BAD_REQUEST,
+        "Cannot change transports mid-connection",
     )
 }

@@ -224,9 +224,7 @@ pub mod spec {
     ) -> Vec<Vec<(String, Value)>> {
         let mut all = fence_once(server, connections).await;
         if !backend.ordered_across_targets() {
-            for (seen, more) in all.iter_mut().zip(fence_once(server, connections).await) {
-                seen.extend(more);
-            }
+            append(&mut all, fence_once(server, connections).await);
         }
         all
     }
@@ -267,14 +265,16 @@ pub mod spec {
     ) -> Vec<Vec<(String, Value)>> {
         let mut all = vec![Vec::new(); connections.len()];
         for server in servers {
-            for (seen, more) in all
-                .iter_mut()
-                .zip(fence(backend, server, connections).await)
-            {
-                seen.extend(more);
-            }
+            append(&mut all, fence(backend, server, connections).await);
         }
         all
+    }
+
+    /// Adds to each connection's messages in `all` those in `more`.
+    fn append(all: &mut [Vec<(String, Value)>], more: Vec<Vec<(String, Value)>>) {
+        for (seen, more) in all.iter_mut().zip(more) {
+            seen.extend(more);
+        }
     }
 
     fn got(method: &str, arg: Value) -> (String, Value) {
