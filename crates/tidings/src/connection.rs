@@ -374,6 +374,11 @@ impl ConnectionHandle {
         std::future::poll_fn(|cx| self.inner.kill.poll(cx)).await
     }
 
+    /// A gate for the session's rarely-firing futures (see [`outbox::Gate`]).
+    pub(crate) fn session_gate(&self) -> outbox::Gate {
+        self.inner.tx.gate(outbox::Side::Session)
+    }
+
     pub(crate) fn aborted(&self) -> &CancellationToken {
         &self.inner.abort
     }

@@ -14,13 +14,23 @@
 //!   the task for it would only make it run once more for nothing. A
 //!   sender that runs inside the receiving task's turn therefore does not
 //!   wake it; every other sender does.
+//!
+//! The queue also carries the connection's [`Gate`]s: the futures a
+//! connection task watches besides its socket and this queue (its abort
+//! token, its timers) fire rarely, yet polling them costs a lock or two on
+//! memory that has gone cold between two messages. A gated future is only
+//! polled again once it has woken its task, which it notes in a flag kept
+//! here, on the cache line the writer touches anyway.
 
 use std::{
     cell::Cell,
     collections::VecDeque,
     fmt,
-    sync::{Arc, Mutex, MutexGuard},
-    task::{Context, Poll},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU8, Ordering},
+    },
+    task::{Context, Poll, Wake, Waker},
 };
 
 use futures_util::task::AtomicWaker;
@@ -31,6 +41,7 @@ use crate::connection::Outbound;
 /// Creates a queue that holds at most `capacity` entries.
 pub(crate) fn channel(capacity: usize) -> (Sender, Receiver) {
     let shared = Arc::new(Shared {
+        side: AtomicU8::new(0),
         state: Mutex::new(State {
             queue: VecDeque::new(),
             capacity: capacity.max(1),
@@ -38,9 +49,11 @@ pub(crate) fn channel(capacity: usize) -> (Sender, Receiver) {
             closed: false,
             killed: false,
             waiting_senders: 0,
+            receiver: None,
+            receiver_waiting: false,
         }),
-        receiver: AtomicWaker::new(),
         room: Notify::new(),
+        side_tasks: [AtomicWaker::new(), AtomicWaker::new()],
     });
     (
         Sender {
@@ -50,12 +63,33 @@ pub(crate) fn channel(capacity: usize) -> (Sender, Receiver) {
     )
 }
 
+// `repr(C)`: `side` sits next to the lock every `take` touches, so that
+// a gate's check costs no cache miss of its own.
+#[repr(C)]
 struct Shared {
+    /// One bit per [`Side`]: a gated future of that side woke its task.
+    side: AtomicU8,
     state: Mutex<State>,
-    /// The writer, when it waits for an entry.
-    receiver: AtomicWaker,
     /// Senders waiting for room.
     room: Notify,
+    /// The task of each side's gate (they may be two tasks: with Server-Sent
+    /// Events and Long Polling the writer is the HTTP response).
+    side_tasks: [AtomicWaker; 2],
+}
+
+/// A gated future woke: both sides look (a spurious poll of the other side
+/// on a rare event costs less than a waker per side).
+impl Wake for Shared {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.side.fetch_or(SIDE_ALL, Ordering::Release);
+        for task in &self.side_tasks {
+            task.wake();
+        }
+    }
 }
 
 struct State {
@@ -70,6 +104,22 @@ struct State {
     /// Senders inside `send` waiting for room (so that taking an entry
     /// only signals `room` when someone listens).
     waiting_senders: usize,
+    /// The receiving task's waker, kept (and replaced only if the task
+    /// changes) rather than registered anew on every wait: the receiver
+    /// holds this lock when it finds the queue empty anyway.
+    receiver: Option<Waker>,
+    /// The receiver found the queue empty and waits to be woken.
+    receiver_waiting: bool,
+}
+
+impl State {
+    /// The receiver's waker if it waits, which it then no longer does.
+    fn wake_receiver(&mut self) -> Option<Waker> {
+        if !std::mem::take(&mut self.receiver_waiting) {
+            return None;
+        }
+        self.receiver.clone()
+    }
 }
 
 impl Shared {
@@ -84,10 +134,12 @@ impl Shared {
         Arc::as_ptr(self) as usize
     }
 
-    fn wake_receiver(self: &Arc<Self>) {
-        if TURN.with(Cell::get) != self.key() {
-            self.receiver.wake();
+    /// The receiver's waker, if it waits and this is not its own turn.
+    fn wake_receiver(self: &Arc<Self>, state: &mut State) -> Option<Waker> {
+        if TURN.with(Cell::get) == self.key() {
+            return None;
         }
+        state.wake_receiver()
     }
 }
 
@@ -143,17 +195,31 @@ impl Sender {
             return Err(TrySendError::Full(entry));
         }
         state.queue.push_back(entry);
+        let wake = self.shared.wake_receiver(&mut state);
         drop(state);
-        self.shared.wake_receiver();
+        if let Some(waker) = wake {
+            waker.wake();
+        }
         Ok(())
+    }
+
+    /// A gate for futures of `side`.
+    pub(crate) fn gate(&self, side: Side) -> Gate {
+        Gate::new(&self.shared, side)
     }
 
     /// Makes the receiver see the end at once, dropping what is queued
     /// (a slow consumer's writer stops without writing its backlog). It
     /// wakes the receiver even inside its own turn: no poll is owed to it.
     pub(crate) fn kill(&self) {
-        self.shared.lock().killed = true;
-        self.shared.receiver.wake();
+        let wake = {
+            let mut state = self.shared.lock();
+            state.killed = true;
+            state.wake_receiver()
+        };
+        if let Some(waker) = wake {
+            waker.wake();
+        }
     }
 
     /// Queues `entry`, waiting for room; gives it back if the receiver is
@@ -172,8 +238,11 @@ impl Sender {
                 }
                 if state.queue.len() < state.capacity {
                     state.queue.push_back(entry);
+                    let wake = self.shared.wake_receiver(&mut state);
                     drop(state);
-                    self.shared.wake_receiver();
+                    if let Some(waker) = wake {
+                        waker.wake();
+                    }
                     return Ok(());
                 }
                 state.waiting_senders += 1;
@@ -206,14 +275,16 @@ impl Clone for Sender {
 
 impl Drop for Sender {
     fn drop(&mut self) {
-        let last = {
+        let wake = {
             let mut state = self.shared.lock();
             state.senders -= 1;
-            state.senders == 0
-        };
-        if last {
             // The receiver sees the end once the queue is empty.
-            self.shared.receiver.wake();
+            (state.senders == 0)
+                .then(|| state.wake_receiver())
+                .flatten()
+        };
+        if let Some(waker) = wake {
+            waker.wake();
         }
     }
 }
@@ -234,6 +305,11 @@ pub(crate) struct Receiver {
 pub(crate) struct Empty;
 
 impl Receiver {
+    /// A gate for the writer's futures.
+    pub(crate) fn gate(&self) -> Gate {
+        Gate::new(&self.shared, Side::Writer)
+    }
+
     /// The key of this queue's turns.
     pub(crate) fn turn_key(&self) -> TurnKey {
         TurnKey(self.shared.key())
@@ -246,33 +322,30 @@ impl Receiver {
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Outbound>> {
-        if let Some(taken) = self.take() {
-            return Poll::Ready(taken);
-        }
-        self.shared.receiver.register(cx.waker());
-        // Again, now that a sender would wake us.
-        match self.take() {
-            Some(taken) => Poll::Ready(taken),
-            None => Poll::Pending,
-        }
+        self.take_or_wait(Some(cx))
+            .map_or(Poll::Pending, Poll::Ready)
     }
 
     /// The next entry if one is queued.
     pub(crate) fn try_recv(&mut self) -> Result<Outbound, Empty> {
-        match self.take() {
+        match self.take_or_wait(None) {
             Some(Some(entry)) => Ok(entry),
             _ => Err(Empty),
         }
     }
 
-    /// `Some(Some(entry))`, `Some(None)` at the end, `None` if empty.
-    fn take(&self) -> Option<Option<Outbound>> {
+    /// `Some(Some(entry))`, `Some(None)` at the end, `None` if empty; then,
+    /// with a `cx`, the receiver waits (under the same lock, so no entry
+    /// queued in between goes unnoticed).
+    fn take_or_wait(&self, cx: Option<&Context<'_>>) -> Option<Option<Outbound>> {
         let mut state = self.shared.lock();
         if state.killed {
             return Some(None);
         }
         match state.queue.pop_front() {
             Some(entry) => {
+                // Busy: no sender needs to wake it until it waits again.
+                state.receiver_waiting = false;
                 let signal = state.waiting_senders > 0;
                 if state.queue.is_empty() && state.queue.capacity() > SHRINK_ABOVE {
                     // A burst is over: give its memory back.
@@ -285,7 +358,95 @@ impl Receiver {
                 Some(Some(entry))
             }
             None if state.senders == 0 => Some(None),
-            None => None,
+            None => {
+                if let Some(cx) = cx {
+                    if !state
+                        .receiver
+                        .as_ref()
+                        .is_some_and(|w| w.will_wake(cx.waker()))
+                    {
+                        state.receiver = Some(cx.waker().clone());
+                    }
+                    state.receiver_waiting = true;
+                }
+                None
+            }
+        }
+    }
+}
+
+/// The two parts of a connection that may gate futures.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Side {
+    /// The session, which reads the transport.
+    Session = 0,
+    /// The writer, which drains this queue.
+    Writer = 1,
+}
+
+const SIDE_ALL: u8 = 0b11;
+
+/// Lets a connection task poll its rarely-firing futures (an abort token,
+/// timers) only after one of them woke it, instead of on every poll of a
+/// busy task.
+///
+/// The futures are polled with the queue's own waker, which notes the wake
+/// in the queue and then wakes the task that last opened the gate. A future
+/// the caller changed in a way that needs a poll (a timer reset) is polled
+/// again after [`arm`](Gate::arm).
+pub(crate) struct Gate {
+    shared: Arc<Shared>,
+    side: Side,
+    /// The task waker of the last opening; a poll from another task opens
+    /// the gate too (and registers it).
+    task: Option<Waker>,
+    armed: bool,
+}
+
+impl Gate {
+    fn new(shared: &Arc<Shared>, side: Side) -> Gate {
+        Gate {
+            shared: Arc::clone(shared),
+            side,
+            task: None,
+            armed: true,
+        }
+    }
+
+    /// The next [`open`](Gate::open) opens the gate.
+    pub(crate) fn arm(&mut self) {
+        self.armed = true;
+    }
+
+    /// The waker to poll the gated futures with, if one of them woke the
+    /// task since the gate was last open (or it was armed, or this is
+    /// another task); `None`: none of them can be ready.
+    pub(crate) fn open(&mut self, cx: &Context<'_>) -> Option<Waker> {
+        let bit = 1 << self.side as u8;
+        let same_task = self.task.as_ref().is_some_and(|t| t.will_wake(cx.waker()));
+        if same_task && !self.armed && self.shared.side.load(Ordering::Acquire) & bit == 0 {
+            return None;
+        }
+        self.armed = false;
+        // Cleared before the futures are polled: a wake from now on is
+        // seen by the next opening.
+        self.shared.side.fetch_and(!bit, Ordering::AcqRel);
+        self.shared.side_tasks[self.side as usize].register(cx.waker());
+        if !same_task {
+            self.task = Some(cx.waker().clone());
+        }
+        Some(Waker::from(Arc::clone(&self.shared)))
+    }
+
+    /// Polls `future`, gated alone (see [`open`](Gate::open)).
+    pub(crate) fn poll<F: Future + ?Sized>(
+        &mut self,
+        future: std::pin::Pin<&mut F>,
+        cx: &Context<'_>,
+    ) -> Poll<F::Output> {
+        match self.open(cx) {
+            Some(waker) => future.poll(&mut Context::from_waker(&waker)),
+            None => Poll::Pending,
         }
     }
 }
@@ -438,5 +599,37 @@ mod tests {
         assert!(rx.poll_recv(&mut cx).is_pending());
         tx.try_send(frame("b")).ok();
         assert_eq!(count.0.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_gate_opens_only_after_its_futures_woke_the_task() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let task = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&task));
+        let cx = Context::from_waker(&waker);
+        let (tx, _rx) = channel(4);
+        let mut gate = tx.gate(Side::Session);
+        // The first look goes through; the future keeps the gate's waker.
+        let gated = gate.open(&cx).expect("open at first");
+        assert!(gate.open(&cx).is_none(), "nothing woke it");
+        gated.wake_by_ref();
+        assert_eq!(task.0.load(Ordering::Relaxed), 1, "the task is woken");
+        assert!(gate.open(&cx).is_some(), "open after the wake");
+        assert!(gate.open(&cx).is_none());
+        gate.arm();
+        assert!(gate.open(&cx).is_some(), "open when armed");
+        // Another task's poll goes through (and registers that task).
+        let other = Arc::new(Count(AtomicUsize::new(0)));
+        let other_waker = Waker::from(Arc::clone(&other));
+        assert!(gate.open(&Context::from_waker(&other_waker)).is_some());
+        gated.wake_by_ref();
+        assert_eq!(other.0.load(Ordering::Relaxed), 1);
+        assert_eq!(task.0.load(Ordering::Relaxed), 1);
     }
 }

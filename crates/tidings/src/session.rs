@@ -9,7 +9,7 @@
 //! `on_disconnected`). Invocation tasks live in a `JoinSet` owned by the
 //! session, so none outlives its connection.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, task::Poll, time::Duration};
 
 use bytes::Bytes;
 use futures_util::{FutureExt, Stream, StreamExt};
@@ -325,6 +325,13 @@ struct Reader<'a, H: Hub> {
     sequence: InboundSequence,
 }
 
+/// Which of the session's rarely-firing futures fired.
+enum Side {
+    Stop,
+    Timeout,
+    Expired,
+}
+
 impl<H: Hub> Reader<'_, H> {
     async fn read_loop<S>(&mut self, inbound: &mut S) -> End
     where
@@ -357,6 +364,7 @@ impl<H: Hub> Reader<'_, H> {
         // message.
         let stop = connection.aborted().cancelled();
         tokio::pin!(stop);
+        let mut gate = connection.session_gate();
         loop {
             // Dispatch everything already buffered before reading more.
             let mut dispatched = false;
@@ -393,27 +401,48 @@ impl<H: Hub> Reader<'_, H> {
             if self.timeout_armed && !timer_set {
                 timeout.as_mut().reset(last_activity + client_timeout);
                 timer_set = true;
+                gate.arm();
             }
+            // The abort token, the client timeout and the credentials'
+            // expiry are polled only after one of them woke the task (a
+            // poll of the token alone takes two locks of its own).
+            let side = std::future::poll_fn(|cx| {
+                let Some(waker) = gate.open(cx) else {
+                    return Poll::Pending;
+                };
+                let cx = &mut std::task::Context::from_waker(&waker);
+                if stop.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Side::Stop);
+                }
+                if timer_set && timeout.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Side::Timeout);
+                }
+                match expiry.as_mut().map(|expiry| expiry.as_mut().poll(cx)) {
+                    Some(Poll::Ready(())) => Poll::Ready(Side::Expired),
+                    _ => Poll::Pending,
+                }
+            });
             tokio::select! {
                 biased;
-                // The abort token is a child of the shutdown token: one
-                // token covers both.
-                () = &mut stop => return stopped(&connection, &shutdown),
+                side = side => match side {
+                    // The abort token is a child of the shutdown token: one
+                    // token covers both.
+                    Side::Stop => return stopped(&connection, &shutdown),
+                    Side::Timeout => {
+                        let due = last_activity + client_timeout;
+                        if Instant::now() < due {
+                            timeout.as_mut().reset(due);
+                            gate.arm();
+                        } else {
+                            return End::ClientTimeout;
+                        }
+                    }
+                    Side::Expired => return End::AuthenticationExpired,
+                },
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
                     if let Ok(done) = done {
                         self.finished(done);
                     }
-                }
-                () = &mut timeout, if timer_set => {
-                    let due = last_activity + client_timeout;
-                    if Instant::now() < due {
-                        timeout.as_mut().reset(due);
-                    } else {
-                        return End::ClientTimeout;
-                    }
-                }
-                () = async { if let Some(expiry) = &mut expiry { expiry.await } }, if expiry.is_some() => {
-                    return End::AuthenticationExpired;
                 }
                 chunk = inbound.next() => match chunk {
                     None => return End::TransportClosed,

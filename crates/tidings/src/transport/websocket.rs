@@ -278,6 +278,9 @@ async fn write_loop(
     // lock of the timer wheel): when it fires, it is pushed back to where
     // the last write puts it, and a Ping goes out only if that has passed.
     let mut last_write = Instant::now();
+    // The timer is polled only when it fired (or was reset), not after
+    // every write of a busy connection.
+    let mut gate = rx.gate();
     let mut batch: Vec<u8> = Vec::new();
     let mut code = 1000;
     loop {
@@ -288,7 +291,8 @@ async fn write_loop(
                 Some(item) => item,
                 None => break,
             },
-            () = &mut idle => {
+            () = std::future::poll_fn(|cx| gate.poll(idle.as_mut(), cx)) => {
+                gate.arm();
                 let due = last_write + keep_alive;
                 if Instant::now() < due {
                     idle.as_mut().reset(due);
@@ -325,6 +329,9 @@ async fn write_loop(
                     () = &mut idle => None,
                 };
                 idle.as_mut().reset(Instant::now() + keep_alive);
+                // Polled above with the task's own waker: the gate must
+                // look at it again.
+                gate.arm();
                 sent
             }
         };
