@@ -575,18 +575,29 @@ mod tests {
         );
     }
 
+    /// A waker that counts its wakes.
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    impl Count {
+        fn waker() -> (Arc<Count>, Waker) {
+            let count = Arc::new(Count(Default::default()));
+            (Arc::clone(&count), Waker::from(count))
+        }
+
+        fn get(&self) -> usize {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+
     #[test]
     fn a_send_inside_the_turn_does_not_wake_the_receiver() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        use std::task::Wake;
-        struct Count(AtomicUsize);
-        impl Wake for Count {
-            fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = std::task::Waker::from(Arc::clone(&count));
+        let (count, waker) = Count::waker();
         let mut cx = Context::from_waker(&waker);
         let (tx, mut rx) = channel(4);
         assert!(rx.poll_recv(&mut cx).is_pending());
@@ -594,24 +605,16 @@ mod tests {
             let _turn = Turn::enter(rx.turn_key());
             tx.try_send(frame("a")).ok();
         }
-        assert_eq!(count.0.load(Ordering::Relaxed), 0);
+        assert_eq!(count.get(), 0);
         assert!(rx.poll_recv(&mut cx).is_ready());
         assert!(rx.poll_recv(&mut cx).is_pending());
         tx.try_send(frame("b")).ok();
-        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+        assert_eq!(count.get(), 1);
     }
 
     #[test]
     fn a_gate_opens_only_after_its_futures_woke_the_task() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        struct Count(AtomicUsize);
-        impl Wake for Count {
-            fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        let task = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(Arc::clone(&task));
+        let (task, waker) = Count::waker();
         let cx = Context::from_waker(&waker);
         let (tx, _rx) = channel(4);
         let mut gate = tx.gate(Side::Session);
@@ -619,17 +622,16 @@ mod tests {
         let gated = gate.open(&cx).expect("open at first");
         assert!(gate.open(&cx).is_none(), "nothing woke it");
         gated.wake_by_ref();
-        assert_eq!(task.0.load(Ordering::Relaxed), 1, "the task is woken");
+        assert_eq!(task.get(), 1, "the task is woken");
         assert!(gate.open(&cx).is_some(), "open after the wake");
         assert!(gate.open(&cx).is_none());
         gate.arm();
         assert!(gate.open(&cx).is_some(), "open when armed");
         // Another task's poll goes through (and registers that task).
-        let other = Arc::new(Count(AtomicUsize::new(0)));
-        let other_waker = Waker::from(Arc::clone(&other));
+        let (other, other_waker) = Count::waker();
         assert!(gate.open(&Context::from_waker(&other_waker)).is_some());
         gated.wake_by_ref();
-        assert_eq!(other.0.load(Ordering::Relaxed), 1);
-        assert_eq!(task.0.load(Ordering::Relaxed), 1);
+        assert_eq!(other.get(), 1);
+        assert_eq!(task.get(), 1);
     }
 }
