@@ -376,7 +376,7 @@ impl ConnectionHandle {
 
     /// A gate for the session's rarely-firing futures (see [`outbox::Gate`]).
     pub(crate) fn session_gate(&self) -> outbox::Gate {
-        self.inner.tx.gate(outbox::Side::Session)
+        self.inner.tx.session_gate()
     }
 
     pub(crate) fn aborted(&self) -> &CancellationToken {

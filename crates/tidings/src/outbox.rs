@@ -134,12 +134,19 @@ impl Shared {
         Arc::as_ptr(self) as usize
     }
 
-    /// The receiver's waker, if it waits and this is not its own turn.
-    fn wake_receiver(self: &Arc<Self>, state: &mut State) -> Option<Waker> {
-        if TURN.with(Cell::get) == self.key() {
-            return None;
+    /// Queues `entry` under `state`'s lock, then wakes the receiver if it
+    /// waits and this is not its own turn.
+    fn push(self: &Arc<Self>, mut state: MutexGuard<'_, State>, entry: Outbound) {
+        state.queue.push_back(entry);
+        let wake = if TURN.with(Cell::get) == self.key() {
+            None
+        } else {
+            state.wake_receiver()
+        };
+        drop(state);
+        if let Some(waker) = wake {
+            waker.wake();
         }
-        state.wake_receiver()
     }
 }
 
@@ -187,25 +194,20 @@ pub(crate) struct Sender {
 impl Sender {
     /// Queues `entry` if there is room, without waiting.
     pub(crate) fn try_send(&self, entry: Outbound) -> Result<(), TrySendError> {
-        let mut state = self.shared.lock();
+        let state = self.shared.lock();
         if state.closed {
             return Err(TrySendError::Closed);
         }
         if state.queue.len() >= state.capacity {
             return Err(TrySendError::Full(entry));
         }
-        state.queue.push_back(entry);
-        let wake = self.shared.wake_receiver(&mut state);
-        drop(state);
-        if let Some(waker) = wake {
-            waker.wake();
-        }
+        self.shared.push(state, entry);
         Ok(())
     }
 
-    /// A gate for futures of `side`.
-    pub(crate) fn gate(&self, side: Side) -> Gate {
-        Gate::new(&self.shared, side)
+    /// A gate for the session's futures.
+    pub(crate) fn session_gate(&self) -> Gate {
+        Gate::new(&self.shared, Side::Session)
     }
 
     /// Makes the receiver see the end at once, dropping what is queued
@@ -237,12 +239,7 @@ impl Sender {
                     return Err(entry);
                 }
                 if state.queue.len() < state.capacity {
-                    state.queue.push_back(entry);
-                    let wake = self.shared.wake_receiver(&mut state);
-                    drop(state);
-                    if let Some(waker) = wake {
-                        waker.wake();
-                    }
+                    self.shared.push(state, entry);
                     return Ok(());
                 }
                 state.waiting_senders += 1;
@@ -377,7 +374,7 @@ impl Receiver {
 
 /// The two parts of a connection that may gate futures.
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum Side {
+enum Side {
     /// The session, which reads the transport.
     Session = 0,
     /// The writer, which drains this queue.
@@ -617,7 +614,7 @@ mod tests {
         let (task, waker) = Count::waker();
         let cx = Context::from_waker(&waker);
         let (tx, _rx) = channel(4);
-        let mut gate = tx.gate(Side::Session);
+        let mut gate = tx.session_gate();
         // The first look goes through; the future keeps the gate's waker.
         let gated = gate.open(&cx).expect("open at first");
         assert!(gate.open(&cx).is_none(), "nothing woke it");
