@@ -28,6 +28,7 @@ use crate::{
     report,
     run::{self, Report, RunConfig},
     scenario::{Phase, Scenario},
+    stats,
 };
 
 /// Targets: tidings' echo throughput as a share of the raw baseline's.
@@ -36,6 +37,9 @@ const ECHO_TARGET: f64 = 0.85;
 const BROADCAST_TARGET: f64 = 0.9;
 /// Highest broadcast rate is the last one whose p99 stays under this.
 const P99_LIMIT_MS: f64 = 50.0;
+/// The one-sided p-value below which tidings' p99 rounds count as higher
+/// than the baseline's beyond their spread (see [`stats::higher_rounds`]).
+const SIGNIFICANCE: f64 = 0.05;
 /// Server memory per idle WebSocket connection.
 const IDLE_TARGET_BYTES: f64 = 8.0 * 1024.0;
 /// Memory per machine for the projection.
@@ -843,13 +847,34 @@ fn markdown(results: &Results) -> String {
             // Every message of every round, and the median round's p99.
             let delivered: u64 = t_rounds.iter().map(|t| t.ops).sum();
             let expected: u64 = t_rounds.iter().map(|t| t.expected.unwrap_or(0)).sum();
-            let met = t_rounds.iter().all(|t| t.all_delivered() && t.errors == 0)
-                && r >= BROADCAST_TARGET
-                && t.latency.p99_ms <= raw.latency.p99_ms;
+            let delivery_met = t_rounds.iter().all(|t| t.all_delivered() && t.errors == 0)
+                && r >= BROADCAST_TARGET;
+            let met = delivery_met && t.latency.p99_ms <= raw.latency.p99_ms;
             let p99 = |r: &Report| format!("{:.1}", r.latency.p99_ms);
+            // How far the p99 rounds of the two servers overlap: a median
+            // above the baseline's by less than the rounds' own spread is
+            // told apart from one above it in (nearly) every round.
+            let p99s = |rounds: &[&Report]| -> Vec<f64> {
+                rounds.iter().map(|r| r.latency.p99_ms).collect()
+            };
+            let test = stats::higher_rounds(&p99s(&t_rounds), &p99s(&raw_rounds));
+            let evidence = test.map_or_else(String::new, |test| {
+                format!(
+                    "; tidings' p99 the higher in {} of {} pairs of rounds, one-sided p = {:.2}",
+                    test.higher_pairs, test.pairs, test.p_value
+                )
+            });
+            let within_noise = match test {
+                Some(test) if delivery_met && !met && test.p_value >= SIGNIFICANCE => {
+                    format!(
+                        " (the median above the baseline's, but not beyond the rounds' spread: p ≥ {SIGNIFICANCE})"
+                    )
+                }
+                _ => String::new(),
+            };
             let _ = writeln!(
                 out,
-                "- broadcast to {} at {rate}/s, {protocol}: delivered {delivered}/{expected} over {} rounds, {:.0}/s = {r:.2} × raw (target ≥ {BROADCAST_TARGET}), p99 {:.2} ms vs raw {:.2} ms (rounds: tidings {}, raw {}): {}",
+                "- broadcast to {} at {rate}/s, {protocol}: delivered {delivered}/{expected} over {} rounds, {:.0}/s = {r:.2} × raw (target ≥ {BROADCAST_TARGET}), p99 {:.2} ms vs raw {:.2} ms (rounds: tidings {}, raw {}{evidence}): {}{within_noise}",
                 t.connections,
                 t_rounds.len(),
                 t.throughput,

@@ -17,7 +17,11 @@
 //! are the same for every listener) straight to each listener's socket with
 //! a non-blocking write, and only a socket that cannot take it all at once
 //! falls back to its queue and writer. No listener task is woken while the
-//! sockets keep up. BENCHMARKS.md has what it measured.
+//! sockets keep up; `--direct-tasks N` splits each fan-out over N tasks.
+//! `--writer-task` measures a leaner writer instead: each listener's queue
+//! holds pre-framed frames, drained by a task of its own that writes them
+//! straight to the socket, and the connection's task only reads.
+//! BENCHMARKS.md has what each measured.
 
 use std::{
     collections::HashMap,
@@ -61,6 +65,15 @@ struct Args {
     /// task (see the crate docs) instead of through the listener's queue.
     #[arg(long)]
     direct: bool,
+    /// With `--direct`: each fan-out's writes are split over this many
+    /// tasks, spawned per message, so that every core writes.
+    #[arg(long, default_value_t = 1)]
+    direct_tasks: usize,
+    /// Each listener's writer is a task of its own, which writes the queued
+    /// pre-framed frames straight to the socket (what waits is packed into
+    /// one write); the connection's task only reads. See the crate docs.
+    #[arg(long)]
+    writer_task: bool,
 }
 
 /// How a listener is reached.
@@ -69,6 +82,8 @@ enum Member {
     Queued(mpsc::Sender<Message>),
     /// Written to directly while its socket keeps up.
     Direct(Arc<Direct>),
+    /// Through its queue of pre-framed frames, drained by a writer task.
+    Framed(mpsc::Sender<Bytes>),
 }
 
 /// A listener of `--direct` fan-out.
@@ -104,6 +119,8 @@ impl Direct {
 
 #[derive(Default)]
 struct Groups {
+    /// Tasks each direct fan-out is split over (`--direct-tasks`).
+    direct_tasks: usize,
     next_id: AtomicU64,
     members: Mutex<HashMap<String, HashMap<u64, Member>>>,
 }
@@ -136,6 +153,18 @@ impl Groups {
         };
         // Framed once for every direct listener.
         let mut framed = None;
+        if self.direct_tasks > 1 {
+            let directs: Vec<Arc<Direct>> = group_members
+                .values()
+                .filter_map(|m| match m {
+                    Member::Direct(d) => Some(Arc::clone(d)),
+                    _ => None,
+                })
+                .collect();
+            drop(members);
+            split_fan_out(directs, server_frame(frame), self.direct_tasks);
+            return;
+        }
         for member in group_members.values() {
             match member {
                 // A full queue is a slow listener: it loses the frame (the load
@@ -146,12 +175,32 @@ impl Groups {
                 Member::Direct(direct) => {
                     direct.deliver(framed.get_or_insert_with(|| server_frame(frame)))
                 }
+                Member::Framed(queue) => {
+                    let frame = framed.get_or_insert_with(|| server_frame(frame));
+                    let _ = queue.try_send(frame.clone());
+                }
             }
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<u64, Member>>> {
         self.members.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Writes `frame` to every one of `directs` from `tasks` tasks, each taking
+/// an equal share.
+fn split_fan_out(directs: Vec<Arc<Direct>>, frame: Bytes, tasks: usize) {
+    let share = directs.len().div_ceil(tasks).max(1);
+    let directs = Arc::new(directs);
+    for start in (0..directs.len()).step_by(share) {
+        let (directs, frame) = (Arc::clone(&directs), frame.clone());
+        tokio::spawn(async move {
+            let end = (start + share).min(directs.len());
+            for direct in &directs[start..end] {
+                direct.deliver(&frame);
+            }
+        });
     }
 }
 
@@ -242,7 +291,10 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     println!("listening on http://{}", listener.local_addr()?);
-    let groups = Arc::new(Groups::default());
+    let groups = Arc::new(Groups {
+        direct_tasks: args.direct_tasks,
+        ..Groups::default()
+    });
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -254,9 +306,13 @@ async fn main() -> anyhow::Result<()> {
             }
         };
         let groups = Arc::clone(&groups);
-        let (queue, direct) = (args.queue, args.direct);
+        let mode = Mode {
+            queue: args.queue,
+            direct: args.direct,
+            writer_task: args.writer_task,
+        };
         tokio::spawn(async move {
-            if let Err(error) = serve(stream, groups, queue, direct).await {
+            if let Err(error) = serve(stream, groups, mode).await {
                 // Resets at the end of a run are expected; keep the output quiet.
                 let _ = error;
             }
@@ -264,14 +320,17 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-// The upgrade callback's error type is tungstenite's, not ours.
-#[allow(clippy::result_large_err)]
-async fn serve(
-    stream: TcpStream,
-    groups: Arc<Groups>,
+/// How listeners are served (see [`Args`]).
+#[derive(Clone, Copy)]
+struct Mode {
     queue: usize,
     direct: bool,
-) -> anyhow::Result<()> {
+    writer_task: bool,
+}
+
+// The upgrade callback's error type is tungstenite's, not ours.
+#[allow(clippy::result_large_err)]
+async fn serve(stream: TcpStream, groups: Arc<Groups>, mode: Mode) -> anyhow::Result<()> {
     stream.set_nodelay(true)?;
     let socket = Arc::new(stream);
     let mut target = String::new();
@@ -301,8 +360,11 @@ async fn serve(
                     _ => {}
                 }
             }
-            let direct = direct.then_some(socket);
-            fanout(ws, &groups, group, sender, queue, direct).await
+            if mode.writer_task && !sender {
+                return framed_listener(ws, &groups, group, mode.queue, socket).await;
+            }
+            let direct = mode.direct.then_some(socket);
+            fanout(ws, &groups, group, sender, mode.queue, direct).await
         }
         _ => {
             let mut ws = ws;
@@ -417,4 +479,44 @@ async fn direct_listener(
     };
     groups.leave(group, id);
     result
+}
+
+/// A listener of `--writer-task` fan-out: its writer task drains the queue
+/// of pre-framed frames, packing whatever waits into one write; this task
+/// reads until the end.
+async fn framed_listener(
+    mut ws: WebSocket,
+    groups: &Groups,
+    group: &str,
+    queue: usize,
+    socket: Arc<TcpStream>,
+) -> anyhow::Result<()> {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(queue);
+    let id = groups.join(group, Member::Framed(tx));
+    let writer = tokio::spawn(async move {
+        let mut out = Shared(socket);
+        let mut batch = Vec::new();
+        while let Some(first) = rx.recv().await {
+            let Ok(second) = rx.try_recv() else {
+                out.write_all(&first).await?;
+                continue;
+            };
+            batch.clear();
+            batch.extend_from_slice(&first);
+            batch.extend_from_slice(&second);
+            while let Ok(next) = rx.try_recv() {
+                batch.extend_from_slice(&next);
+            }
+            out.write_all(&batch).await?;
+        }
+        anyhow::Ok(())
+    });
+    while let Some(message) = ws.next().await {
+        if matches!(message, Ok(Message::Close(_)) | Err(_)) {
+            break;
+        }
+    }
+    groups.leave(group, id);
+    writer.abort();
+    Ok(())
 }
