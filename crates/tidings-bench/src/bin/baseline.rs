@@ -464,28 +464,30 @@ async fn direct_listener(
         }
         anyhow::Ok(())
     };
-    let mut ws = ws;
-    let reader = async {
-        while let Some(message) = ws.next().await {
-            if let Message::Close(_) = message? {
-                break;
-            }
-        }
-        anyhow::Ok(())
-    };
     let result = tokio::select! {
         r = writer => r,
-        r = reader => r,
+        r = read_until_close(ws) => r,
     };
     groups.leave(group, id);
     result
+}
+
+/// Reads a listener's socket until the client closes it (a listener sends
+/// nothing else).
+async fn read_until_close(mut ws: WebSocket) -> anyhow::Result<()> {
+    while let Some(message) = ws.next().await {
+        if let Message::Close(_) = message? {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// A listener of `--writer-task` fan-out: its writer task drains the queue
 /// of pre-framed frames, packing whatever waits into one write; this task
 /// reads until the end.
 async fn framed_listener(
-    mut ws: WebSocket,
+    ws: WebSocket,
     groups: &Groups,
     group: &str,
     queue: usize,
@@ -511,12 +513,8 @@ async fn framed_listener(
         }
         anyhow::Ok(())
     });
-    while let Some(message) = ws.next().await {
-        if matches!(message, Ok(Message::Close(_)) | Err(_)) {
-            break;
-        }
-    }
+    let result = read_until_close(ws).await;
     groups.leave(group, id);
     writer.abort();
-    Ok(())
+    result
 }
