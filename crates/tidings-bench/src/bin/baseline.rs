@@ -153,18 +153,8 @@ impl Groups {
         };
         // Framed once for every direct listener.
         let mut framed = None;
-        if self.direct_tasks > 1 {
-            let directs: Vec<Arc<Direct>> = group_members
-                .values()
-                .filter_map(|m| match m {
-                    Member::Direct(d) => Some(Arc::clone(d)),
-                    _ => None,
-                })
-                .collect();
-            drop(members);
-            split_fan_out(directs, server_frame(frame), self.direct_tasks);
-            return;
-        }
+        // Direct listeners left to the split fan-out (`--direct-tasks`).
+        let mut split = Vec::new();
         for member in group_members.values() {
             match member {
                 // A full queue is a slow listener: it loses the frame (the load
@@ -172,6 +162,7 @@ impl Groups {
                 Member::Queued(queue) => {
                     let _ = queue.try_send(frame.clone());
                 }
+                Member::Direct(direct) if self.direct_tasks > 1 => split.push(Arc::clone(direct)),
                 Member::Direct(direct) => {
                     direct.deliver(framed.get_or_insert_with(|| server_frame(frame)))
                 }
@@ -180,6 +171,11 @@ impl Groups {
                     let _ = queue.try_send(frame.clone());
                 }
             }
+        }
+        drop(members);
+        if !split.is_empty() {
+            let frame = framed.unwrap_or_else(|| server_frame(frame));
+            split_fan_out(split, frame, self.direct_tasks);
         }
     }
 
