@@ -3,6 +3,7 @@
 // raw protocol over a WebSocket where a test must see exact frames.
 
 import { createHmac } from "node:crypto";
+import net from "node:net";
 import * as signalR from "@microsoft/signalr";
 import { MessagePackHubProtocol } from "@microsoft/signalr-protocol-msgpack";
 import WebSocket from "ws";
@@ -187,4 +188,75 @@ export function upgradeStatus(url) {
     });
     ws.once("error", () => {});
   });
+}
+
+/**
+ * A TCP proxy in front of `target` (an http://host:port URL). `cut()`
+ * destroys every proxied connection in both directions, as a network
+ * failure would. With `refusing` set, new connections are dropped at once;
+ * with `holding` set, they are accepted but not forwarded until `release()`.
+ */
+export async function tcpProxy(target) {
+  const { hostname, port } = new URL(target.url);
+  const pairs = new Set();
+  const held = [];
+  let accepted = 0;
+  let refusing = false;
+  let holding = false;
+  const forward = (client) => {
+    const upstream = net.connect(Number(port), hostname);
+    const pair = { client, upstream };
+    pairs.add(pair);
+    const drop = () => {
+      client.destroy();
+      upstream.destroy();
+      pairs.delete(pair);
+    };
+    for (const socket of [client, upstream]) {
+      socket.on("error", drop);
+      socket.on("close", drop);
+    }
+    client.pipe(upstream);
+    upstream.pipe(client);
+  };
+  const listener = net.createServer((client) => {
+    accepted += 1;
+    if (refusing) {
+      client.destroy();
+    } else if (holding) {
+      // Unread bytes wait in the socket until it is forwarded.
+      held.push(client);
+    } else {
+      forward(client);
+    }
+  });
+  await new Promise((resolve) => listener.listen(0, "127.0.0.1", resolve));
+  return {
+    url: `http://127.0.0.1:${listener.address().port}`,
+    get accepted() {
+      return accepted;
+    },
+    set refusing(value) {
+      refusing = value;
+    },
+    set holding(value) {
+      holding = value;
+    },
+    release() {
+      holding = false;
+      for (const client of held.splice(0)) forward(client);
+    },
+    cut() {
+      for (const { client, upstream } of pairs) {
+        client.destroy();
+        upstream.destroy();
+      }
+      pairs.clear();
+    },
+    async close() {
+      this.cut();
+      for (const client of held.splice(0)) client.destroy();
+      await new Promise((resolve) => listener.close(resolve));
+    },
+  };
 }

@@ -4,9 +4,9 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import net from "node:net";
 import {
   startServer,
+  tcpProxy,
   connect,
   closed,
   record,
@@ -33,77 +33,6 @@ before(async () => {
 after(async () => {
   await Promise.all([server, short, tight, off].map((s) => s?.stop()));
 });
-
-/**
- * A TCP proxy in front of `target` (an http://host:port URL). `cut()`
- * destroys every proxied connection in both directions, as a network
- * failure would. With `refusing` set, new connections are dropped at once;
- * with `holding` set, they are accepted but not forwarded until `release()`.
- */
-async function tcpProxy(target) {
-  const { hostname, port } = new URL(target.url);
-  const pairs = new Set();
-  const held = [];
-  let accepted = 0;
-  let refusing = false;
-  let holding = false;
-  const forward = (client) => {
-    const upstream = net.connect(Number(port), hostname);
-    const pair = { client, upstream };
-    pairs.add(pair);
-    const drop = () => {
-      client.destroy();
-      upstream.destroy();
-      pairs.delete(pair);
-    };
-    for (const socket of [client, upstream]) {
-      socket.on("error", drop);
-      socket.on("close", drop);
-    }
-    client.pipe(upstream);
-    upstream.pipe(client);
-  };
-  const listener = net.createServer((client) => {
-    accepted += 1;
-    if (refusing) {
-      client.destroy();
-    } else if (holding) {
-      // Unread bytes wait in the socket until it is forwarded.
-      held.push(client);
-    } else {
-      forward(client);
-    }
-  });
-  await new Promise((resolve) => listener.listen(0, "127.0.0.1", resolve));
-  return {
-    url: `http://127.0.0.1:${listener.address().port}`,
-    get accepted() {
-      return accepted;
-    },
-    set refusing(value) {
-      refusing = value;
-    },
-    set holding(value) {
-      holding = value;
-    },
-    release() {
-      holding = false;
-      for (const client of held.splice(0)) forward(client);
-    },
-    cut() {
-      for (const { client, upstream } of pairs) {
-        client.destroy();
-        upstream.destroy();
-      }
-      pairs.clear();
-    },
-    async close() {
-      this.cut();
-      for (const client of held.splice(0)) client.destroy();
-      await new Promise((resolve) => listener.close(resolve));
-    },
-  };
-}
 
 const range = (n) => Array.from({ length: n }, (_, i) => i);
 
