@@ -2,7 +2,7 @@
 # Runs every check and test of the repository. Installs what the tests need
 # where it is missing (npm packages for the JS-client suite, the demo app and
 # the browser suite, Chromium, cargo-fuzz, the aiosignalr server for the Rust
-# client's interop tests, schemathesis for the REST API).
+# client's interop tests, the Python clients, schemathesis for the REST API).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,10 +17,13 @@ if ! command -v redis-server > /dev/null || ! command -v redis-cli > /dev/null; 
     apt-get update -qq && apt-get install -y -qq redis-server > /dev/null
 fi
 
-# The Python server of the Rust client's interop tests installs while Rust builds.
+# The Python server of the Rust client's interop tests, and the Python clients
+# of the JS-client suite, install while Rust builds.
 mkdir -p target
 bash scripts/aiosignalr-venv.sh > target/aiosignalr-python 2> target/aiosignalr-venv.log &
 venv_pid=$!
+bash scripts/python-clients.sh > target/python-clients-python 2> target/python-clients-venv.log &
+clients_venv_pid=$!
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -57,7 +60,13 @@ target/debug/tidings-bench suite --quick --duration 1 --quiet --check \
 if [[ -f tests/js/package.json ]]; then
     step "JS-client end-to-end suite"
     cargo build -p tidings-server
-    (cd tests/js && npm ci --no-audit --no-fund && TIDINGS_BIN="$PWD/../../target/debug/tidings" node --test)
+    if ! wait "$clients_venv_pid"; then
+        cat target/python-clients-venv.log >&2
+        exit 1
+    fi
+    (cd tests/js && npm ci --no-audit --no-fund \
+        && PYTHON_CLIENTS_PYTHON="$(cat ../../target/python-clients-python)" \
+            TIDINGS_BIN="$PWD/../../target/debug/tidings" node --test)
 fi
 
 step "REST API against its OpenAPI document (schemathesis)"
