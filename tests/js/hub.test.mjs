@@ -73,6 +73,19 @@ for (const [transport, protocol] of COMBOS) {
       await d.stop();
     });
 
+    test("an error's type name is the one the application chose, shown only in detail", async () => {
+      const c = await open(plain);
+      await rejectsWith(assert, c.invoke("ThrowTyped", "KeyNotFoundException", "no order 7"), "An unexpected error occurred invoking 'ThrowTyped' on the server.");
+      await c.stop();
+      const d = await open(detailed);
+      await rejectsWith(
+        assert,
+        d.invoke("ThrowTyped", "KeyNotFoundException", "no order 7"),
+        "An unexpected error occurred invoking 'ThrowTyped' on the server. KeyNotFoundException: no order 7",
+      );
+      await d.stop();
+    });
+
     test("send() of an unknown method is ignored and the connection survives", async () => {
       const c = await open(plain);
       await c.send("DoesNotExist", 1, 2);

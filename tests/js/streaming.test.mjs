@@ -2,7 +2,7 @@
 
 import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startServer, connect, sleep, rejectsWith, COMBOS } from "./helpers.mjs";
+import { startServer, connect, next, sleep, rejectsWith, COMBOS } from "./helpers.mjs";
 
 let server;
 before(async () => {
@@ -64,6 +64,37 @@ for (const [transport, protocol] of COMBOS) {
       }
       assert.equal(active, 0);
       await c.stop();
+    });
+
+    test("stream then dispose at once: the method runs and its cancellation token fires", async () => {
+      const c = await open();
+      const key = `dispose-${transport}-${protocol}`;
+      const told = next(c, "StreamCancelled");
+      // Disposed before anything arrived: the client sends StreamInvocation
+      // and CancelInvocation back to back.
+      c.stream("Watched", key).subscribe({ next: () => {}, complete: () => {}, error: () => {} }).dispose();
+      // The method's last message, sent when its token was cancelled.
+      assert.deepEqual(await told, [key]);
+      assert.equal(await c.invoke("GetWatched", key), "cancelled");
+      await c.stop();
+    });
+
+    test("a stream's cancellation token fires when its connection ends", async () => {
+      const c = await open();
+      const observer = await open();
+      const key = `disconnect-${transport}-${protocol}`;
+      await new Promise((resolve, reject) => {
+        c.stream("Watched", key).subscribe({ next: resolve, complete: () => {}, error: reject });
+      });
+      assert.equal(await observer.invoke("GetWatched", key), "started");
+      await c.stop();
+      let state = "started";
+      for (let i = 0; i < 100 && state !== "cancelled"; i++) {
+        await sleep(20);
+        state = await observer.invoke("GetWatched", key);
+      }
+      assert.equal(state, "cancelled");
+      await observer.stop();
     });
 
     test("stream and invoke are not interchangeable", async () => {

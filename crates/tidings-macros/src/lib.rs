@@ -24,6 +24,8 @@ mod schema;
 /// * `ClientStream<T>` parameters (anywhere) receive the client-to-server
 ///   streams of the invocation (its `streamIds`, in order); they are not
 ///   part of the arguments.
+/// * A `CancellationToken` parameter (anywhere, streaming methods only)
+///   receives the stream's cancellation token (`Call::cancellation`).
 /// * The return type may be `()`, any `Serialize` type, or
 ///   `Result<T, E>` where `E: Into<HubError>`.
 /// * `#[hub(stream)]` marks a streaming method: it returns a `Stream` of
@@ -400,6 +402,19 @@ fn context_param(ty: &Type) -> Option<bool> {
     }
 }
 
+/// Whether a type is `CancellationToken` or `&CancellationToken`; the
+/// first flag says "by reference".
+pub(crate) fn cancellation_param(ty: &Type) -> Option<bool> {
+    match ty {
+        Type::Reference(r) => cancellation_param(&r.elem).map(|_| true),
+        Type::Path(p) => {
+            let last = p.path.segments.last()?;
+            (last.ident == "CancellationToken" && last.arguments.is_empty()).then_some(false)
+        }
+        _ => None,
+    }
+}
+
 /// Whether a type is a `ClientStream<T>` (a client-to-server stream).
 fn is_client_stream(ty: &Type) -> bool {
     let Type::Path(p) = ty else { return false };
@@ -471,6 +486,25 @@ fn method_handler(
         match context_param(ty) {
             Some(true) => args.push(quote!(__call.context())),
             Some(false) => args.push(quote!(::core::clone::Clone::clone(__call.context()))),
+            None if cancellation_param(ty).is_some() => {
+                if !stream {
+                    return Err(Error::new(
+                        ty.span(),
+                        "a `CancellationToken` parameter is for streaming methods (`#[hub(stream)]`)",
+                    ));
+                }
+                // A streaming call always has a token; the default (never
+                // cancelled) only keeps the generated code free of panics.
+                bindings.push(quote! {
+                    let __cancel: ::tidings::__private::CancellationToken =
+                        __call.cancellation().cloned().unwrap_or_default();
+                });
+                if cancellation_param(ty) == Some(true) {
+                    args.push(quote!(&__cancel));
+                } else {
+                    args.push(quote!(::core::clone::Clone::clone(&__cancel)));
+                }
+            }
             None if is_client_stream(ty) => {
                 let var = format_ident!("__stream{}", streams);
                 let index = streams;

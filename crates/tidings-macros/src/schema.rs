@@ -159,7 +159,8 @@ pub(crate) fn server_method(function: &ImplItemFn, name: &str, stream: bool) -> 
             continue;
         };
         let ty = &*pat_type.ty;
-        if is_context(ty) {
+        // Filled in by the server, not sent by clients.
+        if is_context(ty) || crate::cancellation_param(ty).is_some() {
             continue;
         }
         let param_name = match &*pat_type.pat {

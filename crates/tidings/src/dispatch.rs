@@ -32,6 +32,9 @@ pub struct Call {
     /// The receiving ends of the invocation's client-to-server streams, in
     /// `streamIds` order; each is taken once by [`Call::upload`].
     uploads: Vec<Option<mpsc::Receiver<UploadItem>>>,
+    /// A streaming invocation's cancellation (see [`Call::cancellation`]);
+    /// `None` for unary invocations.
+    cancellation: Option<CancellationToken>,
 }
 
 /// The receiving ends of an invocation's client-to-server streams.
@@ -43,12 +46,14 @@ impl Call {
         target: String,
         arguments: Vec<Payload>,
         uploads: UploadReceivers,
+        cancellation: Option<CancellationToken>,
     ) -> Self {
         Call {
             cx,
             target,
             arguments,
             uploads: uploads.into_iter().map(Some).collect(),
+            cancellation,
         }
     }
 
@@ -60,6 +65,14 @@ impl Call {
     /// The method name the client invoked, as it spelled it.
     pub fn target(&self) -> &str {
         &self.target
+    }
+
+    /// The cancellation token of a streaming invocation (ASP.NET Core's
+    /// `CancellationToken` parameter): cancelled when the client cancels
+    /// the stream (CancelInvocation), when the connection ends, and when
+    /// the server shuts down. `None` for unary invocations.
+    pub fn cancellation(&self) -> Option<&CancellationToken> {
+        self.cancellation.as_ref()
     }
 
     /// How many arguments the invocation carries (client streams aside).
@@ -289,7 +302,7 @@ pub(crate) async fn run_unary<H: Hub>(
     let detailed = cx.options().enable_detailed_errors;
     let protocol = cx.protocol();
     let target = invocation.target;
-    let call = Call::new(cx, target.clone(), invocation.arguments, uploads);
+    let call = Call::new(cx, target.clone(), invocation.arguments, uploads, None);
     // A panicking method must not take the connection down with it: it is
     // reported like any other failure.
     let outcome = AssertUnwindSafe((method.handler)(hub, call))
@@ -323,8 +336,17 @@ pub(crate) async fn run_unary<H: Hub>(
 }
 
 /// Runs a streaming method: StreamItems, then a Completion without result
-/// (or with the error). Cancellation (CancelInvocation, or the connection
-/// ending) drops the stream at once, which stops its producer.
+/// (or with the error). Cancellation (CancelInvocation, the connection
+/// ending, or the server shutting down) cancels `cancel`, which the method
+/// may hold (see [`Call::cancellation`]), then drops the stream, which
+/// stops its producer, and ends with a Completion.
+///
+/// The method itself always runs to the point where it returns its stream,
+/// even when the cancellation came first (a CancelInvocation right behind
+/// its StreamInvocation, possibly in the same frame): ASP.NET Core starts
+/// the method before it reads the next message, so a client that streams
+/// and disposes at once still sees the method's cleanup and a Completion.
+/// A method that waits before returning its stream can watch `cancel`.
 ///
 /// The producer is polled only when fewer than `stream_buffer_capacity` of
 /// its items wait in the connection's queue: a client that reads slowly
@@ -349,12 +371,16 @@ pub(crate) async fn run_stream<H: Hub>(
     let Some(id) = invocation.invocation_id else {
         return Ok(());
     };
-    let call = Call::new(cx, target.clone(), invocation.arguments, uploads);
-    let started = AssertUnwindSafe((method.handler)(hub, call)).catch_unwind();
-    let started = tokio::select! {
-        started = started => started,
-        () = cancel.cancelled() => return Ok(()),
-    };
+    let call = Call::new(
+        cx,
+        target.clone(),
+        invocation.arguments,
+        uploads,
+        Some(cancel.clone()),
+    );
+    let started = AssertUnwindSafe((method.handler)(hub, call))
+        .catch_unwind()
+        .await;
     let send = |message: HubMessage| {
         let connection = connection.clone();
         async move {
@@ -385,15 +411,19 @@ pub(crate) async fn run_stream<H: Hub>(
     };
     let mut failure = None;
     loop {
-        // A place in the window first, then the next item.
+        // A place in the window first, then the next item. Cancellation
+        // is looked at first: a stream cancelled before (or while) its
+        // method started sends no item after it.
         let place = tokio::select! {
-            place = Arc::clone(&window).acquire_owned() => place,
+            biased;
             () = cancel.cancelled() => break,
+            place = Arc::clone(&window).acquire_owned() => place,
         };
         let Ok(place) = place else { break };
         let next = tokio::select! {
-            next = AssertUnwindSafe(items.next()).catch_unwind() => next,
+            biased;
             () = cancel.cancelled() => break,
+            next = AssertUnwindSafe(items.next()).catch_unwind() => next,
         };
         match next {
             Ok(Some(Ok(item))) => {

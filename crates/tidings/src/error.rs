@@ -31,6 +31,8 @@ pub struct HubError {
 pub(crate) enum HubErrorKind {
     /// A `HubException`: the message is meant for the client.
     Hub(String),
+    /// A `HubException` with a type name of the application's choosing.
+    Typed { type_name: String, message: String },
     /// Any other failure: shown only with detailed errors.
     Internal { type_name: String, message: String },
     /// The arguments could not be bound to the method's parameters.
@@ -57,6 +59,45 @@ impl HubError {
         }
     }
 
+    /// Names the error's type, which detailed error texts show before the
+    /// message as ASP.NET Core shows the exception's type
+    /// (`InvalidOperationException: …`). Without it an error converted
+    /// with `?` is named after its Rust type (`ParseIntError`), and
+    /// [`HubError::internal`] says `Exception`. A [`HubError::new`] error
+    /// named this way is shown with its name instead of `HubException`
+    /// (as a subclass of `HubException` is in ASP.NET Core).
+    #[must_use]
+    pub fn with_type_name(mut self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        self.kind = match self.kind {
+            HubErrorKind::Hub(message) | HubErrorKind::Typed { message, .. } => {
+                HubErrorKind::Typed {
+                    type_name: name,
+                    message,
+                }
+            }
+            HubErrorKind::Internal { message, .. } => HubErrorKind::Internal {
+                type_name: name,
+                message,
+            },
+            // Binding failures are the server's own: their name is fixed.
+            binding @ HubErrorKind::Binding(_) => binding,
+        };
+        self
+    }
+
+    /// The type name detailed error texts show (`HubException` for
+    /// [`HubError::new`]).
+    pub fn type_name(&self) -> &str {
+        match &self.kind {
+            HubErrorKind::Hub(_) => "HubException",
+            HubErrorKind::Binding(_) => "InvalidDataException",
+            HubErrorKind::Internal { type_name, .. } | HubErrorKind::Typed { type_name, .. } => {
+                type_name
+            }
+        }
+    }
+
     pub(crate) fn binding(detail: impl Into<String>) -> Self {
         HubError {
             kind: HubErrorKind::Binding(detail.into()),
@@ -67,13 +108,13 @@ impl HubError {
     pub fn message(&self) -> &str {
         match &self.kind {
             HubErrorKind::Hub(m) | HubErrorKind::Binding(m) => m,
-            HubErrorKind::Internal { message, .. } => message,
+            HubErrorKind::Internal { message, .. } | HubErrorKind::Typed { message, .. } => message,
         }
     }
 
     /// Whether the message is always shown to clients (see [`HubError::new`]).
     pub fn is_hub_exception(&self) -> bool {
-        matches!(self.kind, HubErrorKind::Hub(_))
+        matches!(self.kind, HubErrorKind::Hub(_) | HubErrorKind::Typed { .. })
     }
 
     /// The ` Type: message` suffix ASP.NET Core appends to error texts, if
@@ -81,6 +122,7 @@ impl HubError {
     pub(crate) fn detail(&self, detailed: bool) -> Option<String> {
         match &self.kind {
             HubErrorKind::Hub(m) => Some(format!("HubException: {m}")),
+            HubErrorKind::Typed { type_name, message } => Some(format!("{type_name}: {message}")),
             HubErrorKind::Internal { type_name, message } if detailed => {
                 Some(format!("{type_name}: {message}"))
             }
@@ -310,6 +352,29 @@ mod tests {
             error.detail(false).as_deref(),
             Some("HubException: Error: nope")
         );
+    }
+
+    #[test]
+    fn applications_name_their_errors() {
+        let error = HubError::internal("no such order").with_type_name("InvalidOperationException");
+        assert_eq!(error.type_name(), "InvalidOperationException");
+        assert_eq!(error.detail(false), None);
+        assert_eq!(
+            error.detail(true).as_deref(),
+            Some("InvalidOperationException: no such order")
+        );
+        assert_eq!(HubError::internal("x").type_name(), "Exception");
+        let parse: Result<i32, HubError> = "x".parse::<i32>().map_err(HubError::from);
+        let parse = parse.expect_err("not a number");
+        assert_eq!(parse.type_name(), "ParseIntError");
+        // A named HubException is still always shown.
+        let error = HubError::new("slow down").with_type_name("RateLimitedException");
+        assert!(error.is_hub_exception());
+        assert_eq!(
+            error.detail(false).as_deref(),
+            Some("RateLimitedException: slow down")
+        );
+        assert_eq!(HubError::new("x").type_name(), "HubException");
     }
 
     #[test]

@@ -173,6 +173,43 @@
 //!
 //! [`HubOptions::stream_buffer_capacity`] bounds both directions.
 //!
+//! A streaming method may take a [`CancellationToken`] parameter (anywhere;
+//! it is not one of the invocation's arguments), like ASP.NET Core's
+//! `CancellationToken`: it is cancelled when the client cancels the stream
+//! (CancelInvocation, e.g. `subscription.dispose()`), when the connection
+//! ends, and when the server shuts down. The stream is dropped right after
+//! the token is cancelled, so work that must outlive it (cleanup that
+//! awaits, a last message) goes into a task that awaits the token:
+//!
+//! ```
+//! use futures_util::{Stream, StreamExt};
+//! use tidings::{CancellationToken, Context, hub};
+//!
+//! struct Ticker;
+//!
+//! #[hub]
+//! impl Ticker {
+//!     #[hub(stream)]
+//!     async fn ticks(&self, cx: &Context, cancel: CancellationToken) -> impl Stream<Item = u64> + use<> {
+//!         let hub = cx.hub_context();
+//!         let caller = cx.connection_id().to_owned();
+//!         tokio::spawn(async move {
+//!             cancel.cancelled().await;
+//!             // Reaches the caller if it only cancelled the stream.
+//!             let _ = hub.clients().client(caller).send("TicksStopped", ()).await;
+//!         });
+//!         futures_util::stream::iter(0..).then(|i| async move {
+//!             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+//!             i
+//!         })
+//!     }
+//! }
+//! ```
+//!
+//! The method always runs up to returning its stream, even when the cancel
+//! arrived right behind the invocation (as ASP.NET Core runs it), and the
+//! client gets the stream's Completion.
+//!
 //! ## Client results
 //!
 //! [`Clients::client`] and [`Clients::caller`] return a
@@ -305,6 +342,9 @@ pub use serve::{TlsConfig, TlsError};
 pub use shutdown::Shutdown;
 pub use tidings_macros::{client, hub};
 pub use tidings_protocol::Protocol;
+/// The cancellation token a streaming method can take (see
+/// [Streaming](crate#streaming)).
+pub use tokio_util::sync::CancellationToken;
 pub use typed::{ClientTarget, SendFuture, SerializedArguments, SingleClientTarget};
 pub use upload::ClientStream;
 
@@ -312,9 +352,9 @@ pub use upload::ClientStream;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::{
-        Authorize, Call, ClientInvoke, ClientProxy, ClientStream, ClientTarget, Context, Hub,
-        HubError, MethodDescriptor, MethodFuture, MethodKind, MethodOutput, SendFuture,
-        SingleClientTarget,
+        Authorize, Call, CancellationToken, ClientInvoke, ClientProxy, ClientStream, ClientTarget,
+        Context, Hub, HubError, MethodDescriptor, MethodFuture, MethodKind, MethodOutput,
+        SendFuture, SingleClientTarget,
         schema::{ClientSchema, Describe, Describer, HubSchema, MethodSchema, Opaque, ParamSchema},
         typed::{invoke_borrowed, invoke_owned, send_borrowed, send_owned},
     };

@@ -118,8 +118,8 @@ enum End {
     ClientClosed(Option<String>),
     /// The transport ended cleanly.
     TransportClosed,
-    /// The transport failed.
-    TransportFailed(String),
+    /// The transport failed (its error already says so).
+    TransportFailed(ConnectionError),
     /// Nothing arrived within the client timeout.
     ClientTimeout,
     /// Unreadable input, or a message over the size limit.
@@ -170,7 +170,7 @@ impl End {
                 error.map(ConnectionError::ClosedByClient),
             ),
             End::TransportClosed => (Some(reconnect), None),
-            End::TransportFailed(e) => (Some(reconnect), Some(ConnectionError::Transport(e))),
+            End::TransportFailed(error) => (Some(reconnect), Some(error)),
             End::ClientTimeout => {
                 let error = ConnectionError::ClientTimeout;
                 (Some(with_error(&error, detailed)), Some(error))
@@ -266,7 +266,14 @@ pub(crate) async fn run<H, S>(
             };
             reader.decoder.push(&leftover);
             reader.received_bytes(leftover.len());
-            reader.read_loop(&mut inbound).await
+            let end = reader.read_loop(&mut inbound).await;
+            // Running streams learn that their connection ended (however
+            // it ended: disconnect, abort, shutdown) through their
+            // cancellation tokens, before their tasks go with the reader.
+            for token in reader.streams.values() {
+                token.cancel();
+            }
+            end
         }
     };
     if let Some(metrics) = connection.metrics() {
@@ -446,7 +453,7 @@ impl<H: Hub> Reader<'_, H> {
                 }
                 chunk = inbound.next() => match chunk {
                     None => return End::TransportClosed,
-                    Some(Err(error)) => return End::TransportFailed(error.to_string()),
+                    Some(Err(error)) => return End::TransportFailed(error),
                     Some(Ok(bytes)) => {
                         last_activity = Instant::now();
                         if connection.resume().is_some_and(|r| r.take_reattached()) {

@@ -19,12 +19,9 @@ mod raw;
 use std::{net::SocketAddr, time::Duration};
 
 use futures_util::Stream;
-use raw::{Incoming, RawConnection, Transport};
+use raw::{Incoming, RawConnection, Transport, cancel, encode, invocation, stream_invoke};
 use tidings::{ClientStream, HubEndpoint, HubError, HubOptions, hub};
-use tidings_protocol::{
-    CancelInvocation, Close, CompletionResult, HubMessage, Invocation, Protocol, StreamItem,
-    ToArguments,
-};
+use tidings_protocol::{Close, CompletionResult, HubMessage, Protocol, StreamItem, ToArguments};
 
 /// The hub every row talks to.
 struct Probe;
@@ -205,21 +202,6 @@ fn json(text: &str) -> Vec<u8> {
     bytes
 }
 
-fn encode(protocol: Protocol, message: &HubMessage) -> anyhow::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    protocol.write_message(message, &mut out)?;
-    Ok(out)
-}
-
-fn invocation(
-    protocol: Protocol,
-    id: &str,
-    target: &str,
-    arguments: impl ToArguments,
-) -> anyhow::Result<Invocation> {
-    Ok(Invocation::new(target, arguments.to_arguments(protocol)?).with_invocation_id(id))
-}
-
 fn invoke(
     protocol: Protocol,
     id: &str,
@@ -227,19 +209,6 @@ fn invoke(
     arguments: impl ToArguments,
 ) -> anyhow::Result<Vec<u8>> {
     let message = HubMessage::Invocation(invocation(protocol, id, target, arguments)?);
-    encode(protocol, &message)
-}
-
-fn stream_invoke(protocol: Protocol, id: &str, target: &str) -> anyhow::Result<Vec<u8>> {
-    let message = HubMessage::StreamInvocation(invocation(protocol, id, target, ())?);
-    encode(protocol, &message)
-}
-
-fn cancel(protocol: Protocol, id: &str) -> anyhow::Result<Vec<u8>> {
-    let message = HubMessage::CancelInvocation(CancelInvocation {
-        headers: Default::default(),
-        invocation_id: id.to_owned(),
-    });
     encode(protocol, &message)
 }
 

@@ -2,7 +2,8 @@
 //! method, a wrong argument type, a client result asked of many
 //! connections, a malformed declaration and a hub naming a trait that is
 //! not a contract; misspelled `#[authorize]` options on a method and on a
-//! hub; with the `typescript` feature, the error for a type
+//! hub; a `CancellationToken` on a non-streaming method; with the
+//! `typescript` feature, the error for a type
 //! without a TypeScript form. The `.stderr` files hold the expected text.
 
 #[test]

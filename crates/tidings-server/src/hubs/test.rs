@@ -12,7 +12,7 @@ use std::{
 
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
-use tidings::{ClientStream, ConnectionError, Context, HubError, hub};
+use tidings::{CancellationToken, ClientStream, ConnectionError, Context, HubError, hub};
 use tokio::sync::Notify;
 
 /// The interop hub.
@@ -24,6 +24,8 @@ pub struct TestHub {
     live_uploads: Arc<AtomicUsize>,
     /// Gates that `CountAfterRelease` waits on, by connection id.
     gates: Mutex<HashMap<String, Arc<Notify>>>,
+    /// What became of each `Watched` stream, by its key.
+    watched: Arc<Mutex<HashMap<String, &'static str>>>,
 }
 
 impl TestHub {
@@ -70,6 +72,12 @@ impl TestHub {
         Err(InvalidOperationException(message).into())
     }
 
+    /// Fails with an error of type `type_name`: clients see
+    /// `type_name: message` only with detailed errors.
+    async fn throw_typed(&self, type_name: String, message: String) -> Result<(), HubError> {
+        Err(HubError::internal(&message).with_type_name(type_name))
+    }
+
     /// Fails with a HubException: clients always see its text.
     async fn throw_hub_exception(&self, message: String) -> Result<(), HubError> {
         Err(HubError::new(message))
@@ -94,6 +102,51 @@ impl TestHub {
             }
             Some((i, (i + 1, live)))
         })
+    }
+
+    /// Streams 0, 1, … every 50 ms until cancelled. The method records
+    /// `started` under `key`; when its cancellation token fires (cancel,
+    /// disconnect, shutdown) it records `cancelled` and sends the caller
+    /// `StreamCancelled(key)`. `GetWatched(key)` reads the record.
+    #[hub(stream)]
+    async fn watched(
+        &self,
+        cx: &Context,
+        key: String,
+        cancel: CancellationToken,
+    ) -> impl Stream<Item = u32> + use<> {
+        let record = Arc::clone(&self.watched);
+        let set = move |key: &str, state| {
+            record
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key.to_owned(), state);
+        };
+        set(&key, "started");
+        let hub = cx.hub_context();
+        let caller = cx.connection_id().to_owned();
+        tokio::spawn(async move {
+            cancel.cancelled().await;
+            set(&key, "cancelled");
+            let _ = hub
+                .clients()
+                .client(caller)
+                .send("StreamCancelled", (key,))
+                .await;
+        });
+        futures_util::stream::unfold(0u32, |i| async move {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Some((i, i + 1))
+        })
+    }
+
+    /// What became of the `Watched` stream `key`: `started`, `cancelled`,
+    /// or nothing.
+    async fn get_watched(&self, key: String) -> Option<String> {
+        let record = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        record.get(&key).map(|state| (*state).to_owned())
     }
 
     /// Streams `0..count`, then fails with `message`.

@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt, stream::SplitSink};
-use tidings_protocol::{HubMessage, MessageDecoder, Protocol, handshake};
+use tidings_protocol::{
+    CancelInvocation, HubMessage, Invocation, MessageDecoder, Protocol, ToArguments, handshake,
+};
 use tokio::{net::TcpStream, sync::mpsc};
 use tokio_tungstenite::tungstenite::{
     Message,
@@ -20,6 +22,40 @@ use crate::http_client::{self, Client, Events};
 
 /// How long a test waits for any one thing the server should do.
 pub const WAIT: Duration = Duration::from_secs(5);
+
+// ---- building messages -----------------------------------------------------
+
+/// A message in `protocol`'s framing, ready to send.
+pub fn encode(protocol: Protocol, message: &HubMessage) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    protocol.write_message(message, &mut out)?;
+    Ok(out)
+}
+
+/// An Invocation of `target` with id `id`.
+pub fn invocation(
+    protocol: Protocol,
+    id: &str,
+    target: &str,
+    arguments: impl ToArguments,
+) -> anyhow::Result<Invocation> {
+    Ok(Invocation::new(target, arguments.to_arguments(protocol)?).with_invocation_id(id))
+}
+
+/// A StreamInvocation of `target` (no arguments) with id `id`.
+pub fn stream_invoke(protocol: Protocol, id: &str, target: &str) -> anyhow::Result<Vec<u8>> {
+    let message = HubMessage::StreamInvocation(invocation(protocol, id, target, ())?);
+    encode(protocol, &message)
+}
+
+/// A CancelInvocation of stream `id`.
+pub fn cancel(protocol: Protocol, id: &str) -> anyhow::Result<Vec<u8>> {
+    let message = HubMessage::CancelInvocation(CancelInvocation {
+        headers: Default::default(),
+        invocation_id: id.to_owned(),
+    });
+    encode(protocol, &message)
+}
 
 /// The three transports of a hub connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
