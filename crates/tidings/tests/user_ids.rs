@@ -65,7 +65,11 @@ async fn next_note(connection: &mut RawConnection) -> anyhow::Result<String> {
 
 /// Sends a note to `user`.
 async fn note(context: &HubContext, user: &str, text: &str) -> anyhow::Result<()> {
-    context.clients().user(user).send("Note", (text.to_owned(),)).await?;
+    context
+        .clients()
+        .user(user)
+        .send("Note", (text.to_owned(),))
+        .await?;
     Ok(())
 }
 
