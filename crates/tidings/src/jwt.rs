@@ -212,13 +212,21 @@ fn principal(claims: &[(String, Value)]) -> Principal {
     let mut user_id = None;
     let mut principal = Principal::anonymous();
     for (kind, value) in claims {
-        let values: Vec<&str> = match value {
-            Value::String(s) => vec![s.as_str()],
-            Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
-            _ => Vec::new(),
+        let names_user = NAME_IDENTIFIER_CLAIMS.contains(&kind.as_str());
+        // A numeric id (`"sub": 42`) is the user "42", as in ASP.NET Core,
+        // which keeps a number's text as the claim's value; other numbers
+        // (`exp`, `iat`) are not claims here.
+        let text = |value: &Value| match value {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) if names_user => Some(n.to_string()),
+            _ => None,
         };
-        if user_id.is_none() && NAME_IDENTIFIER_CLAIMS.contains(&kind.as_str()) {
-            user_id = values.first().map(|id| (*id).to_owned());
+        let values: Vec<String> = match value {
+            Value::Array(items) => items.iter().filter_map(text).collect(),
+            single => text(single).into_iter().collect(),
+        };
+        if user_id.is_none() && names_user {
+            user_id = values.first().cloned();
         }
         for value in values {
             principal = principal.with_claim(kind, value);
@@ -374,6 +382,7 @@ mod tests {
             ),
             // An array claim: its first value.
             (format!(r#"{{"nameid":["a","b"],"exp":{exp}}}"#), Some("a")),
+            (format!(r#"{{"sub":42,"exp":{exp}}}"#), Some("42")),
             // Other claims do not name the user.
             (format!(r#"{{"email":"e@x","name":"N","exp":{exp}}}"#), None),
         ];
