@@ -64,6 +64,41 @@ describe("HS256 with issuer and audience", () => {
     });
   }
 
+  // Tokens issued for an ASP.NET Core backend name the user with `nameid`
+  // or the long claim-type URI; SendToUser must reach that user.
+  const NAME_IDENTIFIER = "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/nameidentifier";
+  for (const claim of ["nameid", NAME_IDENTIFIER]) {
+    for (const transport of TRANSPORTS) {
+      test(`the ${claim === "nameid" ? "nameid" : "nameidentifier URI"} claim names the user over ${transport}`, async () => {
+        const user = `dotnet-${transport}`;
+        const c = await connect(server, "/hubs/test", "json", {
+          transport,
+          token: token(valid({ [claim]: user, name: "Dot Net" })),
+        });
+        const sender = await connect(server, "/hubs/test", "json", { token: token(valid({ sub: "sender" })) });
+        assert.equal(await c.invoke("GetUserIdentifier"), user);
+        const received = next(c, "UserMessage");
+        await sender.invoke("SendToUser", user, { hello: user });
+        assert.deepEqual(await received, [{ hello: user }]);
+        await Promise.all([c.stop(), sender.stop()]);
+      });
+    }
+  }
+
+  test("of several name-identifier claims, the first in the token names the user", async () => {
+    const cases = [
+      [{ nameid: "first", sub: "second" }, "first"],
+      [{ sub: "first", nameid: "second" }, "first"],
+      [{ [NAME_IDENTIFIER]: "first", sub: "second", nameid: "third" }, "first"],
+      [{ email: "e@example.com", name: "N" }, null],
+    ];
+    for (const [claims, expected] of cases) {
+      const c = await connect(server, "/hubs/test", "json", { token: token(valid(claims)) });
+      assert.equal(await c.invoke("GetUserIdentifier"), expected, JSON.stringify(claims));
+      await c.stop();
+    }
+  });
+
   test("no token: anonymous on a hub that allows it", async () => {
     const c = await connect(server, "/hubs/test", "json");
     assert.equal(await c.invoke("GetUserIdentifier"), null);
@@ -185,6 +220,43 @@ for (const [alg, keyType, options] of [
     });
   });
 }
+
+describe("another claim names the user: --user-id-claim and auth.user_id_claim", () => {
+  let servers;
+  before(async () => {
+    const dir = mkdtempSync(join(tmpdir(), "tidings-user-id-"));
+    const file = join(dir, "tidings.toml");
+    writeFileSync(file, `[auth]\njwt_secret = "${JWT_SECRET}"\nuser_id_claim = "email"\n`);
+    servers = await Promise.all([
+      startServer(["--jwt-secret", JWT_SECRET, "--user-id-claim", "email"]),
+      startServer(["--config", file]),
+    ]);
+  });
+  after(() => Promise.all(servers.map((s) => s.stop())));
+
+  for (const [i, how] of [[0, "the flag"], [1, "the configuration file"]]) {
+    test(`messages to the user reach the connection whose token has that claim (${how})`, async () => {
+      const server = servers[i];
+      const ann = await connect(server, "/hubs/test", "json", {
+        token: token({ sub: "ann", email: "ann@example.com" }),
+      });
+      const noEmail = await connect(server, "/hubs/test", "json", { token: token({ sub: "bob" }) });
+      assert.equal(await ann.invoke("GetUserIdentifier"), "ann@example.com");
+      assert.equal(await ann.invoke("GetClaim", "sub"), "ann");
+      // Without the claim, no user id: `sub` is no fallback.
+      assert.equal(await noEmail.invoke("GetUserIdentifier"), null);
+      const received = [];
+      ann.on("UserMessage", (m) => received.push(m));
+      // Sent to "ann" (the sub) first: it must reach nobody.
+      await noEmail.invoke("SendToUser", "ann", "by sub");
+      const byEmail = next(ann, "UserMessage");
+      await noEmail.invoke("SendToUser", "ann@example.com", "by email");
+      assert.deepEqual(await byEmail, ["by email"]);
+      assert.deepEqual(received, ["by email"]);
+      await Promise.all([ann.stop(), noEmail.stop()]);
+    });
+  }
+});
 
 describe("role-restricted methods on the chat hub", () => {
   let server;

@@ -134,6 +134,8 @@ pub struct AuthSection {
     #[serde(deserialize_with = "duration")]
     pub jwt_leeway: Option<Duration>,
     pub jwt_require_exp: Option<bool>,
+    /// The claim that names the user (default: the name identifier).
+    pub user_id_claim: Option<String>,
     pub close_on_auth_expiration: Option<bool>,
 }
 
@@ -381,6 +383,7 @@ pub fn apply(file: &FileConfig, args: &mut Args, matches: &ArgMatches) {
     secure!(jwt_audience, auth.jwt_audience.clone().map(Some));
     secure!(jwt_leeway_secs, auth.jwt_leeway.map(|d| d.as_secs()));
     secure!(jwt_require_exp, auth.jwt_require_exp);
+    secure!(user_id_claim, auth.user_id_claim.clone().map(Some));
     secure!(close_on_auth_expiration, auth.close_on_auth_expiration);
     secure!(allowed_origins, file.cors.allowed_origins.clone());
     secure!(cors_credentials, file.cors.credentials);
@@ -414,6 +417,9 @@ pub fn check(file: &FileConfig, args: &Args) -> anyhow::Result<Vec<ServerlessSpe
             "auth.jwt_public_key: cannot read {}: no such file",
             path.display()
         ));
+    }
+    if security.user_id_claim.as_deref().is_some_and(str::is_empty) {
+        problems.push("auth.user_id_claim: name a claim (e.g. \"email\")".to_owned());
     }
     for origin in &security.allowed_origins {
         let valid = origin == "*"
@@ -619,13 +625,14 @@ mod tests {
         );
         // Security options plug in the same way.
         let (_, args) = parse(
-            "[cors]\nallowed_origins = [\"https://app.example\"]\n[limits]\nmax_connections = 7\ntrusted_proxies = [\"10.0.0.0/8\"]\n[auth]\njwt_issuer = \"me\"",
+            "[cors]\nallowed_origins = [\"https://app.example\"]\n[limits]\nmax_connections = 7\ntrusted_proxies = [\"10.0.0.0/8\"]\n[auth]\njwt_issuer = \"me\"\nuser_id_claim = \"email\"",
             &["--max-connections", "9"],
         )
         .expect("parses");
         assert_eq!(args.security.allowed_origins, ["https://app.example"]);
         assert_eq!(args.security.max_connections, 9);
         assert_eq!(args.security.jwt_issuer.as_deref(), Some("me"));
+        assert_eq!(args.security.user_id_claim.as_deref(), Some("email"));
         assert_eq!(
             args.security
                 .trusted_proxies
@@ -633,6 +640,13 @@ mod tests {
                 .map(ToString::to_string),
             Some("10.0.0.0/8".to_owned())
         );
+        // The flag wins over the file here too.
+        let (_, args) = parse(
+            "[auth]\nuser_id_claim = \"email\"",
+            &["--user-id-claim", "upn"],
+        )
+        .expect("parses");
+        assert_eq!(args.security.user_id_claim.as_deref(), Some("upn"));
     }
 
     #[test]
@@ -707,6 +721,10 @@ mod tests {
             (
                 "[limits]\nrate_limit_per_second = 0.0",
                 "limits.rate_limit_per_second: must be more than 0",
+            ),
+            (
+                "[auth]\nuser_id_claim = \"\"",
+                "auth.user_id_claim: name a claim",
             ),
             (
                 "[auth]\njwt_secret = \"x\"\njwt_public_key = \"k.pem\"",

@@ -45,6 +45,13 @@ pub struct SecurityArgs {
     )]
     pub jwt_require_exp: bool,
 
+    /// The claim whose value is the user id (`Clients.User`, send-to-user),
+    /// e.g. `email`. Default: the first of `sub`, `nameid` and
+    /// `http://schemas.xmlsoap.org/ws/2005/05/identity/claims/nameidentifier`
+    /// in the token, as ASP.NET Core reads it.
+    #[arg(long, env = "TIDINGS_USER_ID_CLAIM")]
+    pub user_id_claim: Option<String>,
+
     /// Close connections when their token expires.
     #[arg(
         long,
@@ -168,6 +175,9 @@ impl Security {
             let jwt = Arc::clone(jwt);
             endpoint = endpoint
                 .authenticator(move |parts: &axum::http::request::Parts| jwt.principal(parts));
+        }
+        if let Some(claim) = &self.args.user_id_claim {
+            endpoint = endpoint.user_id_claim(claim);
         }
         if !self.args.allowed_origins.is_empty() {
             endpoint = endpoint.allowed_origins(&self.args.allowed_origins);

@@ -156,7 +156,7 @@ pub(crate) type SharedAuthenticator = Arc<dyn Authenticator>;
 
 /// Chooses the user identifier of a principal (ASP.NET Core's
 /// `IUserIdProvider`); the default keeps what the authenticator set (the
-/// `sub` claim of a JWT).
+/// name-identifier claim of a JWT).
 pub(crate) type UserIdProvider = Arc<dyn Fn(&Principal) -> Option<String> + Send + Sync>;
 
 /// What a hub or a hub method requires of the caller: an authenticated

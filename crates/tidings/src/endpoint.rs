@@ -150,13 +150,32 @@ impl<H: Hub> HubEndpoint<H> {
 
     /// Chooses the user identifier of each connection from its principal
     /// (ASP.NET Core's `IUserIdProvider`), e.g. an `email` claim instead of
-    /// `sub`. `None` makes the connection anonymous to `Clients.User`.
+    /// the name identifier. `None` makes the connection anonymous to
+    /// `Clients.User`.
     pub fn user_id_provider(
         mut self,
         provider: impl Fn(&Principal) -> Option<String> + Send + Sync + 'static,
     ) -> Self {
         self.access.user_ids = Some(Arc::new(provider));
         self
+    }
+
+    /// The user identifier is the first value of the claim `kind` (e.g.
+    /// `email`) instead of what the authenticator chose (for a JWT, its
+    /// name-identifier claim). A principal without that claim has no user
+    /// identifier, as in ASP.NET Core when a custom `IUserIdProvider`
+    /// answers `null`.
+    ///
+    /// ```
+    /// # use tidings::HubEndpoint;
+    /// # struct Chat;
+    /// # #[tidings::hub] impl Chat { async fn ping(&self) {} }
+    /// let endpoint = HubEndpoint::new(Chat).user_id_claim("email");
+    /// # let _ = endpoint;
+    /// ```
+    pub fn user_id_claim(self, kind: impl Into<String>) -> Self {
+        let kind = kind.into();
+        self.user_id_provider(move |principal| principal.claim(&kind).map(str::to_owned))
     }
 
     /// Registers a named policy for `#[authorize(policy = "name")]`: a

@@ -10,10 +10,19 @@
 //! refused with `401`, even on a hub open to anonymous users: a client that
 //! sends credentials must not be silently downgraded.
 //!
-//! The `sub` claim becomes the user identifier (ASP.NET Core maps it to
-//! `ClaimTypes.NameIdentifier`, which its default user-id provider reads);
-//! every string claim, and every string of an array claim such as `roles`,
-//! becomes a claim of the [`Principal`]; `exp` becomes its expiry. A token
+//! The user identifier is the first name-identifier claim of the token
+//! ([`NAME_IDENTIFIER_CLAIMS`]: `sub`, `nameid` or
+//! `http://schemas.xmlsoap.org/ws/2005/05/identity/claims/nameidentifier`),
+//! as ASP.NET Core finds it: its JWT handler maps all three to
+//! `ClaimTypes.NameIdentifier`, keeping the token's order, and its default
+//! user-id provider takes the first claim of that type. So a token issued
+//! for a .NET backend targets the same user in `Clients.User`; when a token
+//! carries several of them with different values, the one written first in
+//! its payload wins. (A hub endpoint may choose another claim:
+//! [`HubEndpoint::user_id_claim`](crate::HubEndpoint::user_id_claim).)
+//! Every string claim, and every string of an array claim such as `roles`,
+//! becomes a claim of the [`Principal`], in the token's order; `exp` becomes
+//! its expiry. A token
 //! without `exp` is refused, as ASP.NET Core's JWT bearer handler refuses it
 //! by default (`RequireExpirationTime`): a credential that never expires
 //! cannot be revoked by waiting ([`JwtAuthenticator::allow_missing_expiry`]
@@ -26,9 +35,20 @@ use std::{
 
 use axum::http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, errors::ErrorKind};
-use serde_json::{Map, Value};
+use serde::{Deserialize, Deserializer, de};
+use serde_json::Value;
 
 use crate::{AuthError, Authenticator, BoxFuture, Principal, bearer_token};
+
+/// The claim types that name the user, as ASP.NET Core's JWT handler maps
+/// them to `ClaimTypes.NameIdentifier` (the short JWT names `sub` and
+/// `nameid`, and that claim type's own URI). The first of them in the
+/// token is the user identifier.
+pub const NAME_IDENTIFIER_CLAIMS: [&str; 3] = [
+    "sub",
+    "nameid",
+    "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/nameidentifier",
+];
 
 /// Why a [`JwtAuthenticator`] could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -137,9 +157,9 @@ impl JwtAuthenticator {
 
     /// The principal of a token.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
-        let data = decode::<Map<String, Value>>(token, &self.key, &self.validation)
+        let data = decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| AuthError::Unauthorized(describe(e.kind())))?;
-        Ok(principal(&data.claims))
+        Ok(principal(&data.claims.0))
     }
 
     /// The principal of a request: anonymous without a token, the token's
@@ -162,24 +182,62 @@ impl Authenticator for JwtAuthenticator {
     }
 }
 
-/// The principal a token's claims describe.
-fn principal(claims: &Map<String, Value>) -> Principal {
-    let mut principal = match claims.get("sub").and_then(Value::as_str) {
-        Some(sub) => Principal::user(sub),
-        None => Principal::anonymous(),
-    };
-    for (kind, value) in claims {
-        match value {
-            Value::String(s) => principal = principal.with_claim(kind, s),
-            Value::Array(items) => {
-                for item in items.iter().filter_map(Value::as_str) {
-                    principal = principal.with_claim(kind, item);
-                }
+/// A token's claims in the order its payload lists them. The order matters:
+/// of several name-identifier claims the first is the user (a map sorted by
+/// name would let `nameid` win over an earlier `sub`).
+struct Claims(Vec<(String, Value)>);
+
+impl<'de> Deserialize<'de> for Claims {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Ordered;
+        impl<'de> de::Visitor<'de> for Ordered {
+            type Value = Claims;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object of claims")
             }
-            _ => {}
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Claims, A::Error> {
+                let mut claims = Vec::new();
+                while let Some(entry) = map.next_entry::<String, Value>()? {
+                    claims.push(entry);
+                }
+                Ok(Claims(claims))
+            }
+        }
+        deserializer.deserialize_map(Ordered)
+    }
+}
+
+/// The principal a token's claims describe.
+fn principal(claims: &[(String, Value)]) -> Principal {
+    let mut user_id = None;
+    let mut principal = Principal::anonymous();
+    for (kind, value) in claims {
+        let names_user = NAME_IDENTIFIER_CLAIMS.contains(&kind.as_str());
+        // A numeric id (`"sub": 42`) is the user "42", as in ASP.NET Core,
+        // which keeps a number's text as the claim's value; other numbers
+        // (`exp`, `iat`) are not claims here.
+        let text = |value: &Value| match value {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) if names_user => Some(n.to_string()),
+            _ => None,
+        };
+        let values: Vec<String> = match value {
+            Value::Array(items) => items.iter().filter_map(text).collect(),
+            single => text(single).into_iter().collect(),
+        };
+        if user_id.is_none() && names_user {
+            user_id = values.first().cloned();
+        }
+        for value in values {
+            principal = principal.with_claim(kind, value);
         }
     }
-    if let Some(exp) = claims.get("exp").and_then(Value::as_u64) {
+    principal.set_user_id(user_id);
+    if let Some(exp) = claims
+        .iter()
+        .find(|(kind, _)| kind == "exp")
+        .and_then(|(_, exp)| exp.as_u64())
+    {
         principal = principal.with_expiry(UNIX_EPOCH + Duration::from_secs(exp));
     }
     principal
@@ -283,6 +341,59 @@ mod tests {
         // An `exp` that is there is still checked.
         let expired = sign(json!({"sub": "ann", "exp": now() - 5}), b"s");
         assert!(lenient.verify(&expired).is_err());
+    }
+
+    #[test]
+    fn the_user_is_the_first_name_identifier_claim() {
+        let jwt = JwtAuthenticator::hs256(b"s");
+        let user = |payload: &str| {
+            // Written by hand: the order of the payload's keys is the point.
+            let b64 = |text: &str| {
+                use base64::Engine as _;
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+            };
+            let body = format!("{}.{}", b64(r#"{"alg":"HS256","typ":"JWT"}"#), b64(payload));
+            let key = EncodingKey::from_secret(b"s");
+            let signature = jsonwebtoken::crypto::sign(body.as_bytes(), &key, Algorithm::HS256)
+                .unwrap_or_default();
+            let p = jwt
+                .verify(&format!("{body}.{signature}"))
+                .unwrap_or_default();
+            p.user_id().map(str::to_owned)
+        };
+        let exp = now() + 60;
+        let uri = NAME_IDENTIFIER_CLAIMS[2];
+        let cases = [
+            (format!(r#"{{"nameid":"nia","exp":{exp}}}"#), Some("nia")),
+            (format!(r#"{{"{uri}":"uri","exp":{exp}}}"#), Some("uri")),
+            (format!(r#"{{"sub":"sue","exp":{exp}}}"#), Some("sue")),
+            // Several: the first in the payload, as ASP.NET Core's FindFirst.
+            (
+                format!(r#"{{"sub":"sue","nameid":"nia","exp":{exp}}}"#),
+                Some("sue"),
+            ),
+            (
+                format!(r#"{{"nameid":"nia","sub":"sue","exp":{exp}}}"#),
+                Some("nia"),
+            ),
+            (
+                format!(r#"{{"exp":{exp},"{uri}":"uri","sub":"sue"}}"#),
+                Some("uri"),
+            ),
+            // An array claim: its first value.
+            (format!(r#"{{"nameid":["a","b"],"exp":{exp}}}"#), Some("a")),
+            (format!(r#"{{"sub":42,"exp":{exp}}}"#), Some("42")),
+            // Other claims do not name the user.
+            (format!(r#"{{"email":"e@x","name":"N","exp":{exp}}}"#), None),
+        ];
+        for (payload, expected) in cases {
+            assert_eq!(user(&payload).as_deref(), expected, "{payload}");
+        }
+        // Claims keep the token's order.
+        let p = jwt
+            .verify(&sign(json!({"sub": "s", "exp": exp}), b"s"))
+            .unwrap_or_default();
+        assert_eq!(p.claim("sub"), Some("s"));
     }
 
     #[test]

@@ -330,7 +330,7 @@ pub use error::{ConnectionError, GroupError, HubError, InvokeError, PresenceErro
 pub use filter::{HubFilter, InvocationInfo, RateLimiter};
 pub use hub::{BoxFuture, Hub, MethodDescriptor, MethodFuture, MethodKind};
 #[cfg(feature = "jwt")]
-pub use jwt::{JwtAuthenticator, JwtKeyError};
+pub use jwt::{JwtAuthenticator, JwtKeyError, NAME_IDENTIFIER_CLAIMS};
 pub use lifetime::{LifetimeManager, Member, MemoryLifetimeManager, Target};
 pub use message::{ClientInvocation, SerializedMessage};
 pub use metrics::Metrics;
