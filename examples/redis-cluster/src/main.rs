@@ -15,7 +15,7 @@
 //! Hub (`/hubs/chat`): `SendMessage(user, text)` → every client of every
 //! server gets `ReceiveMessage(user, text)`.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use tidings::{Context, HubEndpoint, HubError, hub};
@@ -48,6 +48,12 @@ async fn main() -> anyhow::Result<()> {
     let chat = HubEndpoint::new(Chat)
         .lifetime_manager(backplane.lifetime_manager("Example.ChatHub"))
         .cluster(backplane.clone());
+
+    // Serve even if Redis is away (this server's clients work; messages to
+    // the others wait in a bounded buffer), but give it a moment first.
+    if !backplane.wait_connected(Duration::from_secs(5)).await {
+        eprintln!("Redis is not reachable yet: connecting in the background");
+    }
 
     let app = axum::Router::new().nest("/hubs/chat", chat.into_router());
     println!("listening on http://{local}");
