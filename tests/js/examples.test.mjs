@@ -5,21 +5,11 @@
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { dirname, join } from "node:path";
 import { promisify } from "node:util";
-import { BIN, startProgram } from "../server.mjs";
-import { connect, next, rejectsWith, token, JWT_SECRET } from "./helpers.mjs";
+import { connect, example, next, rejectsWith, startExample, token, JWT_SECRET } from "./helpers.mjs";
 import { startRedis, roundRobinProxy } from "./cluster.mjs";
 
 const run = promisify(execFile);
-
-/** The path of the example binary `name` (beside the server's). */
-export const example = (name) => join(dirname(BIN), `example-${name}`);
-
-/** Starts example `name` on a free port. */
-export function startExample(name, env = {}) {
-  return startProgram(example(name), [], { LISTEN: "127.0.0.1:0", ...env });
-}
 
 describe("hello-hub", () => {
   let server;
