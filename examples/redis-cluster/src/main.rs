@@ -26,7 +26,10 @@ struct Chat;
 #[hub]
 impl Chat {
     async fn send_message(&self, cx: &Context, user: String, text: String) -> Result<(), HubError> {
-        cx.clients().all().send("ReceiveMessage", (user, text)).await?;
+        cx.clients()
+            .all()
+            .send("ReceiveMessage", (user, text))
+            .await?;
         Ok(())
     }
 }

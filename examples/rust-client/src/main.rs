@@ -22,15 +22,12 @@ async fn main() -> anyhow::Result<()> {
 
     // Handlers run on the client's own task; hand the message to `main`.
     let (received, mut messages) = mpsc::unbounded_channel();
-    connection.on(
-        "ReceiveMessage",
-        move |(user, text): (String, String)| {
-            let received = received.clone();
-            async move {
-                let _ = received.send(format!("{user}: {text}"));
-            }
-        },
-    );
+    connection.on("ReceiveMessage", move |(user, text): (String, String)| {
+        let received = received.clone();
+        async move {
+            let _ = received.send(format!("{user}: {text}"));
+        }
+    });
 
     connection.start().await?;
     connection
