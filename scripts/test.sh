@@ -59,7 +59,8 @@ target/debug/tidings-bench suite --quick --duration 1 --quiet --check \
 
 if [[ -f tests/js/package.json ]]; then
     step "JS-client end-to-end suite"
-    cargo build -p tidings-server
+    # examples.test.mjs runs the programs of examples/ beside the server.
+    cargo build -p tidings-server -p 'example-*'
     if ! wait "$clients_venv_pid"; then
         cat target/python-clients-venv.log >&2
         exit 1

@@ -15,7 +15,15 @@ export const BIN = process.env.TIDINGS_BIN ?? new URL("../target/debug/tidings",
  */
 export async function startServer(args = [], env = {}) {
   const listen = args.includes("--listen") ? [] : ["--listen", "127.0.0.1:0"];
-  const child = spawn(BIN, [...listen, ...args], {
+  return startProgram(BIN, [...listen, ...args], env);
+}
+
+/**
+ * Starts any program that prints `listening on http://…` once it listens
+ * (the server, the examples), with the same handle as `startServer`.
+ */
+export async function startProgram(bin, args = [], env = {}) {
+  const child = spawn(bin, args, {
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
@@ -24,7 +32,7 @@ export async function startServer(args = [], env = {}) {
   child.stderr.on("data", (d) => (stderr += d));
   const exited = new Promise((resolve) => child.on("exit", (code, signal) => resolve({ code, signal })));
   const url = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`server did not start: ${stderr}`)), 15_000);
+    const timer = setTimeout(() => reject(new Error(`${bin} did not start: ${stderr}`)), 15_000);
     child.stdout.on("data", (d) => {
       out += d;
       const m = out.match(/listening on (http:\/\/[\d.:]+)/);
@@ -35,7 +43,7 @@ export async function startServer(args = [], env = {}) {
     });
     exited.then(({ code, signal }) => {
       clearTimeout(timer);
-      reject(new Error(`server exited with ${code ?? signal}: ${stderr}`));
+      reject(new Error(`${bin} exited with ${code ?? signal}: ${stderr}`));
     });
   });
   return {

@@ -4,12 +4,21 @@
 
 import { createHmac } from "node:crypto";
 import net from "node:net";
+import { dirname, join } from "node:path";
 import * as signalR from "@microsoft/signalr";
 import { MessagePackHubProtocol } from "@microsoft/signalr-protocol-msgpack";
 import WebSocket from "ws";
-import { startServer } from "../server.mjs";
+import { BIN, startProgram, startServer } from "../server.mjs";
 
 export { startServer };
+
+/** The path of the binary of `examples/<name>` (built beside the server). */
+export const example = (name) => join(dirname(BIN), `example-${name}`);
+
+/** Starts the program of `examples/<name>` on a free port. */
+export function startExample(name, env = {}) {
+  return startProgram(example(name), [], { LISTEN: "127.0.0.1:0", ...env });
+}
 
 export { signalR };
 export const PROTOCOLS = ["json", "messagepack"];
