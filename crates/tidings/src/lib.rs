@@ -265,6 +265,7 @@ mod message;
 pub mod metrics;
 mod options;
 mod outbox;
+mod paths;
 mod redirect;
 mod resume;
 pub mod schema;
@@ -298,6 +299,7 @@ pub use lifetime::{LifetimeManager, Member, MemoryLifetimeManager, Target};
 pub use message::{ClientInvocation, SerializedMessage};
 pub use metrics::Metrics;
 pub use options::HubOptions;
+pub use paths::HubPaths;
 pub use redirect::NegotiateRedirect;
 pub use serve::{Serve, serve};
 #[cfg(feature = "tls")]
