@@ -17,7 +17,7 @@ use std::{
 
 use axum::{
     Router,
-    extract::{FromRequestParts, Request, State, ws::WebSocketUpgrade},
+    extract::{Request, State},
     http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -49,6 +49,7 @@ use crate::{
         self,
         http::{self, HttpConnection, Inbound},
         resume::Resumable,
+        socket::Upgrade,
     },
 };
 
@@ -491,9 +492,7 @@ impl<H: Hub> Endpoint<H> {
         let timeout = self.shared.options.disconnect_timeout;
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         pending.expire(timeout);
-        pending
-            .order
-            .push_back((connection.created, token.clone()));
+        pending.order.push_back((connection.created, token.clone()));
         pending.by_token.insert(token, connection);
     }
 
@@ -523,7 +522,11 @@ impl<H: Hub> Endpoint<H> {
     /// accepted as that user (some clients send their token only on some
     /// requests); credentials that do not verify get `401`, and those of
     /// another user `403`. `Some` is the principal the request brought.
-    async fn same_user(&self, parts: &Parts, user: Option<&str>) -> Result<Option<Principal>, Response> {
+    async fn same_user(
+        &self,
+        parts: &Parts,
+        user: Option<&str>,
+    ) -> Result<Option<Principal>, Response> {
         if self.authenticator.is_none() {
             return Ok(None);
         }
@@ -863,16 +866,10 @@ async fn connect<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Requ
 async fn websocket_upgrade<H: Hub>(
     endpoint: &Endpoint<H>,
     parts: &mut Parts,
-) -> Result<WebSocketUpgrade, Response> {
-    let upgrade = WebSocketUpgrade::from_request_parts(parts, &())
-        .await
-        .map_err(IntoResponse::into_response)?;
-    let frame_limit =
-        transport::websocket::frame_limit(endpoint.shared.options.maximum_receive_message_size);
-    Ok(upgrade
-        .max_message_size(frame_limit)
-        .max_frame_size(frame_limit)
-        .read_buffer_size(transport::websocket::READ_BUFFER))
+) -> Result<Upgrade, Response> {
+    let config =
+        transport::websocket::socket_config(endpoint.shared.options.maximum_receive_message_size);
+    Upgrade::from_parts(parts, config).await
 }
 
 /// A new WebSocket for a live stateful connection: after the upgrade the

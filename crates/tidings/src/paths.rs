@@ -112,8 +112,14 @@ mod tests {
         assert_eq!(canonical("/hubs/chat/negotiate"), None);
         assert_eq!(canonical("/HUBS/CHAT"), Some("/hubs/chat".into()));
         assert_eq!(canonical("/hubs/chat/"), Some("/hubs/chat".into()));
-        assert_eq!(canonical("/Hubs/Chat/Negotiate/"), Some("/hubs/chat/negotiate".into()));
-        assert_eq!(canonical("/hubs/test/negotiate"), Some("/hubs/Test/negotiate".into()));
+        assert_eq!(
+            canonical("/Hubs/Chat/Negotiate/"),
+            Some("/hubs/chat/negotiate".into())
+        );
+        assert_eq!(
+            canonical("/hubs/test/negotiate"),
+            Some("/hubs/Test/negotiate".into())
+        );
         // Other paths, under a hub's or not, are left alone.
         assert_eq!(canonical("/hubs/chatty"), None);
         assert_eq!(canonical("/hubs/chat/other"), None);
