@@ -66,6 +66,9 @@ use crate::{
 /// # let _ = (app, pusher);
 /// # }
 /// ```
+///
+/// Wrap the app with [`HubPaths`](crate::HubPaths) for paths of any case
+/// and with a trailing slash, as ASP.NET Core routes hubs.
 pub struct HubEndpoint<H: Hub> {
     hub: Arc<H>,
     name: Arc<str>,
