@@ -263,7 +263,7 @@ mod tests {
 
     /// What the connection carries for `writes`, written one after another
     /// into a sink that takes at most `chunk` bytes per write.
-    async fn carried(writes: &[&[u8]], chunk: usize) -> Vec<u8> {
+    async fn carried(writes: &[&[u8]], chunk: usize) -> anyhow::Result<Vec<u8>> {
         let (client, mut server) = tokio::io::duplex(chunk);
         let mut io = NormalClose::new(client);
         let reader = tokio::spawn(async move {
@@ -273,15 +273,15 @@ mod tests {
                 .map(|_| out)
         });
         for write in writes {
-            io.write_all(write).await.unwrap();
+            io.write_all(write).await?;
         }
-        io.shutdown().await.unwrap();
+        io.shutdown().await?;
         drop(io);
-        reader.await.unwrap().unwrap()
+        Ok(reader.await??)
     }
 
     #[tokio::test]
-    async fn an_empty_close_frame_goes_out_with_status_1000() {
+    async fn an_empty_close_frame_goes_out_with_status_1000() -> anyhow::Result<()> {
         // A text frame "hi", a 200-byte binary frame whose payload holds
         // the bytes of an empty Close, then the empty Close.
         let mut binary = vec![0x82, 126, 0, 200];
@@ -290,14 +290,15 @@ mod tests {
         let mut expected = writes[..2].concat();
         expected.extend([FIN_CLOSE, 2, 0x03, 0xE8]);
         for chunk in [1, 3, 1024] {
-            assert_eq!(carried(&writes, chunk).await, expected, "chunk {chunk}");
+            assert_eq!(carried(&writes, chunk).await?, expected, "chunk {chunk}");
         }
         // Split anywhere, even between its two bytes.
         let all = writes.concat();
         let (a, b) = all.split_at(all.len() - 1);
-        assert_eq!(carried(&[a, b], 7).await, expected);
+        assert_eq!(carried(&[a, b], 7).await?, expected);
         // A Close frame with a status is left as it is.
         let with_status: &[u8] = &[FIN_CLOSE, 2, 0x03, 0xF3];
-        assert_eq!(carried(&[with_status], 2).await, with_status);
+        assert_eq!(carried(&[with_status], 2).await?, with_status);
+        Ok(())
     }
 }
