@@ -362,6 +362,11 @@ async fn main() -> anyhow::Result<()> {
     )?
     .body_limit(args.rest_body_limit);
     let mut serverless_routes = axum::Router::new();
+    let mut hub_paths = vec![
+        "/hubs/chat".to_owned(),
+        "/hubs/test".to_owned(),
+        "/hubs/dashboard".to_owned(),
+    ];
     for spec in serverless {
         let hub = service::serverless_hub(&spec, &args.access_keys)?;
         let endpoint = endpoint(
@@ -373,8 +378,9 @@ async fn main() -> anyhow::Result<()> {
             &registry,
         );
         rest = rest.hub(&spec.name, endpoint.context());
-        serverless_routes =
-            serverless_routes.nest(&format!("/hubs/{}", spec.name), endpoint.into_router());
+        let path = format!("/hubs/{}", spec.name);
+        serverless_routes = serverless_routes.nest(&path, endpoint.into_router());
+        hub_paths.push(path);
     }
 
     let stream = EventLog::<Metrics>::new(STREAM_HISTORY);
@@ -414,6 +420,8 @@ async fn main() -> anyhow::Result<()> {
         .nest("/hubs/test", test.into_router())
         .nest("/hubs/dashboard", dashboard.into_router())
         .merge(serverless_routes);
+    // Hub paths are matched as ASP.NET Core matches them.
+    let app = tidings::HubPaths::new(hub_paths).route(app);
 
     let scheme = if tls.is_some() { "https" } else { "http" };
     for (_, local) in &listeners {

@@ -4,16 +4,16 @@
 //! WebSocket stack hub connections use. Not a public API: `scripts/conformance.sh` serves it with
 //! the `websocket_echo` example.
 
-use axum::{
-    Router,
-    extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
-    response::Response,
-    routing::get,
-};
+use axum::{Router, extract::Request, response::Response, routing::get};
+use futures_util::{SinkExt, StreamExt};
+use tungstenite::{Message, Utf8Bytes, protocol::CloseFrame};
 
 use crate::{
     HubOptions,
-    transport::websocket::{READ_BUFFER, close_status, frame_limit},
+    transport::{
+        socket::{Upgrade, WebSocket},
+        websocket::{close_status, socket_config},
+    },
 };
 
 /// `GET /`: a WebSocket that sends back every Text and Binary message it receives.
@@ -21,28 +21,30 @@ pub fn echo_router() -> Router {
     Router::new().route("/", get(upgrade))
 }
 
-async fn upgrade(upgrade: WebSocketUpgrade) -> Response {
-    // The limits of a hub endpoint with the default options.
-    let limit = frame_limit(HubOptions::default().maximum_receive_message_size);
-    upgrade
-        .max_message_size(limit)
-        .max_frame_size(limit)
-        .read_buffer_size(READ_BUFFER)
-        .on_upgrade(echo)
+async fn upgrade(request: Request) -> Response {
+    let (mut parts, _body) = request.into_parts();
+    // The settings of a hub endpoint with the default options.
+    let config = socket_config(HubOptions::default().maximum_receive_message_size);
+    match Upgrade::from_parts(&mut parts, config).await {
+        Ok(upgrade) => upgrade.on_upgrade(echo),
+        Err(response) => response,
+    }
 }
 
 async fn echo(mut socket: WebSocket) {
     loop {
-        let message = match socket.recv().await {
+        let message = match socket.next().await {
             Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => message,
             // The WebSocket library answers pings, and answers a Close frame
             // while it is read further (reading again sends the answer and ends).
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_))) => continue,
+            Some(Ok(
+                Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_),
+            )) => continue,
             None => return,
             Some(Err(error)) => {
                 // As a hub connection does after a failed read.
                 let frame = CloseFrame {
-                    code: close_status(&error),
+                    code: close_status(&error).into(),
                     reason: Utf8Bytes::from_static(""),
                 };
                 let _ = socket.send(Message::Close(Some(frame))).await;

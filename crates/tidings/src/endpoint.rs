@@ -17,22 +17,25 @@ use std::{
 
 use axum::{
     Router,
-    extract::{FromRequestParts, Request, State, ws::WebSocketUpgrade},
+    extract::{Request, State},
     http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use base64::Engine;
+use bytes::Bytes;
 use tidings_protocol::{
     AvailableTransport, NegotiateRequest, NegotiateResponse, TransferFormat, TransportType,
 };
+
+use tokio::sync::mpsc;
 
 use crate::{
     HubContext, HubFilter, HubOptions, Metrics, Principal, Shutdown,
     access::{ConnectionLimits, Origins, Refused, Slot},
     auth::{
         AuthError, Authenticator, Denied, Policies, SharedAuthenticator, UserIdProvider,
-        form_urlencoded_pairs,
+        bearer_token, form_urlencoded_pairs,
     },
     cluster::{self, Cluster},
     connection::ConnectionInit,
@@ -44,8 +47,9 @@ use crate::{
     metrics::TransportMetrics,
     transport::{
         self,
-        http::{self, HttpConnection},
+        http::{self, HttpConnection, Inbound},
         resume::Resumable,
+        socket::Upgrade,
     },
 };
 
@@ -62,6 +66,9 @@ use crate::{
 /// # let _ = (app, pusher);
 /// # }
 /// ```
+///
+/// Wrap the app with [`HubPaths`](crate::HubPaths) for paths of any case
+/// and with a trailing slash, as ASP.NET Core routes hubs.
 pub struct HubEndpoint<H: Hub> {
     hub: Arc<H>,
     name: Arc<str>,
@@ -503,21 +510,65 @@ impl<H: Hub> Endpoint<H> {
         pending.by_token.remove(token)
     }
 
-    fn add_pending(&self, token: String, id: Arc<str>, stateful: bool, slot: Option<Slot>) {
+    fn add_pending(&self, token: String, connection: PendingConnection) {
         let timeout = self.shared.options.disconnect_timeout;
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         pending.expire(timeout);
-        let created = Instant::now();
-        pending.order.push_back((created, token.clone()));
-        pending.by_token.insert(
-            token,
-            PendingConnection {
-                id,
-                created,
-                stateful,
-                slot,
-            },
-        );
+        pending.order.push_back((connection.created, token.clone()));
+        pending.by_token.insert(token, connection);
+    }
+
+    /// The principal a negotiated connection that has not started was
+    /// negotiated by.
+    fn pending_principal(&self, token: &str) -> Option<Principal> {
+        let timeout = self.shared.options.disconnect_timeout;
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.expire(timeout);
+        pending.by_token.get(token).map(|p| p.principal.clone())
+    }
+
+    /// Where a POST for a negotiated connection that has not started puts
+    /// its body: the channel its HTTP transport will read once it starts.
+    fn pending_inbound(&self, token: &str) -> Option<mpsc::Sender<Bytes>> {
+        let timeout = self.shared.options.disconnect_timeout;
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.expire(timeout);
+        let connection = pending.by_token.get_mut(token)?;
+        let (sender, _) = connection.inbound.get_or_insert_with(http::inbound_channel);
+        Some(sender.clone())
+    }
+
+    /// Checks a request of an HTTP connection (its first `GET`, a later
+    /// poll, a POST) against the connection's user: the user of the token
+    /// it was negotiated with. A request carrying no credentials is
+    /// accepted as that user (some clients send their token only on some
+    /// requests); credentials that do not verify get `401`, and those of
+    /// another user `403`. `Some` is the principal the request brought.
+    async fn same_user(
+        &self,
+        parts: &Parts,
+        user: Option<&str>,
+    ) -> Result<Option<Principal>, Response> {
+        if self.authenticator.is_none() {
+            return Ok(None);
+        }
+        match self.authenticate(parts).await {
+            Ok(principal) if !principal.is_authenticated() => Ok(None),
+            Ok(principal) if principal.user_id() == user => Ok(Some(principal)),
+            Ok(_) => {
+                tracing::debug!("request refused: another user");
+                Err(StatusCode::FORBIDDEN.into_response())
+            }
+            // An authenticator (or the hub's requirement) that refuses a
+            // request without credentials: nothing to check against.
+            Err(response)
+                if response.status() == StatusCode::UNAUTHORIZED
+                    && bearer_token(parts).is_none() =>
+            {
+                Ok(None)
+            }
+            Err(response) => Err(response),
+        }
     }
 
     /// Makes a stateful connection reachable for re-attaching sockets.
@@ -611,6 +662,10 @@ struct PendingConnection {
     stateful: bool,
     /// Its place under the connection limits, handed to the transport.
     slot: Option<Slot>,
+    /// Who negotiated it: the user of its HTTP transport's requests.
+    principal: Principal,
+    /// What was posted before the HTTP transport started.
+    inbound: Option<Inbound>,
 }
 
 /// Negotiated connections whose transport has not arrived yet. They expire
@@ -691,9 +746,10 @@ async fn negotiate<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Re
         Ok(slot) => slot,
         Err(refused) => return refused.into_response(),
     };
-    if let Err(response) = endpoint.authenticate(&parts).await {
-        return response;
-    }
+    let principal = match endpoint.authenticate(&parts).await {
+        Ok(principal) => principal,
+        Err(response) => return response,
+    };
     let connection_id = endpoint.new_id();
     let token = if version >= 1 {
         endpoint.new_id()
@@ -708,9 +764,14 @@ async fn negotiate<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Re
         && request.stateful_reconnect;
     endpoint.add_pending(
         token.clone(),
-        Arc::from(connection_id.as_str()),
-        stateful,
-        slot,
+        PendingConnection {
+            id: Arc::from(connection_id.as_str()),
+            created: Instant::now(),
+            stateful,
+            slot,
+            principal,
+            inbound: None,
+        },
     );
     json_response(&NegotiateResponse {
         use_stateful_reconnect: stateful.then_some(true),
@@ -827,16 +888,10 @@ async fn connect<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Requ
 async fn websocket_upgrade<H: Hub>(
     endpoint: &Endpoint<H>,
     parts: &mut Parts,
-) -> Result<WebSocketUpgrade, Response> {
-    let upgrade = WebSocketUpgrade::from_request_parts(parts, &())
-        .await
-        .map_err(IntoResponse::into_response)?;
-    let frame_limit =
-        transport::websocket::frame_limit(endpoint.shared.options.maximum_receive_message_size);
-    Ok(upgrade
-        .max_message_size(frame_limit)
-        .max_frame_size(frame_limit)
-        .read_buffer_size(transport::websocket::READ_BUFFER))
+) -> Result<Upgrade, Response> {
+    let config =
+        transport::websocket::socket_config(endpoint.shared.options.maximum_receive_message_size);
+    Upgrade::from_parts(parts, config).await
 }
 
 /// A new WebSocket for a live stateful connection: after the upgrade the
@@ -963,14 +1018,38 @@ async fn connect_http<H: Hub>(endpoint: Arc<Endpoint<H>>, parts: Parts) -> Respo
     if endpoint.shutdown.is_shutting_down() {
         return unavailable();
     }
-    let principal = match endpoint.authenticate(&parts).await {
-        Ok(principal) => principal,
-        Err(response) => return response,
+    let Some(negotiated) = endpoint.pending_principal(&token) else {
+        // Credentials that do not verify are refused before the token is
+        // looked at, as ASP.NET Core's authentication runs first.
+        if let Err(response) = endpoint.authenticate(&parts).await
+            && bearer_token(&parts).is_some()
+        {
+            return response;
+        }
+        return text(StatusCode::NOT_FOUND, "No Connection with that ID");
+    };
+    // A connection negotiated anonymously belongs to whoever opens its
+    // transport; one negotiated with a token stays that token's user's.
+    let owner = negotiated
+        .is_authenticated()
+        .then(|| negotiated.user_id())
+        .flatten();
+    let principal = if negotiated.is_authenticated() {
+        match endpoint.same_user(&parts, owner).await {
+            Ok(fresh) => fresh.unwrap_or(negotiated),
+            Err(response) => return response,
+        }
+    } else {
+        match endpoint.authenticate(&parts).await {
+            Ok(principal) => principal,
+            Err(response) => return response,
+        }
     };
     let Some(mut pending) = endpoint.take_pending(&token) else {
         return text(StatusCode::NOT_FOUND, "No Connection with that ID");
     };
     let slot = pending.slot.take();
+    let inbound = pending.inbound.take();
     let init = ConnectionInit {
         id: pending.id,
         protocol: tidings_protocol::Protocol::Json,
@@ -981,7 +1060,8 @@ async fn connect_http<H: Hub>(endpoint: Arc<Endpoint<H>>, parts: Parts) -> Respo
         metrics: endpoint.transport_metrics(transport),
         abort: endpoint.shutdown.token().child_token(),
     };
-    let connection = HttpConnection::start(&endpoint, init, transport, token.clone(), slot);
+    let connection =
+        HttpConnection::start(&endpoint, init, transport, token.clone(), (slot, inbound));
     endpoint
         .http
         .lock()
@@ -994,25 +1074,20 @@ async fn connect_http<H: Hub>(endpoint: Arc<Endpoint<H>>, parts: Parts) -> Respo
 }
 
 /// Checks a later request of an HTTP connection (a Long Polling poll, a
-/// POST of messages): each carries the credentials again (the official
-/// client sends its token on every request), which must still verify — an
-/// expired token gets `401`, as ASP.NET Core's authentication answers
-/// every request — and name the connection's user (`403` otherwise).
-/// `Some` is the refusal.
+/// POST of messages) against the connection's user: credentials it carries
+/// must still verify — an expired token gets `401`, as ASP.NET Core's
+/// authentication answers every request — and name that user (`403`
+/// otherwise); a request without any is the connection's user's. `Some`
+/// is the refusal.
 async fn reauthenticate<H: Hub>(
     endpoint: &Endpoint<H>,
     parts: &Parts,
     connection: &HttpConnection,
 ) -> Option<Response> {
-    endpoint.authenticator.as_ref()?;
-    match endpoint.authenticate(parts).await {
-        Err(response) => Some(response),
-        Ok(principal) if principal.user_id() != connection.user_id.as_deref() => {
-            tracing::debug!("request refused: another user");
-            Some(StatusCode::FORBIDDEN.into_response())
-        }
-        Ok(_) => None,
-    }
+    endpoint
+        .same_user(parts, connection.user_id.as_deref())
+        .await
+        .err()
 }
 
 /// `POST {hub}?id=…`: client-to-server messages of SSE and Long Polling.
@@ -1032,21 +1107,66 @@ async fn send<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Request
                 "POST requests are not allowed for WebSocket connections.",
             );
         }
-        return text(StatusCode::NOT_FOUND, "No Connection with that ID");
+        return send_early(&endpoint, &parts, body, &token).await;
     };
     if let Some(refusal) = reauthenticate(&endpoint, &parts, &connection).await {
         return refusal;
     }
-    // A body larger than this is refused by axum before it is buffered.
-    let limit = endpoint.shared.options.maximum_request_body_size;
-    let bytes = match axum::body::to_bytes(body, limit).await {
+    let bytes = match post_body(&endpoint, body).await {
         Ok(bytes) => bytes,
-        Err(_) => return StatusCode::PAYLOAD_TOO_LARGE.into_response(),
+        Err(response) => return response,
     };
     if connection.post(bytes).await {
         StatusCode::OK.into_response()
     } else {
         StatusCode::NOT_FOUND.into_response()
+    }
+}
+
+/// The body of a POST, up to the endpoint's limit.
+async fn post_body<H: Hub>(
+    endpoint: &Endpoint<H>,
+    body: axum::body::Body,
+) -> Result<Bytes, Response> {
+    // A body larger than this is refused by axum before it is buffered.
+    let limit = endpoint.shared.options.maximum_request_body_size;
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| StatusCode::PAYLOAD_TOO_LARGE.into_response())
+}
+
+/// A POST for a negotiated connection whose transport has not started
+/// (some clients post their handshake before the first poll): queued for
+/// the HTTP transport that starts it, as ASP.NET Core queues it into the
+/// connection. The queue is the one the connection reads later, with the
+/// same bound; a POST that finds it full waits, as it would then, but no
+/// longer than a negotiated connection waits for its transport.
+async fn send_early<H: Hub>(
+    endpoint: &Endpoint<H>,
+    parts: &Parts,
+    body: axum::body::Body,
+    token: &str,
+) -> Response {
+    let gone = || text(StatusCode::NOT_FOUND, "No Connection with that ID");
+    let Some(negotiated) = endpoint.pending_principal(token) else {
+        return gone();
+    };
+    if negotiated.is_authenticated()
+        && let Err(response) = endpoint.same_user(parts, negotiated.user_id()).await
+    {
+        return response;
+    }
+    let bytes = match post_body(endpoint, body).await {
+        Ok(bytes) => bytes,
+        Err(response) => return response,
+    };
+    let Some(sender) = endpoint.pending_inbound(token) else {
+        return gone();
+    };
+    let wait = endpoint.shared.options.disconnect_timeout;
+    match tokio::time::timeout(wait, sender.send(bytes)).await {
+        Ok(Ok(())) => StatusCode::OK.into_response(),
+        _ => gone(),
     }
 }
 
@@ -1061,7 +1181,9 @@ async fn delete<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Reque
         return text(StatusCode::BAD_REQUEST, "Connection ID required");
     };
     let Some(connection) = endpoint.http_connection(&token) else {
-        if endpoint.websockets.contains(&token) {
+        // A connection whose transport has not started is not a Long
+        // Polling one (yet): ASP.NET Core answers as for another transport.
+        if endpoint.websockets.contains(&token) || endpoint.pending_principal(&token).is_some() {
             return not_deletable();
         }
         return text(StatusCode::NOT_FOUND, "No Connection with that ID");

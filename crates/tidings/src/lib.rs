@@ -302,6 +302,7 @@ mod message;
 pub mod metrics;
 mod options;
 mod outbox;
+mod paths;
 mod redirect;
 mod resume;
 pub mod schema;
@@ -335,6 +336,7 @@ pub use lifetime::{LifetimeManager, Member, MemoryLifetimeManager, Target};
 pub use message::{ClientInvocation, SerializedMessage};
 pub use metrics::Metrics;
 pub use options::HubOptions;
+pub use paths::HubPaths;
 pub use redirect::NegotiateRedirect;
 pub use serve::{Serve, serve};
 #[cfg(feature = "tls")]

@@ -43,6 +43,16 @@ use crate::{
 
 /// How many POST bodies may wait for the session before a POST waits.
 const INBOUND_CAPACITY: usize = 16;
+
+/// The channel that carries a connection's POST bodies to its session.
+/// Made at the first POST or at the first `GET`, whichever comes first: a
+/// client may post its handshake before it polls.
+pub(crate) type Inbound = (mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>);
+
+/// A new [`Inbound`] channel, bounded as every connection's is.
+pub(crate) fn inbound_channel() -> Inbound {
+    mpsc::channel(INBOUND_CAPACITY)
+}
 /// Largest batch of messages in one SSE write or poll response.
 const MAX_BATCH: usize = 64 * 1024;
 
@@ -68,16 +78,17 @@ pub(crate) struct HttpConnection {
 }
 
 impl HttpConnection {
-    /// Creates the connection and spawns its task.
+    /// Creates the connection and spawns its task. `inbound` holds what
+    /// was posted before this first `GET`, if anything was.
     pub(crate) fn start<H: Hub>(
         endpoint: &Arc<Endpoint<H>>,
         init: ConnectionInit,
         transport: TransportType,
         token: String,
-        slot: Option<Slot>,
+        (slot, inbound): (Option<Slot>, Option<Inbound>),
     ) -> Arc<HttpConnection> {
         let options = &endpoint.shared.options;
-        let (in_tx, in_rx) = mpsc::channel::<Bytes>(INBOUND_CAPACITY);
+        let (in_tx, in_rx) = inbound.unwrap_or_else(inbound_channel);
         let (out_tx, out_rx) = outbox::channel(options.outbound_buffer_capacity);
         let connection = Arc::new(HttpConnection {
             transport,

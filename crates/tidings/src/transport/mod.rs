@@ -4,4 +4,5 @@
 
 pub(crate) mod http;
 pub(crate) mod resume;
+pub(crate) mod socket;
 pub(crate) mod websocket;

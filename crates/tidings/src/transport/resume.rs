@@ -31,7 +31,9 @@
 
 use std::{sync::Arc, time::Duration};
 
-use axum::extract::ws::{Message, WebSocket};
+use tungstenite::Message;
+
+use crate::transport::socket::WebSocket;
 use bytes::Bytes;
 use futures_util::{
     SinkExt, StreamExt,
@@ -266,7 +268,7 @@ enum Piece {
 /// What the pump waits for next.
 enum Next {
     Socket(Option<(u64, Source)>),
-    Frame(Option<Result<Message, axum::Error>>),
+    Frame(Option<Result<Message, tungstenite::Error>>),
 }
 
 /// Reads the current socket for the session, across sockets.

@@ -20,7 +20,6 @@ use std::{
     time::Duration,
 };
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use futures_util::{
     FutureExt, SinkExt, StreamExt,
@@ -28,6 +27,7 @@ use futures_util::{
 };
 use tidings_protocol::{HubMessage, Protocol};
 use tokio::time::{Instant, sleep_until, timeout};
+use tungstenite::{Message, Utf8Bytes, protocol::CloseFrame};
 
 use crate::{
     ConnectionError, ConnectionHandle,
@@ -36,7 +36,7 @@ use crate::{
     hub::Hub,
     outbox,
     session::{self, Handshake, InboundChunk},
-    transport::resume,
+    transport::{resume, socket::WebSocket},
 };
 
 /// ASP.NET Core's `TransportSendTimeout`: a write blocked this long means
@@ -56,6 +56,16 @@ pub(crate) const READ_BUFFER: usize = 512;
 /// unlimited.
 pub(crate) fn frame_limit(max_message: Option<usize>) -> usize {
     max_message.map_or(64 << 20, |limit| limit.saturating_mul(4).max(1 << 20))
+}
+
+/// The socket settings of a hub endpoint whose hub messages may be up to
+/// `max_message` long: frame and message limits, read buffer.
+pub(crate) fn socket_config(max_message: Option<usize>) -> tungstenite::protocol::WebSocketConfig {
+    let limit = frame_limit(max_message);
+    tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit))
+        .read_buffer_size(READ_BUFFER)
 }
 
 /// Largest batch the writer builds from queued messages.
@@ -212,7 +222,7 @@ fn inbound<S>(
     read_failure: Arc<AtomicU16>,
 ) -> impl futures_util::Stream<Item = InboundChunk> + Unpin + Send
 where
-    S: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin + Send,
+    S: futures_util::Stream<Item = Result<Message, tungstenite::Error>> + Unpin + Send,
 {
     stream
         .take_while(|item| std::future::ready(!matches!(item, Ok(Message::Close(_)))))
@@ -233,14 +243,13 @@ where
 /// limit, 1002 for any other breach of the WebSocket protocol, 1011 for
 /// the rest (I/O errors, and a peer that dropped the connection without a
 /// closing handshake: it is gone, not misbehaving).
-pub(crate) fn close_status(error: &axum::Error) -> u16 {
+pub(crate) fn close_status(error: &tungstenite::Error) -> u16 {
     use tungstenite::{Error as WsError, error::ProtocolError};
-    let inner = std::error::Error::source(error).and_then(|e| e.downcast_ref::<WsError>());
-    match inner {
-        Some(WsError::Utf8(_)) => 1007,
-        Some(WsError::Capacity(_)) => 1009,
-        Some(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => 1011,
-        Some(WsError::Protocol(_)) => 1002,
+    match error {
+        WsError::Utf8(_) => 1007,
+        WsError::Capacity(_) => 1009,
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => 1011,
+        WsError::Protocol(_) => 1002,
         _ => 1011,
     }
 }
@@ -427,7 +436,7 @@ pub(super) fn collect(
 
 pub(super) async fn close(sink: &mut SplitSink<WebSocket, Message>, code: u16) {
     let frame = Message::Close(Some(CloseFrame {
-        code,
+        code: code.into(),
         reason: Utf8Bytes::from_static(""),
     }));
     let _ = timeout(CLOSE_TIMEOUT, async {

@@ -1,0 +1,304 @@
+//! The hub's WebSockets: upgraded here, over a connection that answers a
+//! Close frame without a status with 1000.
+//!
+//! A client may close without a status code (the `ws` package's and a
+//! browser's `close()` do). The WebSocket library answers a Close frame by
+//! echoing its status, so the client would read 1005 ("no status"), where
+//! ASP.NET Core answers with 1000 (normal closure). The echo is written
+//! inside the library, so the write half of the connection rewrites it:
+//! the server's own Close frames always carry a status, and the only empty
+//! one is that echo.
+
+use std::{
+    io,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+use axum::{
+    body::Body,
+    extract::FromRequestParts,
+    extract::ws::WebSocketUpgrade,
+    http::{HeaderValue, StatusCode, Version, header, request::Parts},
+    response::{IntoResponse, Response},
+};
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_tungstenite::WebSocketStream;
+use tungstenite::protocol::{Role, WebSocketConfig};
+
+/// A hub's WebSocket.
+pub(crate) type WebSocket = WebSocketStream<NormalClose<TokioIo<Upgraded>>>;
+
+/// A WebSocket upgrade accepted, to be answered with [`Upgrade::on_upgrade`].
+pub(crate) struct Upgrade {
+    on_upgrade: OnUpgrade,
+    /// `Sec-WebSocket-Key` of an HTTP/1.1 upgrade (`None` over HTTP/2).
+    key: Option<HeaderValue>,
+    config: WebSocketConfig,
+}
+
+impl Upgrade {
+    /// Checks a WebSocket request. Requests that are not a valid upgrade
+    /// get axum's answers.
+    pub(crate) async fn from_parts(
+        parts: &mut Parts,
+        config: WebSocketConfig,
+    ) -> Result<Upgrade, Response> {
+        // Taken before axum's check removes it (it is shared: the copy
+        // axum's value holds is dropped unused).
+        let on_upgrade = parts.extensions.get::<OnUpgrade>().cloned();
+        let _checked = WebSocketUpgrade::from_request_parts(parts, &())
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let on_upgrade = on_upgrade.ok_or_else(|| StatusCode::UPGRADE_REQUIRED.into_response())?;
+        let key = if parts.version <= Version::HTTP_11 {
+            parts.headers.get(header::SEC_WEBSOCKET_KEY).cloned()
+        } else {
+            None
+        };
+        Ok(Upgrade {
+            on_upgrade,
+            key,
+            config,
+        })
+    }
+
+    /// The answer to the upgrade request; `callback` gets the socket once
+    /// the connection is upgraded.
+    pub(crate) fn on_upgrade<C, F>(self, callback: C) -> Response
+    where
+        C: FnOnce(WebSocket) -> F + Send + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let Upgrade {
+            on_upgrade,
+            key,
+            config,
+        } = self;
+        tokio::spawn(async move {
+            let upgraded = match on_upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(error) => {
+                    tracing::debug!(%error, "WebSocket upgrade failed");
+                    return;
+                }
+            };
+            let io = NormalClose::new(TokioIo::new(upgraded));
+            let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+            callback(socket).await;
+        });
+        let response = match key {
+            Some(key) => Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header(header::CONNECTION, "upgrade")
+                .header(header::UPGRADE, "websocket")
+                .header(
+                    header::SEC_WEBSOCKET_ACCEPT,
+                    tungstenite::handshake::derive_accept_key(key.as_bytes()),
+                )
+                .body(Body::empty()),
+            // HTTP/2 (RFC 8441): a 2xx answer without a body.
+            None => Ok(Response::new(Body::empty())),
+        };
+        response.unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    }
+}
+
+/// The status and length byte of a Close frame with status 1000, written
+/// in place of the length byte (0) of an empty Close frame.
+const NORMAL_CLOSURE: [u8; 3] = [2, 0x03, 0xE8];
+
+/// The server's side of an upgraded connection, rewriting the empty Close
+/// frame the WebSocket library echoes into one with status 1000.
+pub(crate) struct NormalClose<S> {
+    inner: S,
+    frames: FrameScan,
+    /// Rewritten bytes still to be written, and how many were.
+    pending: Option<usize>,
+}
+
+impl<S> NormalClose<S> {
+    fn new(inner: S) -> Self {
+        NormalClose {
+            inner,
+            frames: FrameScan::default(),
+            pending: None,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> NormalClose<S> {
+    /// Writes what is left of a rewritten Close frame.
+    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some(written) = self.pending {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &NORMAL_CLOSURE[written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.pending = Some(written + n).filter(|&w| w < NORMAL_CLOSURE.len());
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for NormalClose<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for NormalClose<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        ready!(self.poll_pending(cx))?;
+        let mut probe = self.frames;
+        let end = probe.advance(buf).unwrap_or(buf.len());
+        if end == 0 && !buf.is_empty() {
+            // The length byte of an empty Close frame: taken, and written
+            // as the status's.
+            self.frames.skip_empty_close();
+            self.pending = Some(0);
+            // Written now if it can be; otherwise by the next write or flush.
+            let _ = self.poll_pending(cx)?;
+            return Poll::Ready(Ok(1));
+        }
+        let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &buf[..end]))?;
+        self.frames.advance(&buf[..n]);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_pending(cx))?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_pending(cx))?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Where the outgoing bytes are in the sequence of frames.
+#[derive(Clone, Copy, Default)]
+struct FrameScan {
+    /// The frame header read so far (at most 2 + 8 length + 4 mask bytes).
+    header: [u8; 14],
+    have: usize,
+    /// Payload bytes of the current frame still to come.
+    payload: u64,
+}
+
+/// First header byte of an unfragmented Close frame.
+const FIN_CLOSE: u8 = 0x88;
+
+impl FrameScan {
+    /// Moves past `bytes`, stopping before the length byte of an empty
+    /// Close frame if one is among them (its index is returned).
+    fn advance(&mut self, bytes: &[u8]) -> Option<usize> {
+        let mut i = 0;
+        while i < bytes.len() {
+            if self.payload > 0 {
+                let skip = self.payload.min((bytes.len() - i) as u64);
+                self.payload -= skip;
+                i += skip as usize;
+                continue;
+            }
+            let byte = bytes[i];
+            if self.have == 1 && self.header[0] == FIN_CLOSE && byte == 0 {
+                return Some(i);
+            }
+            self.header[self.have] = byte;
+            self.have += 1;
+            i += 1;
+            if let Some(payload) = self.complete() {
+                self.have = 0;
+                self.payload = payload;
+            }
+        }
+        None
+    }
+
+    /// The payload length, once the whole header has been read.
+    fn complete(&self) -> Option<u64> {
+        if self.have < 2 {
+            return None;
+        }
+        let second = self.header[1];
+        let mask = if second & 0x80 != 0 { 4 } else { 0 };
+        let (extended, short) = match second & 0x7F {
+            126 => (2, None),
+            127 => (8, None),
+            n => (0, Some(u64::from(n))),
+        };
+        if self.have < 2 + extended + mask {
+            return None;
+        }
+        Some(short.unwrap_or_else(|| {
+            self.header[2..2 + extended]
+                .iter()
+                .fold(0, |length, &b| length << 8 | u64::from(b))
+        }))
+    }
+
+    /// Moves past the length byte of an empty Close frame.
+    fn skip_empty_close(&mut self) {
+        self.have = 0;
+        self.payload = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// What the connection carries for `writes`, written one after another
+    /// into a sink that takes at most `chunk` bytes per write.
+    async fn carried(writes: &[&[u8]], chunk: usize) -> anyhow::Result<Vec<u8>> {
+        let (client, mut server) = tokio::io::duplex(chunk);
+        let mut io = NormalClose::new(client);
+        let reader = tokio::spawn(async move {
+            let mut out = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut server, &mut out)
+                .await
+                .map(|_| out)
+        });
+        for write in writes {
+            io.write_all(write).await?;
+        }
+        io.shutdown().await?;
+        drop(io);
+        Ok(reader.await??)
+    }
+
+    #[tokio::test]
+    async fn an_empty_close_frame_goes_out_with_status_1000() -> anyhow::Result<()> {
+        // A text frame "hi", a 200-byte binary frame whose payload holds
+        // the bytes of an empty Close, then the empty Close.
+        let mut binary = vec![0x82, 126, 0, 200];
+        binary.extend(std::iter::repeat_n([FIN_CLOSE, 0], 100).flatten());
+        let writes: [&[u8]; 3] = [&[0x81, 2, b'h', b'i'], &binary, &[FIN_CLOSE, 0]];
+        let mut expected = writes[..2].concat();
+        expected.extend([FIN_CLOSE, 2, 0x03, 0xE8]);
+        for chunk in [1, 3, 1024] {
+            assert_eq!(carried(&writes, chunk).await?, expected, "chunk {chunk}");
+        }
+        // Split anywhere, even between its two bytes.
+        let all = writes.concat();
+        let (a, b) = all.split_at(all.len() - 1);
+        assert_eq!(carried(&[a, b], 7).await?, expected);
+        // A Close frame with a status is left as it is.
+        let with_status: &[u8] = &[FIN_CLOSE, 2, 0x03, 0xF3];
+        assert_eq!(carried(&[with_status], 2).await?, with_status);
+        Ok(())
+    }
+}
