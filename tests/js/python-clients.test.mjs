@@ -27,18 +27,9 @@ const CASES = [
  * Where the server still falls short of ASP.NET Core with a client: the
  * case's steps (or its clean departure) run as `todo`, so the gap shows in
  * the output without failing the suite. Remove an entry once its gap is closed.
+ * None at present.
  */
-const KNOWN_GAPS = {
-  // signalrcore posts its handshake before its first poll; ASP.NET Core
-  // accepts a send to a negotiated Long Polling connection that has not
-  // polled yet, tidings answers 404.
-  "signalrcore_client.py LongPolling json steps": "a send before the first poll gets 404",
-  // signalrcore's stop() closes the TCP socket without the WebSocket closing
-  // handshake (its bug). ASP.NET Core takes such a premature close for a
-  // clean one (OnDisconnectedAsync without an exception); tidings reports
-  // an IOException.
-  "signalrcore_client.py WebSockets json departure": "a WebSocket dropped without closing handshake is reported as an IOException",
-};
+const KNOWN_GAPS = {};
 
 let python;
 let server;

@@ -10,6 +10,7 @@ import uuid
 from signalrcore.hub.handlers import StreamHandler
 from signalrcore.hub_connection_builder import HubConnectionBuilder
 from signalrcore.messages.stream_invocation_message import StreamInvocationMessage
+from signalrcore.transport.long_polling.long_polling_client import LongPollingBaseClient
 from signalrcore.types import HttpTransportType
 
 from common import MISSING_METHOD, STREAM_FAILED, THROW_HUB_EXCEPTION, TIMEOUT, arguments, check, step
@@ -19,6 +20,28 @@ TRANSPORTS = {
     "ServerSentEvents": HttpTransportType.server_sent_events,
     "LongPolling": HttpTransportType.long_polling,
 }
+
+
+def _all_complete_records(self, frame):
+    """Every complete record buffered so far, or None.
+
+    signalrcore 1.0's Long Polling client hands on only the first record of
+    a poll response and keeps the rest until a later poll returns (its
+    `_append`), so a response carrying two messages delivers the second one
+    only after the next poll ends, up to the server's poll timeout later.
+    ASP.NET Core batches queued messages into one poll response just as
+    tidings does; the client's bug is worked around here by handing on all
+    complete records at once (its protocol splits them).
+    """
+    self._buffer += frame
+    end = self._buffer.rfind(self._byte_separator)
+    if end < 0:
+        return None
+    complete, self._buffer = self._buffer[: end + 1], self._buffer[end + 1 :]
+    return complete
+
+
+LongPollingBaseClient._append = _all_complete_records
 
 
 def wait(q, what):

@@ -217,6 +217,12 @@ fn unbox<T>(boxed: Box<T>) -> T {
 /// frames become chunks (the opcode is ignored, as ASP.NET Core ignores
 /// it), a Close frame ends the stream, and an error fails it (noting in
 /// `read_failure` the close status the error calls for).
+///
+/// A peer that goes away without the closing handshake (the TCP connection
+/// ends or is reset mid-read) ends the stream cleanly, as ASP.NET Core
+/// treats `ConnectionClosedPrematurely`: the hub's disconnect handler sees
+/// a departure, not an error. Clients that drop the socket on `stop()` do
+/// this on every normal exit.
 fn inbound<S>(
     stream: S,
     read_failure: Arc<AtomicU16>,
@@ -225,16 +231,41 @@ where
     S: futures_util::Stream<Item = Result<Message, tungstenite::Error>> + Unpin + Send,
 {
     stream
-        .take_while(|item| std::future::ready(!matches!(item, Ok(Message::Close(_)))))
-        .filter_map(move |item| {
+        .scan((), move |_, item| {
             std::future::ready(match item {
-                Ok(message) => data(message).map(Ok),
+                Ok(Message::Close(_)) => None,
+                Ok(message) => Some(data(message).map(Ok)),
+                Err(error) if closed_prematurely(&error) => {
+                    tracing::debug!(%error, "WebSocket closed without a closing handshake");
+                    None
+                }
                 Err(error) => {
                     read_failure.store(close_status(&error), Ordering::Relaxed);
-                    Some(Err(ConnectionError::Transport(error.to_string())))
+                    Some(Some(Err(ConnectionError::Transport(error.to_string()))))
                 }
             })
         })
+        .filter_map(std::future::ready)
+}
+
+/// Whether a read failed because the peer left without the closing
+/// handshake: end of stream or a reset connection, as opposed to a breach
+/// of the protocol.
+fn closed_prematurely(error: &tungstenite::Error) -> bool {
+    use tungstenite::{Error as WsError, error::ProtocolError};
+    match error {
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)
+        | WsError::ConnectionClosed
+        | WsError::AlreadyClosed => true,
+        WsError::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::UnexpectedEof
+        ),
+        _ => false,
+    }
 }
 
 /// The close status for a read that failed with `error` (RFC 6455,
