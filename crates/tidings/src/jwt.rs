@@ -89,9 +89,14 @@ impl fmt::Debug for JwtAuthenticator {
 }
 
 impl JwtAuthenticator {
-    /// HS256 tokens signed with `secret`.
+    /// Tokens signed with the shared `secret`: HS256, and HS384 and HS512
+    /// too, as ASP.NET Core's JWT handler accepts any HMAC algorithm for a
+    /// symmetric key.
     pub fn hs256(secret: &[u8]) -> Self {
-        Self::with(DecodingKey::from_secret(secret), &[Algorithm::HS256])
+        Self::with(
+            DecodingKey::from_secret(secret),
+            &[Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
+        )
     }
 
     /// Tokens signed with the private half of a PEM public key: an RSA key
@@ -278,6 +283,24 @@ mod tests {
             &EncodingKey::from_secret(secret),
         )
         .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_shared_secret_verifies_every_hmac_algorithm() {
+        let jwt = JwtAuthenticator::hs256(b"s");
+        for algorithm in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
+            let token = encode(
+                &Header::new(algorithm),
+                &json!({"sub": "ann", "exp": now() + 60}),
+                &EncodingKey::from_secret(b"s"),
+            )
+            .unwrap_or_default();
+            let user = jwt
+                .verify(&token)
+                .ok()
+                .and_then(|p| p.user_id().map(str::to_owned));
+            assert_eq!(user.as_deref(), Some("ann"), "{algorithm:?}");
+        }
     }
 
     #[test]

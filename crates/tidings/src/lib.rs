@@ -264,7 +264,7 @@
 //! ## Authentication, authorization and limits
 //!
 //! An [`Authenticator`] turns each request into a [`Principal`]
-//! (`JwtAuthenticator`, with the feature `jwt`: HS256, RS256, ES256,
+//! (`JwtAuthenticator`, with the feature `jwt`: HS256/384/512, RS256, ES256,
 //! issuer, audience, expiry);
 //! `#[hub(authorize)]` and `#[authorize(roles = "…", policy = "…")]` state
 //! what a hub or a method requires ([`Authorize`], named policies from
