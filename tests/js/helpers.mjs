@@ -6,9 +6,15 @@ import { createHmac } from "node:crypto";
 import * as signalR from "@microsoft/signalr";
 import { MessagePackHubProtocol } from "@microsoft/signalr-protocol-msgpack";
 import WebSocket from "ws";
-import { startServer } from "../server.mjs";
+import { startServer as startWithout } from "../server.mjs";
 
-export { startServer };
+/**
+ * `startServer` of ../server.mjs with `--test-hub`: most tests talk to the
+ * test hub, which the server serves only when asked for.
+ */
+export function startServer(args = [], env = {}) {
+  return startWithout(["--test-hub", ...args], env);
+}
 
 export { signalR };
 export const PROTOCOLS = ["json", "messagepack"];
