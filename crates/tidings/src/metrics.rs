@@ -1148,10 +1148,9 @@ mod tests {
             .counter("app_jobs", "Jobs.", &[])
             .expect("a new name");
         counter.with(&[]).inc();
-        let error = metrics
-            .gauge("app_jobs", "Jobs.", &[])
-            .err()
-            .expect("a counter's name is no gauge");
+        let Err(error) = metrics.gauge("app_jobs", "Jobs.", &[]) else {
+            panic!("a counter's name is no gauge");
+        };
         assert_eq!(
             error.to_string(),
             "the metric app_jobs is registered as a counter, not as a gauge"
