@@ -35,7 +35,8 @@ exec 9>&-
 [ -x "$BIN" ] || cargo build -p tidings-server
 export TIDINGS_ACCESS_KEY="schemathesis-access-key-0123456789"
 LOG="$REPORTS/server.log"
-"$BIN" --listen 127.0.0.1:0 --access-key "$TIDINGS_ACCESS_KEY" >"$LOG" 2>&1 &
+# --test-hub: the hooks publish to the test hub as well as to chat.
+"$BIN" --listen 127.0.0.1:0 --test-hub --access-key "$TIDINGS_ACCESS_KEY" >"$LOG" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null || true' EXIT
 for _ in $(seq 100); do

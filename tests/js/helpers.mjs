@@ -8,9 +8,15 @@ import { dirname, join } from "node:path";
 import * as signalR from "@microsoft/signalr";
 import { MessagePackHubProtocol } from "@microsoft/signalr-protocol-msgpack";
 import WebSocket from "ws";
-import { BIN, startProgram, startServer } from "../server.mjs";
+import { BIN, startProgram, startServer as startWithout } from "../server.mjs";
 
-export { startServer };
+/**
+ * `startServer` of ../server.mjs with `--test-hub`: most tests talk to the
+ * test hub, which the server serves only when asked for.
+ */
+export function startServer(args = [], env = {}) {
+  return startWithout(["--test-hub", ...args], env);
+}
 
 /** The path of the binary of `examples/<name>` (built beside the server). */
 export const example = (name) => join(dirname(BIN), `example-${name}`);

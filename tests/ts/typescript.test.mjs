@@ -74,7 +74,8 @@ test("the compiled usage talks to the server through the typed wrappers", async 
   const compiled = tsc("tsconfig.json");
   assert.equal(compiled.status, 0, compiled.stdout);
   const usage = await import(join(here, "build", "usage", "good.js"));
-  const server = await startServer(["--metrics-period-ms", "100"]);
+  // The streams usage talks to the test hub, served only when asked for.
+  const server = await startServer(["--metrics-period-ms", "100", "--test-hub"]);
   try {
     const chat = await usage.chatExchange(server.url);
     assert.deepEqual(chat.message, ["ann", "hello"]);

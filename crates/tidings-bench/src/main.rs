@@ -80,7 +80,8 @@ struct RunArgs {
     /// are spread over `--url` and these; the sender uses `--url`.
     #[arg(long, value_delimiter = ',')]
     peers: Vec<SocketAddr>,
-    /// Hub path on a tidings server.
+    /// Hub path on a tidings server (the default, the test hub, is served
+    /// only by a server started with `--test-hub`).
     #[arg(long, default_value = "/hubs/test")]
     hub: String,
     /// Hub protocol: json or messagepack.

@@ -236,8 +236,9 @@ impl Server {
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
         if kind == ServerKind::Tidings {
-            // Only WebSockets are measured; keep-alive as shipped.
-            command.args(["--transports", "WebSockets"]);
+            // Only WebSockets are measured; keep-alive as shipped. The
+            // scenarios use the test hub, which is served only when asked for.
+            command.args(["--transports", "WebSockets", "--test-hub"]);
         }
         let mut child = command
             .spawn()

@@ -152,7 +152,11 @@ pub async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
             expected,
             late: run.late.load(Ordering::Relaxed),
             alive: worker.alive.load(Ordering::Relaxed),
-            first_error: run.first_error.lock().ok().and_then(|e| e.clone()),
+            first_error: run
+                .first_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
             histogram,
         }));
     }
@@ -271,7 +275,10 @@ async fn open_all(worker: &Arc<Worker>, current: &Current) {
     emit(&Event::Ready {
         connected: done.load(Ordering::Relaxed) - failed,
         failed,
-        first_error: first_error.lock().ok().and_then(|e| e.clone()),
+        first_error: first_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
     });
 }
 

@@ -119,6 +119,13 @@ pub struct RedisOptions {
 }
 
 impl RedisOptions {
+    /// Default message count of [`buffer`](Self::buffer).
+    pub const DEFAULT_BUFFER_MESSAGES: usize = 10_000;
+    /// Default byte count of [`buffer`](Self::buffer).
+    pub const DEFAULT_BUFFER_BYTES: usize = 32 << 20;
+    /// Default period of [`heartbeat`](Self::heartbeat).
+    pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(2);
+
     /// Settings for the Redis server at `url` (`redis://host:port/db`,
     /// `rediss://` for TLS is not built in), with the defaults below.
     pub fn new(url: impl Into<String>) -> Self {
@@ -127,14 +134,14 @@ impl RedisOptions {
             cluster: false,
             channel_prefix: String::new(),
             advertise: None,
-            buffer_messages: 10_000,
-            buffer_bytes: 32 << 20,
+            buffer_messages: Self::DEFAULT_BUFFER_MESSAGES,
+            buffer_bytes: Self::DEFAULT_BUFFER_BYTES,
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
             command_timeout: Duration::from_secs(5),
             ack_timeout: Duration::from_secs(30),
             resubscribe_grace: Duration::from_secs(5),
-            heartbeat: Duration::from_secs(2),
+            heartbeat: Self::DEFAULT_HEARTBEAT,
             server_ttl: Duration::from_secs(10),
             metrics: None,
         }

@@ -1,4 +1,5 @@
-//! The standalone tidings server: the chat, test and dashboard hubs and the
+//! The standalone tidings server: the chat and dashboard hubs (and, for
+//! the test suites, the test hub) and the
 //! plain SSE metrics stream on one port, in memory, over HTTP/1.1 and
 //! HTTP/2 (h2c, or TLS with ALPN when a certificate is given).
 
@@ -23,10 +24,13 @@ use tidings::{
 use tidings_redis::{RedisBackplane, RedisLifetimeManager, RedisOptions};
 use tracing_subscriber::EnvFilter;
 
-use crate::hubs::{
-    chat::ChatHub,
-    dashboard::{DashboardHub, Metrics, STREAM_HISTORY},
-    test::TestHub,
+use crate::{
+    config::{LogFormat, Settings, Transport},
+    hubs::{
+        chat::ChatHub,
+        dashboard::{DashboardHub, Metrics, STREAM_HISTORY},
+        test::TestHub,
+    },
 };
 
 /// A SignalR-compatible real-time server.
@@ -41,191 +45,15 @@ struct Args {
     #[arg(long, env = "TIDINGS_CONFIG", global = true)]
     config: Option<PathBuf>,
 
-    /// Addresses to listen on (comma-separated or repeated, e.g. an IPv4
-    /// and an IPv6 one); the first is the one other servers are told of.
-    #[arg(
-        long,
-        env = "TIDINGS_LISTEN",
-        value_delimiter = ',',
-        default_value = "127.0.0.1:5000"
-    )]
-    listen: Vec<SocketAddr>,
-
-    /// Send the real text of hub method errors to clients.
-    #[arg(long, env = "TIDINGS_DETAILED_ERRORS")]
-    detailed_errors: bool,
-
     #[command(flatten)]
-    security: security::SecurityArgs,
-
-    /// Serve `POST /demo/token`, which signs a token for any user name, for
-    /// the demo app at `/` (never in production: anyone can act as anyone).
-    /// Without --jwt-secret the tokens use a random secret made at start.
-    #[arg(long, env = "TIDINGS_DEMO_TOKENS")]
-    demo_tokens: bool,
-
-    /// Server keep-alive (Ping) interval, in milliseconds.
-    #[arg(long, env = "TIDINGS_KEEP_ALIVE_MS", default_value_t = 15_000)]
-    keep_alive_ms: u64,
-
-    /// Close clients silent for this long, in milliseconds.
-    #[arg(long, env = "TIDINGS_CLIENT_TIMEOUT_MS", default_value_t = 30_000)]
-    client_timeout_ms: u64,
-
-    /// Time allowed for the handshake, in milliseconds.
-    #[arg(long, env = "TIDINGS_HANDSHAKE_TIMEOUT_MS", default_value_t = 15_000)]
-    handshake_timeout_ms: u64,
-
-    /// How long a negotiated, long-polling or stateful-reconnect connection may go without a transport, in milliseconds.
-    #[arg(long, env = "TIDINGS_DISCONNECT_TIMEOUT_MS", default_value_t = 15_000)]
-    disconnect_timeout_ms: u64,
-
-    /// Largest message a client may send, in bytes (0 = unlimited).
-    #[arg(long, env = "TIDINGS_MAX_MESSAGE_SIZE", default_value_t = 32 * 1024)]
-    max_message_size: usize,
-
-    /// How many invocations of one client may run at once.
-    #[arg(long, env = "TIDINGS_MAX_PARALLEL_INVOCATIONS", default_value_t = 1)]
-    max_parallel_invocations: usize,
-
-    /// How many items of one stream may wait, in either direction (StreamBufferCapacity).
-    #[arg(long, env = "TIDINGS_STREAM_BUFFER_CAPACITY", default_value_t = 10)]
-    stream_buffer_capacity: usize,
-
-    /// How long to wait for a client result, in milliseconds.
-    #[arg(
-        long,
-        env = "TIDINGS_CLIENT_RESULT_TIMEOUT_MS",
-        default_value_t = 30_000
-    )]
-    client_result_timeout_ms: u64,
-
-    /// How many messages may wait for one client before it is closed as a slow consumer.
-    #[arg(long, env = "TIDINGS_OUTBOUND_BUFFER", default_value_t = 1024)]
-    outbound_buffer: usize,
-
-    /// Let clients keep their connection across a dropped WebSocket
-    /// (`withStatefulReconnect()`); `false` to refuse it.
-    #[arg(
-        long,
-        env = "TIDINGS_ALLOW_STATEFUL_RECONNECTS",
-        default_value_t = true,
-        action = clap::ArgAction::Set
-    )]
-    allow_stateful_reconnects: bool,
-
-    /// Bytes of unacknowledged messages kept per stateful-reconnect connection for replay.
-    #[arg(
-        long,
-        env = "TIDINGS_STATEFUL_RECONNECT_BUFFER",
-        default_value_t = 100_000
-    )]
-    stateful_reconnect_buffer: usize,
-
-    /// Transports to offer (comma-separated): WebSockets, ServerSentEvents, LongPolling.
-    #[arg(
-        long,
-        env = "TIDINGS_TRANSPORTS",
-        value_delimiter = ',',
-        default_value = "WebSockets,ServerSentEvents,LongPolling"
-    )]
-    transports: Vec<Transport>,
-
-    /// Period of the dashboard's metrics push, in milliseconds.
-    #[arg(long, env = "TIDINGS_METRICS_PERIOD_MS", default_value_t = 2_000)]
-    metrics_period_ms: u64,
-
-    /// PEM certificate chain: serve HTTPS (HTTP/2 or HTTP/1.1 by ALPN).
-    #[arg(long, env = "TIDINGS_TLS_CERT", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-
-    /// PEM private key of the certificate.
-    #[arg(long, env = "TIDINGS_TLS_KEY", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
-
-    /// Log format: `text` for people, `json` (one object per line) for log collectors.
-    #[arg(long, env = "TIDINGS_LOG_FORMAT", default_value = "text")]
-    log_format: LogFormat,
-
-    /// Redis URL (`redis://host:port`): turns on the backplane, so that
-    /// several servers act as one.
-    #[arg(long, env = "TIDINGS_REDIS")]
-    redis: Option<String>,
-
-    /// `--redis` names nodes of a Redis Cluster (comma-separated seeds,
-    /// `redis://host:port,redis://host:port`): channel messages use
-    /// sharded pub/sub, each going only to the shard owning its channel.
-    #[arg(long, env = "TIDINGS_REDIS_CLUSTER", requires = "redis")]
-    redis_cluster: bool,
-
-    /// Prepended to every Redis channel and key, to keep applications
-    /// sharing one Redis apart.
-    #[arg(long, env = "TIDINGS_REDIS_PREFIX", default_value = "")]
-    redis_prefix: String,
-
-    /// `host:port` at which the other servers reach this one (requests for
-    /// connections of this server are forwarded there). Default: the listen
-    /// address, with 127.0.0.1 for an unspecified IP.
-    #[arg(long, env = "TIDINGS_ADVERTISE")]
-    advertise: Option<String>,
-
-    /// Cross-server messages kept while Redis is away (more are dropped and counted).
-    #[arg(long, env = "TIDINGS_REDIS_BUFFER_MESSAGES", default_value_t = 10_000)]
-    redis_buffer_messages: usize,
-
-    /// How often this server renews its registration on the backplane, in
-    /// milliseconds; after five missed renewals the others forget its
-    /// connections.
-    #[arg(long, env = "TIDINGS_REDIS_HEARTBEAT_MS", default_value_t = 2_000)]
-    redis_heartbeat_ms: u64,
-
-    /// Bytes of cross-server messages kept while Redis is away.
-    #[arg(long, env = "TIDINGS_REDIS_BUFFER_BYTES", default_value_t = 32 << 20)]
-    redis_buffer_bytes: usize,
-
-    /// Access key of the REST API (`/api/...`) and of client tokens; give
-    /// several (comma-separated) to rotate: the first signs, all verify.
-    #[arg(
-        long = "access-key",
-        env = "TIDINGS_ACCESS_KEYS",
-        value_delimiter = ',',
-        hide_env_values = true,
-        global = true
-    )]
-    access_keys: Vec<String>,
-
-    /// Transports of hubs the configuration file gives their own list.
-    #[arg(skip)]
-    hub_transports: std::collections::BTreeMap<String, Vec<Transport>>,
-
-    /// Largest REST API request body, in bytes.
-    #[arg(long, env = "TIDINGS_REST_BODY_LIMIT", default_value_t = tidings_service::rest::DEFAULT_BODY_LIMIT)]
-    rest_body_limit: usize,
+    settings: Settings,
 }
 
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-/// A transport name as the SignalR protocol spells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Transport {
-    #[value(name = "WebSockets", alias = "websockets")]
-    WebSockets,
-    #[value(name = "ServerSentEvents", alias = "sse")]
-    ServerSentEvents,
-    #[value(name = "LongPolling", alias = "longpolling")]
-    LongPolling,
-}
-
-impl Args {
+impl Settings {
     /// The options of hub `name`: the server's, with the hub's own
     /// transports if the configuration file lists them.
     fn hub_options_for(&self, name: &str) -> HubOptions {
-        let transports = self.hub_transports.get(name).unwrap_or(&self.transports);
+        let transports = config::transports(self, name);
         self.hub_options()
             .websockets(transports.contains(&Transport::WebSockets))
             .server_sent_events(transports.contains(&Transport::ServerSentEvents))
@@ -233,30 +61,28 @@ impl Args {
     }
 
     fn hub_options(&self) -> HubOptions {
+        let (server, limits) = (&self.server, &self.limits);
         HubOptions::default()
-            .enable_detailed_errors(self.detailed_errors)
-            .keep_alive_interval(Duration::from_millis(self.keep_alive_ms))
-            .client_timeout_interval(Duration::from_millis(self.client_timeout_ms))
-            .handshake_timeout(Duration::from_millis(self.handshake_timeout_ms))
-            .disconnect_timeout(Duration::from_millis(self.disconnect_timeout_ms))
+            .enable_detailed_errors(server.detailed_errors)
+            .keep_alive_interval(limits.keep_alive.0)
+            .client_timeout_interval(limits.client_timeout.0)
+            .handshake_timeout(limits.handshake_timeout.0)
+            .disconnect_timeout(limits.disconnect_timeout.0)
             .maximum_receive_message_size(
-                (self.max_message_size > 0).then_some(self.max_message_size),
+                (limits.max_message_size > 0).then_some(limits.max_message_size),
             )
-            .maximum_parallel_invocations_per_client(self.max_parallel_invocations)
-            .outbound_buffer_capacity(self.outbound_buffer)
-            .stream_buffer_capacity(self.stream_buffer_capacity)
-            .client_result_timeout(Duration::from_millis(self.client_result_timeout_ms))
-            .allow_stateful_reconnects(self.allow_stateful_reconnects)
-            .stateful_reconnect_buffer_size(self.stateful_reconnect_buffer)
-            .websockets(self.transports.contains(&Transport::WebSockets))
-            .server_sent_events(self.transports.contains(&Transport::ServerSentEvents))
-            .long_polling(self.transports.contains(&Transport::LongPolling))
+            .maximum_parallel_invocations_per_client(limits.max_parallel_invocations)
+            .outbound_buffer_capacity(limits.outbound_buffer)
+            .stream_buffer_capacity(limits.stream_buffer_capacity)
+            .client_result_timeout(limits.client_result_timeout.0)
+            .allow_stateful_reconnects(limits.allow_stateful_reconnects)
+            .stateful_reconnect_buffer_size(limits.stateful_reconnect_buffer)
     }
 }
 
 fn endpoint<H: tidings::Hub>(
     (name, hub): (&str, H),
-    args: &Args,
+    args: &Settings,
     shutdown: &Shutdown,
     (manager, cluster): (Arc<dyn LifetimeManager>, Option<Arc<dyn Cluster>>),
     security: &security::Security,
@@ -289,16 +115,16 @@ async fn main() -> anyhow::Result<()> {
     let (args, serverless) = service::configure()?;
     let args = match service::run_command(&args, &serverless)? {
         service::Next::Exit => return Ok(()),
-        service::Next::Serve => args,
+        service::Next::Serve => args.settings,
     };
-    init_logging(args.log_format);
+    init_logging(args.server.log_format);
     let shutdown = Shutdown::new();
-    let jwt_secret = (args.security.jwt_secret.clone())
-        .or_else(|| args.demo_tokens.then(demo_tokens::random_secret));
-    let auth = security::Security::new(&args.security, jwt_secret.as_deref())?;
+    let jwt_secret = (args.auth.jwt_secret.clone())
+        .or_else(|| args.auth.demo_tokens.then(demo_tokens::random_secret));
+    let auth = security::Security::new(&args, jwt_secret.as_deref())?;
 
-    let mut listeners = Vec::with_capacity(args.listen.len());
-    for address in &args.listen {
+    let mut listeners = Vec::with_capacity(args.server.listen.len());
+    for address in &args.server.listen {
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .with_context(|| format!("cannot listen on {address}"))?;
@@ -327,14 +153,18 @@ async fn main() -> anyhow::Result<()> {
         auth,
         &registry,
     );
-    let test = endpoint(
-        ("test", TestHub::default()),
-        args,
-        &shutdown,
-        lifetimes.test(),
-        auth,
-        &registry,
-    );
+    // A fixture of the test suites (anyone may broadcast to everyone and
+    // send to any user): served only when asked for.
+    let test = args.server.test_hub.then(|| {
+        endpoint(
+            ("test", TestHub::default()),
+            args,
+            &shutdown,
+            lifetimes.test(),
+            auth,
+            &registry,
+        )
+    });
     // Metrics are per server: the dashboard's clients hear their own server only.
     let dashboard_manager = Arc::new(MemoryLifetimeManager::new());
     let dashboard = endpoint(
@@ -349,7 +179,7 @@ async fn main() -> anyhow::Result<()> {
         &registry,
     );
 
-    let tls = match (&args.tls_cert, &args.tls_key) {
+    let tls = match (&args.tls.cert, &args.tls.key) {
         (Some(cert), Some(key)) => {
             Some(TlsConfig::from_pem_files(cert, key).context("cannot load the TLS certificate")?)
         }
@@ -357,18 +187,18 @@ async fn main() -> anyhow::Result<()> {
     };
 
     let mut rest = service::rest_api(
-        &args.access_keys,
-        [("chat", chat.context()), ("test", test.context())],
+        &args.auth.access_keys,
+        std::iter::once(("chat", chat.context()))
+            .chain(test.as_ref().map(|test| ("test", test.context()))),
     )?
-    .body_limit(args.rest_body_limit);
+    .body_limit(args.limits.rest_body);
     let mut serverless_routes = axum::Router::new();
-    let mut hub_paths = vec![
-        "/hubs/chat".to_owned(),
-        "/hubs/test".to_owned(),
-        "/hubs/dashboard".to_owned(),
-    ];
+    let mut hub_paths = vec!["/hubs/chat".to_owned(), "/hubs/dashboard".to_owned()];
+    if test.is_some() {
+        hub_paths.push("/hubs/test".to_owned());
+    }
     for spec in serverless {
-        let hub = service::serverless_hub(&spec, &args.access_keys)?;
+        let hub = service::serverless_hub(&spec, &args.auth.access_keys)?;
         let endpoint = endpoint(
             (spec.name.as_str(), hub),
             args,
@@ -389,7 +219,7 @@ async fn main() -> anyhow::Result<()> {
         stream.clone(),
         lifetimes.connection_counter(dashboard_manager),
         registry.clone(),
-        Duration::from_millis(args.metrics_period_ms.max(100)),
+        args.server.metrics_period.0.max(Duration::from_millis(100)),
     ));
 
     let app = axum::Router::new()
@@ -397,7 +227,7 @@ async fn main() -> anyhow::Result<()> {
         .merge(health::router(
             shutdown.clone(),
             registry.clone(),
-            args.redis.is_some(),
+            args.redis.url.is_some(),
         ))
         .merge(registry.router())
         .merge(rest.into_router())
@@ -409,17 +239,20 @@ async fn main() -> anyhow::Result<()> {
         .merge(demo_tokens::router(
             jwt_secret
                 .as_deref()
-                .filter(|_| args.demo_tokens)
+                .filter(|_| args.auth.demo_tokens)
                 .map(|secret| demo_tokens::DemoTokenSettings {
                     secret,
-                    issuer: args.security.jwt_issuer.as_deref(),
-                    audience: args.security.jwt_audience.as_deref(),
+                    issuer: args.auth.jwt_issuer.as_deref(),
+                    audience: args.auth.jwt_audience.as_deref(),
                 }),
         ))
         .nest("/hubs/chat", chat.into_router())
-        .nest("/hubs/test", test.into_router())
         .nest("/hubs/dashboard", dashboard.into_router())
         .merge(serverless_routes);
+    let app = match test {
+        Some(test) => app.nest("/hubs/test", test.into_router()),
+        None => app,
+    };
     // Hub paths are matched as ASP.NET Core matches them.
     let app = tidings::HubPaths::new(hub_paths).route(app);
 
@@ -477,32 +310,34 @@ enum Lifetimes {
 }
 
 impl Lifetimes {
-    fn new(args: &Args, local: SocketAddr, registry: &tidings::Metrics) -> anyhow::Result<Self> {
-        let Some(url) = &args.redis else {
+    fn new(
+        args: &Settings,
+        local: SocketAddr,
+        registry: &tidings::Metrics,
+    ) -> anyhow::Result<Self> {
+        let Some(url) = &args.redis.url else {
             return Ok(Lifetimes::Memory {
                 chat: Arc::new(MemoryLifetimeManager::new()),
                 test: Arc::new(MemoryLifetimeManager::new()),
             });
         };
-        let advertise = match &args.advertise {
+        let advertise = match &args.server.advertise {
             Some(address) => address.clone(),
             None if local.ip().is_unspecified() => format!("127.0.0.1:{}", local.port()),
             None => local.to_string(),
         };
-        let options = if args.redis_cluster {
+        let heartbeat = args.redis.heartbeat.0.max(Duration::from_millis(10));
+        let options = if args.redis.cluster {
             RedisOptions::cluster(url.split(',').map(str::trim).filter(|u| !u.is_empty()))
         } else {
             RedisOptions::new(url.as_str())
         };
         let options = options
-            .channel_prefix(args.redis_prefix.as_str())
+            .channel_prefix(args.redis.prefix.as_str())
             .advertise(advertise.as_str())
-            .buffer(args.redis_buffer_messages, args.redis_buffer_bytes)
+            .buffer(args.redis.buffer_messages, args.redis.buffer_bytes)
             .metrics(registry.backplane().clone())
-            .heartbeat(
-                Duration::from_millis(args.redis_heartbeat_ms.max(10)),
-                Duration::from_millis(args.redis_heartbeat_ms.max(10) * 5),
-            );
+            .heartbeat(heartbeat, heartbeat * 5);
         let backplane =
             Arc::new(RedisBackplane::connect(options).context("cannot use the Redis URL")?);
         tracing::info!(server_id = backplane.server_id(), %advertise, "Redis backplane on");

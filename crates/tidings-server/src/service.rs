@@ -20,7 +20,12 @@ use crate::{
 pub enum Command {
     /// Validate the configuration (file, environment and flags) and exit:
     /// 0 if the server would start with it, 1 with the reasons if not.
-    CheckConfig,
+    CheckConfig {
+        /// Also print the settings every layer resolved to (defaults, file,
+        /// environment, flags), as JSON, secrets hidden.
+        #[arg(long)]
+        print: bool,
+    },
     /// Print a token signed with the first access key (--access-key,
     /// TIDINGS_ACCESS_KEYS or auth.access_keys): a client access token
     /// (--hub), or a REST API token for one request URL (--url).
@@ -74,32 +79,29 @@ pub enum Next {
 pub fn configure() -> anyhow::Result<(Args, Vec<ServerlessSpec>)> {
     let matches = Args::command().get_matches();
     let mut args = Args::from_arg_matches(&matches).map_err(|e| e.exit())?;
-    let file = config::load(args.config.as_deref())?;
-    config::apply(&file, &mut args, &matches);
-    for name in file.hubs.keys() {
-        let transports = config::transports(&file, name, &args.transports);
-        args.hub_transports.insert(name.clone(), transports);
-    }
-    let serverless = config::check(&file, &args).with_context(|| match &args.config {
+    args.settings = config::load(&args.settings, &matches, args.config.as_deref())?;
+    let serverless = config::check(&args.settings).with_context(|| match &args.config {
         Some(path) => format!("invalid configuration ({})", path.display()),
         None => "invalid configuration".to_owned(),
     })?;
     // Client tokens minted with the access key (`tidings token`) are
     // bearer tokens of this server unless another secret is configured.
-    let security = &mut args.security;
-    if security.jwt_secret.is_none() && security.jwt_public_key.is_none() {
-        security.jwt_secret = args.access_keys.first().cloned();
+    let auth = &mut args.settings.auth;
+    if auth.jwt_secret.is_none() && auth.jwt_public_key.is_none() {
+        auth.jwt_secret = auth.access_keys.first().cloned();
     }
     Ok((args, serverless))
 }
 
 /// Runs a command, if one was given.
 pub fn run_command(args: &Args, serverless: &[ServerlessSpec]) -> anyhow::Result<Next> {
+    let settings = &args.settings;
     match &args.command {
         None => Ok(Next::Serve),
-        Some(Command::CheckConfig) => {
+        Some(Command::CheckConfig { print }) => {
             let hubs: Vec<String> = config::BUILT_IN_HUBS
                 .iter()
+                .filter(|h| settings.server.test_hub || **h != "test")
                 .map(|h| (*h).to_owned())
                 .chain(
                     serverless
@@ -109,23 +111,28 @@ pub fn run_command(args: &Args, serverless: &[ServerlessSpec]) -> anyhow::Result
                 .collect();
             println!(
                 "configuration OK: listening on {}, hubs: {}, REST API {}, backplane {}",
-                args.listen
+                settings
+                    .server
+                    .listen
                     .iter()
                     .map(ToString::to_string)
                     .collect::<Vec<_>>()
                     .join(" and "),
                 hubs.join(", "),
-                if args.access_keys.is_empty() {
+                if settings.auth.access_keys.is_empty() {
                     "off (no access key)"
                 } else {
                     "on"
                 },
-                if args.redis.is_some() {
+                if settings.redis.url.is_some() {
                     "Redis"
                 } else {
                     "none"
                 },
             );
+            if *print {
+                println!("{}", config::effective(settings)?);
+            }
             Ok(Next::Exit)
         }
         Some(Command::Typescript(typescript)) => {
@@ -133,7 +140,7 @@ pub fn run_command(args: &Args, serverless: &[ServerlessSpec]) -> anyhow::Result
             Ok(Next::Exit)
         }
         Some(Command::Token(token)) => {
-            let keys = access_keys(&args.access_keys)?;
+            let keys = access_keys(&settings.auth.access_keys)?;
             let key = keys.primary().context(
                 "no access key: give --access-key, TIDINGS_ACCESS_KEYS or auth.access_keys in the configuration file",
             )?;

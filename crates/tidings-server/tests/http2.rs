@@ -44,7 +44,14 @@ impl Server {
     /// and waits for its "listening on" line.
     fn start(extra: &[&str]) -> anyhow::Result<Server> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
-            .args(["--listen", "127.0.0.1:0", "--metrics-period-ms", "100"])
+            // The tests talk to the test hub, which is served only when asked for.
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-period-ms",
+                "100",
+                "--test-hub",
+            ])
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

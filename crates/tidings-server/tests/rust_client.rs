@@ -52,6 +52,8 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
             .arg("--listen")
             .arg(listen)
+            // The tests talk to the test hub, which is served only when asked for.
+            .arg("--test-hub")
             .args(&args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

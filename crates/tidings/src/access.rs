@@ -283,10 +283,7 @@ fn forwarded_address(hop: &str) -> Option<IpAddr> {
 /// Parsed from an address (`10.0.0.7`, `::1`) or a network in CIDR
 /// notation (`10.0.0.0/8`, `fd00::/8`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TrustedProxy {
-    network: IpAddr,
-    prefix: u8,
-}
+pub struct TrustedProxy(ipnet::IpNet);
 
 /// A [`TrustedProxy`] that could not be parsed.
 #[derive(Debug, thiserror::Error)]
@@ -299,18 +296,7 @@ pub enum TrustedProxyError {
 
 impl TrustedProxy {
     fn contains(&self, ip: IpAddr) -> bool {
-        let (network, ip, bits) = match (self.network, ip.to_canonical()) {
-            (IpAddr::V4(network), IpAddr::V4(ip)) => {
-                (u32::from(network).into(), u32::from(ip).into(), 32)
-            }
-            (IpAddr::V6(network), IpAddr::V6(ip)) => (u128::from(network), u128::from(ip), 128),
-            _ => return false,
-        };
-        // Equal in every bit above the host part (a /0 has none to compare).
-        (network ^ ip)
-            .checked_shr(bits - u32::from(self.prefix))
-            .unwrap_or(0)
-            == 0
+        self.0.contains(&ip.to_canonical())
     }
 }
 
@@ -319,30 +305,29 @@ impl FromStr for TrustedProxy {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let invalid = || TrustedProxyError::Invalid(text.to_owned());
-        let (address, prefix) = match text.trim().split_once('/') {
-            Some((address, prefix)) => (address, Some(prefix)),
-            None => (text.trim(), None),
+        let trimmed = text.trim();
+        let network = match trimmed.parse::<IpAddr>() {
+            Ok(address) => ipnet::IpNet::from(address.to_canonical()),
+            Err(_) => trimmed.parse::<ipnet::IpNet>().map_err(|_| invalid())?,
         };
-        let network = address
-            .parse::<IpAddr>()
-            .map_err(|_| invalid())?
-            .to_canonical();
-        let bits = if network.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => bits,
-            Some(prefix) => prefix
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= bits)
-                .ok_or_else(invalid)?,
+        // An IPv4-mapped IPv6 network is the IPv4 network it maps, as
+        // peers' addresses are compared in their canonical form.
+        let network = match network {
+            ipnet::IpNet::V6(v6) => match (v6.addr().to_ipv4_mapped(), v6.prefix_len()) {
+                (Some(v4), prefix @ 96..) => ipnet::Ipv4Net::new(v4, prefix - 96)
+                    .map(ipnet::IpNet::V4)
+                    .map_err(|_| invalid())?,
+                _ => network,
+            },
+            ipnet::IpNet::V4(_) => network,
         };
-        Ok(TrustedProxy { network, prefix })
+        Ok(TrustedProxy(network))
     }
 }
 
 impl std::fmt::Display for TrustedProxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.network, self.prefix)
+        self.0.fmt(f)
     }
 }
 
@@ -628,5 +613,13 @@ mod tests {
         };
         assert!(any.contains(IpAddr::from([1, 2, 3, 4])));
         assert!(!any.contains("::2".parse().unwrap_or(IpAddr::from([0; 16]))));
+        // An IPv4-mapped network is the IPv4 network; peers compare canonically.
+        let Ok(mapped) = "::ffff:10.0.0.0/104".parse::<TrustedProxy>() else {
+            panic!("::ffff:10.0.0.0/104 parses");
+        };
+        assert_eq!(mapped.to_string(), "10.0.0.0/8");
+        assert!(mapped.contains(IpAddr::from([10, 9, 8, 7])));
+        assert!(mapped.contains("::ffff:10.9.8.7".parse().unwrap_or(IpAddr::from([0; 16]))));
+        assert!(!mapped.contains(IpAddr::from([11, 0, 0, 1])));
     }
 }

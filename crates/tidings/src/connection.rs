@@ -384,7 +384,11 @@ impl ConnectionHandle {
     }
 
     pub(crate) fn abort_reason(&self) -> Option<AbortReason> {
-        self.inner.abort_reason.lock().ok().and_then(|r| r.clone())
+        self.inner
+            .abort_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Whether the connection has been aborted.

@@ -78,9 +78,12 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 /// let metrics = Metrics::new();
 /// // HubEndpoint::new(hub).name("chat").metrics(&metrics) records into it;
 /// // metrics.router() serves GET /metrics.
-/// let requests = metrics.counter("myapp_requests", "Requests handled.", &["route"]);
+/// let requests = metrics.counter("myapp_requests", "Requests handled.", &["route"])?;
 /// requests.with(&["/"]).inc();
 /// assert!(metrics.render().contains("myapp_requests_total{route=\"/\"} 1"));
+/// // A name is one kind of metric: asking for it as another is an error.
+/// assert!(metrics.gauge("myapp_requests", "Requests handled.", &["route"]).is_err());
+/// # Ok::<(), tidings::metrics::MetricKindError>(())
 /// ```
 #[derive(Clone)]
 pub struct Metrics {
@@ -233,23 +236,37 @@ impl Metrics {
                 .gauge(&[]),
             },
         };
-        if let Ok(mut list) = families.lock() {
-            list.extend(registered);
-        }
+        families
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(registered);
         Metrics {
             inner: Arc::new(Inner { families, builtin }),
         }
     }
 
     /// A counter family: `name` gets the `_total` suffix in the exposition.
-    /// Asking again for a registered name returns the same family.
-    pub fn counter(&self, name: &str, help: &str, labels: &[&str]) -> CounterFamily {
-        CounterFamily(self.family(name, help, None, labels, Kind::Counter))
+    /// Asking again for a registered name returns the same family; asking
+    /// for a name registered as another kind of metric is an error.
+    pub fn counter(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<CounterFamily, MetricKindError> {
+        self.family(name, help, None, labels, Kind::Counter)
+            .map(CounterFamily)
     }
 
-    /// A gauge family.
-    pub fn gauge(&self, name: &str, help: &str, labels: &[&str]) -> GaugeFamily {
-        GaugeFamily(self.family(name, help, None, labels, Kind::Gauge))
+    /// A gauge family (the same rules as [`counter`](Self::counter)).
+    pub fn gauge(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<GaugeFamily, MetricKindError> {
+        self.family(name, help, None, labels, Kind::Gauge)
+            .map(GaugeFamily)
     }
 
     /// A histogram family of durations in seconds (`name` gets the
@@ -260,14 +277,15 @@ impl Metrics {
         help: &str,
         labels: &[&str],
         buckets: &[f64],
-    ) -> HistogramFamily {
-        HistogramFamily(self.family(
+    ) -> Result<HistogramFamily, MetricKindError> {
+        self.family(
             name,
             help,
             Some(Unit::Seconds),
             labels,
             Kind::Histogram(buckets.into()),
-        ))
+        )
+        .map(HistogramFamily)
     }
 
     fn family(
@@ -277,18 +295,27 @@ impl Metrics {
         unit: Option<Unit>,
         labels: &[&str],
         kind: Kind,
-    ) -> Family {
+    ) -> Result<Family, MetricKindError> {
         let mut families = self
             .inner
             .families
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if let Some(existing) = families.iter().find(|f| f.0.name == name) {
-            return existing.clone();
+            // Handing out a family of another kind would record into
+            // values that are never exported, silently.
+            if existing.0.kind.name() != kind.name() {
+                return Err(MetricKindError {
+                    name: name.to_owned(),
+                    registered: existing.0.kind.name(),
+                    asked: kind.name(),
+                });
+            }
+            return Ok(existing.clone());
         }
         let family = Family::new(name, help, unit, labels, kind);
         families.push(family.clone());
-        family
+        Ok(family)
     }
 
     /// The backplane's counters, for a lifetime manager that publishes to
@@ -538,6 +565,30 @@ enum Kind {
     Counter,
     Gauge,
     Histogram(Arc<[f64]>),
+}
+
+impl Kind {
+    fn name(&self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram(_) => "histogram",
+        }
+    }
+}
+
+/// A metric name asked for as another kind of metric than it was
+/// registered as ([`Metrics::counter`], [`Metrics::gauge`],
+/// [`Metrics::histogram`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the metric {name} is registered as a {registered}, not as a {asked}")]
+pub struct MetricKindError {
+    /// The metric's name.
+    pub name: String,
+    /// The kind it was registered as.
+    pub registered: &'static str,
+    /// The kind asked for.
+    pub asked: &'static str,
 }
 
 /// One metric with its label names and a value per label combination.
@@ -1071,8 +1122,12 @@ mod tests {
     #[test]
     fn families_are_shared_by_name_and_label_values() {
         let metrics = Metrics::new();
-        let a = metrics.counter("app_things", "Things.", &["kind"]);
-        let b = metrics.counter("app_things", "Things.", &["kind"]);
+        let a = metrics
+            .counter("app_things", "Things.", &["kind"])
+            .expect("a new name");
+        let b = metrics
+            .counter("app_things", "Things.", &["kind"])
+            .expect("the same kind");
         a.with(&["x"]).inc();
         b.with(&["x"]).add(2);
         b.with(&["y\"z"]).inc();
@@ -1084,6 +1139,32 @@ mod tests {
             text.contains("app_things_total{kind=\"y\\\"z\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_name_is_one_kind_of_metric() {
+        let metrics = Metrics::new();
+        let counter = metrics
+            .counter("app_jobs", "Jobs.", &[])
+            .expect("a new name");
+        counter.with(&[]).inc();
+        let Err(error) = metrics.gauge("app_jobs", "Jobs.", &[]) else {
+            panic!("a counter's name is no gauge");
+        };
+        assert_eq!(
+            error.to_string(),
+            "the metric app_jobs is registered as a counter, not as a gauge"
+        );
+        assert!(metrics.histogram("app_jobs", "Jobs.", &[], &[1.0]).is_err());
+        // A built-in name is taken too.
+        assert!(
+            metrics
+                .counter("tidings_backplane_connected", "", &[])
+                .is_err()
+        );
+        // The counter is untouched, and still exported as one.
+        let text = metrics.render();
+        assert!(text.contains("app_jobs_total 1"), "{text}");
     }
 
     #[test]

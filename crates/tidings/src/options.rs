@@ -60,27 +60,55 @@ pub struct HubOptions {
 impl Default for HubOptions {
     fn default() -> Self {
         HubOptions {
-            keep_alive_interval: Duration::from_secs(15),
-            client_timeout_interval: Duration::from_secs(30),
-            handshake_timeout: Duration::from_secs(15),
-            maximum_receive_message_size: Some(32 * 1024),
+            keep_alive_interval: Self::DEFAULT_KEEP_ALIVE_INTERVAL,
+            client_timeout_interval: Self::DEFAULT_CLIENT_TIMEOUT_INTERVAL,
+            handshake_timeout: Self::DEFAULT_HANDSHAKE_TIMEOUT,
+            maximum_receive_message_size: Some(Self::DEFAULT_MAXIMUM_RECEIVE_MESSAGE_SIZE),
             enable_detailed_errors: false,
-            maximum_parallel_invocations_per_client: 1,
-            stream_buffer_capacity: 10,
-            disconnect_timeout: Duration::from_secs(15),
-            outbound_buffer_capacity: 1024,
+            maximum_parallel_invocations_per_client:
+                Self::DEFAULT_MAXIMUM_PARALLEL_INVOCATIONS_PER_CLIENT,
+            stream_buffer_capacity: Self::DEFAULT_STREAM_BUFFER_CAPACITY,
+            disconnect_timeout: Self::DEFAULT_DISCONNECT_TIMEOUT,
+            outbound_buffer_capacity: Self::DEFAULT_OUTBOUND_BUFFER_CAPACITY,
             supported_protocols: vec![Protocol::Json, Protocol::MessagePack],
             websockets: true,
             server_sent_events: true,
             long_polling: true,
             long_poll_timeout: Duration::from_secs(90),
-            client_result_timeout: Duration::from_secs(30),
+            client_result_timeout: Self::DEFAULT_CLIENT_RESULT_TIMEOUT,
             allow_stateful_reconnects: false,
-            stateful_reconnect_buffer_size: 100_000,
+            stateful_reconnect_buffer_size: Self::DEFAULT_STATEFUL_RECONNECT_BUFFER_SIZE,
             close_on_authentication_expiration: true,
-            maximum_request_body_size: 2 << 20,
+            maximum_request_body_size: Self::DEFAULT_MAXIMUM_REQUEST_BODY_SIZE,
         }
     }
+}
+
+// The defaults as constants, so that a configuration layer (the standalone
+// server's flags and file) can show and reuse them instead of restating them.
+impl HubOptions {
+    /// Default of [`keep_alive_interval`](Self::keep_alive_interval).
+    pub const DEFAULT_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(15);
+    /// Default of [`client_timeout_interval`](Self::client_timeout_interval).
+    pub const DEFAULT_CLIENT_TIMEOUT_INTERVAL: Duration = Duration::from_secs(30);
+    /// Default of [`handshake_timeout`](Self::handshake_timeout).
+    pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+    /// Default of [`maximum_receive_message_size`](Self::maximum_receive_message_size).
+    pub const DEFAULT_MAXIMUM_RECEIVE_MESSAGE_SIZE: usize = 32 * 1024;
+    /// Default of [`maximum_parallel_invocations_per_client`](Self::maximum_parallel_invocations_per_client).
+    pub const DEFAULT_MAXIMUM_PARALLEL_INVOCATIONS_PER_CLIENT: usize = 1;
+    /// Default of [`stream_buffer_capacity`](Self::stream_buffer_capacity).
+    pub const DEFAULT_STREAM_BUFFER_CAPACITY: usize = 10;
+    /// Default of [`disconnect_timeout`](Self::disconnect_timeout).
+    pub const DEFAULT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+    /// Default of [`outbound_buffer_capacity`](Self::outbound_buffer_capacity).
+    pub const DEFAULT_OUTBOUND_BUFFER_CAPACITY: usize = 1024;
+    /// Default of [`client_result_timeout`](Self::client_result_timeout).
+    pub const DEFAULT_CLIENT_RESULT_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Default of [`stateful_reconnect_buffer_size`](Self::stateful_reconnect_buffer_size).
+    pub const DEFAULT_STATEFUL_RECONNECT_BUFFER_SIZE: usize = 100_000;
+    /// Default of [`maximum_request_body_size`](Self::maximum_request_body_size).
+    pub const DEFAULT_MAXIMUM_REQUEST_BODY_SIZE: usize = 2 << 20;
 }
 
 impl HubOptions {

@@ -10,10 +10,7 @@
 //! session like a closed socket.
 
 use std::{
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -63,8 +60,9 @@ pub(crate) struct HttpConnection {
     outbound: AsyncMutex<outbox::Receiver>,
     /// The current poll; a newer poll cancels it (it answers 204).
     poll: Mutex<CancellationToken>,
-    /// The Close has been delivered: later polls get 204.
-    finished: AtomicBool,
+    /// Fired once the Close has been delivered: later polls get 204, and
+    /// a draining shutdown stops waiting for it.
+    finished: CancellationToken,
     /// Ends the connection (DELETE, a dropped SSE stream, no polls).
     pub stop: CancellationToken,
     last_poll: Mutex<Instant>,
@@ -100,7 +98,7 @@ impl HttpConnection {
                 idle.cancel();
                 idle
             }),
-            finished: AtomicBool::new(false),
+            finished: CancellationToken::new(),
             stop: CancellationToken::new(),
             last_poll: Mutex::new(Instant::now()),
             protocol: std::sync::OnceLock::new(),
@@ -126,7 +124,11 @@ impl HttpConnection {
 
     /// Queues a POST body for the session; false if the connection is gone.
     pub(crate) async fn post(&self, body: Bytes) -> bool {
-        let sender = self.inbound.lock().ok().and_then(|s| s.clone());
+        let sender = self
+            .inbound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         match sender {
             Some(sender) => sender.send(body).await.is_ok(),
             None => false,
@@ -189,8 +191,9 @@ async fn run<H: Hub>(
                 // that have yet to poll), so wait a little for it to be
                 // collected.
                 let collected = async {
-                    while !http.finished.load(Ordering::Acquire) && !http.stop.is_cancelled() {
-                        sleep(Duration::from_millis(10)).await;
+                    tokio::select! {
+                        () = http.finished.cancelled() => {}
+                        () = http.stop.cancelled() => {}
                     }
                 };
                 let _ = tokio::time::timeout(options.disconnect_timeout, collected).await;
@@ -259,7 +262,7 @@ pub(crate) fn sse(http: Arc<HttpConnection>, keep_alive: Duration) -> Response {
     let ping = session::encode(Protocol::Json, &HubMessage::Ping);
     // When the client goes away the body, and with it this guard, is
     // dropped, which ends the connection.
-    let guard = StopOnDrop(Some(http.stop.clone()));
+    let guard = http.stop.clone().drop_guard();
     let stream = futures_util::stream::unfold((http, true, false), move |(http, first, done)| {
         let ping = ping.clone();
         async move {
@@ -294,7 +297,7 @@ pub(crate) fn sse(http: Arc<HttpConnection>, keep_alive: Duration) -> Response {
             }
             drop(rx);
             if closing {
-                http.finished.store(true, Ordering::Release);
+                http.finished.cancel();
             }
             Some((Ok(out.freeze()), (http, false, closing)))
         }
@@ -323,19 +326,9 @@ impl HttpConnection {
     }
 }
 
-struct StopOnDrop(Option<CancellationToken>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        if let Some(token) = &self.0 {
-            token.cancel();
-        }
-    }
-}
-
 struct GuardedStream<S> {
     inner: std::pin::Pin<Box<S>>,
-    _guard: StopOnDrop,
+    _guard: tokio_util::sync::DropGuard,
 }
 
 impl<S: futures_util::Stream> futures_util::Stream for GuardedStream<S> {
@@ -359,7 +352,7 @@ pub(crate) async fn poll(
         http.touch();
         return empty(StatusCode::OK);
     }
-    if http.finished.load(Ordering::Acquire) || http.stop.is_cancelled() {
+    if http.finished.is_cancelled() || http.stop.is_cancelled() {
         return empty(StatusCode::NO_CONTENT);
     }
     // A newer poll supersedes an older one, which answers 204.
@@ -410,7 +403,7 @@ pub(crate) async fn poll(
     http.touch();
     let (out, closing) = result;
     if closing {
-        http.finished.store(true, Ordering::Release);
+        http.finished.cancel();
         if out.is_empty() {
             return empty(StatusCode::NO_CONTENT);
         }
