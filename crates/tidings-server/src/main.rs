@@ -496,7 +496,7 @@ impl Lifetimes {
                 Duration::from_millis(args.redis_heartbeat_ms.max(10) * 5),
             );
         let backplane =
-            Arc::new(RedisBackplane::connect(options).context("cannot use the Redis URL")?);
+            Arc::new(RedisBackplane::start(options).context("cannot use the Redis URL")?);
         tracing::info!(server_id = backplane.server_id(), %advertise, "Redis backplane on");
         Ok(Lifetimes::Redis {
             chat: backplane.lifetime_manager("tidings.ChatHub"),

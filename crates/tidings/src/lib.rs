@@ -283,6 +283,7 @@
 
 mod access;
 mod auth;
+mod backplane;
 #[doc(hidden)]
 pub mod bench;
 mod cluster;
@@ -306,6 +307,7 @@ mod redirect;
 mod resume;
 pub mod schema;
 mod serve;
+mod server;
 mod session;
 mod shutdown;
 pub mod sse;
@@ -319,6 +321,7 @@ mod upload;
 
 pub use access::{ConnectionLimits, TrustedProxy, TrustedProxyError};
 pub use auth::{AuthError, Authenticator, Authorize, Principal, bearer_token};
+pub use backplane::{Backplane, MemoryBackplane};
 pub use cluster::Cluster;
 pub use connection::ConnectionHandle;
 pub use context::{
@@ -337,6 +340,7 @@ pub use metrics::Metrics;
 pub use options::HubOptions;
 pub use redirect::NegotiateRedirect;
 pub use serve::{Serve, serve};
+pub use server::{Server, ServerBuilder};
 #[cfg(feature = "tls")]
 pub use serve::{TlsConfig, TlsError};
 pub use shutdown::Shutdown;
