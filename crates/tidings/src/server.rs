@@ -56,7 +56,11 @@ impl std::fmt::Debug for Server {
         f.debug_struct("Server")
             .field(
                 "hubs",
-                &self.hubs.iter().map(|h| h.path.as_str()).collect::<Vec<_>>(),
+                &self
+                    .hubs
+                    .iter()
+                    .map(|h| h.path.as_str())
+                    .collect::<Vec<_>>(),
             )
             .finish_non_exhaustive()
     }
@@ -152,7 +156,11 @@ impl std::fmt::Debug for ServerBuilder {
         f.debug_struct("ServerBuilder")
             .field(
                 "hubs",
-                &self.hubs.iter().map(|h| h.path.as_str()).collect::<Vec<_>>(),
+                &self
+                    .hubs
+                    .iter()
+                    .map(|h| h.path.as_str())
+                    .collect::<Vec<_>>(),
             )
             .field("options", &self.shared.options)
             .finish_non_exhaustive()
@@ -177,8 +185,11 @@ struct Shared {
 struct Registration {
     path: String,
     hub: TypeId,
-    mount: Box<dyn FnOnce(&Shared) -> (HubContext, Router) + Send>,
+    mount: Mount,
 }
+
+/// Builds one hub's endpoint from the shared settings: its context and routes.
+type Mount = Box<dyn FnOnce(&Shared) -> (HubContext, Router) + Send>;
 
 /// One authenticator serving every hub of the server.
 struct SharedAuthenticator(Arc<dyn Authenticator>);
