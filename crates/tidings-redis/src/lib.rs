@@ -8,15 +8,27 @@
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! use tidings::HubEndpoint;
+//! use std::sync::Arc;
+//! use tidings::Server;
 //! use tidings_redis::{RedisBackplane, RedisOptions};
 //! # struct Chat;
 //! # #[tidings::hub] impl Chat { async fn ping(&self) {} }
 //!
-//! let backplane = RedisBackplane::connect(RedisOptions::new("redis://127.0.0.1:6379"))?;
-//! let chat = HubEndpoint::new(Chat).lifetime_manager(backplane.lifetime_manager("MyApp.ChatHub"));
-//! # let _ = chat; Ok(()) }
+//! // The address the other servers reach this one at (no sticky sessions).
+//! let options = RedisOptions::new("redis://127.0.0.1:6379").advertise("10.0.0.1:5000");
+//! let backplane = Arc::new(RedisBackplane::connect(options).await?);
+//! let server = Server::builder()
+//!     .backplane(backplane)
+//!     // Every server uses the same name for the same hub.
+//!     .hub_with("/hubs/chat", Chat, |hub| hub.name("MyApp.ChatHub"))
+//!     .build();
+//! # let _ = server; Ok(()) }
 //! ```
+//!
+//! Given once to the server, the backplane is both each hub's lifetime
+//! manager and the forwarding between servers ([`tidings::Backplane`]).
+//! [`RedisBackplane::connect`] waits for Redis; [`RedisBackplane::start`]
+//! does not (the server then starts while Redis is away).
 //!
 //! ## Wire format
 //!
@@ -40,7 +52,7 @@
 //! use tidings_redis::{RedisBackplane, RedisOptions};
 //! # tokio::runtime::Runtime::new()?.block_on(async {
 //! let options = RedisOptions::cluster(["redis://10.0.0.9:7000", "redis://10.0.0.10:7000"]);
-//! let backplane = RedisBackplane::connect(options)?;
+//! let backplane = RedisBackplane::connect(options).await?;
 //! # let _ = backplane; Ok::<_, Box<dyn std::error::Error>>(()) })?;
 //! # Ok(()) }
 //! ```
@@ -87,7 +99,7 @@ mod wire;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use tidings::{BoxFuture, Cluster, metrics::BackplaneMetrics};
+use tidings::{Backplane, BoxFuture, Cluster, LifetimeManager, metrics::BackplaneMetrics};
 use tokio::time::{Instant, sleep};
 
 pub use link::BackplaneStats;
@@ -254,13 +266,19 @@ pub enum BackplaneError {
     /// The Redis URL is not usable.
     #[error("invalid Redis URL: {0}")]
     Url(String),
+    /// [`RedisBackplane::connect`] could not connect and subscribe within
+    /// the command timeout.
+    #[error("Redis did not answer within {0:?}")]
+    Unreachable(Duration),
 }
 
 /// A connection to Redis shared by the hubs of one server.
 ///
-/// Create one per process with [`connect`](Self::connect), then one
-/// [`RedisLifetimeManager`] per hub with
-/// [`lifetime_manager`](Self::lifetime_manager). Dropping the backplane
+/// Create one per process with [`connect`](Self::connect) (or
+/// [`start`](Self::start)) and give it to
+/// [`ServerBuilder::backplane`](tidings::ServerBuilder::backplane): every
+/// hub then gets its [`RedisLifetimeManager`] and the server forwards the
+/// requests of connections held by other servers. Dropping the backplane
 /// stops its background tasks.
 pub struct RedisBackplane {
     link: Arc<Link>,
@@ -281,10 +299,26 @@ impl std::fmt::Debug for RedisBackplane {
 }
 
 impl RedisBackplane {
-    /// Starts the backplane. It connects in the background and keeps
-    /// reconnecting: a server starts (and serves its own clients) while
-    /// Redis is away. Must be called inside a Tokio runtime.
-    pub fn connect(options: RedisOptions) -> Result<Self, BackplaneError> {
+    /// Starts the backplane and waits until it is connected to Redis and
+    /// subscribed, up to the [command
+    /// timeout](RedisOptions::command_timeout). Once connected, it keeps
+    /// reconnecting on its own whenever Redis goes away.
+    pub async fn connect(options: RedisOptions) -> Result<Self, BackplaneError> {
+        let wait = options.command_timeout;
+        let backplane = RedisBackplane::start(options)?;
+        if backplane.wait_connected(wait).await {
+            Ok(backplane)
+        } else {
+            // Dropping it stops the attempts.
+            Err(BackplaneError::Unreachable(wait))
+        }
+    }
+
+    /// Starts the backplane without waiting for Redis: it connects in the
+    /// background and keeps reconnecting, so a server starts (and serves
+    /// its own clients) while Redis is away; [`wait_connected`](Self::wait_connected)
+    /// tells when it is up. Must be called inside a Tokio runtime.
+    pub fn start(options: RedisOptions) -> Result<Self, BackplaneError> {
         let client = if options.cluster {
             if options.urls.is_empty() {
                 return Err(BackplaneError::Url(
@@ -403,6 +437,18 @@ impl Cluster for RedisBackplane {
             }
             address
         })
+    }
+}
+
+/// The backplane of a server: each hub's [`RedisLifetimeManager`], and
+/// forwarding between the servers.
+impl Backplane for RedisBackplane {
+    fn lifetime_manager(&self, hub: &str) -> Arc<dyn LifetimeManager> {
+        RedisBackplane::lifetime_manager(self, hub)
+    }
+
+    fn cluster(self: Arc<Self>) -> Option<Arc<dyn Cluster>> {
+        Some(self)
     }
 }
 

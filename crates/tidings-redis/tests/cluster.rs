@@ -29,7 +29,7 @@ fn options(prefix: &str) -> RedisOptions {
 }
 
 async fn connect(prefix: &str) -> RedisBackplane {
-    let backplane = RedisBackplane::connect(options(prefix)).expect("backplane");
+    let backplane = RedisBackplane::start(options(prefix)).expect("backplane");
     assert!(
         backplane.wait_connected(Duration::from_secs(10)).await,
         "the backplane did not connect to the cluster"

@@ -17,7 +17,7 @@ async fn backplane(urls: Vec<String>, prefix: &str) -> RedisBackplane {
         .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
         .heartbeat(Duration::from_millis(100), Duration::from_secs(2))
         .command_timeout(Duration::from_secs(1));
-    let backplane = RedisBackplane::connect(options).expect("backplane");
+    let backplane = RedisBackplane::start(options).expect("backplane");
     assert!(backplane.wait_connected(Duration::from_secs(10)).await);
     backplane
 }

@@ -21,7 +21,7 @@ fn options(url: &str, buffer: usize) -> RedisOptions {
 }
 
 async fn backplane(url: &str, buffer: usize) -> RedisBackplane {
-    let backplane = RedisBackplane::connect(options(url, buffer)).expect("backplane");
+    let backplane = RedisBackplane::start(options(url, buffer)).expect("backplane");
     assert!(backplane.wait_connected(Duration::from_secs(5)).await);
     backplane
 }

@@ -31,7 +31,7 @@ impl Backend for RedisBackend {
                 let options = RedisOptions::new(&self.url)
                     .channel_prefix(&prefix)
                     .ack_timeout(Duration::from_secs(5));
-                let backplane = RedisBackplane::connect(options).expect("backplane");
+                let backplane = RedisBackplane::start(options).expect("backplane");
                 assert!(backplane.wait_connected(Duration::from_secs(5)).await);
                 managers.push(backplane.lifetime_manager("Spec.Hub"));
                 self.backplanes.lock().expect("lock").push(backplane);

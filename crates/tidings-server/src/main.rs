@@ -339,7 +339,7 @@ impl Lifetimes {
             .metrics(registry.backplane().clone())
             .heartbeat(heartbeat, heartbeat * 5);
         let backplane =
-            Arc::new(RedisBackplane::connect(options).context("cannot use the Redis URL")?);
+            Arc::new(RedisBackplane::start(options).context("cannot use the Redis URL")?);
         tracing::info!(server_id = backplane.server_id(), %advertise, "Redis backplane on");
         Ok(Lifetimes::Redis {
             chat: backplane.lifetime_manager("tidings.ChatHub"),

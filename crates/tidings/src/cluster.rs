@@ -1,7 +1,9 @@
 //! No sticky sessions: any server of a cluster accepts every request of a
 //! connection, whichever server negotiated it.
 //!
-//! With a [`Cluster`] installed ([`HubEndpoint::cluster`](crate::HubEndpoint::cluster)),
+//! With a [`Cluster`] installed (by a [`Backplane`](crate::Backplane) given to
+//! [`ServerBuilder::backplane`](crate::ServerBuilder::backplane), or with
+//! [`HubEndpoint::cluster`](crate::HubEndpoint::cluster)),
 //! connection ids and tokens start with the id of the server that
 //! negotiated them (`<server id>.<random>`; the random part keeps the token
 //! as secret and unguessable as without a cluster). A transport request

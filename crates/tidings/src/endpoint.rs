@@ -134,6 +134,11 @@ impl<H: Hub> HubEndpoint<H> {
         self
     }
 
+    /// The hub's name (see [`name`](Self::name)).
+    pub(crate) fn hub_name(&self) -> &str {
+        &self.name
+    }
+
     /// Records the hub's connections, messages and invocations into a
     /// (usually server-wide) [`Metrics`] registry.
     pub fn metrics(mut self, metrics: &Metrics) -> Self {

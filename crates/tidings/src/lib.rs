@@ -100,21 +100,34 @@
 //!
 //! ## Serving it
 //!
-//! [`HubEndpoint`] turns a hub into an axum [`Router`](axum::Router) holding
-//! `POST /negotiate` and the transport endpoint; nest it at the hub's path:
+//! [`Server::builder`] takes the settings every hub of a server shares
+//! once (authenticator, connection limits, allowed origins, metrics,
+//! shutdown, default [`HubOptions`], the backplane), then the hubs, each at
+//! its path; [`ServerBuilder::hub_with`] lets one hub override any of them.
+//! The result is an axum [`Router`](axum::Router) to merge with the
+//! application's own routes and layers:
 //!
 //! ```no_run
-//! # use tidings::{HubEndpoint, HubOptions};
+//! # use tidings::{HubOptions, Server};
 //! # struct Chat;
 //! # #[tidings::hub] impl Chat { async fn ping(&self) {} }
 //! # async fn run() -> std::io::Result<()> {
-//! let chat = HubEndpoint::new(Chat).options(HubOptions::default().enable_detailed_errors(true));
-//! let push = chat.context(); // a HubContext: send from any task
-//! let app = axum::Router::new().nest("/hubs/chat", chat.into_router());
+//! let server = Server::builder()
+//!     .options(HubOptions::default().enable_detailed_errors(true))
+//!     .hub("/hubs/chat", Chat)
+//!     .build();
+//! let push = server.hub_context::<Chat>(); // a HubContext: send from any task
+//! let app = axum::Router::new()
+//!     .route("/", axum::routing::get(|| async { "hello" }))
+//!     .merge(server.into_router());
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:5000").await?;
 //! axum::serve(listener, app).await
 //! # }
 //! ```
+//!
+//! A single hub can also be served by its [`HubEndpoint`]: a router
+//! holding `POST /negotiate` and the transport endpoint, nested at the
+//! hub's path (`Router::new().nest("/hubs/chat", HubEndpoint::new(Chat).into_router())`).
 //!
 //! ## HTTP/2 and TLS
 //!
@@ -278,11 +291,14 @@
 //! ## Scale-out
 //!
 //! Delivery and membership go through a [`LifetimeManager`]; the default is
-//! the in-memory [`MemoryLifetimeManager`]. A backplane implements the trait
-//! and is installed with [`HubEndpoint::lifetime_manager`].
+//! the in-memory [`MemoryLifetimeManager`]. A [`Backplane`] (such as
+//! `tidings_redis::RedisBackplane`) gives each hub its lifetime manager and
+//! the forwarding between servers ([`Cluster`]: no sticky sessions); given
+//! once to [`ServerBuilder::backplane`], it configures both for every hub.
 
 mod access;
 mod auth;
+mod backplane;
 #[doc(hidden)]
 pub mod bench;
 mod cluster;
@@ -307,6 +323,7 @@ mod redirect;
 mod resume;
 pub mod schema;
 mod serve;
+mod server;
 mod session;
 mod shutdown;
 pub mod sse;
@@ -320,6 +337,7 @@ mod upload;
 
 pub use access::{ConnectionLimits, TrustedProxy, TrustedProxyError};
 pub use auth::{AuthError, Authenticator, Authorize, Principal, bearer_token};
+pub use backplane::{Backplane, MemoryBackplane};
 pub use cluster::Cluster;
 pub use connection::ConnectionHandle;
 pub use context::{
@@ -341,6 +359,7 @@ pub use redirect::NegotiateRedirect;
 pub use serve::{Serve, serve};
 #[cfg(feature = "tls")]
 pub use serve::{TlsConfig, TlsError};
+pub use server::{Server, ServerBuilder};
 pub use shutdown::Shutdown;
 pub use tidings_macros::{client, hub};
 pub use tidings_protocol::Protocol;

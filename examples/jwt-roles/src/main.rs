@@ -24,7 +24,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tidings::{Context, HubEndpoint, JwtAuthenticator, hub};
+use tidings::{Context, JwtAuthenticator, Server, hub};
 
 /// Only for trying the example: a real deployment reads its secret from
 /// its configuration and never ships a default.
@@ -68,9 +68,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
 
-    let endpoint =
-        HubEndpoint::new(Admin).authenticator(JwtAuthenticator::hs256(secret.as_bytes()));
-    let app = axum::Router::new().nest("/hubs/admin", endpoint.into_router());
+    // The authenticator is the server's: every hub added here shares it.
+    let server = Server::builder()
+        .authenticator(JwtAuthenticator::hs256(secret.as_bytes()))
+        .hub("/hubs/admin", Admin)
+        .build();
+    let app: axum::Router = server.into_router();
     let addr = std::env::var("LISTEN").unwrap_or_else(|_| "127.0.0.1:5000".to_owned());
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!("listening on http://{}", listener.local_addr()?);

@@ -15,10 +15,10 @@
 //! Hub (`/hubs/chat`): `SendMessage(user, text)` → every client of every
 //! server gets `ReceiveMessage(user, text)`.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use anyhow::Context as _;
-use tidings::{Context, HubEndpoint, HubError, hub};
+use tidings::{Context, HubError, Server, hub};
 use tidings_redis::{RedisBackplane, RedisOptions};
 
 struct Chat;
@@ -43,22 +43,21 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     let local = listener.local_addr()?;
 
-    let backplane = Arc::new(
-        RedisBackplane::connect(RedisOptions::new(redis).advertise(local.to_string()))
-            .context("invalid Redis URL")?,
-    );
-    // Every server must use the same hub name on the backplane.
-    let chat = HubEndpoint::new(Chat)
-        .lifetime_manager(backplane.lifetime_manager("Example.ChatHub"))
-        .cluster(backplane.clone());
+    // Waits for Redis (the command timeout, 5 s); after that the backplane
+    // reconnects on its own whenever Redis goes away.
+    let options = RedisOptions::new(redis).advertise(local.to_string());
+    let backplane = RedisBackplane::connect(options)
+        .await
+        .context("cannot reach Redis")?;
+    // Given once, the backplane carries the hubs' messages AND forwards
+    // requests of connections held by the other servers.
+    let server = Server::builder()
+        .backplane(Arc::new(backplane))
+        // Every server must use the same hub name on the backplane.
+        .hub_with("/hubs/chat", Chat, |hub| hub.name("Example.ChatHub"))
+        .build();
 
-    // Serve even if Redis is away (this server's clients work; messages to
-    // the others wait in a bounded buffer), but give it a moment first.
-    if !backplane.wait_connected(Duration::from_secs(5)).await {
-        eprintln!("Redis is not reachable yet: connecting in the background");
-    }
-
-    let app = axum::Router::new().nest("/hubs/chat", chat.into_router());
+    let app: axum::Router = server.into_router();
     println!("listening on http://{local}");
     axum::serve(listener, app).await?;
     Ok(())
