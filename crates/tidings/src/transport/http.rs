@@ -38,6 +38,7 @@ use crate::{
     hub::Hub,
     metrics::TransportMetrics,
     outbox,
+    registry::Registry,
     session::{self, Handshake},
 };
 
@@ -84,7 +85,7 @@ impl HttpConnection {
         endpoint: &Arc<Endpoint<H>>,
         init: ConnectionInit,
         transport: TransportType,
-        token: String,
+        (registry, token): (&Registry<Arc<HttpConnection>>, String),
         (slot, inbound): (Option<Slot>, Option<Inbound>),
     ) -> Arc<HttpConnection> {
         let options = &endpoint.shared.options;
@@ -107,18 +108,27 @@ impl HttpConnection {
             metrics: init.metrics.clone(),
             user_id: init.principal.user_id().map(str::to_owned),
         });
+        // Registered before the task starts: the first GET, which comes
+        // back through the registry for its later polls, finds it.
+        let registered = registry.insert(token, Arc::clone(&connection));
         let task = run(
             Arc::clone(endpoint),
             Arc::clone(&connection),
             init,
             in_rx,
             out_tx,
-            token,
         );
+        let grace = options.disconnect_timeout;
         let task = async move {
             // The connection counts under the limits until its task ends.
             let _slot = slot;
             task.await;
+            // Give the client a chance to collect the final messages, then
+            // forget it (the guard removes the registry entry).
+            tokio::spawn(async move {
+                sleep(grace).await;
+                drop(registered);
+            });
         };
         tokio::spawn(endpoint.shutdown.tracker().track_future(task));
         connection
@@ -153,7 +163,6 @@ async fn run<H: Hub>(
     mut init: ConnectionInit,
     inbound: mpsc::Receiver<Bytes>,
     outbound: outbox::Sender,
-    token: String,
 ) {
     let options = &endpoint.shared.options;
     let stop = http.stop.clone();
@@ -205,12 +214,6 @@ async fn run<H: Hub>(
         }
     }
     http.close_inbound();
-    // Give the client a chance to collect the final messages, then forget it.
-    let grace = endpoint.shared.options.disconnect_timeout;
-    tokio::spawn(async move {
-        sleep(grace).await;
-        endpoint.forget_http(&token, &http);
-    });
 }
 
 /// Completes when the connection must end from the transport's side: it

@@ -80,10 +80,10 @@ pub(crate) fn serve<H: Hub>(
     endpoint: Arc<Endpoint<H>>,
     socket: WebSocket,
     init: Box<ConnectionInit>,
-    resume_token: Option<String>,
+    reattach: Option<resume::Reattach>,
 ) -> impl Future<Output = ()> + Send {
     let (sink, stream) = socket.split();
-    run(endpoint, sink, stream, init, resume_token)
+    run(endpoint, sink, stream, init, reattach)
 }
 
 async fn run<H: Hub>(
@@ -91,7 +91,7 @@ async fn run<H: Hub>(
     mut sink: SplitSink<WebSocket, Message>,
     mut stream: SplitStream<WebSocket>,
     mut init: Box<ConnectionInit>,
-    resume_token: Option<String>,
+    reattach: Option<resume::Reattach>,
 ) {
     let options = &endpoint.shared.options;
     // The close status a failed read asks for; 0 while reads succeed.
@@ -123,7 +123,7 @@ async fn run<H: Hub>(
     init.protocol = protocol;
     // Stateful reconnect: negotiated (with a secret token) and asked for by
     // the handshake's protocol version.
-    if let Some(token) = resume_token.filter(|_| version >= 2) {
+    if let Some(reattach) = reattach.filter(|_| version >= 2) {
         // Boxed: inline, its larger state would be reserved by every
         // connection's task, stateful or not.
         Box::pin(resume::serve(
@@ -131,7 +131,7 @@ async fn run<H: Hub>(
             (sink, stream),
             unbox(init),
             leftover,
-            token,
+            reattach,
         ))
         .await;
         return;
