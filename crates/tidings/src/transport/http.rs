@@ -281,20 +281,11 @@ pub(crate) fn sse(http: Arc<HttpConnection>, keep_alive: Duration) -> Response {
                 () = http.stop.cancelled() => None,
             };
             let mut out = BytesMut::new();
-            let mut closing = false;
-            let mut item = first_item?;
-            loop {
-                if let Some(frame) = http.frame_of(item, &mut closing) {
-                    tidings_protocol::sse::write_event(&frame, &mut out);
-                }
-                if closing || out.len() >= MAX_BATCH {
-                    break;
-                }
-                match rx.try_recv() {
-                    Ok(next) => item = next,
-                    Err(_) => break,
-                }
-            }
+            let closing = rx.drain(first_item?, |frame, _| {
+                http.count_sent(&frame);
+                tidings_protocol::sse::write_event(&frame, &mut out);
+                out.len() < MAX_BATCH
+            });
             drop(rx);
             if closing {
                 http.finished.store(true, Ordering::Release);
@@ -315,14 +306,11 @@ pub(crate) fn sse(http: Arc<HttpConnection>, keep_alive: Duration) -> Response {
 }
 
 impl HttpConnection {
-    /// The bytes of one queue entry, counted as sent; sets `closing` at
-    /// the final entry.
-    fn frame_of(&self, item: Outbound, closing: &mut bool) -> Option<Bytes> {
-        let frame = item.into_frame(closing);
-        if let (Some(metrics), Some(frame)) = (&self.metrics, &frame) {
+    /// Counts one frame as sent.
+    fn count_sent(&self, frame: &Bytes) {
+        if let Some(metrics) = &self.metrics {
             metrics.sent(frame.len());
         }
-        frame
     }
 }
 
@@ -390,23 +378,14 @@ pub(crate) async fn poll(
             () = http.stop.cancelled() => None,
         };
         let mut out = BytesMut::new();
-        let mut closing = false;
-        if let Some(mut item) = first_item {
-            loop {
-                if let Some(frame) = http.frame_of(item, &mut closing) {
-                    out.put_slice(&frame);
-                }
-                if closing || out.len() >= MAX_BATCH {
-                    break;
-                }
-                match rx.try_recv() {
-                    Ok(next) => item = next,
-                    Err(_) => break,
-                }
-            }
-        } else {
-            closing = true;
-        }
+        let closing = match first_item {
+            Some(first) => rx.drain(first, |frame, _| {
+                http.count_sent(&frame);
+                out.put_slice(&frame);
+                out.len() < MAX_BATCH
+            }),
+            None => true,
+        };
         (out, closing)
     };
     token.cancel();

@@ -391,10 +391,11 @@ pub(super) fn frame_message(protocol: Protocol, frame: Bytes) -> Option<Message>
     }
 }
 
-/// Builds one frame from `first` and whatever else is already queued.
-/// Sets `closing` when the queue's final entry was reached. `admit` sees
-/// every message taken (the final Close excepted) and stops the batch by
-/// returning false.
+/// Builds one WebSocket message's bytes from `first` and whatever else is
+/// already queued ([`outbox::Receiver::drain`]). Sets `closing` when the
+/// queue's final entry was reached. `admit` sees every message taken (the
+/// final Close excepted) and stops the batch by returning false. A single
+/// message is returned as it is, without a copy.
 pub(super) fn collect(
     first: Outbound,
     rx: &mut outbox::Receiver,
@@ -402,31 +403,21 @@ pub(super) fn collect(
     closing: &mut bool,
     mut admit: impl FnMut(&Bytes) -> bool,
 ) -> Option<Bytes> {
-    let mut more = true;
-    let mut take = |item: Outbound, closing: &mut bool, more: &mut bool| {
-        let bytes = item.into_frame(closing);
-        if let Some(bytes) = bytes.as_ref().filter(|_| !*closing) {
-            *more = admit(bytes);
-        }
-        bytes
-    };
-    let mut single = take(first, closing, &mut more);
-    if *closing || !more {
-        return single;
-    }
+    let mut single: Option<Bytes> = None;
     batch.clear();
-    while let Ok(next) = rx.try_recv() {
-        let next = take(next, closing, &mut more);
-        if let Some(next) = next {
-            if let Some(first) = single.take() {
-                batch.extend_from_slice(&first);
+    *closing = rx.drain(first, |frame, last| {
+        let more = last || admit(&frame);
+        match single.take() {
+            None if batch.is_empty() => single = Some(frame),
+            first => {
+                if let Some(first) = first {
+                    batch.extend_from_slice(&first);
+                }
+                batch.extend_from_slice(&frame);
             }
-            batch.extend_from_slice(&next);
         }
-        if *closing || !more || batch.len() >= MAX_BATCH {
-            break;
-        }
-    }
+        more && batch.len() < MAX_BATCH
+    });
     if batch.is_empty() {
         single
     } else {
