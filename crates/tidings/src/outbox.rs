@@ -39,6 +39,11 @@ use tokio::sync::Notify;
 
 use crate::connection::Outbound;
 
+/// The largest batch a transport builds from queued messages (one
+/// WebSocket message, one SSE write, one poll response): the bound a
+/// [`Receiver::drain`] caller stops at.
+pub(crate) const MAX_BATCH: usize = 64 * 1024;
+
 /// Creates a queue that holds at most `capacity` entries.
 pub(crate) fn channel(capacity: usize) -> (Sender, Receiver) {
     let shared = Arc::new(Shared {

@@ -54,8 +54,6 @@ pub(crate) type Inbound = (mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>);
 pub(crate) fn inbound_channel() -> Inbound {
     mpsc::channel(INBOUND_CAPACITY)
 }
-/// Largest batch of messages in one SSE write or poll response.
-const MAX_BATCH: usize = 64 * 1024;
 
 /// One SSE or Long Polling connection, shared by its requests.
 pub(crate) struct HttpConnection {
@@ -284,7 +282,7 @@ pub(crate) fn sse(http: Arc<HttpConnection>, keep_alive: Duration) -> Response {
             let closing = rx.drain(first_item?, |frame, _| {
                 http.count_sent(&frame);
                 tidings_protocol::sse::write_event(&frame, &mut out);
-                out.len() < MAX_BATCH
+                out.len() < outbox::MAX_BATCH
             });
             drop(rx);
             if closing {
@@ -382,7 +380,7 @@ pub(crate) async fn poll(
             Some(first) => rx.drain(first, |frame, _| {
                 http.count_sent(&frame);
                 out.put_slice(&frame);
-                out.len() < MAX_BATCH
+                out.len() < outbox::MAX_BATCH
             }),
             None => true,
         };

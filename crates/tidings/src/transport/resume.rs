@@ -55,9 +55,7 @@ use crate::{
     registry::Registry,
     resume::Resume,
     session::{self, Handshake, InboundChunk, far_future},
-    transport::websocket::{
-        MAX_BATCH, SEND_TIMEOUT, close, close_status, collect, data, frame_message,
-    },
+    transport::websocket::{SEND_TIMEOUT, close, close_status, collect, data, frame_message},
 };
 
 /// How often the server acknowledges what it received (ASP.NET Core's 1 s).
@@ -639,7 +637,7 @@ impl Writer {
         let mut out =
             session::encode(self.protocol, &HubMessage::Sequence { sequence_id }).to_vec();
         for frame in replay {
-            if out.len() + frame.len() > MAX_BATCH {
+            if out.len() + frame.len() > outbox::MAX_BATCH {
                 self.write(Bytes::from(std::mem::take(&mut out))).await;
             }
             out.extend_from_slice(&frame);

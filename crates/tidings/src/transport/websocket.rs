@@ -68,9 +68,6 @@ pub(crate) fn socket_config(max_message: Option<usize>) -> tungstenite::protocol
         .read_buffer_size(READ_BUFFER)
 }
 
-/// Largest batch the writer builds from queued messages.
-pub(super) const MAX_BATCH: usize = 64 * 1024;
-
 /// Serves one upgraded socket until the connection ends.
 ///
 /// Not an `async fn`: the socket is split before the future is built, so
@@ -416,7 +413,7 @@ pub(super) fn collect(
                 batch.extend_from_slice(&frame);
             }
         }
-        more && batch.len() < MAX_BATCH
+        more && batch.len() < outbox::MAX_BATCH
     });
     if batch.is_empty() {
         single
