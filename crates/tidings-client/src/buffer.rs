@@ -1,15 +1,18 @@
-//! Stateful reconnect bookkeeping (Ack / Sequence): the replay buffer of sent messages and the
-//! sequence tracking of received ones, as in the official clients' `MessageBuffer`.
+//! Stateful reconnect bookkeeping (Ack / Sequence) of the client: the numbering of
+//! `tidings_protocol::resume` (the server's own), plus when to acknowledge.
 //!
 //! Only trackable messages (Invocation, StreamItem, Completion, StreamInvocation,
 //! CancelInvocation) count. Each direction numbers them 1, 2, 3… for the whole life of the logical
 //! connection. After a reconnect each side sends `Sequence(first id it replays)` and replays what
 //! the other has not acknowledged; the receiver drops what it has already processed.
 
-use std::{collections::VecDeque, time::Duration};
+use std::time::Duration;
 
 use bytes::Bytes;
-use tidings_protocol::HubMessage;
+use tidings_protocol::{
+    HubMessage,
+    resume::{InboundSequence, Received, ReplayBuffer},
+};
 use tokio::time::Instant;
 
 use crate::ConnectionError;
@@ -19,87 +22,69 @@ pub(crate) const ACK_DELAY: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub(crate) struct MessageBuffer {
-    limit: usize,
-    /// Sent messages not acknowledged yet, with their sequence ids.
-    sent: VecDeque<(u64, Bytes)>,
-    sent_bytes: usize,
-    total_sent: u64,
-    next_receive: u64,
-    latest_received: u64,
+    /// Sent messages not acknowledged yet, numbered.
+    sent: ReplayBuffer,
+    /// The numbering of received messages.
+    received: InboundSequence,
     last_acked: u64,
-    waiting_for_sequence: bool,
     ack_due: Option<Instant>,
 }
 
 impl MessageBuffer {
     pub(crate) fn new(limit: usize) -> Self {
         MessageBuffer {
-            limit,
-            sent: VecDeque::new(),
-            sent_bytes: 0,
-            total_sent: 0,
-            next_receive: 1,
-            latest_received: 0,
+            sent: ReplayBuffer::new(limit),
+            received: InboundSequence::default(),
             last_acked: 0,
-            waiting_for_sequence: false,
             ack_due: None,
         }
     }
 
     /// Records a trackable message as sent (keeps it for replay).
     pub(crate) fn sent(&mut self, frame: &Bytes) {
-        self.total_sent += 1;
-        self.sent_bytes += frame.len();
-        self.sent.push_back((self.total_sent, frame.clone()));
+        self.sent.push(frame.clone());
     }
 
     /// Whether unacknowledged messages reached the size limit: new sends wait for an Ack.
     pub(crate) fn is_full(&self) -> bool {
-        self.sent_bytes >= self.limit
+        !self.sent.has_room()
     }
 
     /// The peer processed everything up to `sequence_id`.
     pub(crate) fn ack(&mut self, sequence_id: u64) {
-        while let Some((id, frame)) = self.sent.front() {
-            if *id > sequence_id {
-                break;
-            }
-            self.sent_bytes -= frame.len();
-            self.sent.pop_front();
-        }
+        self.sent.ack(sequence_id);
     }
 
     /// Whether a received message should be handled: false while waiting for the peer's Sequence
     /// after a reconnect, and for duplicates replayed by the peer.
     pub(crate) fn should_process(&mut self, message: &HubMessage) -> bool {
-        if self.waiting_for_sequence {
+        if self.received.awaiting_sequence() {
             return false;
         }
         if !message.is_trackable() {
             return true;
         }
-        let id = self.next_receive;
-        self.next_receive += 1;
-        if id <= self.latest_received {
-            if id == self.latest_received {
-                // The peer is replaying what we processed but it never saw acknowledged.
+        match self.received.accept() {
+            Received::New(_) => {
                 self.schedule_ack();
+                true
             }
-            return false;
+            Received::Duplicate(id) => {
+                if id == self.received.latest() {
+                    // The peer is replaying what we processed but it never saw acknowledged.
+                    self.schedule_ack();
+                }
+                false
+            }
+            Received::BeforeSequence => false,
         }
-        self.latest_received = id;
-        self.schedule_ack();
-        true
     }
 
     /// The peer's Sequence: the id of the next message it sends.
     pub(crate) fn sequence(&mut self, sequence_id: u64) -> Result<(), ConnectionError> {
-        if sequence_id > self.next_receive {
-            return Err(ConnectionError::SequenceAhead);
-        }
-        self.next_receive = sequence_id;
-        self.waiting_for_sequence = false;
-        Ok(())
+        self.received
+            .reset(sequence_id)
+            .map_err(|_| ConnectionError::SequenceAhead)
     }
 
     fn schedule_ack(&mut self) {
@@ -116,15 +101,16 @@ impl MessageBuffer {
     /// The id to acknowledge now, if anything new arrived since the last Ack.
     pub(crate) fn take_ack(&mut self) -> Option<u64> {
         self.ack_due = None;
-        (self.latest_received > self.last_acked).then(|| {
-            self.last_acked = self.latest_received;
-            self.latest_received
+        let latest = self.received.latest();
+        (latest > self.last_acked).then(|| {
+            self.last_acked = latest;
+            latest
         })
     }
 
     /// The transport dropped: messages from the new transport are ignored until its Sequence.
     pub(crate) fn disconnected(&mut self) {
-        self.waiting_for_sequence = true;
+        self.received.reattached();
         self.ack_due = None;
         // Re-acknowledge on the new transport: the last Ack may have been lost with the old one.
         self.last_acked = 0;
@@ -133,8 +119,7 @@ impl MessageBuffer {
     /// What to send on a new transport: the Sequence value (the first replayed id, or the next
     /// id if nothing is buffered) and the messages to replay.
     pub(crate) fn replay(&self) -> (u64, impl Iterator<Item = &Bytes>) {
-        let first = self.sent.front().map_or(self.total_sent + 1, |(id, _)| *id);
-        (first, self.sent.iter().map(|(_, frame)| frame))
+        (self.sent.sequence_id(), self.sent.frames())
     }
 }
 

@@ -66,7 +66,7 @@ pub enum ConnectionError {
     #[error("the server sent an invalid message: {0}")]
     Protocol(Arc<str>),
     /// Stateful reconnect: the server's Sequence message is ahead of what this client received.
-    #[error("Sequence ID greater than amount of messages we've received.")]
+    #[error("{}", tidings_protocol::resume::SequenceAhead::MESSAGE)]
     SequenceAhead,
     /// Automatic reconnection gave up; the last attempt failed with this error.
     #[error("reconnecting failed: {0}")]

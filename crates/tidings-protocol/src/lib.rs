@@ -43,6 +43,7 @@ mod msgpack;
 pub mod negotiate;
 mod payload;
 mod protocol;
+pub mod resume;
 pub mod sse;
 
 pub use decoder::MessageDecoder;

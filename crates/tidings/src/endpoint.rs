@@ -45,10 +45,11 @@ use crate::{
     hub::Hub,
     lifetime::{LifetimeManager, MemoryLifetimeManager},
     metrics::TransportMetrics,
+    registry::Registry,
     transport::{
         self,
         http::{self, HttpConnection, Inbound},
-        resume::Resumable,
+        resume::{Reattach, Resumable},
         socket::Upgrade,
     },
 };
@@ -301,8 +302,8 @@ impl<H: Hub> HubEndpoint<H> {
             shutdown: self.shutdown,
             cluster: self.cluster,
             pending: Mutex::new(Pending::default()),
-            http: Mutex::new(HashMap::new()),
-            resumable: Mutex::new(HashMap::new()),
+            http: Registry::default(),
+            resumable: Registry::default(),
             websockets: Arc::default(),
         });
         let router = Router::new()
@@ -349,11 +350,13 @@ pub(crate) struct Endpoint<H: Hub> {
     origins: Origins,
     cluster: Option<Arc<dyn Cluster>>,
     pending: Mutex<Pending>,
-    /// Live SSE and Long Polling connections, by token.
-    http: Mutex<HashMap<String, Arc<HttpConnection>>>,
+    /// Live SSE and Long Polling connections, by token; each connection's
+    /// task holds its entry's guard.
+    http: Registry<Arc<HttpConnection>>,
     /// Live stateful-reconnect WebSocket connections, by token: a new
-    /// WebSocket presenting the token re-attaches to the connection.
-    resumable: Mutex<HashMap<String, Resumable>>,
+    /// WebSocket presenting the token re-attaches to the connection. The
+    /// connection's task holds its entry's guard.
+    resumable: Registry<Resumable>,
     /// Live WebSocket connections, by token.
     websockets: Arc<LiveTokens>,
 }
@@ -493,19 +496,7 @@ impl<H: Hub> Endpoint<H> {
     }
 
     fn http_connection(&self, token: &str) -> Option<Arc<HttpConnection>> {
-        self.http
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(token)
-            .cloned()
-    }
-
-    /// Removes a finished HTTP connection (if the entry is still this one).
-    pub(crate) fn forget_http(&self, token: &str, connection: &Arc<HttpConnection>) {
-        let mut map = self.http.lock().unwrap_or_else(|e| e.into_inner());
-        if map.get(token).is_some_and(|c| Arc::ptr_eq(c, connection)) {
-            map.remove(token);
-        }
+        self.http.get(token)
     }
 
     fn take_pending(&self, token: &str) -> Option<PendingConnection> {
@@ -576,28 +567,8 @@ impl<H: Hub> Endpoint<H> {
         }
     }
 
-    /// Makes a stateful connection reachable for re-attaching sockets.
-    pub(crate) fn register_resumable(&self, token: String, entry: Resumable) {
-        self.resumable
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(token, entry);
-    }
-
-    /// Removes a stateful connection that ended (if the entry is still its own).
-    pub(crate) fn forget_resumable(&self, token: &str, entry: &Resumable) {
-        let mut map = self.resumable.lock().unwrap_or_else(|e| e.into_inner());
-        if map.get(token).is_some_and(|e| e.same(entry)) {
-            map.remove(token);
-        }
-    }
-
     fn resumable(&self, token: &str) -> Option<Resumable> {
-        self.resumable
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(token)
-            .cloned()
+        self.resumable.get(token)
     }
 }
 
@@ -878,7 +849,11 @@ async fn connect<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Requ
     });
     let tracker = endpoint.shutdown.tracker().clone();
     upgrade.on_upgrade(move |socket| {
-        let serve = transport::websocket::serve(endpoint, socket, init, resume_token);
+        let reattach = resume_token.map(|token| Reattach {
+            registry: endpoint.resumable.clone(),
+            token,
+        });
+        let serve = transport::websocket::serve(endpoint, socket, init, reattach);
         tracker.track_future(async move {
             // The connection counts under the limits, and its token as
             // live, until it ends.
@@ -1065,13 +1040,13 @@ async fn connect_http<H: Hub>(endpoint: Arc<Endpoint<H>>, parts: Parts) -> Respo
         metrics: endpoint.transport_metrics(transport),
         abort: endpoint.shutdown.token().child_token(),
     };
-    let connection =
-        HttpConnection::start(&endpoint, init, transport, token.clone(), (slot, inbound));
-    endpoint
-        .http
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(token, Arc::clone(&connection));
+    let connection = HttpConnection::start(
+        &endpoint,
+        init,
+        transport,
+        (&endpoint.http, token),
+        (slot, inbound),
+    );
     match transport {
         TransportType::ServerSentEvents => http::sse(connection, options.keep_alive_interval),
         _ => http::poll(connection, true, options.long_poll_timeout).await,

@@ -320,6 +320,7 @@ mod options;
 mod outbox;
 mod paths;
 mod redirect;
+mod registry;
 mod resume;
 pub mod schema;
 mod serve;

@@ -33,10 +33,16 @@ use std::{
     task::{Context, Poll, Wake, Waker},
 };
 
+use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 
 use crate::connection::Outbound;
+
+/// The largest batch a transport builds from queued messages (one
+/// WebSocket message, one SSE write, one poll response): the bound a
+/// [`Receiver::drain`] caller stops at.
+pub(crate) const MAX_BATCH: usize = 64 * 1024;
 
 /// Creates a queue that holds at most `capacity` entries.
 pub(crate) fn channel(capacity: usize) -> (Sender, Receiver) {
@@ -331,6 +337,44 @@ impl Receiver {
         }
     }
 
+    /// The one drain of the queue, shared by the writers of every
+    /// transport (WebSocket, stateful WebSocket, Server-Sent Events, Long
+    /// Polling): hands `emit` the bytes of `first`, then of each entry
+    /// already queued, in order, without waiting. It stops after the final
+    /// entry, after an entry for which `emit` answered `false` (a full batch
+    /// or replay buffer), or when nothing more is queued. `emit` is told
+    /// whether the bytes are the final entry's (the Close message). Returns
+    /// whether the final entry was reached.
+    ///
+    /// Each transport only decides how the bytes it is handed are framed
+    /// (one WebSocket message, SSE events, a poll response), so batching,
+    /// the end of the queue and the window places of stream items are
+    /// handled the same way on all of them.
+    pub(crate) fn drain(
+        &mut self,
+        first: Outbound,
+        mut emit: impl FnMut(Bytes, bool) -> bool,
+    ) -> bool {
+        let mut item = first;
+        loop {
+            let mut closing = false;
+            let more = match item.into_frame(&mut closing) {
+                Some(frame) => emit(frame, closing),
+                None => true,
+            };
+            if closing {
+                return true;
+            }
+            if !more {
+                return false;
+            }
+            match self.try_recv() {
+                Ok(next) => item = next,
+                Err(Empty) => return false,
+            }
+        }
+    }
+
     /// `Some(Some(entry))`, `Some(None)` at the end, `None` if empty; then,
     /// with a `cx`, the receiver waits (under the same lock, so no entry
     /// queued in between goes unnoticed).
@@ -473,7 +517,6 @@ impl fmt::Debug for Receiver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     fn frame(text: &'static str) -> Outbound {
         Outbound::Frame(Bytes::from_static(text.as_bytes()))
@@ -482,6 +525,51 @@ mod tests {
     fn text(entry: Outbound) -> Vec<u8> {
         let mut closing = false;
         entry.into_frame(&mut closing).unwrap_or_default().to_vec()
+    }
+
+    /// What one drain hands its transport, and whether it reached the end.
+    fn drained(rx: &mut Receiver, first: Outbound, room: usize) -> (Vec<String>, bool) {
+        let mut seen = Vec::new();
+        let closing = rx.drain(first, |frame, last| {
+            let text = String::from_utf8_lossy(&frame).into_owned();
+            seen.push(if last { format!("{text}!") } else { text });
+            seen.len() < room
+        });
+        (seen, closing)
+    }
+
+    #[test]
+    fn a_drain_takes_what_is_queued_up_to_the_final_entry() {
+        let (tx, mut rx) = channel(8);
+        for entry in [
+            frame("b"),
+            frame("c"),
+            Outbound::close(Some(Bytes::from_static(b"z"))),
+        ] {
+            assert!(tx.try_send(entry).is_ok());
+        }
+        assert!(tx.try_send(frame("after")).is_ok());
+        let (seen, closing) = drained(&mut rx, frame("a"), usize::MAX);
+        assert_eq!(seen, ["a", "b", "c", "z!"]);
+        assert!(closing);
+    }
+
+    #[test]
+    fn a_drain_stops_where_its_transport_says_and_leaves_the_rest() {
+        let (tx, mut rx) = channel(8);
+        for entry in [frame("b"), frame("c")] {
+            assert!(tx.try_send(entry).is_ok());
+        }
+        let (seen, closing) = drained(&mut rx, frame("a"), 2);
+        assert_eq!(seen, ["a", "b"]);
+        assert!(!closing);
+        // Nothing queued after the first: one entry, not the end.
+        let (seen, closing) = drained(&mut rx, frame("x"), usize::MAX);
+        assert_eq!(seen, ["x", "c"]);
+        assert!(!closing);
+        let (seen, closing) = drained(&mut rx, Outbound::close(None), usize::MAX);
+        assert!(seen.is_empty());
+        assert!(closing);
     }
 
     #[tokio::test]

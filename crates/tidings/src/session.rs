@@ -16,6 +16,7 @@ use futures_util::{FutureExt, Stream, StreamExt};
 use tidings_protocol::{
     Close, DecodeError, HubMessage, Invocation, MessageDecoder, Protocol, handshake,
     handshake::HandshakeOutcome,
+    resume::{InboundSequence, SequenceAhead},
 };
 use tokio::{
     sync::Semaphore,
@@ -31,7 +32,6 @@ use crate::{
     endpoint::{Endpoint, Filters},
     filter::InvocationInfo,
     hub::{Hub, MethodKind},
-    resume::InboundSequence,
     upload::{UploadItem, Uploads},
 };
 use tokio_util::sync::CancellationToken;
@@ -507,11 +507,11 @@ impl<H: Hub> Reader<'_, H> {
             HubMessage::Sequence { sequence_id } => {
                 self.sequence
                     .reset(*sequence_id)
-                    .map_err(End::ProtocolViolation)?;
+                    .map_err(|SequenceAhead| End::ProtocolViolation(SequenceAhead::MESSAGE))?;
                 Ok(false)
             }
             message if message.is_trackable() => {
-                let new = self.sequence.accept();
+                let new = self.sequence.accept().is_new();
                 if new {
                     resume.set_received(self.sequence.latest());
                 }

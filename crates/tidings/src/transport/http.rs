@@ -35,6 +35,7 @@ use crate::{
     hub::Hub,
     metrics::TransportMetrics,
     outbox,
+    registry::Registry,
     session::{self, Handshake},
 };
 
@@ -50,8 +51,6 @@ pub(crate) type Inbound = (mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>);
 pub(crate) fn inbound_channel() -> Inbound {
     mpsc::channel(INBOUND_CAPACITY)
 }
-/// Largest batch of messages in one SSE write or poll response.
-const MAX_BATCH: usize = 64 * 1024;
 
 /// One SSE or Long Polling connection, shared by its requests.
 pub(crate) struct HttpConnection {
@@ -82,7 +81,7 @@ impl HttpConnection {
         endpoint: &Arc<Endpoint<H>>,
         init: ConnectionInit,
         transport: TransportType,
-        token: String,
+        (registry, token): (&Registry<Arc<HttpConnection>>, String),
         (slot, inbound): (Option<Slot>, Option<Inbound>),
     ) -> Arc<HttpConnection> {
         let options = &endpoint.shared.options;
@@ -105,18 +104,27 @@ impl HttpConnection {
             metrics: init.metrics.clone(),
             user_id: init.principal.user_id().map(str::to_owned),
         });
+        // Registered before the task starts: the first GET, which comes
+        // back through the registry for its later polls, finds it.
+        let registered = registry.insert(token, Arc::clone(&connection));
         let task = run(
             Arc::clone(endpoint),
             Arc::clone(&connection),
             init,
             in_rx,
             out_tx,
-            token,
         );
+        let grace = options.disconnect_timeout;
         let task = async move {
             // The connection counts under the limits until its task ends.
             let _slot = slot;
             task.await;
+            // Give the client a chance to collect the final messages, then
+            // forget it (the guard removes the registry entry).
+            tokio::spawn(async move {
+                sleep(grace).await;
+                drop(registered);
+            });
         };
         tokio::spawn(endpoint.shutdown.tracker().track_future(task));
         connection
@@ -155,7 +163,6 @@ async fn run<H: Hub>(
     mut init: ConnectionInit,
     inbound: mpsc::Receiver<Bytes>,
     outbound: outbox::Sender,
-    token: String,
 ) {
     let options = &endpoint.shared.options;
     let stop = http.stop.clone();
@@ -208,12 +215,6 @@ async fn run<H: Hub>(
         }
     }
     http.close_inbound();
-    // Give the client a chance to collect the final messages, then forget it.
-    let grace = endpoint.shared.options.disconnect_timeout;
-    tokio::spawn(async move {
-        sleep(grace).await;
-        endpoint.forget_http(&token, &http);
-    });
 }
 
 /// Completes when the connection must end from the transport's side: it
@@ -281,20 +282,11 @@ pub(crate) fn sse(http: Arc<HttpConnection>, keep_alive: Duration) -> Response {
                 () = http.stop.cancelled() => None,
             };
             let mut out = BytesMut::new();
-            let mut closing = false;
-            let mut item = first_item?;
-            loop {
-                if let Some(frame) = http.frame_of(item, &mut closing) {
-                    tidings_protocol::sse::write_event(&frame, &mut out);
-                }
-                if closing || out.len() >= MAX_BATCH {
-                    break;
-                }
-                match rx.try_recv() {
-                    Ok(next) => item = next,
-                    Err(_) => break,
-                }
-            }
+            let closing = rx.drain(first_item?, |frame, _| {
+                http.count_sent(&frame);
+                tidings_protocol::sse::write_event(&frame, &mut out);
+                out.len() < outbox::MAX_BATCH
+            });
             drop(rx);
             if closing {
                 http.finished.cancel();
@@ -315,14 +307,11 @@ pub(crate) fn sse(http: Arc<HttpConnection>, keep_alive: Duration) -> Response {
 }
 
 impl HttpConnection {
-    /// The bytes of one queue entry, counted as sent; sets `closing` at
-    /// the final entry.
-    fn frame_of(&self, item: Outbound, closing: &mut bool) -> Option<Bytes> {
-        let frame = item.into_frame(closing);
-        if let (Some(metrics), Some(frame)) = (&self.metrics, &frame) {
+    /// Counts one frame as sent.
+    fn count_sent(&self, frame: &Bytes) {
+        if let Some(metrics) = &self.metrics {
             metrics.sent(frame.len());
         }
-        frame
     }
 }
 
@@ -380,23 +369,14 @@ pub(crate) async fn poll(
             () = http.stop.cancelled() => None,
         };
         let mut out = BytesMut::new();
-        let mut closing = false;
-        if let Some(mut item) = first_item {
-            loop {
-                if let Some(frame) = http.frame_of(item, &mut closing) {
-                    out.put_slice(&frame);
-                }
-                if closing || out.len() >= MAX_BATCH {
-                    break;
-                }
-                match rx.try_recv() {
-                    Ok(next) => item = next,
-                    Err(_) => break,
-                }
-            }
-        } else {
-            closing = true;
-        }
+        let closing = match first_item {
+            Some(first) => rx.drain(first, |frame, _| {
+                http.count_sent(&frame);
+                out.put_slice(&frame);
+                out.len() < outbox::MAX_BATCH
+            }),
+            None => true,
+        };
         (out, closing)
     };
     token.cancel();

@@ -52,11 +52,10 @@ use crate::{
     endpoint::Endpoint,
     hub::Hub,
     outbox,
+    registry::Registry,
     resume::Resume,
     session::{self, Handshake, InboundChunk, far_future},
-    transport::websocket::{
-        MAX_BATCH, SEND_TIMEOUT, close, close_status, collect, data, frame_message,
-    },
+    transport::websocket::{SEND_TIMEOUT, close, close_status, collect, data, frame_message},
 };
 
 /// How often the server acknowledges what it received (ASP.NET Core's 1 s).
@@ -85,11 +84,6 @@ impl Resumable {
         self.user_id.as_deref()
     }
 
-    /// Whether both are the entry of the same connection.
-    pub(crate) fn same(&self, other: &Resumable) -> bool {
-        self.sockets.same_channel(&other.sockets)
-    }
-
     /// Hands an upgraded socket to the connection. If the connection ended
     /// meanwhile, the socket is closed.
     pub(crate) async fn attach(self, socket: WebSocket) {
@@ -101,13 +95,20 @@ impl Resumable {
     }
 }
 
+/// Where a stateful connection makes itself reachable for re-attaching
+/// sockets: the endpoint's registry, under the connection's secret token.
+pub(crate) struct Reattach {
+    pub registry: Registry<Resumable>,
+    pub token: String,
+}
+
 /// Runs a stateful connection whose first socket completed the handshake.
 pub(crate) async fn serve<H: Hub>(
     endpoint: Arc<Endpoint<H>>,
     (mut sink, stream): (Sink, Source),
     init: ConnectionInit,
     leftover: Vec<u8>,
-    token: String,
+    reattach: Reattach,
 ) {
     let options = &endpoint.shared.options;
     let protocol = init.protocol;
@@ -129,7 +130,7 @@ pub(crate) async fn serve<H: Hub>(
         user_id: init.principal.user_id().map(Arc::from),
     };
     let connection = ConnectionHandle::with_resume(init, tx, Some(Arc::clone(&resume)));
-    endpoint.register_resumable(token.clone(), entry.clone());
+    let registered = reattach.registry.insert(reattach.token, entry);
     tracing::debug!(connection_id = %connection.id(), "stateful reconnect enabled");
 
     let handoff = Arc::new(Handoff::default());
@@ -176,7 +177,7 @@ pub(crate) async fn serve<H: Hub>(
         session::run(Arc::clone(&endpoint), connection, inbound, leftover).await;
         // The logical connection is over: a client trying to re-attach from
         // now on gets 404, while the writer delivers the final Close.
-        endpoint.forget_resumable(&token, &entry);
+        drop(registered);
         ended.cancel();
     };
     tokio::join!(pump.run(), writer.run(options.keep_alive_interval), session);
@@ -636,7 +637,7 @@ impl Writer {
         let mut out =
             session::encode(self.protocol, &HubMessage::Sequence { sequence_id }).to_vec();
         for frame in replay {
-            if out.len() + frame.len() > MAX_BATCH {
+            if out.len() + frame.len() > outbox::MAX_BATCH {
                 self.write(Bytes::from(std::mem::take(&mut out))).await;
             }
             out.extend_from_slice(&frame);

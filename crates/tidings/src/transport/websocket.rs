@@ -68,9 +68,6 @@ pub(crate) fn socket_config(max_message: Option<usize>) -> tungstenite::protocol
         .read_buffer_size(READ_BUFFER)
 }
 
-/// Largest batch the writer builds from queued messages.
-pub(super) const MAX_BATCH: usize = 64 * 1024;
-
 /// Serves one upgraded socket until the connection ends.
 ///
 /// Not an `async fn`: the socket is split before the future is built, so
@@ -80,10 +77,10 @@ pub(crate) fn serve<H: Hub>(
     endpoint: Arc<Endpoint<H>>,
     socket: WebSocket,
     init: Box<ConnectionInit>,
-    resume_token: Option<String>,
+    reattach: Option<resume::Reattach>,
 ) -> impl Future<Output = ()> + Send {
     let (sink, stream) = socket.split();
-    run(endpoint, sink, stream, init, resume_token)
+    run(endpoint, sink, stream, init, reattach)
 }
 
 async fn run<H: Hub>(
@@ -91,7 +88,7 @@ async fn run<H: Hub>(
     mut sink: SplitSink<WebSocket, Message>,
     mut stream: SplitStream<WebSocket>,
     mut init: Box<ConnectionInit>,
-    resume_token: Option<String>,
+    reattach: Option<resume::Reattach>,
 ) {
     let options = &endpoint.shared.options;
     // The close status a failed read asks for; 0 while reads succeed.
@@ -123,7 +120,7 @@ async fn run<H: Hub>(
     init.protocol = protocol;
     // Stateful reconnect: negotiated (with a secret token) and asked for by
     // the handshake's protocol version.
-    if let Some(token) = resume_token.filter(|_| version >= 2) {
+    if let Some(reattach) = reattach.filter(|_| version >= 2) {
         // Boxed: inline, its larger state would be reserved by every
         // connection's task, stateful or not.
         Box::pin(resume::serve(
@@ -131,7 +128,7 @@ async fn run<H: Hub>(
             (sink, stream),
             unbox(init),
             leftover,
-            token,
+            reattach,
         ))
         .await;
         return;
@@ -422,10 +419,11 @@ pub(super) fn frame_message(protocol: Protocol, frame: Bytes) -> Option<Message>
     }
 }
 
-/// Builds one frame from `first` and whatever else is already queued.
-/// Sets `closing` when the queue's final entry was reached. `admit` sees
-/// every message taken (the final Close excepted) and stops the batch by
-/// returning false.
+/// Builds one WebSocket message's bytes from `first` and whatever else is
+/// already queued ([`outbox::Receiver::drain`]). Sets `closing` when the
+/// queue's final entry was reached. `admit` sees every message taken (the
+/// final Close excepted) and stops the batch by returning false. A single
+/// message is returned as it is, without a copy.
 pub(super) fn collect(
     first: Outbound,
     rx: &mut outbox::Receiver,
@@ -433,31 +431,21 @@ pub(super) fn collect(
     closing: &mut bool,
     mut admit: impl FnMut(&Bytes) -> bool,
 ) -> Option<Bytes> {
-    let mut more = true;
-    let mut take = |item: Outbound, closing: &mut bool, more: &mut bool| {
-        let bytes = item.into_frame(closing);
-        if let Some(bytes) = bytes.as_ref().filter(|_| !*closing) {
-            *more = admit(bytes);
-        }
-        bytes
-    };
-    let mut single = take(first, closing, &mut more);
-    if *closing || !more {
-        return single;
-    }
+    let mut single: Option<Bytes> = None;
     batch.clear();
-    while let Ok(next) = rx.try_recv() {
-        let next = take(next, closing, &mut more);
-        if let Some(next) = next {
-            if let Some(first) = single.take() {
-                batch.extend_from_slice(&first);
+    *closing = rx.drain(first, |frame, last| {
+        let more = last || admit(&frame);
+        match single.take() {
+            None if batch.is_empty() => single = Some(frame),
+            first => {
+                if let Some(first) = first {
+                    batch.extend_from_slice(&first);
+                }
+                batch.extend_from_slice(&frame);
             }
-            batch.extend_from_slice(&next);
         }
-        if *closing || !more || batch.len() >= MAX_BATCH {
-            break;
-        }
-    }
+        more && batch.len() < outbox::MAX_BATCH
+    });
     if batch.is_empty() {
         single
     } else {
