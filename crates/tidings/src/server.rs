@@ -7,7 +7,7 @@ use axum::{Router, http::request::Parts};
 
 use crate::{
     AuthError, Authenticator, Backplane, BoxFuture, Cluster, ConnectionLimits, Hub, HubContext,
-    HubEndpoint, HubOptions, Metrics, Principal, Shutdown, backplane::MemoryBackplane,
+    HubEndpoint, HubOptions, HubPaths, Metrics, Principal, Shutdown, backplane::MemoryBackplane,
 };
 
 /// The hubs of one server, ready to be served: an axum [`Router`] to merge
@@ -76,7 +76,30 @@ impl Server {
     /// The routes of every hub, each at its path: merge them with the
     /// application's routes (`app.merge(server.router())`), layers added
     /// to the merged router apply to the hubs too.
+    ///
+    /// Hub paths match as ASP.NET Core matches them, without regard to case
+    /// and with an optional trailing slash: the router's fallback sends
+    /// `/HUBS/Chat/negotiate/` to the hub at `/hubs/chat` (see
+    /// [`HubPaths`]). An application with a fallback of its own (axum
+    /// refuses to merge two) wraps its whole app in
+    /// [`hub_paths`](Self::hub_paths) instead.
     pub fn router<S>(&self) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        let hubs = self.hub_routes::<()>();
+        self.hub_routes()
+            .fallback_service(self.hub_paths().route(hubs))
+    }
+
+    /// The hubs' paths, for routing a whole application's requests to them
+    /// as ASP.NET Core does (`server.hub_paths().route(app)`).
+    pub fn hub_paths(&self) -> HubPaths {
+        HubPaths::new(self.hubs.iter().map(|hub| hub.path.clone()))
+    }
+
+    /// Each hub's routes at its exact path.
+    fn hub_routes<S>(&self) -> Router<S>
     where
         S: Clone + Send + Sync + 'static,
     {

@@ -119,6 +119,26 @@ async fn two_hubs_share_authentication_and_limits_beside_app_routes_and_layers()
         assert_eq!(refused.status(), 401, "{hub} without a token");
     }
 
+    // Hub paths match as ASP.NET Core matches them: any case, with or
+    // without a trailing slash; other paths stay unknown.
+    let refused = negotiate(address, "/HUBS/Alpha", None).await?;
+    assert_eq!(refused.status(), 401, "/HUBS/Alpha reaches the hub");
+    let stream = tokio::net::TcpStream::connect(address).await?;
+    let mut client = Client::http1(stream, &format!("http://{address}")).await?;
+    let slash = client
+        .send(
+            "POST",
+            "/Hubs/Beta/negotiate/?negotiateVersion=1",
+            &[],
+            None,
+        )
+        .await?;
+    assert_eq!(slash.status(), 401, "/Hubs/Beta/negotiate/ reaches the hub");
+    let unknown = client
+        .send("POST", "/hubs/gamma/negotiate", &[], None)
+        .await?;
+    assert_eq!(unknown.status(), 404, "no hub at /hubs/gamma");
+
     // The application's route is served beside the hubs.
     let stream = tokio::net::TcpStream::connect(address).await?;
     let mut client = Client::http1(stream, &format!("http://{address}")).await?;
