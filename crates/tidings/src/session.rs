@@ -534,8 +534,11 @@ impl<H: Hub> Reader<'_, H> {
             }
             HubMessage::Close(close) => Some(End::ClientClosed(close.error)),
             HubMessage::CancelInvocation(cancel) => {
-                // Unknown ids are ignored, as in ASP.NET Core.
-                if let Some(token) = self.streams.remove(&cancel.invocation_id) {
+                // Unknown ids are ignored, as in ASP.NET Core. The entry stays
+                // until the stream's task ends (`finished`), so an id is not
+                // reused while its stream still runs, and the ending stream
+                // cannot remove a successor's entry.
+                if let Some(token) = self.streams.get(&cancel.invocation_id) {
                     token.cancel();
                 }
                 None
