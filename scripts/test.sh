@@ -36,6 +36,17 @@ cargo clippy -p tidings --all-targets -- -D warnings
 # it); check the client without it.
 cargo clippy -p tidings-client --all-targets -- -D warnings
 
+step "cargo doc"
+# Broken intra-doc links and other rustdoc warnings fail the run; so does
+# Cargo's warning of two targets writing the same docs (a binary named like a
+# library would replace the library's docs), which no flag turns into an error.
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps 2> target/doc.log \
+    || { cat target/doc.log; exit 1; }
+if grep -q 'output filename collision' target/doc.log; then
+    cat target/doc.log
+    exit 1
+fi
+
 step "cargo test"
 if ! wait "$venv_pid"; then
     cat target/aiosignalr-venv.log >&2

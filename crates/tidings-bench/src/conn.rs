@@ -31,7 +31,7 @@ use tokio_tungstenite::{
 /// Which server a connection talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum ServerKind {
+pub(crate) enum ServerKind {
     /// A tidings (SignalR) server: handshake, hub methods.
     Tidings,
     /// The raw WebSocket baseline: no handshake, frames echoed or forwarded.
@@ -39,7 +39,7 @@ pub enum ServerKind {
 }
 
 impl ServerKind {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             ServerKind::Tidings => "tidings",
             ServerKind::Raw => "raw",
@@ -49,7 +49,7 @@ impl ServerKind {
 
 /// Where and how to connect.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     pub kind: ServerKind,
     pub server: SocketAddr,
     /// Further servers of a cluster: listeners are spread over `server` and
@@ -64,7 +64,7 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// The server the listener with this global index connects to.
-    pub fn listener_server(&self, index: usize) -> SocketAddr {
+    pub(crate) fn listener_server(&self, index: usize) -> SocketAddr {
         match index % (self.peers.len() + 1) {
             0 => self.server,
             n => self.peers[n - 1],
@@ -77,11 +77,11 @@ mod protocol_name {
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
     use tidings_protocol::Protocol;
 
-    pub fn serialize<S: Serializer>(protocol: &Protocol, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(protocol: &Protocol, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(protocol.name())
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Protocol, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Protocol, D::Error> {
         let name = String::deserialize(d)?;
         Protocol::from_name(&name)
             .ok_or_else(|| D::Error::custom(format!("unknown protocol {name}")))
@@ -90,7 +90,7 @@ mod protocol_name {
 
 /// Source addresses 127.0.0.2, 127.0.0.3, …: each has its own ephemeral port
 /// range, so the number of connections is not limited by one range.
-pub fn source_address(index: usize, count: usize) -> Ipv4Addr {
+pub(crate) fn source_address(index: usize, count: usize) -> Ipv4Addr {
     let n = (index % count.max(1)) as u32;
     Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 0, 2)) + n)
 }
@@ -105,7 +105,7 @@ fn config() -> WebSocketConfig {
 }
 
 /// An open connection.
-pub struct Conn {
+pub(crate) struct Conn {
     ws: WebSocketStream<TcpStream>,
     protocol: Protocol,
     decoder: MessageDecoder,
@@ -123,7 +123,7 @@ impl std::fmt::Debug for Conn {
 impl Conn {
     /// Opens a TCP connection from `source`, upgrades it to a WebSocket at
     /// `path_and_query`, and (for tidings) completes the SignalR handshake.
-    pub async fn open(
+    pub(crate) async fn open(
         endpoint: &Endpoint,
         server: SocketAddr,
         path_and_query: &str,
@@ -185,7 +185,7 @@ impl Conn {
     }
 
     /// Sends one hub message in the connection's protocol.
-    pub async fn send(&mut self, message: &HubMessage) -> anyhow::Result<()> {
+    pub(crate) async fn send(&mut self, message: &HubMessage) -> anyhow::Result<()> {
         self.out.clear();
         self.protocol.write_message(message, &mut self.out)?;
         let frame = Bytes::copy_from_slice(&self.out);
@@ -193,7 +193,7 @@ impl Conn {
     }
 
     /// Sends bytes already framed in the connection's protocol.
-    pub async fn send_frame(&mut self, frame: Bytes) -> anyhow::Result<()> {
+    pub(crate) async fn send_frame(&mut self, frame: Bytes) -> anyhow::Result<()> {
         let message = match self.protocol {
             Protocol::Json => Message::Text(
                 tungstenite::Utf8Bytes::try_from(frame).context("JSON frame is not UTF-8")?,
@@ -207,7 +207,7 @@ impl Conn {
     /// The next hub message; `Ok(None)` when the connection closed.
     ///
     /// Cancel-safe: a message is taken from the decoder only when returned.
-    pub async fn recv(&mut self) -> anyhow::Result<Option<HubMessage>> {
+    pub(crate) async fn recv(&mut self) -> anyhow::Result<Option<HubMessage>> {
         loop {
             if let Some(message) = self.decoder.next_message()? {
                 return Ok(Some(message));
@@ -223,7 +223,7 @@ impl Conn {
     }
 
     /// Closes the WebSocket politely, waiting briefly for the server.
-    pub async fn close(mut self) {
+    pub(crate) async fn close(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             let _ = self.ws.close(None).await;
             while let Some(Ok(_)) = self.ws.next().await {}

@@ -16,7 +16,7 @@ fn ms(value: f64) -> String {
 }
 
 /// Human form of a count per second.
-pub fn per_second(value: f64) -> String {
+pub(crate) fn per_second(value: f64) -> String {
     if value >= 10_000.0 {
         format!("{:.0}k", value / 1000.0)
     } else {
@@ -26,7 +26,7 @@ pub fn per_second(value: f64) -> String {
 
 /// One line per report: what ran, throughput, latency percentiles, errors,
 /// deliveries and memory.
-pub fn table(reports: &[Report]) -> String {
+pub(crate) fn table(reports: &[Report]) -> String {
     let mut out = String::new();
     out.push_str("| scenario | server | protocol | connections | rate/s | throughput/s | p50 ms | p90 ms | p99 ms | max ms | errors | delivered | RSS/conn |\n");
     out.push_str("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
@@ -77,7 +77,7 @@ pub fn table(reports: &[Report]) -> String {
 
 /// Latency against percentile (x: 0 to 99.99 on a "nines" scale), one line
 /// per report.
-pub fn svg(reports: &[Report], title: &str) -> String {
+pub(crate) fn svg(reports: &[Report], title: &str) -> String {
     const W: f64 = 720.0;
     const H: f64 = 420.0;
     const LEFT: f64 = 60.0;

@@ -25,7 +25,7 @@ use crate::{
 
 /// Everything a run needs besides its phases.
 #[derive(Debug, Clone)]
-pub struct RunConfig {
+pub(crate) struct RunConfig {
     pub endpoint: Endpoint,
     pub scenario: Scenario,
     /// Connections (listeners, for fan-out) of the whole run.
@@ -49,7 +49,7 @@ pub struct RunConfig {
 impl Report {
     /// The server column of a table: `tidings`, `raw`, or `tidings ×3` for
     /// a cluster run.
-    pub fn server_label(&self) -> String {
+    pub(crate) fn server_label(&self) -> String {
         match (self.scenario, self.servers) {
             (Scenario::Cluster, n) => format!("{} ×{n} + Redis", self.server.name()),
             _ => self.server.name().to_owned(),
@@ -63,7 +63,7 @@ fn one() -> usize {
 
 /// Resident memory of the server around an idle run.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
-pub struct Rss {
+pub(crate) struct Rss {
     pub before_kib: u64,
     pub after_kib: u64,
     pub per_connection_bytes: f64,
@@ -71,7 +71,7 @@ pub struct Rss {
 
 /// The measured outcome of one phase of a run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub scenario: Scenario,
     pub server: ServerKind,
     /// Server processes the listeners were spread over.
@@ -105,7 +105,7 @@ pub struct Report {
 
 impl Report {
     /// Whether every expected fan-out delivery arrived.
-    pub fn all_delivered(&self) -> bool {
+    pub(crate) fn all_delivered(&self) -> bool {
         self.expected.is_none_or(|e| self.ops >= e)
     }
 }
@@ -116,7 +116,7 @@ struct WorkerProc {
 }
 
 /// Reads the resident set size of a process, in KiB.
-pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("cannot read /proc/{pid}/status"))?;
     status
@@ -140,7 +140,7 @@ fn bar(progress: bool, length: u64, template: &str) -> ProgressBar {
 /// Runs `phases` one after the other on one set of connections.
 ///
 /// `keep_going` sees each report and may end the run early (for a rate ramp).
-pub async fn run(
+pub(crate) async fn run(
     config: &RunConfig,
     phases: &[Phase],
     mut keep_going: impl FnMut(&Report) -> bool,

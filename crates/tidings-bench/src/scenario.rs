@@ -8,7 +8,7 @@ use crate::conn::{Endpoint, ServerKind};
 /// The scenarios of the load generator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
-pub enum Scenario {
+pub(crate) enum Scenario {
     /// N connections each invoke `Echo` and await the answer, in a loop.
     Echo,
     /// N listeners, one sender: every message goes to every listener.
@@ -25,7 +25,7 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Scenario::Echo => "echo",
             Scenario::Broadcast => "broadcast",
@@ -37,7 +37,7 @@ impl Scenario {
     }
 
     /// Whether connections are fan-out listeners with senders.
-    pub fn is_fanout(self) -> bool {
+    pub(crate) fn is_fanout(self) -> bool {
         matches!(
             self,
             Scenario::Broadcast | Scenario::Group | Scenario::Cluster
@@ -47,7 +47,7 @@ impl Scenario {
 
 /// The part of a run one worker process carries.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WorkerSpec {
+pub(crate) struct WorkerSpec {
     pub endpoint: Endpoint,
     pub scenario: Scenario,
     /// Global index of this worker's first connection.
@@ -67,25 +67,25 @@ pub struct WorkerSpec {
 }
 
 impl WorkerSpec {
-    pub fn groups(&self) -> usize {
+    pub(crate) fn groups(&self) -> usize {
         self.total.div_ceil(self.group_size.max(1)).max(1)
     }
 
     /// The group a listener belongs to.
-    pub fn group_of(&self, index: usize) -> usize {
+    pub(crate) fn group_of(&self, index: usize) -> usize {
         index / self.group_size.max(1)
     }
 
     /// The groups whose sender this worker owns: the sender of a group lives
     /// with the group's first listener.
-    pub fn sender_groups(&self) -> impl Iterator<Item = usize> + '_ {
+    pub(crate) fn sender_groups(&self) -> impl Iterator<Item = usize> + '_ {
         (0..self.groups()).filter(|g| {
             let first = g * self.group_size.max(1);
             first >= self.first && first < self.first + self.count
         })
     }
 
-    pub fn group_name(&self, group: usize) -> String {
+    pub(crate) fn group_name(&self, group: usize) -> String {
         match self.scenario {
             Scenario::Broadcast | Scenario::Cluster => "all".to_owned(),
             _ => format!("g{group}"),
@@ -93,7 +93,7 @@ impl WorkerSpec {
     }
 
     /// The path (and query) a connection upgrades at.
-    pub fn path(&self, role: Role) -> String {
+    pub(crate) fn path(&self, role: Role) -> String {
         match (self.endpoint.kind, role) {
             (ServerKind::Tidings, _) => self.endpoint.hub_path.clone(),
             (ServerKind::Raw, Role::Listener(g)) => format!("/fanout?group={}", self.group_name(g)),
@@ -107,7 +107,7 @@ impl WorkerSpec {
 
 /// What one connection does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+pub(crate) enum Role {
     Echo,
     Listener(usize),
     Sender(usize),
@@ -116,7 +116,7 @@ pub enum Role {
 /// One measured phase over the connections a worker holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Phase {
+pub(crate) enum Phase {
     Echo {
         duration_ms: u64,
         warmup_ms: u64,
@@ -139,7 +139,7 @@ pub enum Phase {
 impl Phase {
     /// Messages each sender sends in a fan-out phase: the same for every
     /// sender, so every listener knows how many to expect.
-    pub fn per_sender(rate: f64, duration_ms: u64, groups: usize) -> u64 {
+    pub(crate) fn per_sender(rate: f64, duration_ms: u64, groups: usize) -> u64 {
         ((rate * duration_ms as f64 / 1000.0 / groups as f64).round() as u64).max(1)
     }
 }
@@ -147,7 +147,7 @@ impl Phase {
 /// A command to a worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Command {
+pub(crate) enum Command {
     Run {
         id: u32,
         phase: Phase,
@@ -161,7 +161,7 @@ pub enum Command {
 /// A line from a worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Event {
+pub(crate) enum Event {
     Connecting {
         done: usize,
     },
@@ -179,7 +179,7 @@ pub enum Event {
 
 /// What one worker measured in one phase.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct PhaseResult {
+pub(crate) struct PhaseResult {
     /// Completed operations: echoes, deliveries, or connects.
     pub ops: u64,
     pub errors: u64,

@@ -24,14 +24,14 @@ use serde::{Deserialize, Serialize};
 /// significant digits.
 const HIGHEST_US: u64 = 300_000_000;
 
-pub fn new_histogram() -> Histogram<u64> {
+pub(crate) fn new_histogram() -> Histogram<u64> {
     // The bounds are constants that HdrHistogram accepts.
     Histogram::new_with_bounds(1, HIGHEST_US, 3).unwrap_or_else(|_| Histogram::new(3).expect("3"))
 }
 
 /// A latency recorder shared by the tasks of one phase.
 #[derive(Clone)]
-pub struct Recorder {
+pub(crate) struct Recorder {
     /// Identity of this recorder, so that a thread's shard is replaced when
     /// a new phase's recorder is used on it.
     id: u64,
@@ -48,7 +48,7 @@ thread_local! {
 }
 
 impl Recorder {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Recorder {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             shards: Arc::default(),
@@ -56,11 +56,11 @@ impl Recorder {
     }
 
     /// Records one latency.
-    pub fn record(&self, latency: Duration) {
+    pub(crate) fn record(&self, latency: Duration) {
         self.record_us(latency.as_micros() as u64);
     }
 
-    pub fn record_us(&self, us: u64) {
+    pub(crate) fn record_us(&self, us: u64) {
         let us = us.clamp(1, HIGHEST_US);
         SHARD.with(|cell| {
             let mut cell = cell.borrow_mut();
@@ -83,7 +83,7 @@ impl Recorder {
     }
 
     /// Everything recorded so far, merged.
-    pub fn merged(&self) -> Histogram<u64> {
+    pub(crate) fn merged(&self) -> Histogram<u64> {
         let mut total = new_histogram();
         if let Ok(shards) = self.shards.lock() {
             for shard in shards.iter() {
@@ -102,7 +102,7 @@ impl std::fmt::Debug for Recorder {
     }
 }
 
-pub fn encode(h: &Histogram<u64>) -> anyhow::Result<String> {
+pub(crate) fn encode(h: &Histogram<u64>) -> anyhow::Result<String> {
     let mut out = Vec::new();
     V2Serializer::new()
         .serialize(h, &mut out)
@@ -110,7 +110,7 @@ pub fn encode(h: &Histogram<u64>) -> anyhow::Result<String> {
     Ok(base64::engine::general_purpose::STANDARD.encode(out))
 }
 
-pub fn decode(text: &str) -> anyhow::Result<Histogram<u64>> {
+pub(crate) fn decode(text: &str) -> anyhow::Result<Histogram<u64>> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(text)
         .context("histogram is not base64")?;
@@ -121,7 +121,7 @@ pub fn decode(text: &str) -> anyhow::Result<Histogram<u64>> {
 
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
-pub struct Latency {
+pub(crate) struct Latency {
     pub count: u64,
     pub mean_ms: f64,
     pub p50_ms: f64,
@@ -131,7 +131,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    pub fn of(h: &Histogram<u64>) -> Self {
+    pub(crate) fn of(h: &Histogram<u64>) -> Self {
         if h.is_empty() {
             return Latency::default();
         }
@@ -148,7 +148,7 @@ impl Latency {
 }
 
 /// Points of the latency distribution for a plot: (percentile, ms).
-pub fn distribution(h: &Histogram<u64>) -> Vec<(f64, f64)> {
+pub(crate) fn distribution(h: &Histogram<u64>) -> Vec<(f64, f64)> {
     if h.is_empty() {
         return Vec::new();
     }
@@ -171,7 +171,7 @@ pub fn distribution(h: &Histogram<u64>) -> Vec<(f64, f64)> {
 /// Rank-based and exact, because the rounds of a shared virtual machine are
 /// few and not normally distributed (an unlucky round can be 50 % off).
 /// `None` if a side is empty or the pool is too large to enumerate.
-pub fn higher_rounds(a: &[f64], b: &[f64]) -> Option<RankTest> {
+pub(crate) fn higher_rounds(a: &[f64], b: &[f64]) -> Option<RankTest> {
     const MAX_POOL: usize = 20;
     let (na, pool): (usize, Vec<f64>) = (a.len(), a.iter().chain(b).copied().collect());
     if na == 0 || b.is_empty() || pool.len() > MAX_POOL {
@@ -217,7 +217,7 @@ pub fn higher_rounds(a: &[f64], b: &[f64]) -> Option<RankTest> {
 
 /// See [`higher_rounds`].
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RankTest {
+pub(crate) struct RankTest {
     pub higher_pairs: f64,
     pub pairs: usize,
     pub p_value: f64,

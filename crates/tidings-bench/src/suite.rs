@@ -46,7 +46,7 @@ const IDLE_TARGET_BYTES: f64 = 8.0 * 1024.0;
 const MACHINE_BYTES: f64 = 24.0 * 1024.0 * 1024.0 * 1024.0;
 
 #[derive(Debug, Clone, clap::Args)]
-pub struct SuiteArgs {
+pub(crate) struct SuiteArgs {
     /// Directory for results.json, results.md and the plots.
     #[arg(long, default_value = "bench-results")]
     out_dir: PathBuf,
@@ -361,7 +361,7 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     Ok(dir.join(name))
 }
 
-pub async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(mut args: SuiteArgs) -> anyhow::Result<()> {
     args.shrink();
     let server_bin = match &args.server_bin {
         Some(path) => path.clone(),

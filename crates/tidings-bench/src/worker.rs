@@ -32,7 +32,7 @@ use crate::{
 };
 
 /// Prints one event line for the coordinator.
-pub fn emit(event: &Event) {
+pub(crate) fn emit(event: &Event) {
     if let Ok(line) = serde_json::to_string(event) {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");
@@ -40,7 +40,7 @@ pub fn emit(event: &Event) {
     }
 }
 
-pub fn unix_us() -> u64 {
+pub(crate) fn unix_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
@@ -83,7 +83,7 @@ struct Worker {
 }
 
 /// Runs a worker to the end of its command stream.
-pub async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
+pub(crate) async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
     let worker = Arc::new(Worker {
         padding: "x".repeat(spec.payload),
         spec,

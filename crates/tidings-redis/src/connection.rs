@@ -32,7 +32,7 @@ pub(crate) enum Client {
 
 impl Client {
     /// A new connection whose pushed messages go to `pushes`.
-    pub async fn connect(
+    pub(crate) async fn connect(
         &self,
         pushes: mpsc::UnboundedSender<PushInfo>,
         timeout: std::time::Duration,
@@ -72,7 +72,7 @@ pub(crate) enum Connection {
 impl Connection {
     /// The command that publishes to a channel: `PUBLISH` on a single
     /// node, `SPUBLISH` (to the channel's shard only) on a cluster.
-    pub fn publish_command(&self) -> &'static str {
+    pub(crate) fn publish_command(&self) -> &'static str {
         match self {
             Connection::Node(_) => "PUBLISH",
             Connection::Cluster(_) => "SPUBLISH",
@@ -80,7 +80,7 @@ impl Connection {
     }
 
     /// Subscribes to `channels` (sharded channels on a cluster).
-    pub async fn subscribe(&mut self, channels: &[String]) -> RedisResult<()> {
+    pub(crate) async fn subscribe(&mut self, channels: &[String]) -> RedisResult<()> {
         match self {
             Connection::Node(connection) => connection.subscribe(channels).await,
             Connection::Cluster(connection) => {
@@ -96,7 +96,7 @@ impl Connection {
     }
 
     /// Unsubscribes from `channels`.
-    pub async fn unsubscribe(&mut self, channels: &[String]) -> RedisResult<()> {
+    pub(crate) async fn unsubscribe(&mut self, channels: &[String]) -> RedisResult<()> {
         match self {
             Connection::Node(connection) => connection.unsubscribe(channels).await,
             Connection::Cluster(connection) => {

@@ -1,6 +1,6 @@
 //! # tidings-redis
 //!
-//! A Redis backplane for [tidings](tidings): several tidings servers behind
+//! A Redis backplane for [tidings]: several tidings servers behind
 //! a load balancer act as one. A message to all clients, a group, a user or
 //! one connection reaches it on whichever server it is connected to; group
 //! membership works for connections of any server; client results reach a

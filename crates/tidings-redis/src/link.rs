@@ -175,7 +175,7 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 impl Link {
-    pub fn new(client: Client, options: RedisOptions, server_id: String) -> Arc<Self> {
+    pub(crate) fn new(client: Client, options: RedisOptions, server_id: String) -> Arc<Self> {
         Arc::new(Link {
             client,
             options,
@@ -200,12 +200,12 @@ impl Link {
     }
 
     /// Starts the supervisor and the publisher.
-    pub fn start(self: &Arc<Self>) {
+    pub(crate) fn start(self: &Arc<Self>) {
         tokio::spawn(supervise(Arc::clone(self)));
         tokio::spawn(publish_loop(Arc::clone(self)));
     }
 
-    pub fn stats(&self) -> BackplaneStats {
+    pub(crate) fn stats(&self) -> BackplaneStats {
         let c = &self.counters;
         BackplaneStats {
             published: c.published.load(Ordering::Relaxed),
@@ -219,19 +219,19 @@ impl Link {
     }
 
     /// The connection, if the link is up now.
-    pub fn connection(&self) -> Option<Connection> {
+    pub(crate) fn connection(&self) -> Option<Connection> {
         match &*self.state.borrow() {
             State::Up { connection, .. } => Some(connection.clone()),
             State::Down => None,
         }
     }
 
-    pub fn subscribe_state(&self) -> watch::Receiver<State> {
+    pub(crate) fn subscribe_state(&self) -> watch::Receiver<State> {
         self.state.subscribe()
     }
 
     /// Waits until the link is up (or `wait` passed).
-    pub async fn wait_up(&self, wait: Duration) -> bool {
+    pub(crate) async fn wait_up(&self, wait: Duration) -> bool {
         let mut state = self.state.subscribe();
         timeout(wait, state.wait_for(|s| matches!(s, State::Up { .. })))
             .await
@@ -239,14 +239,14 @@ impl Link {
     }
 
     /// The next publish sequence number.
-    pub fn next_seq(&self) -> u64 {
+    pub(crate) fn next_seq(&self) -> u64 {
         self.seq.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Makes `channel` wanted (true) or not (false) and returns the change's
     /// generation, for [`wait_applied`](Self::wait_applied). Callers that
     /// must order changes of one channel hold their own lock around it.
-    pub fn want(&self, channel: String, route: Option<Route>) -> u64 {
+    pub(crate) fn want(&self, channel: String, route: Option<Route>) -> u64 {
         {
             let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
             match route {
@@ -268,7 +268,7 @@ impl Link {
         generation
     }
 
-    pub fn is_wanted(&self, channel: &str) -> bool {
+    pub(crate) fn is_wanted(&self, channel: &str) -> bool {
         self.routes
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -278,7 +278,7 @@ impl Link {
     /// Waits until the subscription changes up to `generation` reached
     /// Redis. Returns at once while the link is down (the changes are made
     /// when it is back) and gives up after the command timeout.
-    pub async fn wait_applied(&self, generation: u64) {
+    pub(crate) async fn wait_applied(&self, generation: u64) {
         let mut applied = self.applied.subscribe();
         let mut state = self.state.subscribe();
         let _ = timeout(self.options.command_timeout, async {
@@ -300,7 +300,7 @@ impl Link {
 
     /// Queues a publish; never waits. Returns false if the outbox is full
     /// (the message is dropped and counted).
-    pub fn publish(&self, channel: String, payload: Bytes) -> bool {
+    pub(crate) fn publish(&self, channel: String, payload: Bytes) -> bool {
         let mut outbox = lock(&self.outbox);
         let full = outbox.queue.len() >= self.options.buffer_messages
             || outbox.bytes + payload.len() > self.options.buffer_bytes;
@@ -337,7 +337,7 @@ impl Link {
     /// everything over one connection (one lane); a cluster delivers each
     /// shard's messages over a connection of its own, so messages of
     /// different slots may overtake each other.
-    pub fn lane(&self, channel: &str) -> u16 {
+    pub(crate) fn lane(&self, channel: &str) -> u16 {
         if self.options.cluster {
             slot(channel)
         } else {
@@ -362,7 +362,7 @@ impl Link {
     }
 
     /// Filters received envelopes: not from this server, not seen before.
-    pub fn accept(&self, origin: Option<&str>, seq: Option<u64>, lane: u16) -> bool {
+    pub(crate) fn accept(&self, origin: Option<&str>, seq: Option<u64>, lane: u16) -> bool {
         match (origin, seq) {
             (Some(origin), _) if origin == self.server_id => false,
             (Some(origin), Some(seq)) => {

@@ -98,7 +98,7 @@ pub(crate) struct Presence {
 }
 
 impl Presence {
-    pub fn new(base: &str) -> Self {
+    pub(crate) fn new(base: &str) -> Self {
         Presence {
             root: format!("{{{base}}}:presence"),
             script: Script::new(SCRIPT),
@@ -117,7 +117,7 @@ impl Presence {
         invocation.invoke_async(connection).await
     }
 
-    pub async fn connect(
+    pub(crate) async fn connect(
         &self,
         connection: &mut Connection,
         id: &str,
@@ -132,18 +132,26 @@ impl Presence {
         .map(drop)
     }
 
-    pub async fn disconnect(&self, connection: &mut Connection, id: &str) -> RedisResult<()> {
+    pub(crate) async fn disconnect(
+        &self,
+        connection: &mut Connection,
+        id: &str,
+    ) -> RedisResult<()> {
         self.run::<i64>(connection, &["disconnect", id])
             .await
             .map(drop)
     }
 
     /// Forgets every connection of `server`; returns how many.
-    pub async fn purge(&self, connection: &mut Connection, server: &str) -> RedisResult<i64> {
+    pub(crate) async fn purge(
+        &self,
+        connection: &mut Connection,
+        server: &str,
+    ) -> RedisResult<i64> {
         self.run(connection, &["purge", server]).await
     }
 
-    pub async fn join(
+    pub(crate) async fn join(
         &self,
         connection: &mut Connection,
         id: &str,
@@ -154,7 +162,7 @@ impl Presence {
             .map(drop)
     }
 
-    pub async fn leave(
+    pub(crate) async fn leave(
         &self,
         connection: &mut Connection,
         id: &str,
@@ -165,7 +173,7 @@ impl Presence {
             .map(drop)
     }
 
-    pub async fn members(
+    pub(crate) async fn members(
         &self,
         connection: &mut Connection,
         group: &str,
@@ -180,7 +188,7 @@ impl Presence {
             .collect())
     }
 
-    pub async fn connections_of_user(
+    pub(crate) async fn connections_of_user(
         &self,
         connection: &mut Connection,
         user: &str,
@@ -191,7 +199,7 @@ impl Presence {
             .await
     }
 
-    pub async fn groups_of(
+    pub(crate) async fn groups_of(
         &self,
         connection: &mut Connection,
         id: &str,
@@ -202,7 +210,7 @@ impl Presence {
             .await
     }
 
-    pub async fn user_count(&self, connection: &mut Connection) -> RedisResult<usize> {
+    pub(crate) async fn user_count(&self, connection: &mut Connection) -> RedisResult<usize> {
         redis::cmd("HLEN")
             .arg(format!("{}:users", self.root))
             .query_async(connection)
@@ -210,7 +218,7 @@ impl Presence {
     }
 
     /// The server holding a connection, if it is connected anywhere.
-    pub async fn owner(
+    pub(crate) async fn owner(
         &self,
         connection: &mut Connection,
         id: &str,
@@ -224,7 +232,7 @@ impl Presence {
     }
 
     /// The connections registered for `server`.
-    pub async fn connections_of_server(
+    pub(crate) async fn connections_of_server(
         &self,
         connection: &mut Connection,
         server: &str,

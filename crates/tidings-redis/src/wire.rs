@@ -31,41 +31,41 @@ pub(crate) struct Channels {
 impl Channels {
     /// `prefix` is prepended verbatim (StackExchange.Redis's
     /// `ChannelPrefix`), `hub` is the hub's name (.NET: its full type name).
-    pub fn new(prefix: &str, hub: &str) -> Self {
+    pub(crate) fn new(prefix: &str, hub: &str) -> Self {
         Channels {
             base: format!("{prefix}{hub}"),
         }
     }
 
-    pub fn base(&self) -> &str {
+    pub(crate) fn base(&self) -> &str {
         &self.base
     }
 
-    pub fn all(&self) -> String {
+    pub(crate) fn all(&self) -> String {
         format!("{}:all", self.base)
     }
 
-    pub fn connection(&self, id: &str) -> String {
+    pub(crate) fn connection(&self, id: &str) -> String {
         format!("{}:connection:{id}", self.base)
     }
 
-    pub fn group(&self, group: &str) -> String {
+    pub(crate) fn group(&self, group: &str) -> String {
         format!("{}:group:{group}", self.base)
     }
 
-    pub fn user(&self, user: &str) -> String {
+    pub(crate) fn user(&self, user: &str) -> String {
         format!("{}:user:{user}", self.base)
     }
 
-    pub fn group_management(&self) -> String {
+    pub(crate) fn group_management(&self) -> String {
         format!("{}:internal:groups", self.base)
     }
 
-    pub fn ack(&self, server: &str) -> String {
+    pub(crate) fn ack(&self, server: &str) -> String {
         format!("{}:internal:ack:{server}", self.base)
     }
 
-    pub fn return_results(&self, server: &str) -> String {
+    pub(crate) fn return_results(&self, server: &str) -> String {
         format!("{}:internal:return:{server}", self.base)
     }
 }
@@ -115,7 +115,7 @@ fn write_array_len(out: &mut Vec<u8>, len: usize) {
 }
 
 impl Envelope {
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(
             32 + self.json.as_ref().map_or(0, |b| b.len())
                 + self.msgpack.as_ref().map_or(0, |b| b.len()),
@@ -182,7 +182,7 @@ impl Envelope {
         out
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<Self, Malformed> {
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, Malformed> {
         let items = read_array(bytes)?;
         if items.len() < 2 {
             return Err(Malformed("an invocation has at least two items"));
@@ -246,7 +246,7 @@ pub(crate) struct GroupCommand {
 }
 
 impl GroupCommand {
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64);
         write_array_len(&mut out, 5);
         let _ = rmp::encode::write_sint(&mut out, i64::from(self.id));
@@ -257,7 +257,7 @@ impl GroupCommand {
         out
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<Self, Malformed> {
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, Malformed> {
         let items = read_array(bytes)?;
         let [id, server, action, group, connection_id, ..] = items.as_slice() else {
             return Err(Malformed("a group command has five items"));

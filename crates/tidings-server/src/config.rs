@@ -43,7 +43,7 @@ use tidings_redis::RedisOptions;
 use tidings_service::{AccessKey, UpstreamOptions};
 
 /// The hubs the server has code for.
-pub const BUILT_IN_HUBS: [&str; 3] = ["chat", "test", "dashboard"];
+pub(crate) const BUILT_IN_HUBS: [&str; 3] = ["chat", "test", "dashboard"];
 
 /// Every setting of the standalone server. The sections are the file's
 /// tables; on the command line they are flat.
@@ -53,7 +53,7 @@ pub const BUILT_IN_HUBS: [&str; 3] = ["chat", "test", "dashboard"];
 /// environment variable) gave it.
 #[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Settings {
+pub(crate) struct Settings {
     #[command(flatten)]
     pub server: ServerSettings,
     #[command(flatten)]
@@ -91,7 +91,7 @@ const SECTIONS: [(&str, &str); 6] = [
 /// `[server]`
 #[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ServerSettings {
+pub(crate) struct ServerSettings {
     /// Addresses to listen on (comma-separated or repeated, e.g. an IPv4
     /// and an IPv6 one); the first is the one other servers are told of.
     #[arg(
@@ -145,7 +145,7 @@ pub struct ServerSettings {
 /// `[tls]`
 #[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TlsSettings {
+pub(crate) struct TlsSettings {
     /// PEM certificate chain: serve HTTPS (HTTP/2 or HTTP/1.1 by ALPN).
     #[arg(long = "tls-cert", env = "TIDINGS_TLS_CERT")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -160,7 +160,7 @@ pub struct TlsSettings {
 /// `[limits]`
 #[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LimitsSettings {
+pub(crate) struct LimitsSettings {
     /// Largest message a client may send, in bytes (0 = unlimited).
     #[arg(long, env = "TIDINGS_MAX_MESSAGE_SIZE", default_value_t = HubOptions::DEFAULT_MAXIMUM_RECEIVE_MESSAGE_SIZE)]
     pub max_message_size: usize,
@@ -250,7 +250,7 @@ pub struct LimitsSettings {
 /// `[auth]`
 #[derive(Clone, clap::Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AuthSettings {
+pub(crate) struct AuthSettings {
     /// Access key of the REST API (`/api/...`) and of client tokens; give
     /// several (comma-separated) to rotate: the first signs, all verify.
     #[arg(
@@ -345,7 +345,7 @@ impl fmt::Debug for AuthSettings {
 /// `[cors]`
 #[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CorsSettings {
+pub(crate) struct CorsSettings {
     /// Browser origins allowed besides the server's own (comma-separated,
     /// `https://app.example`, or `*`): CORS on negotiate and the HTTP
     /// transports, and the WebSocket `Origin` allow-list.
@@ -365,7 +365,7 @@ pub struct CorsSettings {
 /// `[redis]`
 #[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RedisSettings {
+pub(crate) struct RedisSettings {
     /// Redis URL (`redis://host:port`): turns on the backplane, so that
     /// several servers act as one.
     #[arg(long = "redis", env = "TIDINGS_REDIS")]
@@ -405,14 +405,14 @@ pub struct RedisSettings {
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Text,
     Json,
 }
 
 /// A transport name as the SignalR protocol spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
-pub enum Transport {
+pub(crate) enum Transport {
     #[value(name = "WebSockets", alias = "websockets")]
     WebSockets,
     #[value(name = "ServerSentEvents", alias = "sse")]
@@ -423,7 +423,7 @@ pub enum Transport {
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct HubSection {
+pub(crate) struct HubSection {
     /// Makes the hub serverless: an upstream's name, or a URL template.
     pub upstream: Option<String>,
     /// Transports offered by this hub (default: the server's).
@@ -432,7 +432,7 @@ pub struct HubSection {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct UpstreamSection {
+pub(crate) struct UpstreamSection {
     /// `http(s)://…` with optional `{hub}`, `{category}`, `{event}`.
     pub url: String,
     /// How long one upstream call may take (default 10s).
@@ -445,12 +445,12 @@ pub struct UpstreamSection {
 /// humans write it: `"15s"`, `"500ms"`, `"1m 30s"` (the file's form).
 /// Either form is accepted everywhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Span<const UNIT_MS: u64>(pub Duration);
+pub(crate) struct Span<const UNIT_MS: u64>(pub Duration);
 
 /// Milliseconds when bare.
-pub type Millis = Span<1>;
+pub(crate) type Millis = Span<1>;
 /// Seconds when bare.
-pub type Secs = Span<1000>;
+pub(crate) type Secs = Span<1000>;
 
 impl<const UNIT_MS: u64> Span<UNIT_MS> {
     fn units(self) -> u64 {
@@ -536,14 +536,14 @@ mod text_list {
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<T: Display, S: Serializer>(
+    pub(super) fn serialize<T: Display, S: Serializer>(
         list: &[T],
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
         serializer.collect_seq(list.iter().map(ToString::to_string))
     }
 
-    pub fn deserialize<'de, T, D>(deserializer: D) -> Result<Vec<T>, D::Error>
+    pub(super) fn deserialize<'de, T, D>(deserializer: D) -> Result<Vec<T>, D::Error>
     where
         T: FromStr,
         T::Err: Display,
@@ -558,7 +558,7 @@ mod text_list {
 
 /// A serverless hub, ready to build.
 #[derive(Debug, Clone)]
-pub struct ServerlessSpec {
+pub(crate) struct ServerlessSpec {
     pub name: String,
     pub upstream: UpstreamOptions,
 }
@@ -576,7 +576,7 @@ fn given(matches: &ArgMatches, id: &str) -> bool {
 /// The settings from every layer: `parsed` is what clap made of the
 /// command line (defaults filled in), `matches` tells which of its values
 /// were given rather than defaulted, `path` is the file.
-pub fn load(
+pub(crate) fn load(
     parsed: &Settings,
     matches: &ArgMatches,
     path: Option<&Path>,
@@ -634,7 +634,7 @@ pub fn load(
 
 /// The resolved settings as pretty JSON, with the secrets replaced by
 /// `"…"` (what `tidings check-config --print` shows).
-pub fn effective(settings: &Settings) -> anyhow::Result<String> {
+pub(crate) fn effective(settings: &Settings) -> anyhow::Result<String> {
     let mut value = serde_json::to_value(settings)?;
     for secret in ["access_keys", "jwt_secret"] {
         if let Some(slot) = value.pointer_mut(&format!("/auth/{secret}")) {
@@ -651,7 +651,7 @@ pub fn effective(settings: &Settings) -> anyhow::Result<String> {
 
 /// Validates everything the server will use, with messages that name the
 /// setting; returns the serverless hubs to build.
-pub fn check(settings: &Settings) -> anyhow::Result<Vec<ServerlessSpec>> {
+pub(crate) fn check(settings: &Settings) -> anyhow::Result<Vec<ServerlessSpec>> {
     let mut problems = Vec::new();
     for (i, secret) in settings.auth.access_keys.iter().enumerate() {
         if let Err(error) = AccessKey::new(secret) {
@@ -802,7 +802,7 @@ fn valid_hub_name(name: &str) -> bool {
 }
 
 /// The transports hub `name` offers: its own list, or the server's.
-pub fn transports<'a>(settings: &'a Settings, name: &str) -> &'a [Transport] {
+pub(crate) fn transports<'a>(settings: &'a Settings, name: &str) -> &'a [Transport] {
     settings
         .hubs
         .get(name)

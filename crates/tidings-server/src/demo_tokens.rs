@@ -26,7 +26,7 @@ const MAX_NAME_CHARS: usize = 32;
 
 /// A secret for the tokens when none is configured: 32 random bytes, in
 /// hex. Tokens signed with it stop verifying when the server restarts.
-pub fn random_secret() -> String {
+pub(crate) fn random_secret() -> String {
     rand::random::<[u8; 32]>()
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -35,7 +35,7 @@ pub fn random_secret() -> String {
 
 /// What demo tokens are signed with and say about where they come from.
 #[derive(Debug, Clone, Copy)]
-pub struct DemoTokenSettings<'a> {
+pub(crate) struct DemoTokenSettings<'a> {
     /// The HS256 secret the server verifies tokens with.
     pub secret: &'a str,
     /// The `iss` claim, when the server requires one.
@@ -45,7 +45,7 @@ pub struct DemoTokenSettings<'a> {
 }
 
 /// The token endpoint, or nothing when `settings` is `None`.
-pub fn router<S: Clone + Send + Sync + 'static>(
+pub(crate) fn router<S: Clone + Send + Sync + 'static>(
     settings: Option<DemoTokenSettings<'_>>,
 ) -> Router<S> {
     let Some(settings) = settings else {

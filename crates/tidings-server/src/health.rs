@@ -26,7 +26,7 @@ struct Checks {
 
 /// The health routes. `backplane`: whether readiness requires the
 /// backplane to report itself connected (through the metrics registry).
-pub fn router(shutdown: Shutdown, metrics: Metrics, backplane: bool) -> Router {
+pub(crate) fn router(shutdown: Shutdown, metrics: Metrics, backplane: bool) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))

@@ -13,7 +13,7 @@ use crate::config::{AuthSettings, CorsSettings, LimitsSettings, Settings};
 
 /// The security settings, loaded (keys read) and shared by every hub.
 #[derive(Debug, Clone)]
-pub struct Security {
+pub(crate) struct Security {
     auth: AuthSettings,
     cors: CorsSettings,
     limits_settings: LimitsSettings,
@@ -24,7 +24,7 @@ pub struct Security {
 impl Security {
     /// Reads the key file, if any. `hs256_secret` is the secret of HS256
     /// tokens: `--jwt-secret`, or one made up for the demo tokens.
-    pub fn new(settings: &Settings, hs256_secret: Option<&str>) -> anyhow::Result<Self> {
+    pub(crate) fn new(settings: &Settings, hs256_secret: Option<&str>) -> anyhow::Result<Self> {
         let (auth, limits) = (&settings.auth, &settings.limits);
         let jwt = match (hs256_secret, &auth.jwt_public_key) {
             (Some(_), Some(_)) => {
@@ -77,14 +77,14 @@ impl Security {
     }
 
     /// The hub options these settings change.
-    pub fn hub_options(&self, options: HubOptions) -> HubOptions {
+    pub(crate) fn hub_options(&self, options: HubOptions) -> HubOptions {
         options
             .close_on_authentication_expiration(self.auth.close_on_auth_expiration)
             .maximum_request_body_size(self.limits_settings.max_request_body)
     }
 
     /// Installs authentication, origins, limits and the rate limit on an endpoint.
-    pub fn apply<H: Hub>(&self, mut endpoint: HubEndpoint<H>) -> HubEndpoint<H> {
+    pub(crate) fn apply<H: Hub>(&self, mut endpoint: HubEndpoint<H>) -> HubEndpoint<H> {
         if let Some(jwt) = &self.jwt {
             let jwt = Arc::clone(jwt);
             endpoint = endpoint

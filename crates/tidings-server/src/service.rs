@@ -17,7 +17,7 @@ use crate::{
 
 /// The commands besides serving.
 #[derive(Debug, clap::Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Validate the configuration (file, environment and flags) and exit:
     /// 0 if the server would start with it, 1 with the reasons if not.
     CheckConfig {
@@ -38,7 +38,7 @@ pub enum Command {
 /// `tidings token`.
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("for").required(true).args(["hub", "url"])))]
-pub struct TokenArgs {
+pub(crate) struct TokenArgs {
     /// A client token for this hub (its `aud` claim).
     #[arg(long)]
     hub: Option<String>,
@@ -69,14 +69,14 @@ fn claim(text: &str) -> Result<(String, String), String> {
 
 /// What `main` does after a command.
 #[derive(Debug)]
-pub enum Next {
+pub(crate) enum Next {
     Serve,
     Exit,
 }
 
 /// Parses the command line, reads the configuration file under it and
 /// validates the result.
-pub fn configure() -> anyhow::Result<(Args, Vec<ServerlessSpec>)> {
+pub(crate) fn configure() -> anyhow::Result<(Args, Vec<ServerlessSpec>)> {
     let matches = Args::command().get_matches();
     let mut args = Args::from_arg_matches(&matches).map_err(|e| e.exit())?;
     args.settings = config::load(&args.settings, &matches, args.config.as_deref())?;
@@ -94,7 +94,7 @@ pub fn configure() -> anyhow::Result<(Args, Vec<ServerlessSpec>)> {
 }
 
 /// Runs a command, if one was given.
-pub fn run_command(args: &Args, serverless: &[ServerlessSpec]) -> anyhow::Result<Next> {
+pub(crate) fn run_command(args: &Args, serverless: &[ServerlessSpec]) -> anyhow::Result<Next> {
     let settings = &args.settings;
     match &args.command {
         None => Ok(Next::Serve),
@@ -166,7 +166,7 @@ pub fn run_command(args: &Args, serverless: &[ServerlessSpec]) -> anyhow::Result
 }
 
 /// The access keys from their secret texts (the first signs).
-pub fn access_keys(secrets: &[String]) -> anyhow::Result<AccessKeys> {
+pub(crate) fn access_keys(secrets: &[String]) -> anyhow::Result<AccessKeys> {
     let keys = secrets
         .iter()
         .enumerate()
@@ -179,7 +179,7 @@ pub fn access_keys(secrets: &[String]) -> anyhow::Result<AccessKeys> {
 
 /// The REST API over `hubs`. Without keys it still answers `/api/health`
 /// and refuses everything else with 401.
-pub fn rest_api<'a>(
+pub(crate) fn rest_api<'a>(
     secrets: &[String],
     hubs: impl IntoIterator<Item = (&'a str, HubContext)>,
 ) -> anyhow::Result<RestApi> {
@@ -193,7 +193,10 @@ pub fn rest_api<'a>(
 }
 
 /// A serverless hub, signing what it posts with the access keys.
-pub fn serverless_hub(spec: &ServerlessSpec, secrets: &[String]) -> anyhow::Result<ServerlessHub> {
+pub(crate) fn serverless_hub(
+    spec: &ServerlessSpec,
+    secrets: &[String],
+) -> anyhow::Result<ServerlessHub> {
     let options = spec.upstream.clone().keys(access_keys(secrets)?);
     let upstream = Upstream::new(spec.name.as_str(), options)
         .with_context(|| format!("hub {}: unusable upstream", spec.name))?;

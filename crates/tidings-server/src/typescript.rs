@@ -25,7 +25,7 @@ struct Standalone {
 
 /// `tidings typescript`.
 #[derive(Debug, clap::Args)]
-pub struct TypescriptArgs {
+pub(crate) struct TypescriptArgs {
     /// The hub.
     #[arg(long, value_enum)]
     hub: HubName,
@@ -63,7 +63,7 @@ impl HubName {
 /// Runs the command if the first argument is `typescript` (before the
 /// server's configuration is read: generating code needs none); `false` if
 /// it is not.
-pub fn run_if_asked() -> anyhow::Result<bool> {
+pub(crate) fn run_if_asked() -> anyhow::Result<bool> {
     let mut args: Vec<OsString> = std::env::args_os().collect();
     if args.get(1).is_none_or(|a| a != "typescript") {
         return Ok(false);
@@ -74,7 +74,7 @@ pub fn run_if_asked() -> anyhow::Result<bool> {
 }
 
 /// Writes (or checks) the module.
-pub fn run(args: &TypescriptArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: &TypescriptArgs) -> anyhow::Result<()> {
     let text = args.hub.module().render();
     match (&args.out, args.check) {
         (None, _) => print!("{text}"),

@@ -20,7 +20,7 @@ const CONTENT_SECURITY_POLICY: &str =
     "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; frame-ancestors 'none'";
 
 /// `GET /`, `/assets/app.js` and `/assets/app.css`.
-pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
+pub(crate) fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route(
             "/",

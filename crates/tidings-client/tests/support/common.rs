@@ -14,16 +14,17 @@ use tokio::{
     time::timeout,
 };
 
-pub const WAIT: Duration = Duration::from_secs(15);
+pub(crate) const WAIT: Duration = Duration::from_secs(15);
 
 /// A callback that forwards its value to the returned receiver.
-pub fn channel<T: Send + 'static>() -> (Arc<dyn Fn(T) + Send + Sync>, mpsc::UnboundedReceiver<T>) {
+pub(crate) fn channel<T: Send + 'static>()
+-> (Arc<dyn Fn(T) + Send + Sync>, mpsc::UnboundedReceiver<T>) {
     let (tx, rx) = mpsc::unbounded_channel();
     (Arc::new(move |value| drop(tx.send(value))), rx)
 }
 
 /// The next value, within [`WAIT`].
-pub async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> Result<T> {
+pub(crate) async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> Result<T> {
     timeout(WAIT, rx.recv())
         .await
         .context("timed out waiting for an event")?
@@ -31,7 +32,7 @@ pub async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> Result<T> {
 }
 
 /// Registers client method `method` (one argument) and returns what it receives.
-pub fn forward<T>(connection: &HubConnection, method: &str) -> mpsc::UnboundedReceiver<T>
+pub(crate) fn forward<T>(connection: &HubConnection, method: &str) -> mpsc::UnboundedReceiver<T>
 where
     T: Send + 'static,
     (T,): FromArguments,
@@ -45,7 +46,7 @@ where
 }
 
 /// The server's error text of a failed call.
-pub fn hub_error<T: std::fmt::Debug>(result: Result<T, InvokeError>) -> Result<String> {
+pub(crate) fn hub_error<T: std::fmt::Debug>(result: Result<T, InvokeError>) -> Result<String> {
     match result {
         Err(InvokeError::Hub(text)) => Ok(text),
         other => bail!("expected a hub error, got {other:?}"),
@@ -53,7 +54,7 @@ pub fn hub_error<T: std::fmt::Debug>(result: Result<T, InvokeError>) -> Result<S
 }
 
 /// Reads the child's stdout until it prints `listening on URL`; returns the URL.
-pub async fn listening_url(child: &mut Child, within: Duration) -> Result<String> {
+pub(crate) async fn listening_url(child: &mut Child, within: Duration) -> Result<String> {
     let stdout = child.stdout.take().context("no stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     timeout(within, async {

@@ -8,7 +8,7 @@ use tokio::{
     task::JoinHandle,
 };
 
-pub struct Proxy {
+pub(crate) struct Proxy {
     /// `http://127.0.0.1:PORT` of the proxy.
     pub url: String,
     connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
@@ -17,7 +17,7 @@ pub struct Proxy {
 
 impl Proxy {
     /// Forwards to the `http://host:port` of `upstream`.
-    pub async fn start(upstream: &str) -> std::io::Result<Proxy> {
+    pub(crate) async fn start(upstream: &str) -> std::io::Result<Proxy> {
         let target = upstream.trim_start_matches("http://").to_owned();
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
@@ -45,7 +45,7 @@ impl Proxy {
     }
 
     /// Drops every open connection.
-    pub fn cut(&self) {
+    pub(crate) fn cut(&self) {
         for pipe in self
             .connections
             .lock()

@@ -12,7 +12,7 @@ use std::{
 /// process ends: each node's wrapper shell kills it when stdin closes, and
 /// forgets its configuration unless told `keep` first).
 #[derive(Debug)]
-pub struct RedisCluster {
+pub(crate) struct RedisCluster {
     ports: Vec<u16>,
     nodes: Vec<(Child, ChildStdin)>,
     dir: PathBuf,
@@ -21,7 +21,7 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// Starts three masters (no replicas, no persistence) and waits until
     /// every node reports `cluster_state:ok`.
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let dir = std::env::temp_dir().join(format!(
             "tidings-redis-cluster-{}-{:08x}",
             std::process::id(),
@@ -68,7 +68,7 @@ impl RedisCluster {
 
     /// Kills node `index` at once (SIGKILL), keeping its cluster
     /// configuration for [`restart`](Self::restart).
-    pub fn kill(&mut self, index: usize) {
+    pub(crate) fn kill(&mut self, index: usize) {
         use std::io::Write;
         let (wrapper, stdin) = &mut self.nodes[index];
         let _ = stdin.write_all(b"keep\n");
@@ -78,7 +78,7 @@ impl RedisCluster {
 
     /// Starts node `index` again on its port, with its configuration: it
     /// rejoins the cluster with its slots (and no data).
-    pub fn restart(&mut self, index: usize) {
+    pub(crate) fn restart(&mut self, index: usize) {
         let port = self.ports[index];
         self.nodes[index] = start_node(port, &self.dir);
         wait_for(port, "PONG", &["PING"]);
@@ -88,7 +88,7 @@ impl RedisCluster {
     }
 
     /// The seed URLs of every node.
-    pub fn urls(&self) -> Vec<String> {
+    pub(crate) fn urls(&self) -> Vec<String> {
         self.ports
             .iter()
             .map(|p| format!("redis://127.0.0.1:{p}"))
@@ -159,14 +159,18 @@ impl Drop for RedisCluster {
 }
 
 /// A plain connection to one node, for asking it about its own state.
-pub fn node(url: &str) -> redis::Connection {
+pub(crate) fn node(url: &str) -> redis::Connection {
     redis::Client::open(url)
         .and_then(|client| client.get_connection())
         .expect("a connection to a cluster node")
 }
 
 /// `PUBSUB <subcommand> <channel>`'s count for one channel on one node.
-pub fn pubsub_count(connection: &mut redis::Connection, subcommand: &str, channel: &str) -> i64 {
+pub(crate) fn pubsub_count(
+    connection: &mut redis::Connection,
+    subcommand: &str,
+    channel: &str,
+) -> i64 {
     let reply: Vec<redis::Value> = redis::cmd("PUBSUB")
         .arg(subcommand)
         .arg(channel)
@@ -179,7 +183,7 @@ pub fn pubsub_count(connection: &mut redis::Connection, subcommand: &str, channe
 }
 
 /// The hash slot of `name`, as the cluster computes it (`CLUSTER KEYSLOT`).
-pub fn keyslot(connection: &mut redis::Connection, name: &str) -> u16 {
+pub(crate) fn keyslot(connection: &mut redis::Connection, name: &str) -> u16 {
     redis::cmd("CLUSTER")
         .arg("KEYSLOT")
         .arg(name)

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-pub mod cluster;
+pub(crate) mod cluster;
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -18,7 +18,7 @@ use tidings_redis::RedisBackplane;
 
 /// Two servers of one hub: `sender` (server one) with a `local`
 /// connection, and server two with a `remote` one.
-pub struct Pair {
+pub(crate) struct Pair {
     pub sender: Arc<dyn LifetimeManager>,
     /// Server two's manager: held, since dropping it ends the hub there.
     pub receiver: Arc<dyn LifetimeManager>,
@@ -28,7 +28,7 @@ pub struct Pair {
 
 /// Connects a client to each server, then waits until both servers know
 /// each other (before a test breaks something).
-pub async fn pair(one: &RedisBackplane, two: &RedisBackplane) -> Pair {
+pub(crate) async fn pair(one: &RedisBackplane, two: &RedisBackplane) -> Pair {
     let sender = one.lifetime_manager("Faults.Hub");
     let receiver = two.lifetime_manager("Faults.Hub");
     let local = TestConnection::new("local", None);
@@ -45,7 +45,7 @@ pub async fn pair(one: &RedisBackplane, two: &RedisBackplane) -> Pair {
 }
 
 /// Sends `N(n)` to every connection through `manager`.
-pub async fn broadcast(manager: &Arc<dyn LifetimeManager>, n: u64) {
+pub(crate) async fn broadcast(manager: &Arc<dyn LifetimeManager>, n: u64) {
     let message = SerializedMessage::invocation("N", (n,));
     manager
         .send(&Target::All, Arc::new(message))
@@ -55,7 +55,7 @@ pub async fn broadcast(manager: &Arc<dyn LifetimeManager>, n: u64) {
 
 /// The numbers of the `N(n)` messages `connection` receives until `last`,
 /// or until nothing arrives for `patience`.
-pub async fn numbers_until(
+pub(crate) async fn numbers_until(
     connection: &mut TestConnection,
     last: u64,
     patience: Duration,
@@ -94,7 +94,7 @@ fn spawn_wrapped(script: &str) -> (Child, ChildStdin, u32) {
 
 /// One `redis-server` process on a port of its own.
 #[derive(Debug)]
-pub struct RedisServer {
+pub(crate) struct RedisServer {
     port: u16,
     process: Mutex<Option<Running>>,
 }
@@ -107,14 +107,14 @@ struct Running {
     pid: u32,
 }
 
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("address").port()
 }
 
 impl RedisServer {
     /// Starts a server without persistence on a free port.
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let server = RedisServer {
             port: free_port(),
             process: Mutex::new(None),
@@ -123,12 +123,12 @@ impl RedisServer {
         server
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
     /// (Re)starts the server on its port.
-    pub fn restart(&self) {
+    pub(crate) fn restart(&self) {
         let script = format!(
             "redis-server --port {} --bind 127.0.0.1 --save '' --appendonly no --loglevel warning >/dev/null & pid=$!; echo $pid; read _; kill -9 $pid",
             self.port
@@ -143,7 +143,7 @@ impl RedisServer {
     }
 
     /// Kills the server at once (SIGKILL): connections drop, data is lost.
-    pub fn kill(&self) {
+    pub(crate) fn kill(&self) {
         if let Some(mut running) = self.process.lock().expect("lock").take() {
             let _ = Command::new("kill")
                 .arg("-9")

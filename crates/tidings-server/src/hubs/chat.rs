@@ -17,7 +17,7 @@ use ts_rs::TS;
 /// manager forgets a connection's groups before `on_disconnected` runs, and
 /// the rooms must hear that a closed tab left them.
 #[derive(Debug, Default)]
-pub struct ChatHub {
+pub(crate) struct ChatHub {
     rooms: Mutex<HashMap<String, BTreeSet<String>>>,
 }
 
@@ -30,7 +30,7 @@ impl ChatHub {
 
 /// A message posted to a room.
 #[derive(Debug, Serialize, TS)]
-pub struct RoomMessage {
+pub(crate) struct RoomMessage {
     room: String,
     sender: String,
     content: String,
@@ -40,14 +40,14 @@ pub struct RoomMessage {
 
 /// Someone typing in a room (`RoomTyping`).
 #[derive(Debug, Serialize, TS)]
-pub struct RoomTyping {
+pub(crate) struct RoomTyping {
     room: String,
     user: String,
 }
 
 /// A notification for one user (`Notification`).
 #[derive(Debug, Serialize, TS)]
-pub struct Notification {
+pub(crate) struct Notification {
     /// Display name of the sender.
     from: String,
     text: String,
@@ -57,7 +57,7 @@ pub struct Notification {
 
 /// The people in a room (`RoomUsers` and `GetRoomUsers`).
 #[derive(Debug, Serialize, TS)]
-pub struct RoomUsers {
+pub(crate) struct RoomUsers {
     room: String,
     /// User ids of the signed-in members, sorted, each once.
     users: Vec<String>,

@@ -10,7 +10,7 @@ use ts_rs::TS;
 
 /// The dashboard hub: clients only listen ([`DashboardClient`]).
 #[derive(Debug, Default)]
-pub struct DashboardHub;
+pub(crate) struct DashboardHub;
 
 /// What the dashboard hub calls on its clients.
 #[tidings::client]
@@ -25,7 +25,7 @@ impl DashboardHub {}
 /// One `Metrics` sample.
 #[derive(Debug, Serialize, TS)]
 #[serde(rename_all = "camelCase")]
-pub struct Metrics {
+pub(crate) struct Metrics {
     uptime_seconds: u64,
     /// Connections of the chat, test and dashboard hubs (on every server
     /// with the backplane).
@@ -42,13 +42,13 @@ pub struct Metrics {
 
 /// How many samples `/dashboard/stream` keeps for reconnecting clients
 /// (two minutes at the default period).
-pub const STREAM_HISTORY: usize = 60;
+pub(crate) const STREAM_HISTORY: usize = 60;
 
 /// Pushes a `Metrics` sample to every dashboard client and to the
 /// `/dashboard/stream` log every `period`, until the task is dropped. Rates
 /// and latencies come from the differences between two snapshots of
 /// `registry`.
-pub async fn push_metrics(
+pub(crate) async fn push_metrics(
     dashboard: HubContext,
     stream: EventLog<Metrics>,
     connections: impl Fn() -> usize,

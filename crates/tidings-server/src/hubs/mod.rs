@@ -1,5 +1,5 @@
 //! The hubs the standalone server serves.
 
-pub mod chat;
-pub mod dashboard;
-pub mod test;
+pub(crate) mod chat;
+pub(crate) mod dashboard;
+pub(crate) mod test;

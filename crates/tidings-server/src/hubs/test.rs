@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 
 /// The interop hub.
 #[derive(Debug, Default)]
-pub struct TestHub {
+pub(crate) struct TestHub {
     /// Streams whose producer is still alive.
     active_streams: Arc<AtomicUsize>,
     /// Client-to-server streams still held by a background task.

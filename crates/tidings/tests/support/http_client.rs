@@ -12,17 +12,17 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// How long a test waits for one event before it fails.
-pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One HTTP connection: every request made through it uses it.
-pub enum Client {
+pub(crate) enum Client {
     Http1(conn::http1::SendRequest<Full<Bytes>>, String),
     Http2(conn::http2::SendRequest<Full<Bytes>>, String),
 }
 
 impl Client {
     /// HTTP/1.1 over `io`; `base` is `http://host:port` or `https://…`.
-    pub async fn http1<I>(io: I, base: &str) -> anyhow::Result<Client>
+    pub(crate) async fn http1<I>(io: I, base: &str) -> anyhow::Result<Client>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -33,7 +33,7 @@ impl Client {
 
     /// HTTP/2 with prior knowledge over `io` (a TCP stream for h2c, a TLS
     /// stream after ALPN chose `h2`).
-    pub async fn http2<I>(io: I, base: &str) -> anyhow::Result<Client>
+    pub(crate) async fn http2<I>(io: I, base: &str) -> anyhow::Result<Client>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -44,7 +44,7 @@ impl Client {
     }
 
     /// Sends a request for `path` with `headers`, and an optional body.
-    pub async fn send(
+    pub(crate) async fn send(
         &mut self,
         method: &str,
         path: &str,
@@ -80,7 +80,7 @@ impl Client {
         Ok(response)
     }
 
-    pub async fn get(
+    pub(crate) async fn get(
         &mut self,
         path: &str,
         headers: &[(&str, &str)],
@@ -90,7 +90,7 @@ impl Client {
 }
 
 /// The whole body of a response, as text.
-pub async fn text(response: Response<Incoming>) -> anyhow::Result<String> {
+pub(crate) async fn text(response: Response<Incoming>) -> anyhow::Result<String> {
     let body = tokio::time::timeout(EVENT_TIMEOUT, response.into_body().collect())
         .await
         .context("body timed out")??;
@@ -98,7 +98,7 @@ pub async fn text(response: Response<Incoming>) -> anyhow::Result<String> {
 }
 
 /// The whole body of a response, as bytes.
-pub async fn bytes(response: Response<Incoming>) -> anyhow::Result<Bytes> {
+pub(crate) async fn bytes(response: Response<Incoming>) -> anyhow::Result<Bytes> {
     let body = tokio::time::timeout(EVENT_TIMEOUT, response.into_body().collect())
         .await
         .context("body timed out")??;
@@ -107,13 +107,13 @@ pub async fn bytes(response: Response<Incoming>) -> anyhow::Result<Bytes> {
 
 /// One Server-Sent Event.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
+pub(crate) struct Event {
     pub id: Option<String>,
     pub data: String,
 }
 
 /// Reads events from a `text/event-stream` body.
-pub struct Events {
+pub(crate) struct Events {
     body: Incoming,
     buffer: Vec<u8>,
     /// Comment lines seen so far (the opening one and keep-alives).
@@ -123,7 +123,7 @@ pub struct Events {
 }
 
 impl Events {
-    pub fn new(response: Response<Incoming>) -> anyhow::Result<Events> {
+    pub(crate) fn new(response: Response<Incoming>) -> anyhow::Result<Events> {
         let content_type = response
             .headers()
             .get("content-type")
@@ -142,7 +142,7 @@ impl Events {
 
     /// The next event; `None` when the response ended. Fails after
     /// [`EVENT_TIMEOUT`] without one.
-    pub async fn next(&mut self) -> anyhow::Result<Option<Event>> {
+    pub(crate) async fn next(&mut self) -> anyhow::Result<Option<Event>> {
         tokio::time::timeout(EVENT_TIMEOUT, self.next_inner())
             .await
             .context("no event in time")?
