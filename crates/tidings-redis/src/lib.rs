@@ -79,11 +79,15 @@
 //!
 //! Local delivery never waits for Redis. Cross-server messages go through a
 //! bounded outbox ([`RedisOptions::buffer`]); while Redis is away they wait
-//! there, and are published after the reconnect (with exponential backoff),
-//! once the other servers are back and subscribed. Messages that do not fit
-//! are dropped, counted ([`BackplaneStats::dropped`]) and logged. A message
-//! published again after a failure is recognised by its sequence number
-//! and delivered once.
+//! there, and are published after the reconnect, once the other servers are
+//! back and subscribed. While Redis cannot be reached at all the backplane
+//! tries again every [probe interval](RedisOptions::reconnect_probe), so it
+//! is back within about that long after Redis is. When the outbox is full,
+//! the [`DropPolicy`] says which message goes (by default the oldest); every
+//! message dropped is counted ([`BackplaneStats::dropped`], and the
+//! registry's `tidings_backplane_messages_dropped_total`) and logged. A
+//! message published again after a failure is recognised by its sequence
+//! number and delivered once.
 //!
 //! ## Presence
 //!
@@ -120,7 +124,9 @@ pub struct RedisOptions {
     pub(crate) advertise: Option<String>,
     pub(crate) buffer_messages: usize,
     pub(crate) buffer_bytes: usize,
+    pub(crate) drop_policy: DropPolicy,
     pub(crate) reconnect_min: Duration,
+    pub(crate) reconnect_probe: Duration,
     pub(crate) reconnect_max: Duration,
     pub(crate) command_timeout: Duration,
     pub(crate) ack_timeout: Duration,
@@ -137,6 +143,8 @@ impl RedisOptions {
     pub const DEFAULT_BUFFER_BYTES: usize = 32 << 20;
     /// Default period of [`heartbeat`](Self::heartbeat).
     pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(2);
+    /// Default of [`reconnect_probe`](Self::reconnect_probe).
+    pub const DEFAULT_RECONNECT_PROBE: Duration = Duration::from_millis(250);
 
     /// Settings for the Redis server at `url` (`redis://host:port/db`,
     /// `rediss://` for TLS is not built in), with the defaults below.
@@ -148,7 +156,9 @@ impl RedisOptions {
             advertise: None,
             buffer_messages: Self::DEFAULT_BUFFER_MESSAGES,
             buffer_bytes: Self::DEFAULT_BUFFER_BYTES,
+            drop_policy: DropPolicy::default(),
             reconnect_min: Duration::from_millis(100),
+            reconnect_probe: Self::DEFAULT_RECONNECT_PROBE,
             reconnect_max: Duration::from_secs(5),
             command_timeout: Duration::from_secs(5),
             ack_timeout: Duration::from_secs(30),
@@ -211,11 +221,32 @@ impl RedisOptions {
         self
     }
 
+    /// Which message goes when the outbox is full (default
+    /// [`DropPolicy::DropOldest`]).
+    pub fn drop_policy(mut self, policy: DropPolicy) -> Self {
+        self.drop_policy = policy;
+        self
+    }
+
     /// The reconnect backoff: the first wait, doubled up to `max`
-    /// (default 100 ms to 5 s), with jitter.
+    /// (default 100 ms to 5 s), with jitter. It paces attempts that Redis
+    /// answered but that failed (subscribing, registering, an error reply);
+    /// while Redis cannot be reached at all, the
+    /// [probe interval](Self::reconnect_probe) applies instead.
     pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.reconnect_min = min;
         self.reconnect_max = max.max(min);
+        self
+    }
+
+    /// While Redis cannot be reached (connection refused, unreachable,
+    /// timed out), the longest wait between two connection attempts
+    /// (default 250 ms, with jitter). A refused connection costs Redis
+    /// nothing, and every message sent meanwhile waits in the outbox: a
+    /// short interval brings the backplane back within about this long
+    /// after Redis accepts connections again.
+    pub fn reconnect_probe(mut self, interval: Duration) -> Self {
+        self.reconnect_probe = interval;
         self
     }
 
@@ -257,6 +288,27 @@ impl RedisOptions {
         self.metrics = Some(metrics);
         self
     }
+}
+
+/// Which cross-server message is dropped when the outbox is full (Redis
+/// away, or slower than the traffic). Either way the drop is counted and
+/// logged.
+///
+/// ASP.NET Core's Redis backplane keeps no outbox: a send fails while Redis
+/// is away. tidings keeps local delivery going and buffers for the other
+/// servers; this policy says what the bound costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DropPolicy {
+    /// Make room by dropping the oldest waiting message (one not already
+    /// being sent). What arrives after the outage is the most recent
+    /// traffic: the freshest state, which is what real-time applications
+    /// usually want: messages sent late in the outage, or after Redis is
+    /// back but before the backplane is, are kept over older ones.
+    #[default]
+    DropOldest,
+    /// Refuse the new message: what arrives after the outage is the start
+    /// of it, in full, and nothing sent past the bound.
+    DropNewest,
 }
 
 /// Why the backplane could not start.

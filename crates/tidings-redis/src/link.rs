@@ -2,8 +2,9 @@
 //! cluster connection, see the `connection` module), and the tasks that
 //! keep it useful through failures.
 //!
-//! * The **supervisor** connects (with exponential backoff and jitter),
-//!   subscribes every wanted channel, registers the server, and only then
+//! * The **supervisor** connects (while Redis is unreachable, every probe
+//!   interval; after a failure Redis answered, with exponential backoff;
+//!   both with jitter), subscribes every wanted channel, registers the server, and only then
 //!   declares the link up. While up it applies subscription changes in
 //!   batches; when the connection breaks it starts over. Subscriptions are
 //!   desired state ([`Link::want`]): what is wanted while Redis is away is
@@ -19,9 +20,12 @@
 //!   grace) until the servers it knew are registered again — registered
 //!   means subscribed — so what was buffered reaches them.
 //!
-//! The outbox is bounded in messages and bytes. When it is full, new
-//! publishes are refused, counted in [`BackplaneStats::dropped`] and logged;
-//! nothing ever waits for Redis on the delivery path.
+//! The outbox is bounded in messages and bytes. When it is full, the
+//! [`DropPolicy`] drops either the new message or the oldest ones waiting
+//! (never those of a batch being sent: the publisher removes them from the
+//! front once Redis took them); every drop is counted in
+//! [`BackplaneStats::dropped`] and logged. Nothing ever waits for Redis on
+//! the delivery path.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -42,7 +46,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    RedisOptions,
+    DropPolicy, RedisOptions,
     connection::{Client, Connection, slot},
     manager::HubCore,
     wire::ChannelKind,
@@ -63,7 +67,8 @@ pub struct BackplaneStats {
     pub published: u64,
     /// Messages waiting in the outbox (Redis away or slow).
     pub buffered: u64,
-    /// Messages refused because the outbox was full.
+    /// Messages dropped because the outbox was full (the new ones or the
+    /// oldest, by the [`DropPolicy`]).
     pub dropped: u64,
     /// Messages received from other servers.
     pub received: u64,
@@ -73,6 +78,9 @@ pub struct BackplaneStats {
     pub reconnects: u64,
     /// Whether the link is up now.
     pub connected: bool,
+    /// When `connected` last changed (or the backplane started, if it has
+    /// never connected): connected since, or reconnecting since.
+    pub since: Option<SystemTime>,
 }
 
 /// The current connection, when the link is up.
@@ -91,6 +99,29 @@ struct Publish {
 struct Outbox {
     queue: VecDeque<Publish>,
     bytes: usize,
+    /// How many messages at the front form the batch being sent: they stay
+    /// until Redis took them (or the send failed), and dropping the oldest
+    /// must skip them, or the publisher would remove unsent ones.
+    in_flight: usize,
+}
+
+impl Outbox {
+    /// Whether a message of `size` bytes fits now.
+    fn fits(&self, size: usize, options: &RedisOptions) -> bool {
+        self.queue.len() < options.buffer_messages && self.bytes + size <= options.buffer_bytes
+    }
+
+    /// Whether a message of `size` bytes would fit once every message not
+    /// in flight is gone.
+    fn could_fit(&self, size: usize, options: &RedisOptions) -> bool {
+        let in_flight: usize = self
+            .queue
+            .iter()
+            .take(self.in_flight)
+            .map(|p| p.payload.len())
+            .sum();
+        self.in_flight < options.buffer_messages && in_flight + size <= options.buffer_bytes
+    }
 }
 
 #[derive(Default)]
@@ -138,6 +169,8 @@ pub(crate) struct Link {
     /// `peer_epochs` when the link last went down.
     epochs_before_outage: Mutex<HashMap<String, u64>>,
     counters: Counters,
+    /// When the state last changed, in milliseconds since the Unix epoch.
+    since: AtomicU64,
     /// Hubs to tell about a reconnect (they resynchronize presence).
     pub hubs: Mutex<Vec<Weak<HubCore>>>,
     pub stop: CancellationToken,
@@ -194,6 +227,7 @@ impl Link {
             peer_epochs: Mutex::new(HashMap::new()),
             epochs_before_outage: Mutex::new(HashMap::new()),
             counters: Counters::default(),
+            since: AtomicU64::new(now_ms()),
             hubs: Mutex::new(Vec::new()),
             stop: Default::default(),
         })
@@ -215,6 +249,7 @@ impl Link {
             duplicates: c.duplicates.load(Ordering::Relaxed),
             reconnects: c.reconnects.load(Ordering::Relaxed),
             connected: self.connection().is_some(),
+            since: Some(UNIX_EPOCH + Duration::from_millis(self.since.load(Ordering::Relaxed))),
         }
     }
 
@@ -298,38 +333,71 @@ impl Link {
         .await;
     }
 
-    /// Queues a publish; never waits. Returns false if the outbox is full
-    /// (the message is dropped and counted).
+    /// Queues a publish; never waits. When the outbox is full the drop
+    /// policy makes room (dropping the oldest) or refuses this message;
+    /// returns false if this message was dropped. Every drop is counted.
     pub(crate) fn publish(&self, channel: String, payload: Bytes) -> bool {
+        let options = &self.options;
         let mut outbox = lock(&self.outbox);
-        let full = outbox.queue.len() >= self.options.buffer_messages
-            || outbox.bytes + payload.len() > self.options.buffer_bytes;
-        if full {
-            drop(outbox);
-            if let Some(metrics) = &self.options.metrics {
-                metrics.dropped(1);
+        let mut dropped = 0;
+        let accepted = if outbox.fits(payload.len(), options) {
+            true
+        } else {
+            match options.drop_policy {
+                DropPolicy::DropNewest => false,
+                DropPolicy::DropOldest if outbox.could_fit(payload.len(), options) => {
+                    while !outbox.fits(payload.len(), options) {
+                        let oldest = outbox.in_flight;
+                        let Some(old) = outbox.queue.remove(oldest) else {
+                            break;
+                        };
+                        outbox.bytes -= old.payload.len();
+                        dropped += 1;
+                    }
+                    true
+                }
+                // Larger than the room the batch in flight leaves: making
+                // room would not help.
+                DropPolicy::DropOldest => false,
             }
-            let dropped = self.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            // One line per burst, not one per message.
-            if dropped.is_power_of_two() || dropped.is_multiple_of(1000) {
-                tracing::warn!(
-                    dropped,
-                    limit_messages = self.options.buffer_messages,
-                    limit_bytes = self.options.buffer_bytes,
-                    "backplane outbox full; cross-server messages dropped"
-                );
-            }
-            return false;
+        };
+        if accepted {
+            outbox.bytes += payload.len();
+            outbox.queue.push_back(Publish { channel, payload });
+        } else {
+            dropped += 1;
         }
-        outbox.bytes += payload.len();
-        outbox.queue.push_back(Publish { channel, payload });
         let waiting = outbox.queue.len();
         drop(outbox);
-        if let Some(metrics) = &self.options.metrics {
+        if let Some(metrics) = &options.metrics {
             metrics.set_buffered(waiting as u64);
         }
-        self.outbox_ready.notify_one();
-        true
+        if dropped > 0 {
+            self.count_dropped(dropped);
+        }
+        if accepted {
+            self.outbox_ready.notify_one();
+        }
+        accepted
+    }
+
+    fn count_dropped(&self, dropped: u64) {
+        if let Some(metrics) = &self.options.metrics {
+            metrics.dropped(dropped);
+        }
+        let before = self.counters.dropped.fetch_add(dropped, Ordering::Relaxed);
+        let total = before + dropped;
+        // One line per burst, not one per message: when the total reaches
+        // a power of two or another thousand.
+        if (before + 1).next_power_of_two() <= total || total / 1000 > before / 1000 {
+            tracing::warn!(
+                dropped = total,
+                policy = ?self.options.drop_policy,
+                limit_messages = self.options.buffer_messages,
+                limit_bytes = self.options.buffer_bytes,
+                "backplane outbox full; cross-server messages dropped"
+            );
+        }
     }
 
     /// The lane of a channel: the unit within which one server's messages
@@ -385,6 +453,7 @@ impl Link {
     }
 
     fn set_state(&self, state: State) {
+        self.since.store(now_ms(), Ordering::Relaxed);
         if let Some(metrics) = &self.options.metrics {
             metrics.set_connected(matches!(state, State::Up { .. }));
         }
@@ -417,8 +486,20 @@ async fn supervise(link: Arc<Link>) {
         let mut connection = match connected {
             Ok(connection) => connection,
             Err(error) => {
-                tracing::debug!(%error, "cannot reach Redis; retrying");
-                wait_backoff(&link, &mut backoff).await;
+                // An error reply (a password refused, a server still
+                // loading) is paced by the backoff. Otherwise Redis did not
+                // answer at all: trying again costs it nothing, and every
+                // cross-server message waits until it is back, so try
+                // often enough to be back promptly.
+                let answered = error.code().is_some()
+                    || error.kind() == redis::ErrorKind::AuthenticationFailed;
+                tracing::debug!(%error, answered, "cannot connect to Redis; retrying");
+                let cap = if answered {
+                    link.options.reconnect_max
+                } else {
+                    link.options.reconnect_probe
+                };
+                wait_backoff(&link, &mut backoff, cap).await;
                 continue;
             }
         };
@@ -447,7 +528,7 @@ async fn supervise(link: Arc<Link>) {
         };
         if let Err(error) = ready.await {
             tracing::warn!(%error, "Redis connection failed while subscribing; retrying");
-            wait_backoff(&link, &mut backoff).await;
+            wait_backoff(&link, &mut backoff, link.options.reconnect_max).await;
             continue;
         }
         epoch += 1;
@@ -522,14 +603,15 @@ async fn supervise(link: Arc<Link>) {
         tracing::warn!(
             "lost the connection to Redis; local delivery continues, cross-server messages are buffered"
         );
-        wait_backoff(&link, &mut backoff).await;
+        wait_backoff(&link, &mut backoff, link.options.reconnect_max).await;
     }
 }
 
-async fn wait_backoff(link: &Link, backoff: &mut Duration) {
-    // Full jitter keeps a fleet of servers from reconnecting in lockstep.
+/// Waits the current backoff, at most `cap`, and doubles the backoff.
+async fn wait_backoff(link: &Link, backoff: &mut Duration, cap: Duration) {
+    // Jitter keeps a fleet of servers from reconnecting in lockstep.
     let jitter = rand::random::<f64>() * 0.5 + 0.5;
-    let wait = backoff.mul_f64(jitter);
+    let wait = (*backoff).min(cap).mul_f64(jitter);
     tokio::select! {
         () = sleep(wait) => {}
         () = link.stop.cancelled() => {}
@@ -645,7 +727,7 @@ async fn publish_loop(link: Arc<Link>) {
             last_epoch = epoch;
         }
         let (mut pipe, count) = {
-            let outbox = lock(&link.outbox);
+            let mut outbox = lock(&link.outbox);
             let mut pipe = redis::pipe();
             let mut count = 0;
             let mut size = 0;
@@ -671,6 +753,7 @@ async fn publish_loop(link: Arc<Link>) {
                 count += 1;
                 size += publish.payload.len();
             }
+            outbox.in_flight = count;
             (pipe, count)
         };
         let sent = timeout(
@@ -681,6 +764,7 @@ async fn publish_loop(link: Arc<Link>) {
         match sent {
             Ok(Ok(())) => {
                 let mut outbox = lock(&link.outbox);
+                outbox.in_flight = 0;
                 for _ in 0..count {
                     if let Some(publish) = outbox.queue.pop_front() {
                         outbox.bytes -= publish.payload.len();
@@ -699,10 +783,12 @@ async fn publish_loop(link: Arc<Link>) {
                     .fetch_add(count as u64, Ordering::Relaxed);
             }
             Ok(Err(error)) => {
+                lock(&link.outbox).in_flight = 0;
                 tracing::debug!(%error, "publish failed; kept for after the reconnect");
                 wait_for_new_epoch(&link, &mut state, epoch).await;
             }
             Err(_) => {
+                lock(&link.outbox).in_flight = 0;
                 tracing::debug!("publish timed out; kept for after the reconnect");
                 wait_for_new_epoch(&link, &mut state, epoch).await;
             }

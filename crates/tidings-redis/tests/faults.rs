@@ -1,7 +1,8 @@
 //! Redis failures: a real `redis-server` is killed and restarted while one
 //! server sends; the other server's clients receive every message once,
 //! in order, after the recovery; local clients never notice; what exceeds
-//! the outbox bound is counted.
+//! the outbox bound is dropped by the drop policy and counted; the
+//! backplane is back promptly once Redis is.
 
 mod support;
 
@@ -9,8 +10,8 @@ use std::{sync::Arc, time::Duration};
 
 use serde_json::json;
 use support::broadcast;
-use tidings::{LifetimeManager, testing::TestConnection};
-use tidings_redis::{RedisBackplane, RedisOptions};
+use tidings::{LifetimeManager, Metrics, testing::TestConnection};
+use tidings_redis::{DropPolicy, RedisBackplane, RedisOptions};
 
 fn options(url: &str, buffer: usize) -> RedisOptions {
     RedisOptions::new(url)
@@ -101,10 +102,19 @@ async fn a_redis_restart_loses_nothing_that_fits_the_buffer() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn messages_past_the_buffer_bound_are_dropped_and_counted() {
+/// Stops Redis under a sender with an outbox of five messages, broadcasts
+/// 1..=12, restarts Redis: returns what the other server's client received
+/// and the sender's drop count then, as the stats and the metrics tell it.
+async fn overflow(policy: DropPolicy) -> (Vec<u64>, u64, String) {
     let redis = support::RedisServer::start();
-    let one = backplane(&redis.url(), 5).await;
+    let metrics = Metrics::new();
+    let one = RedisBackplane::start(
+        options(&redis.url(), 5)
+            .drop_policy(policy)
+            .metrics(metrics.backplane().clone()),
+    )
+    .expect("backplane");
+    assert!(one.wait_connected(Duration::from_secs(5)).await);
     let two = backplane(&redis.url(), 5).await;
     let sender: Arc<dyn LifetimeManager> = one.lifetime_manager("Faults.Hub");
     let receiver: Arc<dyn LifetimeManager> = two.lifetime_manager("Faults.Hub");
@@ -113,17 +123,90 @@ async fn messages_past_the_buffer_bound_are_dropped_and_counted() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     redis.kill();
+    // Down before sending: no batch is in flight, so the outcome does not
+    // depend on when the publisher notices the loss.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while one.stats().connected && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!one.stats().connected);
     for n in 1..=12 {
         broadcast(&sender, n).await;
     }
     assert_eq!(one.stats().dropped, 7);
     assert_eq!(one.stats().buffered, 5);
     redis.restart();
-    // The five that fitted arrive after the recovery.
-    assert_eq!(numbers_until(&mut remote, 5).await, [1, 2, 3, 4, 5]);
-    // Room again in the outbox before the next message.
+    let arrived = numbers_until(&mut remote, 12).await;
+    // Room again in the outbox before the next message, which arrives and
+    // drops nothing.
     assert_eq!(settled(&one).await, 0, "{:?}", one.stats());
     broadcast(&sender, 100).await;
     assert_eq!(numbers_until(&mut remote, 100).await, [100]);
-    assert_eq!(one.stats().dropped, 7);
+    (arrived, one.stats().dropped, metrics.render())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_buffer_bound_drop_newest_keeps_the_first_and_counts_the_rest() {
+    let (arrived, dropped, metrics) = overflow(DropPolicy::DropNewest).await;
+    assert_eq!(arrived, [1, 2, 3, 4, 5]);
+    assert_eq!(dropped, 7);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "tidings_backplane_messages_dropped_total 7"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_buffer_bound_drop_oldest_keeps_the_last_and_counts_the_rest() {
+    let (arrived, dropped, metrics) = overflow(DropPolicy::DropOldest).await;
+    assert_eq!(arrived, [8, 9, 10, 11, 12]);
+    assert_eq!(dropped, 7);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "tidings_backplane_messages_dropped_total 7"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn the_default_drop_policy_keeps_the_freshest() {
+    assert_eq!(DropPolicy::default(), DropPolicy::DropOldest);
+}
+
+/// After an outage long enough for the reconnect backoff to have grown to
+/// seconds, the backplane still publishes within a second of Redis
+/// accepting connections again: while Redis cannot be reached, attempts
+/// follow the probe interval, not the backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backplane_is_back_within_a_second_of_redis() {
+    let redis = support::RedisServer::start();
+    let start = |url: String| async move {
+        // The default backoff (100 ms doubling up to 5 s) and probe.
+        let options = options(&url, 1000)
+            .reconnect_backoff(Duration::from_millis(100), Duration::from_secs(5));
+        let backplane = RedisBackplane::start(options).expect("backplane");
+        assert!(backplane.wait_connected(Duration::from_secs(5)).await);
+        backplane
+    };
+    let one = start(redis.url()).await;
+    let two = start(redis.url()).await;
+    let mut pair = support::pair(&one, &two).await;
+
+    redis.kill();
+    broadcast(&pair.sender, 1).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!one.stats().connected && !two.stats().connected);
+    let down_since = one.stats().since.expect("since");
+    redis.restart();
+    // restart() returns once Redis answers.
+    let back = tokio::time::Instant::now();
+    assert_eq!(numbers_until(&mut pair.remote, 1).await, [1]);
+    let took = back.elapsed();
+    assert!(took < Duration::from_secs(1), "the backplane took {took:?}");
+    let stats = one.stats();
+    assert!(stats.connected);
+    assert!(stats.since.expect("since") > down_since, "{stats:?}");
 }
