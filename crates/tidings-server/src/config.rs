@@ -400,6 +400,33 @@ pub(crate) struct RedisSettings {
     /// connections.
     #[arg(long = "redis-heartbeat-ms", env = "TIDINGS_REDIS_HEARTBEAT_MS", default_value_t = Span(RedisOptions::DEFAULT_HEARTBEAT))]
     pub heartbeat: Millis,
+
+    /// Which cross-server message is dropped when the buffer is full:
+    /// `oldest` (after an outage the freshest traffic arrives) or `newest`
+    /// (the start of the outage arrives, later messages are refused).
+    #[arg(
+        long = "redis-drop-policy",
+        env = "TIDINGS_REDIS_DROP_POLICY",
+        default_value = "oldest"
+    )]
+    pub drop_policy: RedisDropPolicy,
+}
+
+/// The backplane's drop policy as the settings spell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RedisDropPolicy {
+    Oldest,
+    Newest,
+}
+
+impl From<RedisDropPolicy> for tidings_redis::DropPolicy {
+    fn from(policy: RedisDropPolicy) -> Self {
+        match policy {
+            RedisDropPolicy::Oldest => tidings_redis::DropPolicy::DropOldest,
+            RedisDropPolicy::Newest => tidings_redis::DropPolicy::DropNewest,
+        }
+    }
 }
 
 /// How log lines are written.
@@ -1131,5 +1158,20 @@ mod tests {
             let error = check(&settings).map(drop).expect_err(toml);
             assert!(error.to_string().contains(expected), "{toml}: {error}");
         }
+    }
+
+    #[test]
+    fn the_drop_policy_comes_from_the_flag_or_the_file() {
+        let default = parse("", &[]).expect("parses");
+        assert_eq!(default.redis.drop_policy, RedisDropPolicy::Oldest);
+        let file = parse("[redis]\ndrop_policy = \"newest\"", &[]).expect("parses");
+        assert_eq!(file.redis.drop_policy, RedisDropPolicy::Newest);
+        let flag = parse(
+            "[redis]\ndrop_policy = \"newest\"",
+            &["--redis-drop-policy", "oldest"],
+        )
+        .expect("parses");
+        assert_eq!(flag.redis.drop_policy, RedisDropPolicy::Oldest);
+        assert!(parse("[redis]\ndrop_policy = \"random\"", &[]).is_err());
     }
 }

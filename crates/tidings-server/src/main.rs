@@ -226,8 +226,7 @@ async fn main() -> anyhow::Result<()> {
         .route("/health", get(|| async { "ok" }))
         .merge(health::router(
             shutdown.clone(),
-            registry.clone(),
-            args.redis.url.is_some(),
+            lifetimes.backplane_status(),
         ))
         .merge(registry.router())
         .merge(rest.into_router())
@@ -336,6 +335,7 @@ impl Lifetimes {
             .channel_prefix(args.redis.prefix.as_str())
             .advertise(advertise.as_str())
             .buffer(args.redis.buffer_messages, args.redis.buffer_bytes)
+            .drop_policy(args.redis.drop_policy.into())
             .metrics(registry.backplane().clone())
             .heartbeat(heartbeat, heartbeat * 5);
         let backplane =
@@ -382,6 +382,17 @@ impl Lifetimes {
         match self {
             Lifetimes::Memory { .. } => None,
             Lifetimes::Redis { backplane, .. } => Some(Arc::clone(backplane) as _),
+        }
+    }
+
+    /// What `/readyz` reports of the backplane, if there is one.
+    fn backplane_status(&self) -> Option<health::BackplaneStatus> {
+        match self {
+            Lifetimes::Memory { .. } => None,
+            Lifetimes::Redis { backplane, .. } => {
+                let backplane = Arc::clone(backplane);
+                Some(Arc::new(move || backplane.stats()))
+            }
         }
     }
 
