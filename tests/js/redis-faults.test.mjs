@@ -83,3 +83,60 @@ test("a Redis restart mid-stream: no server falls over, nothing is lost or repea
     await Promise.all([sender, local, ...remote].map((c) => c.stop()));
   }
 });
+
+test("past the outbox bound: the oldest are dropped, and /metrics and /readyz tell how many", async () => {
+  const ownRedis = await startRedis();
+  const own = await startCluster(2, ownRedis, ["--redis-heartbeat-ms", "100", "--redis-buffer-messages", "5"]);
+  const clients = [];
+  try {
+    await sleep(400);
+    const sender = await connect(own[0], "/hubs/test", "json");
+    const remote = await connect(own[1], "/hubs/test", "json");
+    clients.push(sender, remote);
+    const atRemote = record(remote, "Broadcast");
+    const readyz = async () => {
+      const response = await fetch(`${own[0].url}/readyz`);
+      return { status: response.status, body: await response.json() };
+    };
+    const dropped = async () => {
+      const text = await (await fetch(`${own[0].url}/metrics`)).text();
+      const line = text.split("\n").find((l) => l.startsWith("tidings_backplane_messages_dropped_total "));
+      return Number(line.split(" ")[1]);
+    };
+    let { status, body } = await readyz();
+    assert.equal(status, 200);
+    assert.equal(body.backplaneStatus.state, "connected");
+    assert.equal(body.backplaneStatus.dropped, 0);
+
+    const killed = Date.now();
+    await ownRedis.kill();
+    await until(async () => (await readyz()).status === 503, "the outage in /readyz");
+    for (let n = 1; n <= 12; n++) await sender.invoke("Broadcast", n);
+    ({ status, body } = await readyz());
+    assert.equal(status, 503);
+    assert.equal(body.backplane, false);
+    assert.equal(body.backplaneStatus.state, "reconnecting");
+    // Reconnecting since the outage began (the clocks are the same machine's).
+    const since = Date.parse(body.backplaneStatus.since);
+    assert.ok(since >= killed - 1000 && since <= Date.now(), body.backplaneStatus.since);
+    assert.equal(body.backplaneStatus.buffered, 5);
+    assert.equal(body.backplaneStatus.dropped, 7);
+    assert.equal(await dropped(), 7);
+
+    await ownRedis.restart();
+    // The default policy kept the freshest five.
+    await until(() => atRemote.length >= 5, "the buffered broadcasts on server 2");
+    await sleep(300);
+    assert.deepEqual(atRemote.map(([x]) => x), [8, 9, 10, 11, 12]);
+    ({ status, body } = await readyz());
+    assert.equal(status, 200);
+    assert.equal(body.backplaneStatus.state, "connected");
+    assert.ok(Date.parse(body.backplaneStatus.since) > since);
+    assert.equal(body.backplaneStatus.buffered, 0);
+    assert.equal(body.backplaneStatus.dropped, 7);
+  } finally {
+    await Promise.all(clients.map((c) => c.stop()));
+    await Promise.all(own.map((s) => s.stop()));
+    await ownRedis.stop();
+  }
+});

@@ -166,7 +166,9 @@ test("backplane metrics count what REST sends published and every server receive
   for (const i of [0, 1, 2]) assert.equal(await metric(i, "tidings_backplane_messages_dropped_total"), 0);
   // Readiness reports the backplane on every server.
   for (const server of servers) {
-    assert.deepEqual(await (await fetch(`${server.url}/readyz`)).json(), { status: "ready", accepting: true, backplane: true });
+    const { backplaneStatus, ...ready } = await (await fetch(`${server.url}/readyz`)).json();
+    assert.deepEqual(ready, { status: "ready", accepting: true, backplane: true });
+    assert.equal(backplaneStatus.state, "connected");
   }
 });
 
