@@ -274,7 +274,7 @@ impl Link {
     }
 
     /// The next publish sequence number.
-    pub(crate) fn next_seq(&self) -> u64 {
+    fn next_seq(&self) -> u64 {
         self.seq.fetch_add(1, Ordering::Relaxed) + 1
     }
 
@@ -336,9 +336,16 @@ impl Link {
     /// Queues a publish; never waits. When the outbox is full the drop
     /// policy makes room (dropping the oldest) or refuses this message;
     /// returns false if this message was dropped. Every drop is counted.
-    pub(crate) fn publish(&self, channel: String, payload: Bytes) -> bool {
+    ///
+    /// `encode` makes the payload from the publish's sequence number, which
+    /// is taken under the outbox's lock: publishes are queued in the order
+    /// of their numbers. (Taken before the lock, two tasks could queue N+1
+    /// ahead of N, and receivers, which drop a number at or below the last
+    /// one they saw as a duplicate, would lose N without counting it lost.)
+    pub(crate) fn publish(&self, channel: String, encode: impl FnOnce(u64) -> Bytes) -> bool {
         let options = &self.options;
         let mut outbox = lock(&self.outbox);
+        let payload = encode(self.next_seq());
         let mut dropped = 0;
         let accepted = if outbox.fits(payload.len(), options) {
             true

@@ -165,8 +165,10 @@ impl HubCore {
     }
 
     fn publish(&self, channel: String, mut envelope: Envelope) {
-        envelope.seq = Some(self.link.next_seq());
-        self.link.publish(channel, Bytes::from(envelope.encode()));
+        self.link.publish(channel, move |seq| {
+            envelope.seq = Some(seq);
+            Bytes::from(envelope.encode())
+        });
     }
 
     fn send(&self, target: &Target, message: &Arc<SerializedMessage>) -> Result<(), SendError> {

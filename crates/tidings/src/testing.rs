@@ -170,6 +170,7 @@ macro_rules! lifetime_manager_spec {
             client_result_failures,
             presence_across_servers,
             close_requests_and_existence_across_servers,
+            concurrent_sends_all_arrive,
         );
     };
 }
@@ -313,6 +314,39 @@ pub mod spec {
                 "connection {i}: {messages:?}"
             );
         }
+    }
+
+    /// Sends from many tasks of one server at once all reach a connection
+    /// of another server, each once (a backend that numbers its publishes
+    /// must queue them in number order).
+    pub async fn concurrent_sends_all_arrive(backend: &dyn Backend) {
+        const TASKS: i64 = 8;
+        // Under the test connection's queue bound (256): nothing is read until the fence.
+        const EACH: i64 = 25;
+        let s = backend.servers(2).await;
+        let mut b = connect(&s[1], &id("b"), None).await;
+        let mut senders = tokio::task::JoinSet::new();
+        for task in 0..TASKS {
+            let server = Arc::clone(&s[0]);
+            senders.spawn(async move {
+                for i in 0..EACH {
+                    send(&server, Target::All, "M", json!(task * EACH + i)).await;
+                }
+            });
+        }
+        while let Some(done) = senders.join_next().await {
+            done.expect("a sending task failed");
+        }
+        let seen = fence(backend, &s[0], &mut [&mut b]).await;
+        let mut numbers: Vec<i64> = seen[0].iter().filter_map(|(_, v)| v.as_i64()).collect();
+        numbers.sort_unstable();
+        let expected: Vec<i64> = (0..TASKS * EACH).collect();
+        assert_eq!(
+            numbers,
+            expected,
+            "lost or duplicated among {} received",
+            seen[0].len()
+        );
     }
 
     /// `AllExcept` skips exactly the listed connections, wherever they are.
