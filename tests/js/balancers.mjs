@@ -6,6 +6,7 @@
 // shutdown) and started again on its port, behind the same balancer.
 
 import { spawn } from "node:child_process";
+import { existsSync } from "node:fs";
 import { chmod, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -15,6 +16,12 @@ import { freePort, startRedis, until } from "./cluster.mjs";
 export const BALANCERS = ["haproxy", "nginx"];
 
 const DEPLOY = new URL("../../deploy/", import.meta.url).pathname;
+
+/** The balancer's program: on the PATH, or in /usr/sbin where Debian puts it (off a user's PATH). */
+function program(kind) {
+  const dirs = [...(process.env.PATH ?? "").split(":"), "/usr/sbin", "/sbin"];
+  return dirs.map((dir) => join(dir, kind)).find((path) => existsSync(path)) ?? kind;
+}
 
 /**
  * `text` with every match of `pattern` (a global regex) replaced; throws
@@ -81,7 +88,7 @@ export async function startBalancer(kind, ports) {
     kind === "haproxy"
       ? ["-f", config, "-db"]
       : ["-p", `${dir}/`, "-c", config, "-e", "stderr", "-g", `daemon off; pid ${join(dir, "nginx.pid")};`];
-  const child = spawn(kind === "haproxy" ? "haproxy" : "nginx", args, { stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(program(kind), args, { stdio: ["ignore", "pipe", "pipe"] });
   let stdout = "";
   let stderr = "";
   child.stdout.on("data", (d) => (stdout += d));

@@ -106,10 +106,9 @@ for (const kind of BALANCERS) {
         } else {
           assert.equal(later.size, 3, log);
         }
-        assert.ok(
-          entries.every((r) => r.status < 500),
-          log,
-        );
+        // No balancer or server failure (499, 404: requests the client
+        // gave up on while stopping).
+        assert.ok(entries.every((r) => r.status < 500), log);
       });
     }
 
