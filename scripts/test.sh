@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every check and test of the repository. Installs what the tests need
 # where it is missing (npm packages for the JS-client suite, the demo app and
-# the browser suite, Chromium, cargo-fuzz, the aiosignalr server for the Rust
-# client's interop tests, the Python clients, schemathesis for the REST API).
+# the browser suite, redis-server, HAProxy and nginx, Chromium, cargo-fuzz,
+# the aiosignalr server for the Rust client's interop tests, the Python
+# clients, schemathesis for the REST API).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,16 @@ if ! command -v redis-server > /dev/null || ! command -v redis-cli > /dev/null; 
     step "installing redis-server"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq && apt-get install -y -qq redis-server > /dev/null
+fi
+
+# The load-balancer suite runs a cluster behind HAProxy and behind nginx,
+# started by the test itself with the configurations of deploy/ (on a free
+# port, files in a temporary directory); the packages' system services are
+# not used by the tests.
+if ! command -v haproxy > /dev/null || ! command -v nginx > /dev/null; then
+    step "installing haproxy and nginx"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq haproxy nginx > /dev/null
 fi
 
 # The Python server of the Rust client's interop tests, and the Python clients
