@@ -6,7 +6,7 @@
 use std::{
     cell::RefCell,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -18,6 +18,7 @@ use hdrhistogram::{
     Histogram,
     serialization::{Deserializer, Serializer, V2Serializer},
 };
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 /// Latencies are recorded in microseconds, from 1 µs to 5 minutes, with three
@@ -69,14 +70,16 @@ impl Recorder {
                 Some((k, shard)) if *k == key => Arc::clone(shard),
                 _ => {
                     let shard = Arc::new(Mutex::new(new_histogram()));
-                    if let Ok(mut shards) = self.shards.lock() {
+                    {
+                        let mut shards = self.shards.lock();
                         shards.push(Arc::clone(&shard));
                     }
                     *cell = Some((key, Arc::clone(&shard)));
                     shard
                 }
             };
-            if let Ok(mut h) = shard.lock() {
+            {
+                let mut h = shard.lock();
                 h.saturating_record(us);
             }
         });
@@ -85,9 +88,11 @@ impl Recorder {
     /// Everything recorded so far, merged.
     pub(crate) fn merged(&self) -> Histogram<u64> {
         let mut total = new_histogram();
-        if let Ok(shards) = self.shards.lock() {
+        {
+            let shards = self.shards.lock();
             for shard in shards.iter() {
-                if let Ok(h) = shard.lock() {
+                {
+                    let h = shard.lock();
                     let _ = total.add(&*h);
                 }
             }

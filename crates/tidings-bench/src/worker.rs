@@ -9,7 +9,7 @@
 use std::{
     io::Write as _,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -17,6 +17,7 @@ use std::{
 
 use anyhow::Context as _;
 use futures_util::StreamExt;
+use parking_lot::Mutex;
 use serde::de::IgnoredAny;
 use tidings_protocol::{CompletionResult, HubMessage, Invocation, Protocol, ToArguments};
 use tokio::{
@@ -67,7 +68,8 @@ struct PhaseRun {
 impl PhaseRun {
     fn error(&self, error: impl std::fmt::Display) {
         self.errors.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut slot) = self.first_error.lock() {
+        {
+            let mut slot = self.first_error.lock();
             slot.get_or_insert_with(|| error.to_string());
         }
     }
@@ -152,11 +154,7 @@ pub(crate) async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
             expected,
             late: run.late.load(Ordering::Relaxed),
             alive: worker.alive.load(Ordering::Relaxed),
-            first_error: run
-                .first_error
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+            first_error: run.first_error.lock().clone(),
             histogram,
         }));
     }
@@ -260,7 +258,8 @@ async fn open_all(worker: &Arc<Worker>, current: &Current) {
                 }
                 Err(error) => {
                     failed.fetch_add(1, Ordering::Relaxed);
-                    if let Ok(mut slot) = first_error.lock() {
+                    {
+                        let mut slot = first_error.lock();
                         slot.get_or_insert_with(|| format!("{error:#}"));
                     }
                 }
@@ -275,10 +274,7 @@ async fn open_all(worker: &Arc<Worker>, current: &Current) {
     emit(&Event::Ready {
         connected: done.load(Ordering::Relaxed) - failed,
         failed,
-        first_error: first_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone(),
+        first_error: first_error.lock().clone(),
     });
 }
 

@@ -9,12 +9,13 @@ use std::{
     fmt,
     future::Future,
     sync::{
-        Arc, Mutex, RwLock, Weak,
+        Arc, Weak,
         atomic::{AtomicU64, Ordering},
     },
 };
 
 use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
 use serde::{Serialize, de::DeserializeOwned};
 use tidings_protocol::{Headers, HubMessage, Invocation, Payload};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -83,12 +84,12 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn status(&self) -> std::sync::MutexGuard<'_, Status> {
-        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    pub(crate) fn status(&self) -> parking_lot::MutexGuard<'_, Status> {
+        self.status.lock()
     }
 
-    fn events(&self) -> std::sync::MutexGuard<'_, Events> {
-        self.events.lock().unwrap_or_else(|e| e.into_inner())
+    fn events(&self) -> parking_lot::MutexGuard<'_, Events> {
+        self.events.lock()
     }
 
     fn next_id(&self) -> u64 {
@@ -179,11 +180,7 @@ impl Subscription {
     /// Unregisters this handler (other handlers of the method stay).
     pub fn remove(self) {
         if let Some(shared) = self.shared.upgrade() {
-            shared
-                .handlers
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&self.method, Some(self.id));
+            shared.handlers.write().remove(&self.method, Some(self.id));
         }
     }
 }
@@ -473,11 +470,7 @@ impl HubConnection {
     fn register(&self, method: &str, handler: Arc<dyn ErasedHandler>) -> Subscription {
         let shared = self.shared();
         let id = shared.next_id();
-        shared
-            .handlers
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .add(method, id, handler);
+        shared.handlers.write().add(method, id, handler);
         Subscription {
             shared: Arc::downgrade(shared),
             method: method.to_owned(),
@@ -529,11 +522,7 @@ impl HubConnection {
 
     /// Unregisters every handler of `method`.
     pub fn off(&self, method: &str) {
-        self.shared()
-            .handlers
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(method, None);
+        self.shared().handlers.write().remove(method, None);
     }
 
     /// Called when the connection is lost and automatic reconnect starts, with the cause.

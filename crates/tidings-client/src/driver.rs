@@ -820,11 +820,7 @@ async fn run_handlers(
     commands: mpsc::Sender<Command>,
 ) {
     while let Some(invocation) = invocations.recv().await {
-        let handlers = shared
-            .handlers
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&invocation.target);
+        let handlers = shared.handlers.read().get(&invocation.target);
         let run = std::panic::AssertUnwindSafe(handler::run(handlers, &invocation, protocol));
         let completion = match run.catch_unwind().await {
             Ok(completion) => completion,

@@ -335,7 +335,7 @@ pub enum BackplaneError {
 pub struct RedisBackplane {
     link: Arc<Link>,
     /// Addresses of other servers, as last read from the registry.
-    addresses: std::sync::Mutex<HashMap<String, (String, Instant)>>,
+    addresses: parking_lot::Mutex<HashMap<String, (String, Instant)>>,
 }
 
 /// How long a server address read from the registry is used without
@@ -410,7 +410,7 @@ impl RedisBackplane {
         tokio::spawn(heartbeat(Arc::clone(&link)));
         Ok(RedisBackplane {
             link,
-            addresses: std::sync::Mutex::new(HashMap::new()),
+            addresses: parking_lot::Mutex::new(HashMap::new()),
         })
     }
 

@@ -30,13 +30,14 @@
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     sync::{
-        Arc, Mutex, RwLock, Weak,
+        Arc, Weak,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
 use redis::{PushInfo, PushKind, Value};
 use tokio::{
     sync::{Notify, mpsc, watch},
@@ -283,7 +284,7 @@ impl Link {
     /// must order changes of one channel hold their own lock around it.
     pub(crate) fn want(&self, channel: String, route: Option<Route>) -> u64 {
         {
-            let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+            let mut routes = self.routes.write();
             match route {
                 Some(route) => {
                     routes.insert(channel.clone(), route);
@@ -304,10 +305,7 @@ impl Link {
     }
 
     pub(crate) fn is_wanted(&self, channel: &str) -> bool {
-        self.routes
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(channel)
+        self.routes.read().contains_key(channel)
     }
 
     /// Waits until the subscription changes up to `generation` reached
@@ -452,11 +450,7 @@ impl Link {
     }
 
     fn route(&self, channel: &str) -> Option<Route> {
-        self.routes
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(channel)
-            .cloned()
+        self.routes.read().get(channel).cloned()
     }
 
     fn set_state(&self, state: State) {
@@ -468,8 +462,8 @@ impl Link {
     }
 }
 
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> parking_lot::MutexGuard<'_, T> {
+    mutex.lock()
 }
 
 /// Connects, subscribes, registers; keeps subscriptions in line with what
@@ -518,13 +512,7 @@ async fn supervise(link: Arc<Link>) {
             pending.changed.clear();
             pending.generation
         };
-        let wanted: Vec<String> = link
-            .routes
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .cloned()
-            .collect();
+        let wanted: Vec<String> = link.routes.read().keys().cloned().collect();
         link.subscribed.store(epoch + 1, Ordering::Relaxed);
         let ready = async {
             for chunk in wanted.chunks(512) {

@@ -25,12 +25,13 @@
 use std::{
     collections::HashMap,
     sync::{
-        Arc, Mutex, Weak,
+        Arc, Weak,
         atomic::{AtomicI32, Ordering},
     },
 };
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use tidings::{
     BoxFuture, ClientInvocation, ConnectionHandle, GroupError, InvokeError, LifetimeManager,
     Member, MemoryLifetimeManager, PresenceError, Protocol, SendError, SerializedMessage, Target,
@@ -83,8 +84,8 @@ impl std::fmt::Debug for RedisLifetimeManager {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
+fn lock<T>(mutex: &Mutex<T>) -> parking_lot::MutexGuard<'_, T> {
+    mutex.lock()
 }
 
 impl RedisLifetimeManager {

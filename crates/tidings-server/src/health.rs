@@ -118,15 +118,15 @@ mod tests {
 
     #[tokio::test]
     async fn ready_only_with_the_backplane_connected() {
-        let stats = Arc::new(std::sync::Mutex::new(BackplaneStats::default()));
+        let stats = Arc::new(parking_lot::Mutex::new(BackplaneStats::default()));
         let read = Arc::clone(&stats);
-        let status: BackplaneStatus = Arc::new(move || *read.lock().expect("stats"));
+        let status: BackplaneStatus = Arc::new(move || *read.lock());
         let app = router(Shutdown::new(), Some(status));
         let (status, body) = get(&app, "/readyz").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(body["backplane"], false);
         {
-            let mut stats = stats.lock().expect("stats");
+            let mut stats = stats.lock();
             stats.buffered = 10;
             stats.dropped = 3;
             stats.since = Some(std::time::UNIX_EPOCH + Duration::from_millis(1_500));
@@ -141,7 +141,7 @@ mod tests {
                 "dropped": 3,
             })
         );
-        stats.lock().expect("stats").connected = true;
+        stats.lock().connected = true;
         let (status, body) = get(&app, "/readyz").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["backplane"], true);

@@ -14,7 +14,7 @@ use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
     str::FromStr,
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
 
 use axum::{
@@ -22,6 +22,7 @@ use axum::{
     http::{HeaderName, HeaderValue, Method, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
 };
+use parking_lot::Mutex;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 /// Ceilings on live connections, shared by the endpoints given the same
@@ -117,8 +118,8 @@ impl ConnectionLimits {
         self.lock().total
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Live> {
-        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Live> {
+        self.live.lock()
     }
 
     fn full(&self, live: &Live, ip: Option<IpAddr>) -> Option<Refused> {

@@ -10,7 +10,7 @@
 use std::{
     fmt,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
 };
@@ -18,6 +18,7 @@ use std::{
 use axum::http::HeaderMap;
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
+use parking_lot::Mutex;
 use tidings_protocol::{Protocol, TransportType};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
@@ -355,7 +356,8 @@ impl ConnectionHandle {
     }
 
     pub(crate) fn abort_with(&self, reason: AbortReason) {
-        if let Ok(mut slot) = self.inner.abort_reason.lock() {
+        {
+            let mut slot = self.inner.abort_reason.lock();
             // The first reason wins: it is the cause, later ones are effects.
             if matches!(reason, AbortReason::SlowConsumer) {
                 self.inner.kill.set();
@@ -384,11 +386,7 @@ impl ConnectionHandle {
     }
 
     pub(crate) fn abort_reason(&self) -> Option<AbortReason> {
-        self.inner
-            .abort_reason
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.inner.abort_reason.lock().clone()
     }
 
     /// Whether the connection has been aborted.

@@ -8,15 +8,10 @@
 //! adds the rules of where it was handed out (refused in `on_connected`,
 //! the invocation slot freed while waiting) and the timeout.
 
-use std::{
-    fmt,
-    future::IntoFuture,
-    marker::PhantomData,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{fmt, future::IntoFuture, marker::PhantomData, sync::Arc, time::Duration};
 
 use axum::http::HeaderMap;
+use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use tidings_protocol::{Protocol, ToArguments};
 use tokio::sync::OwnedSemaphorePermit;
@@ -87,7 +82,8 @@ impl InvocationSlot {
     /// Frees the slot; later calls do nothing. The session calls it when the
     /// invocation has answered, whatever clones of its context live on.
     pub(crate) fn release(&self) {
-        if let Ok(mut permit) = self.0.lock() {
+        {
+            let mut permit = self.0.lock();
             permit.take();
         }
     }

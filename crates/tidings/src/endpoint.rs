@@ -11,7 +11,7 @@
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     hash::{BuildHasher, RandomState},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -24,6 +24,7 @@ use axum::{
 };
 use base64::Engine;
 use bytes::Bytes;
+use parking_lot::Mutex;
 use tidings_protocol::{
     AvailableTransport, NegotiateRequest, NegotiateResponse, TransferFormat, TransportType,
 };
@@ -418,7 +419,7 @@ impl<H: Hub> Endpoint<H> {
             return text(StatusCode::BAD_REQUEST, "Connection ID required");
         };
         let timeout = self.shared.options.disconnect_timeout;
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = self.pending.lock();
         pending.expire(timeout);
         match pending.by_token.get(&token) {
             None => text(StatusCode::NOT_FOUND, "No Connection with that ID"),
@@ -501,14 +502,14 @@ impl<H: Hub> Endpoint<H> {
 
     fn take_pending(&self, token: &str) -> Option<PendingConnection> {
         let timeout = self.shared.options.disconnect_timeout;
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = self.pending.lock();
         pending.expire(timeout);
         pending.by_token.remove(token)
     }
 
     fn add_pending(&self, token: String, connection: PendingConnection) {
         let timeout = self.shared.options.disconnect_timeout;
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = self.pending.lock();
         pending.expire(timeout);
         pending.order.push_back((connection.created, token.clone()));
         pending.by_token.insert(token, connection);
@@ -518,7 +519,7 @@ impl<H: Hub> Endpoint<H> {
     /// negotiated by.
     fn pending_principal(&self, token: &str) -> Option<Principal> {
         let timeout = self.shared.options.disconnect_timeout;
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = self.pending.lock();
         pending.expire(timeout);
         pending.by_token.get(token).map(|p| p.principal.clone())
     }
@@ -527,7 +528,7 @@ impl<H: Hub> Endpoint<H> {
     /// its body: the channel its HTTP transport will read once it starts.
     fn pending_inbound(&self, token: &str) -> Option<mpsc::Sender<Bytes>> {
         let timeout = self.shared.options.disconnect_timeout;
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = self.pending.lock();
         pending.expire(timeout);
         let connection = pending.by_token.get_mut(token)?;
         let (sender, _) = connection.inbound.get_or_insert_with(http::inbound_channel);
@@ -599,8 +600,8 @@ impl LiveTokens {
         self.lock().contains(&self.keys.hash_one(token))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
-        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashSet<u64>> {
+        self.live.lock()
     }
 }
 

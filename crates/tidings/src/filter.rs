@@ -10,9 +10,10 @@
 //! (back-pressure, like a busy method). `after` runs once the Completion has
 //! been queued (for a streaming method, once its stream has ended).
 
-use std::{collections::HashMap, sync::Mutex, time::Instant};
+use std::{collections::HashMap, time::Instant};
 
 use crate::{BoxFuture, Context, HubError};
+use parking_lot::Mutex;
 
 /// One invocation as a filter sees it.
 #[derive(Debug)]
@@ -158,7 +159,7 @@ impl RateLimiter {
 
     /// Takes a token from `connection`'s bucket at `now`.
     fn take(&self, connection: &str, now: Instant) -> bool {
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut buckets = self.buckets.lock();
         let bucket = buckets.entry(connection.to_owned()).or_insert(Bucket {
             tokens: self.burst,
             updated: now,
@@ -199,10 +200,7 @@ impl HubFilter for RateLimiter {
     }
 
     fn disconnected(&self, cx: &Context) {
-        self.buckets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(cx.connection_id());
+        self.buckets.lock().remove(cx.connection_id());
     }
 }
 

@@ -37,7 +37,7 @@ use std::{
     collections::HashMap,
     fmt,
     sync::{
-        Arc, Mutex, RwLock,
+        Arc,
         atomic::{AtomicI64, AtomicU64, Ordering},
     },
     time::Duration,
@@ -50,6 +50,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+use parking_lot::{Mutex, RwLock};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
@@ -236,10 +237,7 @@ impl Metrics {
                 .gauge(&[]),
             },
         };
-        families
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(registered);
+        families.lock().extend(registered);
         Metrics {
             inner: Arc::new(Inner { families, builtin }),
         }
@@ -296,11 +294,7 @@ impl Metrics {
         labels: &[&str],
         kind: Kind,
     ) -> Result<Family, MetricKindError> {
-        let mut families = self
-            .inner
-            .families
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut families = self.inner.families.lock();
         if let Some(existing) = families.iter().find(|f| f.0.name == name) {
             // Handing out a family of another kind would record into
             // values that are never exported, silently.
@@ -629,16 +623,10 @@ impl Family {
         let key: Vec<String> = (0..self.0.labels.len())
             .map(|i| labels.get(i).copied().unwrap_or_default().to_owned())
             .collect();
-        if let Some(value) = self
-            .0
-            .values
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-        {
+        if let Some(value) = self.0.values.read().get(&key) {
             return value.clone();
         }
-        let mut values = self.0.values.write().unwrap_or_else(|e| e.into_inner());
+        let mut values = self.0.values.write();
         values
             .entry(key)
             .or_insert_with(|| match &self.0.kind {
@@ -710,7 +698,6 @@ impl Family {
             .0
             .values
             .read()
-            .unwrap_or_else(|e| e.into_inner())
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
@@ -764,13 +751,7 @@ impl fmt::Debug for Exposition {
 
 impl Collector for Exposition {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
-        let families: Vec<Family> = self
-            .0
-            .inner
-            .families
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let families: Vec<Family> = self.0.inner.families.lock().clone();
         for family in families {
             family.encode(&mut encoder)?;
         }

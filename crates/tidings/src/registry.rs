@@ -7,10 +7,9 @@
 //! they registered, and an entry cannot outlive its connection by a
 //! forgotten call on some early return.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard},
-};
+use std::{collections::HashMap, sync::Arc};
+
+use parking_lot::{Mutex, MutexGuard};
 
 /// A map from token to a live connection's entry, shared by an endpoint
 /// and the guards of its entries.
@@ -76,7 +75,7 @@ impl<V: Clone> Registry<V> {
 
 impl<V> Registry<V> {
     fn lock(&self) -> MutexGuard<'_, Entries<V>> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.lock()
     }
 }
 

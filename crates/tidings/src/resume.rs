@@ -11,11 +11,9 @@
 //! means for senders), and the highest client message id processed, which
 //! the writer acknowledges once a second when it changed.
 
-use std::sync::{
-    Mutex, MutexGuard,
-    atomic::{AtomicBool, AtomicU64, Ordering},
-};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use parking_lot::{Mutex, MutexGuard};
 use tidings_protocol::resume::ReplayBuffer;
 use tokio::sync::Notify;
 
@@ -47,7 +45,7 @@ impl Resume {
     /// The replay buffer. Held only for synchronous bookkeeping, never
     /// across an `.await`.
     pub(crate) fn buffer(&self) -> MutexGuard<'_, ReplayBuffer> {
-        self.buffer.lock().unwrap_or_else(|e| e.into_inner())
+        self.buffer.lock()
     }
 
     /// The client acknowledged everything up to `sequence_id`.

@@ -5,14 +5,11 @@
 //! and filters that see every invocation — unknown names and refusals
 //! included — before and after it runs.
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::http::request::Parts;
 use futures_util::{SinkExt, Stream, StreamExt};
+use parking_lot::Mutex;
 use tidings::{
     AuthError, BoxFuture, Context, HubEndpoint, HubError, HubFilter, InvocationInfo, Principal, hub,
 };
@@ -78,13 +75,13 @@ struct Recorder {
 
 impl Recorder {
     fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.seen.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(&mut *self.seen.lock())
     }
 
     /// Waits (up to 2 s) until at least `lines` lines were recorded.
     async fn wait_for(&self, lines: usize) {
         for _ in 0..100 {
-            if self.seen.lock().map(|s| s.len()).unwrap_or(0) >= lines {
+            if self.seen.lock().len() >= lines {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -92,10 +89,7 @@ impl Recorder {
     }
 
     fn push(&self, line: String) {
-        self.seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(line);
+        self.seen.lock().push(line);
     }
 }
 

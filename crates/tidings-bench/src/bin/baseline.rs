@@ -29,7 +29,7 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll, ready},
@@ -39,6 +39,7 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
+use parking_lot::Mutex;
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::{TcpListener, TcpStream},
@@ -99,7 +100,7 @@ struct Direct {
 
 impl Direct {
     fn deliver(&self, frame: &Bytes) {
-        let mut backlog = self.backlog.lock().unwrap_or_else(|e| e.into_inner());
+        let mut backlog = self.backlog.lock();
         if *backlog {
             // Full: a slow listener loses the frame, as in the queued mode.
             let _ = self.queue.try_send(frame.clone());
@@ -179,8 +180,8 @@ impl Groups {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<u64, Member>>> {
-        self.members.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<String, HashMap<u64, Member>>> {
+        self.members.lock()
     }
 }
 
@@ -453,7 +454,7 @@ async fn direct_listener(
     let writer = async {
         while let Some(frame) = rx.recv().await {
             out.write_all(&frame).await?;
-            let mut backlog = direct.backlog.lock().unwrap_or_else(|e| e.into_inner());
+            let mut backlog = direct.backlog.lock();
             if rx.is_empty() {
                 *backlog = false;
             }

@@ -5,15 +5,11 @@
 //! later requests reuse it, and a `401` is retried once with a fresh token. A negotiate redirect
 //! with an `accessToken` replaces the factory for the rest of the attempt.
 
-use std::{
-    future::Future,
-    pin::Pin,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use url::Url;
 
@@ -48,14 +44,11 @@ impl Auth {
     }
 
     fn factory(&self) -> Option<TokenFactory> {
-        self.factory
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.factory.lock().clone()
     }
 
     fn cached(&self) -> Option<String> {
-        self.token.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.token.lock().clone()
     }
 
     /// Asks the factory for a new token (if there is one) and caches it.
@@ -66,7 +59,7 @@ impl Auth {
         let token = factory()
             .await
             .map_err(|e| TransportError::AccessToken(e.to_string()))?;
-        *self.token.lock().unwrap_or_else(|e| e.into_inner()) = Some(token.clone());
+        *self.token.lock() = Some(token.clone());
         Ok(Some(token))
     }
 
@@ -80,8 +73,8 @@ impl Auth {
 
     /// A redirect's token: used as is from now on.
     pub(crate) fn set_fixed(&self, token: String) {
-        *self.factory.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        *self.token.lock().unwrap_or_else(|e| e.into_inner()) = Some(token);
+        *self.factory.lock() = None;
+        *self.token.lock() = Some(token);
     }
 
     fn can_refresh(&self) -> bool {

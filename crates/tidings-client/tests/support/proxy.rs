@@ -1,8 +1,9 @@
 //! A TCP proxy for tests whose connections can be cut: both sockets of every open connection
 //! close at once, as when a network path fails, while the proxy keeps accepting new ones.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use parking_lot::Mutex;
 use tokio::{
     net::{TcpListener, TcpStream},
     task::JoinHandle,
@@ -31,10 +32,7 @@ impl Proxy {
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
                     }
                 });
-                registry
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(pipe);
+                registry.lock().push(pipe);
             }
         });
         Ok(Proxy {
@@ -46,12 +44,7 @@ impl Proxy {
 
     /// Drops every open connection.
     pub(crate) fn cut(&self) {
-        for pipe in self
-            .connections
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-        {
+        for pipe in self.connections.lock().drain(..) {
             pipe.abort();
         }
     }

@@ -2,11 +2,9 @@
 //! and notifications to users, and its typed client contract
 //! ([`ChatClient`]).
 
-use std::{
-    collections::{BTreeSet, HashMap},
-    sync::Mutex,
-};
+use std::collections::{BTreeSet, HashMap};
 
+use parking_lot::{Mutex, MutexGuard};
 use serde::Serialize;
 use tidings::{ConnectionError, Context, HubError, hub};
 use ts_rs::TS;
@@ -22,9 +20,8 @@ pub(crate) struct ChatHub {
 }
 
 impl ChatHub {
-    fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<String, BTreeSet<String>>> {
-        // The map stays consistent whatever panicked while holding it.
-        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    fn rooms(&self) -> MutexGuard<'_, HashMap<String, BTreeSet<String>>> {
+        self.rooms.lock()
     }
 }
 

@@ -4,13 +4,14 @@
 use std::{
     collections::HashMap,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
 };
 
 use futures_util::{Stream, StreamExt};
+use parking_lot::Mutex;
 use serde_json::Value;
 use tidings::{CancellationToken, ClientStream, ConnectionError, Context, HubError, hub};
 use tokio::sync::Notify;
@@ -30,7 +31,7 @@ pub(crate) struct TestHub {
 
 impl TestHub {
     fn gate(&self, connection_id: &str) -> Arc<Notify> {
-        let mut gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
+        let mut gates = self.gates.lock();
         Arc::clone(gates.entry(connection_id.to_owned()).or_default())
     }
 }
@@ -117,10 +118,7 @@ impl TestHub {
     ) -> impl Stream<Item = u32> + use<> {
         let record = Arc::clone(&self.watched);
         let set = move |key: &str, state| {
-            record
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(key.to_owned(), state);
+            record.lock().insert(key.to_owned(), state);
         };
         set(&key, "started");
         let hub = cx.hub_context();
@@ -145,7 +143,7 @@ impl TestHub {
     /// What became of the `Watched` stream `key`: `started`, `cancelled`,
     /// or nothing.
     async fn get_watched(&self, key: String) -> Option<String> {
-        let record = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        let record = self.watched.lock();
         record.get(&key).map(|state| (*state).to_owned())
     }
 
@@ -210,10 +208,7 @@ impl TestHub {
     ) -> Result<usize, HubError> {
         let gate = self.gate(cx.connection_id());
         gate.notified().await;
-        self.gates
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(cx.connection_id());
+        self.gates.lock().remove(cx.connection_id());
         let mut count = 0;
         while items.recv().await?.is_some() {
             count += 1;

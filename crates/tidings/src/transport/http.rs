@@ -9,10 +9,7 @@
 //! Removing the registry entry drops the inbound sender, which ends the
 //! session like a closed socket.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     body::{Body, Bytes as BodyBytes},
@@ -20,6 +17,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bytes::{BufMut, Bytes, BytesMut};
+use parking_lot::Mutex;
 use tidings_protocol::{HubMessage, Protocol, TransportType};
 use tokio::{
     sync::{Mutex as AsyncMutex, mpsc},
@@ -132,11 +130,7 @@ impl HttpConnection {
 
     /// Queues a POST body for the session; false if the connection is gone.
     pub(crate) async fn post(&self, body: Bytes) -> bool {
-        let sender = self
-            .inbound
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let sender = self.inbound.lock().clone();
         match sender {
             Some(sender) => sender.send(body).await.is_ok(),
             None => false,
@@ -144,13 +138,15 @@ impl HttpConnection {
     }
 
     fn close_inbound(&self) {
-        if let Ok(mut slot) = self.inbound.lock() {
+        {
+            let mut slot = self.inbound.lock();
             slot.take();
         }
     }
 
     fn touch(&self) {
-        if let Ok(mut t) = self.last_poll.lock() {
+        {
+            let mut t = self.last_poll.lock();
             *t = Instant::now();
         }
     }
@@ -231,12 +227,8 @@ async fn watchdog(http: Arc<HttpConnection>, timeout: Duration) {
             () = http.stop.cancelled() => break,
             () = sleep(Duration::from_secs(1)) => {}
         }
-        let polling = http.poll.lock().map(|p| !p.is_cancelled()).unwrap_or(false);
-        let idle = http
-            .last_poll
-            .lock()
-            .map(|t| t.elapsed())
-            .unwrap_or_default();
+        let polling = !http.poll.lock().is_cancelled();
+        let idle = http.last_poll.lock().elapsed();
         if !polling && idle > timeout {
             tracing::debug!("long polling client stopped polling");
             break;
@@ -346,7 +338,8 @@ pub(crate) async fn poll(
     }
     // A newer poll supersedes an older one, which answers 204.
     let token = CancellationToken::new();
-    if let Ok(mut current) = http.poll.lock() {
+    {
+        let mut current = http.poll.lock();
         current.cancel();
         *current = token.clone();
     }
@@ -407,7 +400,8 @@ fn empty(status: StatusCode) -> Response {
 /// Ends a Long Polling connection (`DELETE`).
 pub(crate) fn delete(http: &HttpConnection) {
     http.stop.cancel();
-    if let Ok(current) = http.poll.lock() {
+    {
+        let current = http.poll.lock();
         current.cancel();
     }
     http.close_inbound();

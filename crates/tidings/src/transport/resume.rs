@@ -188,7 +188,7 @@ pub(crate) async fn serve<H: Hub>(
 /// pump that no socket will come any more.
 #[derive(Default)]
 struct Handoff {
-    slot: std::sync::Mutex<Slot>,
+    slot: parking_lot::Mutex<Slot>,
     notify: Notify,
 }
 
@@ -201,8 +201,8 @@ enum Slot {
 }
 
 impl Handoff {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
-        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Slot> {
+        self.slot.lock()
     }
 
     /// Offers a socket's read half, replacing one not yet taken.
