@@ -59,6 +59,9 @@ use prometheus_client::{
 };
 use tidings_protocol::TransportType;
 
+mod collect;
+pub use collect::{FamilySnapshot, MetricKind, Series, SeriesValue};
+
 /// Buckets (seconds) of connection durations: the OpenTelemetry advice for
 /// `signalr.server.connection.duration`.
 pub const CONNECTION_DURATION_BUCKETS: &[f64] = &[
