@@ -9,6 +9,8 @@ mod metrics;
 mod settings;
 mod traces;
 
+use std::time::Duration;
+
 use opentelemetry::{Key, KeyValue};
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
 use tracing_subscriber::{
@@ -105,21 +107,38 @@ impl Telemetry {
         }
     }
 
-    /// Sends the spans still queued and the metrics as they are now.
+    /// Sends the spans still queued and the metrics as they are now,
+    /// giving up after [`SHUTDOWN_BUDGET`]: an unreachable collector must
+    /// not hold a stopping server past its orchestrator's grace period.
     pub(crate) async fn shutdown(self) {
-        if let Some(metrics) = self.metrics {
-            metrics.finish().await;
-        }
-        if let Some(tracer) = self.tracer {
+        let metrics = async {
+            if let Some(metrics) = self.metrics
+                && tokio::time::timeout(SHUTDOWN_BUDGET, metrics.finish())
+                    .await
+                    .is_err()
+            {
+                tracing::warn!("the last metrics were not exported in time");
+            }
+        };
+        let spans = async {
+            let Some(tracer) = self.tracer else {
+                return;
+            };
             // The SDK waits for its export thread, which waits for the
             // runtime: off the runtime's own threads.
-            let flushed = tokio::task::spawn_blocking(move || tracer.shutdown()).await;
+            let flushed =
+                tokio::task::spawn_blocking(move || tracer.shutdown_with_timeout(SHUTDOWN_BUDGET))
+                    .await;
             if let Ok(Err(error)) = flushed {
                 tracing::warn!(%error, "spans may not all have been exported");
             }
-        }
+        };
+        tokio::join!(metrics, spans);
     }
 }
+
+/// How long a stopping server waits for its last exports.
+const SHUTDOWN_BUDGET: Duration = Duration::from_secs(5);
 
 /// Who is exporting: `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` as
 /// the SDK reads them, with `tidings` as the service name and the server's
