@@ -32,6 +32,8 @@
 //!
 //! Other components add their own metrics with [`Metrics::counter`],
 //! [`Metrics::gauge`] and [`Metrics::histogram`].
+//! [`Metrics::collect`] reads every family's values for exporters of other
+//! formats (the standalone server's OTLP export).
 
 use std::{
     collections::HashMap,
