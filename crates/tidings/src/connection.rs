@@ -164,7 +164,10 @@ impl fmt::Display for SlowConsumer {
                 write!(f, "no write progress for {after:?}")
             }
             SlowConsumer::NoAcknowledgement(after) => {
-                write!(f, "no acknowledgement for {after:?} with a full replay buffer")
+                write!(
+                    f,
+                    "no acknowledgement for {after:?} with a full replay buffer"
+                )
             }
         }
     }

@@ -166,7 +166,10 @@ async fn open_raw_unread(addr: std::net::SocketAddr) -> anyhow::Result<tokio::ne
     // The answer: an unmasked Text frame holding `{}` and a separator.
     let mut answer = [0u8; 5];
     tcp.read_exact(&mut answer).await?;
-    anyhow::ensure!(answer == [0x81, 3, b'{', b'}', 0x1e], "handshake answer: {answer:?}");
+    anyhow::ensure!(
+        answer == [0x81, 3, b'{', b'}', 0x1e],
+        "handshake answer: {answer:?}"
+    );
     Ok(tcp)
 }
 

@@ -183,12 +183,8 @@ async fn run<H: Hub>(
             let _ = http.protocol.set(protocol);
             let connection = ConnectionHandle::new(init, outbound);
             connection.send_frame(Handshake::response(None)).await;
-            let session = session::run(
-                Arc::clone(&endpoint),
-                connection.clone(),
-                inbound,
-                leftover,
-            );
+            let session =
+                session::run(Arc::clone(&endpoint), connection.clone(), inbound, leftover);
             tokio::pin!(session);
             tokio::select! {
                 () = &mut session => {}

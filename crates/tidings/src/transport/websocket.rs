@@ -107,7 +107,11 @@ async fn run<H: Hub>(
             let frame = Handshake::response(Some(&error));
             // No protocol was agreed: the answer goes out as text.
             if let Ok(text) = Utf8Bytes::try_from(frame) {
-                let _ = timeout(options.transport_send_timeout, sink.send(Message::Text(text))).await;
+                let _ = timeout(
+                    options.transport_send_timeout,
+                    sink.send(Message::Text(text)),
+                )
+                .await;
             }
             close(&mut sink, 1000).await;
             return;
