@@ -215,8 +215,10 @@ impl HubOptions {
     ///
     /// So a client that stops reading holds the server's memory for at
     /// most this long (after the kernel's socket buffers have filled), and
-    /// never more than the queue's capacity. Its backlog is dropped, and
-    /// it gets no Close message (it would not read it).
+    /// never more than the queue's capacity. Its backlog is dropped, it
+    /// gets no Close message (it would not read it), and its socket is
+    /// closed (an SSE response's HTTP/1.1 connection only under
+    /// [`serve`](crate::serve), which lets the hub end it).
     pub fn transport_send_timeout(mut self, value: Duration) -> Self {
         self.transport_send_timeout = value;
         self
