@@ -205,8 +205,9 @@ impl HubOptions {
     /// WARN and counted under `signalr_connection_status="slow_consumer"`,
     /// when
     ///
-    /// * WebSockets: a write has not completed for this long (the client's
-    ///   TCP window and the socket's send buffer are full);
+    /// * WebSockets: one write (the messages queued at once, up to 64 KiB,
+    ///   or a single larger message) has not completed for this long (the
+    ///   client's TCP window and the socket's send buffer are full);
     /// * Server-Sent Events: messages have waited this long in the queue
     ///   without the response taking any (the HTTP response is not being
     ///   read);
