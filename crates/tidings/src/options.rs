@@ -205,8 +205,9 @@ impl HubOptions {
     /// WARN and counted under `signalr_connection_status="slow_consumer"`,
     /// when
     ///
-    /// * WebSockets: a write has not completed for this long (the client's
-    ///   TCP window and the socket's send buffer are full);
+    /// * WebSockets: one write (the messages queued at once, up to 64 KiB,
+    ///   or a single larger message) has not completed for this long (the
+    ///   client's TCP window and the socket's send buffer are full);
     /// * Server-Sent Events: messages have waited this long in the queue
     ///   without the response taking any (the HTTP response is not being
     ///   read);
@@ -215,8 +216,10 @@ impl HubOptions {
     ///
     /// So a client that stops reading holds the server's memory for at
     /// most this long (after the kernel's socket buffers have filled), and
-    /// never more than the queue's capacity. Its backlog is dropped, and
-    /// it gets no Close message (it would not read it).
+    /// never more than the queue's capacity. Its backlog is dropped, it
+    /// gets no Close message (it would not read it), and its socket is
+    /// closed (an SSE response's HTTP/1.1 connection only under
+    /// [`serve`](crate::serve), which lets the hub end it).
     pub fn transport_send_timeout(mut self, value: Duration) -> Self {
         self.transport_send_timeout = value;
         self

@@ -4,6 +4,7 @@
 //! reads keeps receiving every message.
 
 use std::{
+    future::IntoFuture,
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -137,7 +138,7 @@ async fn a_client_that_never_reads_is_closed_and_others_get_everything() -> anyh
 /// The send timeout of the servers of the tests below.
 const SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// A hub server whose queues have room for far more messages than a test
+/// A hub server (on `tidings::serve`) whose queues have room for far more messages than a test
 /// sends, so that only the send timeout can catch a stuck client: its
 /// address, hub context, metrics, and the departures of its connections.
 async fn slow_server() -> anyhow::Result<(
@@ -162,7 +163,7 @@ async fn slow_server() -> anyhow::Result<(
     let app: axum::Router = axum::Router::new().nest("/hub", endpoint.into_router());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    tokio::spawn(tidings::serve(listener, app).into_future());
     Ok((addr, hub, metrics, gone_rx))
 }
 
@@ -279,6 +280,24 @@ fn expect_counted(metrics: &tidings::Metrics, transport: &str) -> anyhow::Result
     Ok(())
 }
 
+/// Asserts that the server has closed the stuck client's TCP connection:
+/// it ends (after the data the kernel's buffers held, which the client now
+/// reads).
+async fn expect_closed(mut stuck: tokio::net::TcpStream) -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let drained = tokio::time::timeout(Duration::from_secs(10), async move {
+        let mut chunk = vec![0u8; 64 * 1024];
+        while stuck.read(&mut chunk).await? > 0 {}
+        anyhow::Ok(())
+    })
+    .await;
+    anyhow::ensure!(
+        matches!(drained, Ok(Ok(()))),
+        "the stuck client's connection stays open: {drained:?}"
+    );
+    Ok(())
+}
+
 /// The hub handshake of the tests' clients.
 const HANDSHAKE: &[u8] = b"{\"protocol\":\"json\",\"version\":1}\x1e";
 
@@ -327,18 +346,7 @@ async fn a_client_that_stops_reading_is_closed_within_the_send_timeout() -> anyh
         .expect_slow_consumer_closed(&mut gone, &metrics, "web_sockets")
         .await?;
 
-    // Closed for good: the server ends the TCP connection (after the data
-    // the kernel's buffers held, which the stuck client now reads).
-    let drained = tokio::time::timeout(Duration::from_secs(10), async move {
-        let mut chunk = vec![0u8; 64 * 1024];
-        while stuck.read(&mut chunk).await? > 0 {}
-        anyhow::Ok(())
-    })
-    .await;
-    assert!(
-        matches!(drained, Ok(Ok(()))),
-        "the stuck client's connection stays open: {drained:?}"
-    );
+    expect_closed(stuck).await?;
 
     // The well-behaved client got every message, before the stuck one was
     // closed and after.
@@ -378,8 +386,7 @@ async fn a_server_sent_events_client_that_stops_reading_is_closed_within_the_sen
         .expect_slow_consumer_closed(&mut gone, &metrics, "server_sent_events")
         .await?;
     flood.sent.abort();
-    drop(stream);
-    Ok(())
+    expect_closed(stream).await
 }
 
 #[tokio::test]

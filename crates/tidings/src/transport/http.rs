@@ -28,12 +28,13 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     ConnectionHandle,
     access::Slot,
-    connection::{ConnectionInit, Outbound, SlowConsumer},
+    connection::{AbortReason, ConnectionInit, Outbound, SlowConsumer},
     endpoint::Endpoint,
     hub::Hub,
     metrics::TransportMetrics,
     outbox,
     registry::Registry,
+    serve::ConnectionCloser,
     session::{self, Handshake},
 };
 
@@ -70,6 +71,9 @@ pub(crate) struct HttpConnection {
     /// The user the connection was opened for: later requests must be
     /// from the same user.
     pub user_id: Option<String>,
+    /// Ends the HTTP connection of the SSE response, when the server
+    /// offers that (see [`ConnectionCloser`]).
+    closer: Mutex<Option<ConnectionCloser>>,
 }
 
 impl HttpConnection {
@@ -102,6 +106,7 @@ impl HttpConnection {
             protocol: std::sync::OnceLock::new(),
             metrics: init.metrics.clone(),
             user_id: init.principal.user_id().map(str::to_owned),
+            closer: Mutex::new(None),
         });
         // Registered before the task starts: the first GET, which comes
         // back through the registry for its later polls, finds it.
@@ -199,6 +204,14 @@ async fn run<H: Hub>(
                     session.await;
                 }
             }
+            if matches!(connection.abort_reason(), Some(AbortReason::SlowConsumer))
+                && let Some(closer) = http.closer.lock().take()
+            {
+                // The response is not read, so it cannot end: the HTTP
+                // connection goes, and with it what hyper and the kernel
+                // hold for it.
+                closer.close();
+            }
             if endpoint.shutdown.is_shutting_down() {
                 // The Close waits in the queue for the client's next
                 // request. Once this task ends the process may exit (the
@@ -282,7 +295,12 @@ fn tokio_stream_from(
 }
 
 /// `GET` with `Accept: text/event-stream`: the SSE response. JSON only.
-pub(crate) fn sse(http: Arc<HttpConnection>, keep_alive: Duration) -> Response {
+pub(crate) fn sse(
+    http: Arc<HttpConnection>,
+    keep_alive: Duration,
+    closer: Option<ConnectionCloser>,
+) -> Response {
+    *http.closer.lock() = closer;
     let ping = session::encode(Protocol::Json, &HubMessage::Ping);
     // When the client goes away the body, and with it this guard, is
     // dropped, which ends the connection.
