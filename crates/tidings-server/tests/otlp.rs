@@ -290,14 +290,23 @@ async fn invocation_spans_and_metrics_reach_the_collector() -> Result<()> {
                 .iter()
                 .flat_map(|scope| &scope.metrics)
                 .collect();
-            Some((
-                service.to_owned(),
-                find(&metrics, "signalr_server_active_connections")?,
-                find(&metrics, "tidings_invocation_duration")?,
-            ))
+            let latency = find(&metrics, "tidings_invocation_duration")?;
+            // The histogram's series exist from the start: wait for a
+            // request read after the invocation.
+            let counted = match &latency.data {
+                Some(Data::Histogram(h)) => h.data_points.iter().any(|point| point.count > 0),
+                _ => true,
+            };
+            counted.then(|| {
+                Some((
+                    service.to_owned(),
+                    find(&metrics, "signalr_server_active_connections")?,
+                    latency,
+                ))
+            })?
         })
         .await
-        .context("no metrics request with the connection gauge and the invocation histogram")?;
+        .context("no metrics request with the connection gauge and the counted invocation")?;
     assert_eq!(service, "tidings-under-test");
     let Some(Data::Gauge(active)) = active.data else {
         bail!("signalr_server_active_connections is not a gauge: {active:?}");
