@@ -183,6 +183,22 @@ fn export(
         return None;
     }
 
+    if let Some((name, compression)) = first(
+        var,
+        &[
+            &format!("OTEL_EXPORTER_OTLP_{upper}_COMPRESSION"),
+            "OTEL_EXPORTER_OTLP_COMPRESSION",
+        ],
+    ) && compression != "none"
+    {
+        error(
+            &name,
+            &compression,
+            "requests are not compressed (only none is supported)",
+        );
+        return None;
+    }
+
     let headers = first(
         var,
         &[
@@ -383,6 +399,16 @@ mod tests {
                 "OTEL_METRIC_EXPORT_INTERVAL=\"soon\": not a positive number of milliseconds; the default is used",
                 "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=\"grpc\": only http/protobuf is supported; traces are not exported",
             ]
+        );
+        let (settings, errors) = read(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", "gzip"),
+        ]);
+        assert!(settings.traces.is_some());
+        assert_eq!(settings.metrics, None);
+        assert_eq!(
+            errors[0].to_string(),
+            "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION=\"gzip\": requests are not compressed (only none is supported); metrics are not exported"
         );
         let (settings, errors) = read(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")]);
         assert_eq!((settings.traces, settings.metrics), (None, None));
