@@ -10,7 +10,7 @@ use tungstenite::{Message, Utf8Bytes, protocol::CloseFrame};
 
 use crate::{
     HubOptions,
-    transport::{
+    connections::transport::{
         socket::{Upgrade, WebSocket},
         websocket::{close_status, socket_config},
     },

@@ -7,7 +7,7 @@ use axum::{Router, http::request::Parts};
 
 use crate::{
     AuthError, Authenticator, Backplane, BoxFuture, Cluster, ConnectionLimits, Hub, HubContext,
-    HubEndpoint, HubOptions, HubPaths, Metrics, Principal, Shutdown, backplane::MemoryBackplane,
+    HubEndpoint, HubOptions, HubPaths, Metrics, Principal, Shutdown, MemoryBackplane,
 };
 
 /// The hubs of one server, ready to be served: an axum [`Router`] to merge

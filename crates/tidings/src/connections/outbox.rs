@@ -38,7 +38,7 @@ use futures_util::task::AtomicWaker;
 use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::Notify;
 
-use crate::connection::Outbound;
+use crate::connections::connection::Outbound;
 
 /// The largest batch a transport builds from queued messages (one
 /// WebSocket message, one SSE write, one poll response): the bound a

@@ -16,8 +16,10 @@ use crate::{
     ClientStream, Context, HubError, Principal,
     auth::Policies,
     error::HubErrorKind,
-    hub::{Hub, MethodDescriptor, MethodKind},
-    upload::UploadItem,
+    hub::{
+        definition::{Hub, MethodDescriptor, MethodKind},
+        upload::UploadItem,
+    },
 };
 
 /// The text ASP.NET Core uses when arguments cannot be bound.
@@ -385,7 +387,7 @@ pub(crate) async fn run_stream<H: Hub>(
         let connection = connection.clone();
         async move {
             connection
-                .send_frame(crate::session::encode(protocol, &message))
+                .send_frame(crate::hub::message::encode(protocol, &message))
                 .await
         }
     };
@@ -432,7 +434,7 @@ pub(crate) async fn run_stream<H: Hub>(
                     invocation_id: id.clone(),
                     item,
                 });
-                let frame = crate::session::encode(protocol, &message);
+                let frame = crate::hub::message::encode(protocol, &message);
                 if !connection.send_windowed(frame, place).await {
                     // The connection is gone: nobody is told anything.
                     return Ok(());

@@ -19,11 +19,13 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::{
     ConnectionHandle, GroupError, HubOptions, InvokeError, PresenceError, Principal, SendError,
     error::short_type_name,
-    hub::BoxFuture,
-    lifetime::{LifetimeManager, Member, Target},
-    message::{ClientInvocation, SerializedMessage},
+    connections::handler::BoxFuture,
+    hub::{
+        lifetime::{LifetimeManager, Member, Target},
+        message::{ClientInvocation, SerializedMessage},
+        typed::SendFuture,
+    },
     metrics::HubMetrics,
-    typed::SendFuture,
 };
 
 /// Hub-wide state shared by every connection of one endpoint.

@@ -25,7 +25,7 @@ use tidings_protocol::{EncodeError, Payload, Protocol, ToArguments};
 
 use crate::{
     ClientInvocation, ClientInvoke, ClientProxy, InvokeError, SendError, SerializedMessage,
-    SingleClientProxy, hub::BoxFuture,
+    SingleClientProxy, connections::handler::BoxFuture,
 };
 
 /// The future of a typed send: resolves when the lifetime manager has taken
