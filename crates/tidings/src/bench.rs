@@ -21,8 +21,7 @@ use crate::{
 
 /// A connection without a transport: its queue is drained by [`Outlet`].
 pub fn connection(id: &str, protocol: Protocol, capacity: usize) -> (ConnectionHandle, Outlet) {
-    let (handle, rx) =
-        ConnectionHandle::unattached(id, Principal::anonymous(), protocol, capacity);
+    let (handle, rx) = ConnectionHandle::unattached(id, Principal::anonymous(), protocol, capacity);
     (handle, Outlet { rx })
 }
 

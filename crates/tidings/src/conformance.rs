@@ -11,8 +11,9 @@ use tungstenite::{Message, Utf8Bytes, protocol::CloseFrame};
 use crate::{
     HubOptions,
     connections::transport::{
+        frames::close_status,
         socket::{Upgrade, WebSocket},
-        websocket::{close_status, socket_config},
+        websocket::socket_config,
     },
 };
 

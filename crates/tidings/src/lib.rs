@@ -333,19 +333,19 @@ pub use connections::{
 pub use error::{ConnectionError, GroupError, HubError, InvokeError, PresenceError, SendError};
 pub use hub::{
     backplane::{Backplane, MemoryBackplane},
+    call::{Call, MethodOutput},
     connection::ConnectionHandle,
     context::{
-        ClientInvoke, ClientProxy, Clients, Context, Groups, HubContext, Presence,
+        ClientInvoke, ClientProxy, Clients, Context, Groups, HubContext, Presence, SendFuture,
         SingleClientProxy,
     },
     definition::{Hub, MethodDescriptor, MethodFuture, MethodKind},
-    dispatch::{Call, MethodOutput},
     endpoint::HubEndpoint,
     filter::{HubFilter, InvocationInfo, RateLimiter},
     lifetime::{LifetimeManager, Member, MemoryLifetimeManager, Target},
     message::{ClientInvocation, SerializedMessage},
     options::HubOptions,
-    typed::{ClientTarget, SendFuture, SerializedArguments, SingleClientTarget},
+    typed::{ClientTarget, SerializedArguments, SingleClientTarget},
     upload::ClientStream,
 };
 #[cfg(feature = "jwt")]
@@ -370,8 +370,8 @@ pub mod __private {
         Authorize, Call, CancellationToken, ClientInvoke, ClientProxy, ClientStream, ClientTarget,
         Context, Hub, HubError, MethodDescriptor, MethodFuture, MethodKind, MethodOutput,
         SendFuture, SingleClientTarget,
-        schema::{ClientSchema, Describe, Describer, HubSchema, MethodSchema, Opaque, ParamSchema},
         hub::typed::{invoke_borrowed, invoke_owned, send_borrowed, send_owned},
+        schema::{ClientSchema, Describe, Describer, HubSchema, MethodSchema, Opaque, ParamSchema},
     };
     pub use std::{boxed::Box, result::Result, sync::Arc, vec::Vec};
 }

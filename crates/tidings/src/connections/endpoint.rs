@@ -131,6 +131,8 @@ impl Setup {
 
     /// Whether cross-origin requests may carry credentials.
     pub(crate) fn cors_credentials(&mut self, allow: bool) {
-        self.origins.get_or_insert_with(Origins::default).credentials = allow;
+        self.origins
+            .get_or_insert_with(Origins::default)
+            .credentials = allow;
     }
 }

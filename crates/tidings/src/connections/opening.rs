@@ -20,7 +20,11 @@ pub(crate) enum Opened<T> {
 }
 
 /// Reads from `inbound` until the application decides.
-pub(crate) async fn read<C, S>(app: &C, inbound: &mut S, transport: TransportType) -> Opened<C::Opened>
+pub(crate) async fn read<C, S>(
+    app: &C,
+    inbound: &mut S,
+    transport: TransportType,
+) -> Opened<C::Opened>
 where
     C: Application,
     S: Stream<Item = InboundChunk> + Unpin,

@@ -34,7 +34,9 @@ use tidings_protocol::{
 use tokio::sync::mpsc;
 
 use crate::{
-    auth::{AuthError, Denied, Principal, SharedAuthenticator, bearer_token, form_urlencoded_pairs},
+    auth::{
+        AuthError, Denied, Principal, SharedAuthenticator, bearer_token, form_urlencoded_pairs,
+    },
     connections::{
         access::{ConnectionLimits, Origins, Refused, Slot},
         cluster::{self, Cluster},
@@ -469,7 +471,10 @@ fn unavailable() -> Response {
         .into_response()
 }
 
-async fn negotiate<C: Application>(State(endpoint): State<Arc<Endpoint<C>>>, request: Request) -> Response {
+async fn negotiate<C: Application>(
+    State(endpoint): State<Arc<Endpoint<C>>>,
+    request: Request,
+) -> Response {
     let (parts, _body) = request.into_parts();
     if endpoint.served.shutdown.is_shutting_down() {
         return unavailable();
@@ -522,7 +527,10 @@ async fn negotiate<C: Application>(State(endpoint): State<Arc<Endpoint<C>>>, req
     })
 }
 
-async fn connect<C: Application>(State(endpoint): State<Arc<Endpoint<C>>>, request: Request) -> Response {
+async fn connect<C: Application>(
+    State(endpoint): State<Arc<Endpoint<C>>>,
+    request: Request,
+) -> Response {
     let (request, claimed) = match endpoint.elsewhere(request).await {
         Ok(response) => return response,
         Err(here) => (here.request, here.claimed),
@@ -836,7 +844,10 @@ async fn reauthenticate<C: Application>(
 }
 
 /// `POST {hub}?id=…`: client-to-server messages of SSE and Long Polling.
-async fn send<C: Application>(State(endpoint): State<Arc<Endpoint<C>>>, request: Request) -> Response {
+async fn send<C: Application>(
+    State(endpoint): State<Arc<Endpoint<C>>>,
+    request: Request,
+) -> Response {
     let request = match endpoint.elsewhere(request).await {
         Ok(response) => return response,
         Err(here) => here.request,
@@ -916,7 +927,10 @@ async fn send_early<C: Application>(
 }
 
 /// `DELETE {hub}?id=…`: the Long Polling client stops.
-async fn delete<C: Application>(State(endpoint): State<Arc<Endpoint<C>>>, request: Request) -> Response {
+async fn delete<C: Application>(
+    State(endpoint): State<Arc<Endpoint<C>>>,
+    request: Request,
+) -> Response {
     let request = match endpoint.elsewhere(request).await {
         Ok(response) => return response,
         Err(here) => here.request,

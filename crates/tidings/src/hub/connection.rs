@@ -57,7 +57,10 @@ impl ConnectionHandle {
             metrics: None,
             abort: Default::default(),
         };
-        (ConnectionHandle::new(Connection::new(init, tx), protocol), rx)
+        (
+            ConnectionHandle::new(Connection::new(init, tx), protocol),
+            rx,
+        )
     }
 
     /// The hub protocol the client chose.

@@ -113,7 +113,7 @@ use crate::{
     auth::Authorize,
     error::{ConnectionError, HubError},
     hub::{
+        call::{Call, MethodOutput},
         context::Context,
-        dispatch::{Call, MethodOutput},
     },
 };

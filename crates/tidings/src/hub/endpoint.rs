@@ -291,4 +291,3 @@ fn check_policies<H: Hub>(policies: &Policies) {
         );
     }
 }
-

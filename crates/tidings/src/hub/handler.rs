@@ -1,23 +1,12 @@
-//! [`HubHandler`]: a hub as an application of the connection layer — its
-//! authorization requirement, its handshake as the opening, and its
-//! session as the connection's run.
+//! [`HubHandler`]: the state behind a mounted hub, shared by its
+//! connections (the application the connection layer serves, see
+//! `hub::application`).
 
-use std::{sync::Arc, time::Duration};
-
-use bytes::Bytes;
-use futures_util::Stream;
-use tidings_protocol::{Protocol, TransportType};
+use std::sync::Arc;
 
 use crate::{
-    auth::{Denied, Policies, Principal, UserIdProvider},
-    connections::{
-        connection::Connection,
-        handler::{Application, InboundChunk, Opening},
-    },
-    hub::{
-        connection::ConnectionHandle, context::HubShared, definition::Hub, dispatch::Methods,
-        filter::HubFilter, handshake, session,
-    },
+    auth::{Policies, UserIdProvider},
+    hub::{context::HubShared, definition::Hub, dispatch::Methods, filter::HubFilter},
     shutdown::Shutdown,
 };
 
@@ -35,45 +24,4 @@ pub(crate) struct HubHandler<H: Hub> {
     pub user_ids: Option<UserIdProvider>,
     /// Hub filters, in order.
     pub filters: Filters,
-}
-
-impl<H: Hub> Application for HubHandler<H> {
-    type Opened = Protocol;
-
-    fn authorize(&self, principal: &mut Principal) -> Result<(), Denied> {
-        if let Some(provider) = &self.user_ids {
-            let user_id = provider(principal);
-            principal.set_user_id(user_id);
-        }
-        match H::authorization() {
-            Some(requirement) => self.policies.check(requirement, principal),
-            None => Ok(()),
-        }
-    }
-
-    fn opening_timeout(&self) -> Duration {
-        self.shared.options.handshake_timeout
-    }
-
-    fn open(&self, received: &[u8], transport: TransportType) -> Opening<Protocol> {
-        handshake::open(received, transport, &self.shared.options)
-    }
-
-    fn opening_expired(&self) -> Option<Bytes> {
-        Some(handshake::expired())
-    }
-
-    fn run<S>(
-        self: &Arc<Self>,
-        connection: Connection,
-        inbound: S,
-        leftover: Vec<u8>,
-        protocol: Protocol,
-    ) -> impl Future<Output = ()> + Send
-    where
-        S: Stream<Item = InboundChunk> + Unpin + Send + 'static,
-    {
-        let connection = ConnectionHandle::new(connection, protocol);
-        session::run(Arc::clone(self), connection, inbound, leftover)
-    }
 }

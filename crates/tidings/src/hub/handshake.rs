@@ -7,8 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use tidings_protocol::{
-    HubMessage, Protocol, TransferFormat, TransportType, handshake,
-    handshake::HandshakeOutcome,
+    HubMessage, Protocol, TransferFormat, TransportType, handshake, handshake::HandshakeOutcome,
 };
 
 use crate::{
@@ -80,8 +79,9 @@ pub(crate) fn expired() -> Bytes {
 /// protocol rather than one copy each.
 fn ping(protocol: Protocol) -> Bytes {
     static PINGS: OnceLock<[Bytes; 2]> = OnceLock::new();
-    let [json, msgpack] = PINGS
-        .get_or_init(|| [Protocol::Json, Protocol::MessagePack].map(|p| encode(p, &HubMessage::Ping)));
+    let [json, msgpack] = PINGS.get_or_init(|| {
+        [Protocol::Json, Protocol::MessagePack].map(|p| encode(p, &HubMessage::Ping))
+    });
     match protocol {
         Protocol::Json => json.clone(),
         Protocol::MessagePack => msgpack.clone(),

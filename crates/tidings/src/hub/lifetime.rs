@@ -733,7 +733,7 @@ mod tests {
     use super::*;
     use crate::{
         Principal,
-        connections::{connection::Outbound, outbox},
+        connections::outbox::{self, Outbound},
     };
     use tidings_protocol::Protocol;
 

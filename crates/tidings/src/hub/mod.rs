@@ -4,7 +4,9 @@
 //! connection layer ([`crate::connections`]) as one of its applications
 //! ([`handler::HubHandler`]); nothing there names anything here.
 
+pub(crate) mod application;
 pub(crate) mod backplane;
+pub(crate) mod call;
 pub(crate) mod connection;
 pub(crate) mod context;
 pub(crate) mod definition;

@@ -705,7 +705,7 @@ impl<H: Hub> Reader<'_, H> {
     fn open_uploads(
         &mut self,
         invocation: &Invocation,
-    ) -> (Option<u64>, dispatch::UploadReceivers) {
+    ) -> (Option<u64>, crate::hub::call::UploadReceivers) {
         if invocation.stream_ids.is_empty() {
             return (None, Vec::new());
         }

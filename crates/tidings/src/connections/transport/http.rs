@@ -28,10 +28,10 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     connections::{
         access::Slot,
-        connection::{Connection, ConnectionInit, Outbound},
+        connection::{Connection, ConnectionInit},
         handler::{Application, InboundChunk},
         opening::{self, Opened},
-        outbox,
+        outbox::{self, Outbound},
         registry::Registry,
         served::Served,
     },

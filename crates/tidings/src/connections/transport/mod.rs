@@ -2,6 +2,7 @@
 //! its requests into an inbound chunk stream for the application and drains
 //! the connection's outbound queue into its own framing.
 
+pub(crate) mod frames;
 pub(crate) mod http;
 pub(crate) mod resume;
 pub(crate) mod socket;

@@ -50,13 +50,13 @@ use crate::{clock::far_future, connections::options::ConnectionOptions};
 
 use crate::{
     connections::{
-        connection::{AbortReason, Connection, ConnectionInit, Outbound},
-        handler::{AckReader, Accepted, Application, InboundChunk, ResumeFraming},
-        outbox,
+        connection::{AbortReason, Connection, ConnectionInit},
+        handler::{Accepted, AckReader, Application, InboundChunk, ResumeFraming},
+        outbox::{self, Outbound},
         registry::Registry,
         resume::Resume,
         served::Served,
-        transport::websocket::{SEND_TIMEOUT, close, close_status, collect, data, frame_message},
+        transport::frames::{SEND_TIMEOUT, close, close_status, collect, data, frame_message},
     },
     error::ConnectionError,
 };
@@ -359,7 +359,8 @@ impl Pump {
     /// Applies the Acks in `bytes` now, ahead of the session.
     fn sniff(&mut self, bytes: &[u8]) {
         let resume = &self.resume;
-        self.sniffer.read(bytes, &mut |sequence_id| resume.ack(sequence_id));
+        self.sniffer
+            .read(bytes, &mut |sequence_id| resume.ack(sequence_id));
     }
 
     /// Waits until the session has taken enough earlier pieces; `None` when
