@@ -5,7 +5,7 @@
 //! Core's `Http.Connections`.
 //!
 //! It knows nothing of hubs. What runs on a connection is an application
-//! behind a small seam ([`handler`]): the hub layer is one; a
+//! behind a small seam (the `Application` trait of `handler.rs`): the hub layer is one; a
 //! [`ConnectionHandler`] mounted with a [`ConnectionEndpoint`] is another,
 //! which gets bytes in and bytes out:
 //!
