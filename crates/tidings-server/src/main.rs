@@ -73,6 +73,7 @@ impl Settings {
             )
             .maximum_parallel_invocations_per_client(limits.max_parallel_invocations)
             .outbound_buffer_capacity(limits.outbound_buffer)
+            .transport_send_timeout(limits.send_timeout.0)
             .stream_buffer_capacity(limits.stream_buffer_capacity)
             .client_result_timeout(limits.client_result_timeout.0)
             .allow_stateful_reconnects(limits.allow_stateful_reconnects)

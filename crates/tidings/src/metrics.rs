@@ -23,7 +23,9 @@
 //!
 //! Transports are labelled `web_sockets`, `server_sent_events` and
 //! `long_polling`; connection statuses `normal_closure`, `timeout` and
-//! `app_shutdown`, as ASP.NET Core labels them.
+//! `app_shutdown`, as ASP.NET Core labels them, and `slow_consumer` for a
+//! client closed because it did not keep up (its queue overflowed, or it
+//! made no write progress for `HubOptions::transport_send_timeout`).
 //!
 //! Recording is lock-free: a connection resolves its counters once, when it
 //! starts, and then only touches atomics. Families (a metric with labels)
@@ -509,7 +511,7 @@ impl TransportMetrics {
     }
 
     /// The connection ended after `lived`; `status` is `normal_closure`,
-    /// `timeout` or `app_shutdown`.
+    /// `timeout`, `app_shutdown` or `slow_consumer`.
     pub(crate) fn disconnected(&self, lived: Duration, status: &str) {
         self.active.dec();
         self.durations

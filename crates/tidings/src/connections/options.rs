@@ -16,6 +16,9 @@ pub struct ConnectionOptions {
     pub(crate) long_poll_timeout: Duration,
     pub(crate) disconnect_timeout: Duration,
     pub(crate) outbound_buffer_capacity: usize,
+    /// How long a connection may make no write progress while it has
+    /// something to deliver before it is closed as a slow consumer.
+    pub(crate) transport_send_timeout: Duration,
     pub(crate) maximum_request_body_size: usize,
     /// The largest application message a client may send (`None`:
     /// unlimited); WebSocket frame limits are derived from it.
@@ -32,6 +35,8 @@ impl ConnectionOptions {
     pub const DEFAULT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(15);
     /// Default of [`outbound_buffer_capacity`](Self::outbound_buffer_capacity).
     pub const DEFAULT_OUTBOUND_BUFFER_CAPACITY: usize = 1024;
+    /// Default of [`transport_send_timeout`](Self::transport_send_timeout).
+    pub const DEFAULT_TRANSPORT_SEND_TIMEOUT: Duration = Duration::from_secs(10);
     /// Default of [`maximum_request_body_size`](Self::maximum_request_body_size).
     pub const DEFAULT_MAXIMUM_REQUEST_BODY_SIZE: usize = 2 << 20;
     /// Default of [`long_poll_timeout`](Self::long_poll_timeout).
@@ -78,6 +83,15 @@ impl ConnectionOptions {
         self
     }
 
+    /// How long a connection may make no write progress while it has
+    /// something to deliver (ASP.NET Core's `TransportSendTimeout`, 10 s)
+    /// before it is closed as a slow consumer; see
+    /// [`HubOptions::transport_send_timeout`](crate::HubOptions::transport_send_timeout).
+    pub fn transport_send_timeout(mut self, value: Duration) -> Self {
+        self.transport_send_timeout = value;
+        self
+    }
+
     /// The largest body of one `POST` of the Server-Sent Events and Long
     /// Polling transports, in bytes (2 MiB).
     pub fn maximum_request_body_size(mut self, value: usize) -> Self {
@@ -103,6 +117,7 @@ impl Default for ConnectionOptions {
             long_poll_timeout: Self::DEFAULT_LONG_POLL_TIMEOUT,
             disconnect_timeout: Self::DEFAULT_DISCONNECT_TIMEOUT,
             outbound_buffer_capacity: Self::DEFAULT_OUTBOUND_BUFFER_CAPACITY,
+            transport_send_timeout: Self::DEFAULT_TRANSPORT_SEND_TIMEOUT,
             maximum_request_body_size: Self::DEFAULT_MAXIMUM_REQUEST_BODY_SIZE,
             maximum_receive_message_size: Some(Self::DEFAULT_MAXIMUM_RECEIVE_MESSAGE_SIZE),
             allow_stateful_reconnects: false,

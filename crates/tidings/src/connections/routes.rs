@@ -53,6 +53,7 @@ use crate::{
         },
     },
     metrics::{HubMetrics, TransportMetrics},
+    serve::ConnectionCloser,
     shutdown::Shutdown,
 };
 
@@ -821,7 +822,10 @@ async fn connect_http<C: Application>(endpoint: Arc<Endpoint<C>>, parts: Parts) 
         (slot, inbound),
     );
     match transport {
-        TransportType::ServerSentEvents => http::sse(connection),
+        TransportType::ServerSentEvents => {
+            let closer = parts.extensions.get::<ConnectionCloser>().cloned();
+            http::sse(connection, closer)
+        }
         _ => http::poll(connection, true, options.long_poll_timeout).await,
     }
 }

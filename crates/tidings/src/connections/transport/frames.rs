@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, stream::SplitSink};
+use futures_util::{FutureExt, SinkExt, stream::SplitSink};
 use tidings_protocol::TransferFormat;
 use tokio::time::timeout;
 use tungstenite::{Message, Utf8Bytes, protocol::CloseFrame};
@@ -14,10 +14,6 @@ use crate::connections::{
     outbox::{self, Outbound},
     transport::socket::WebSocket,
 };
-
-/// ASP.NET Core's `TransportSendTimeout`: a write blocked this long means
-/// the peer is gone or hopeless.
-pub(crate) const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// ASP.NET Core's `WebSockets.CloseTimeout`.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -107,4 +103,10 @@ pub(crate) async fn close(sink: &mut SplitSink<WebSocket, Message>, code: u16) {
         let _ = sink.close().await;
     })
     .await;
+}
+
+/// Queues a Close frame if the socket takes it at once, without waiting;
+/// the socket is then dropped, whether or not the frame went out.
+pub(crate) fn close_now(sink: &mut SplitSink<WebSocket, Message>, code: u16) {
+    let _ = Box::pin(close(sink, code)).now_or_never();
 }

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     connections::{
         access::Slot,
-        connection::{Connection, ConnectionInit},
+        connection::{AbortReason, Connection, ConnectionInit, SlowConsumer},
         handler::{Application, InboundChunk},
         opening::{self, Opened},
         outbox::{self, Outbound},
@@ -36,6 +36,7 @@ use crate::{
         served::Served,
     },
     metrics::TransportMetrics,
+    serve::ConnectionCloser,
 };
 
 /// How many POST bodies may wait for the application before a POST waits.
@@ -71,6 +72,9 @@ pub(crate) struct HttpConnection {
     /// The user the connection was opened for: later requests must be
     /// from the same user.
     pub user_id: Option<String>,
+    /// Ends the HTTP connection of the SSE response, when the server
+    /// offers that (see [`ConnectionCloser`]).
+    closer: Mutex<Option<ConnectionCloser>>,
 }
 
 impl HttpConnection {
@@ -86,6 +90,7 @@ impl HttpConnection {
         let options = &served.options;
         let (in_tx, in_rx) = inbound.unwrap_or_else(inbound_channel);
         let (out_tx, out_rx) = outbox::channel(options.outbound_buffer_capacity);
+        let stall = out_rx.stall();
         let connection = Arc::new(HttpConnection {
             transport,
             inbound: Mutex::new(Some(in_tx)),
@@ -102,6 +107,7 @@ impl HttpConnection {
             keep_alive: std::sync::OnceLock::new(),
             metrics: init.metrics.clone(),
             user_id: init.principal.user_id().map(str::to_owned),
+            closer: Mutex::new(None),
         });
         // Registered before the task starts: the first GET, which comes
         // back through the registry for its later polls, finds it.
@@ -111,7 +117,7 @@ impl HttpConnection {
             Arc::clone(&connection),
             init,
             in_rx,
-            out_tx,
+            (out_tx, stall),
         );
         let grace = options.disconnect_timeout;
         let task = async move {
@@ -159,16 +165,20 @@ async fn run<C: Application>(
     http: Arc<HttpConnection>,
     mut init: ConnectionInit,
     inbound: mpsc::Receiver<Bytes>,
-    outbound: outbox::Sender,
+    (outbound, stall): (outbox::Sender, outbox::Stall),
 ) {
     let options = &served.options;
     let stop = http.stop.clone();
     let mut inbound = tokio_stream_from(inbound, stop.clone());
-    let watchdog = watchdog(Arc::clone(&http), options.disconnect_timeout);
+    let watchdog = watchdog(
+        Arc::clone(&http),
+        stall,
+        (options.disconnect_timeout, options.transport_send_timeout),
+    );
     tokio::pin!(watchdog);
     let opened = tokio::select! {
         opened = opening::read(&*served.app, &mut inbound, http.transport) => opened,
-        () = &mut watchdog => Opened::Gone,
+        _ = &mut watchdog => Opened::Gone,
     };
     match opened {
         Opened::Accepted(accepted, leftover) => {
@@ -180,14 +190,28 @@ async fn run<C: Application>(
             }
             let session = served
                 .app
-                .run(connection, inbound, leftover, accepted.opened);
+                .run(connection.clone(), inbound, leftover, accepted.opened);
             tokio::pin!(session);
             tokio::select! {
                 () = &mut session => {}
-                // The watchdog closed the inbound channel: the application
-                // sees its input end and tears down normally. It must not
-                // be dropped half-way, or its cleanup would never run.
-                () = &mut watchdog => session.await,
+                // The watchdog closed the inbound channel, or found a slow
+                // consumer and the connection is aborted: the application
+                // tears down normally. It must not be dropped half-way, or
+                // its cleanup would never run.
+                watched = &mut watchdog => {
+                    if let Watched::Stalled(rule) = watched {
+                        connection.close_slow_consumer(rule);
+                    }
+                    session.await;
+                }
+            }
+            if matches!(connection.abort_reason(), Some(AbortReason::SlowConsumer))
+                && let Some(closer) = http.closer.lock().take()
+            {
+                // The response is not read, so it cannot end: the HTTP
+                // connection goes, and with it what hyper and the kernel
+                // hold for it.
+                closer.close();
             }
             if served.shutdown.is_shutting_down() {
                 // The Close waits in the queue for the client's next
@@ -215,28 +239,47 @@ async fn run<C: Application>(
     http.close_inbound();
 }
 
+/// Why the [`watchdog`] ended a connection.
+enum Watched {
+    /// The transport is gone; the inbound channel is closed.
+    Gone,
+    /// A slow consumer: the connection must be closed as one.
+    Stalled(SlowConsumer),
+}
+
 /// Completes when the connection must end from the transport's side: it
-/// was stopped (DELETE, a dropped SSE response), or a Long Polling client
-/// stopped polling for longer than the disconnect timeout.
-async fn watchdog(http: Arc<HttpConnection>, timeout: Duration) {
-    if http.transport != TransportType::LongPolling {
-        http.stop.cancelled().await;
-        http.close_inbound();
-        return;
-    }
+/// was stopped (DELETE, a dropped SSE response), a Long Polling client
+/// stopped polling for longer than the disconnect timeout, or messages
+/// waited with none delivered for the send timeout (the SSE response is
+/// not read, or no poll came to collect them).
+async fn watchdog(
+    http: Arc<HttpConnection>,
+    mut stall: outbox::Stall,
+    (disconnect_timeout, send_timeout): (Duration, Duration),
+) -> Watched {
+    // Checked a few times per timeout, so that a stall is caught within a
+    // fraction of it past the limit.
+    let period = (send_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     loop {
         tokio::select! {
             () = http.stop.cancelled() => break,
-            () = sleep(Duration::from_secs(1)) => {}
+            () = sleep(period) => {}
+        }
+        if stall.check(Instant::now(), send_timeout) {
+            return Watched::Stalled(SlowConsumer::NoWriteProgress(send_timeout));
+        }
+        if http.transport != TransportType::LongPolling {
+            continue;
         }
         let polling = !http.poll.lock().is_cancelled();
         let idle = http.last_poll.lock().elapsed();
-        if !polling && idle > timeout {
+        if !polling && idle > disconnect_timeout {
             tracing::debug!("long polling client stopped polling");
             break;
         }
     }
     http.close_inbound();
+    Watched::Gone
 }
 
 /// The inbound channel as the application's chunk stream, ending when stopped.
@@ -255,7 +298,8 @@ fn tokio_stream_from(
 /// `GET` with `Accept: text/event-stream`: the SSE response. Text only.
 /// Until the opening chose a keep-alive, or without one, an idle stream
 /// sends nothing.
-pub(crate) fn sse(http: Arc<HttpConnection>) -> Response {
+pub(crate) fn sse(http: Arc<HttpConnection>, closer: Option<ConnectionCloser>) -> Response {
+    *http.closer.lock() = closer;
     // When the client goes away the body, and with it this guard, is
     // dropped, which ends the connection.
     let guard = http.stop.clone().drop_guard();

@@ -50,13 +50,13 @@ use crate::{clock::far_future, connections::options::ConnectionOptions};
 
 use crate::{
     connections::{
-        connection::{AbortReason, Connection, ConnectionInit},
+        connection::{AbortReason, Connection, ConnectionInit, SlowConsumer},
         handler::{Accepted, AckReader, Application, InboundChunk, ResumeFraming},
         outbox::{self, Outbound},
         registry::Registry,
         resume::Resume,
         served::Served,
-        transport::frames::{SEND_TIMEOUT, close, close_status, collect, data, frame_message},
+        transport::frames::{close, close_now, close_status, collect, data, frame_message},
     },
     error::ConnectionError,
 };
@@ -119,7 +119,10 @@ pub(crate) async fn serve<C: Application>(
     // not an application message and is never replayed.
     if let Some(reply) = accepted.reply {
         let written = match frame_message(format, reply) {
-            Some(answer) => matches!(timeout(SEND_TIMEOUT, sink.send(answer)).await, Ok(Ok(()))),
+            Some(answer) => matches!(
+                timeout(options.transport_send_timeout, sink.send(answer)).await,
+                Ok(Ok(()))
+            ),
             None => false,
         };
         if !written {
@@ -157,6 +160,7 @@ pub(crate) async fn serve<C: Application>(
         batch: Vec::new(),
         window: options.disconnect_timeout,
         stall_limit: options.client_timeout_interval,
+        send_timeout: options.transport_send_timeout,
         ended: ended.clone(),
     };
     let (pieces_tx, pieces_rx) = mpsc::unbounded_channel();
@@ -418,6 +422,9 @@ struct Writer {
     batch: Vec<u8>,
     window: Duration,
     stall_limit: Duration,
+    /// How long one write may wait for the socket before it counts as lost
+    /// (the client may come back on a new one).
+    send_timeout: Duration,
     /// The session has ended: nothing more will be acknowledged.
     ended: CancellationToken,
 }
@@ -480,8 +487,7 @@ impl Writer {
                     return self.close_after_session().await;
                 }
                 () = &mut stall, if stalled => {
-                    tracing::warn!(connection_id = %self.connection.id(), "no acknowledgement with a full replay buffer; closing slow consumer");
-                    self.connection.abort_with(AbortReason::SlowConsumer);
+                    self.connection.close_slow_consumer(SlowConsumer::NoAcknowledgement(self.stall_limit));
                     return self.finish_and_close().await;
                 }
                 () = &mut expiry, if !attached => {
@@ -548,7 +554,7 @@ impl Writer {
         let Some(message) = frame_message(self.format, frame) else {
             return;
         };
-        match timeout(SEND_TIMEOUT, sink.send(message)).await {
+        match timeout(self.send_timeout, sink.send(message)).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
                 tracing::debug!(%error, "socket write failed; waiting for the client to reconnect");
@@ -646,7 +652,16 @@ impl Writer {
 
     async fn finish_and_close(mut self) {
         if let Some(mut sink) = self.sink.take() {
-            close(&mut sink, 1000).await;
+            if matches!(
+                self.connection.abort_reason(),
+                Some(AbortReason::SlowConsumer)
+            ) {
+                // A client that does not read would not take the Close
+                // frame either.
+                close_now(&mut sink, 1008);
+            } else {
+                close(&mut sink, 1000).await;
+            }
         }
         self.finish();
     }

@@ -31,13 +31,13 @@ use tungstenite::{Message, Utf8Bytes};
 
 use crate::{
     connections::{
-        connection::{AbortReason, Connection, ConnectionInit},
+        connection::{AbortReason, Connection, ConnectionInit, SlowConsumer},
         handler::{Application, InboundChunk},
         opening::{self, Opened},
         outbox::{self, Outbound},
         served::Served,
         transport::{
-            frames::{SEND_TIMEOUT, close, close_status, collect, data, frame_message},
+            frames::{close, close_now, close_status, collect, data, frame_message},
             resume,
             socket::WebSocket,
         },
@@ -107,7 +107,11 @@ async fn run<C: Application>(
             tracing::debug!("opening refused");
             // No transfer format was agreed: the answer goes out as text.
             if let Some(text) = reply.and_then(|reply| Utf8Bytes::try_from(reply).ok()) {
-                let _ = timeout(SEND_TIMEOUT, sink.send(Message::Text(text))).await;
+                let _ = timeout(
+                    options.transport_send_timeout,
+                    sink.send(Message::Text(text)),
+                )
+                .await;
             }
             close(&mut sink, 1000).await;
             return;
@@ -138,7 +142,7 @@ async fn run<C: Application>(
     if let Some(answer) = accepted.reply {
         connection.record_sent(answer.len());
         let sent = match frame_message(accepted.format, answer) {
-            Some(message) => timeout(SEND_TIMEOUT, sink.send(message)).await,
+            Some(message) => timeout(options.transport_send_timeout, sink.send(message)).await,
             None => return,
         };
         if !matches!(sent, Ok(Ok(()))) {
@@ -153,7 +157,7 @@ async fn run<C: Application>(
         sink,
         rx,
         connection.clone(),
-        accepted.keep_alive,
+        (accepted.keep_alive, options.transport_send_timeout),
         Arc::clone(&read_failure),
     ));
     let session = Box::pin(app.run(
@@ -268,7 +272,7 @@ async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: outbox::Receiver,
     connection: Connection,
-    keep_alive: Option<(Duration, Bytes)>,
+    (keep_alive, send_timeout): (Option<(Duration, Bytes)>, Duration),
     read_failure: Arc<AtomicU16>,
 ) {
     let format = connection.transfer_format();
@@ -276,7 +280,7 @@ async fn write_loop(
     // never sends anything when it fires.
     let (keep_alive, ping) = match keep_alive {
         Some((interval, ping)) => (interval, Some(ping)),
-        None => (SEND_TIMEOUT.max(Duration::from_secs(3600)), None),
+        None => (send_timeout.max(Duration::from_secs(3600)), None),
     };
     let idle = sleep_until(Instant::now() + keep_alive);
     tokio::pin!(idle);
@@ -326,12 +330,15 @@ async fn write_loop(
         };
         // Most writes complete at once. One that has to wait for the socket
         // uses the keep-alive timer as its send timeout, so a write costs no
-        // timer of its own.
+        // timer of its own. The timeout runs from the moment the write
+        // blocks: the kernel's socket buffers took what they could, the
+        // client's TCP window is full, and nothing more goes out until the
+        // client reads.
         let mut send = sink.send(message);
         let sent = match (&mut send).now_or_never() {
             Some(sent) => Some(sent),
             None => {
-                idle.as_mut().reset(Instant::now() + SEND_TIMEOUT);
+                idle.as_mut().reset(Instant::now() + send_timeout);
                 let sent = tokio::select! {
                     biased;
                     sent = &mut send => Some(sent),
@@ -352,10 +359,7 @@ async fn write_loop(
                 break;
             }
             None => {
-                connection.abort_with(AbortReason::Transport(
-                    "a write to the transport timed out".to_owned(),
-                ));
-                code = 1011;
+                connection.close_slow_consumer(SlowConsumer::NoWriteProgress(send_timeout));
                 break;
             }
         }
@@ -371,6 +375,12 @@ async fn write_loop(
             0 => code,
             failure => failure,
         };
+    }
+    if matches!(connection.abort_reason(), Some(AbortReason::SlowConsumer)) {
+        // The socket takes nothing: waiting for it to take a Close frame
+        // would only hold the connection longer.
+        close_now(&mut sink, 1008);
+        return;
     }
     // Boxed: an idle connection's task need not reserve room for closing.
     Box::pin(close(&mut sink, code)).await;
