@@ -9,7 +9,7 @@ use axum::Router;
 use crate::{
     auth::Authenticator,
     connections::{
-        access::{ConnectionLimits, Origins},
+        access::ConnectionLimits,
         cluster::Cluster,
         handler::{ConnectionHandler, Raw},
         options::ConnectionOptions,
@@ -116,23 +116,5 @@ impl<T: ConnectionHandler> ConnectionEndpoint<T> {
         S: Clone + Send + Sync + 'static,
     {
         self.setup.into_router(Arc::new(Raw(self.handler)))
-    }
-}
-
-impl Setup {
-    /// Allows `origins` besides the server's own, keeping the credentials
-    /// setting.
-    pub(crate) fn allow_origins<S: AsRef<str>>(&mut self, origins: impl IntoIterator<Item = S>) {
-        let credentials = self.origins.as_ref().is_none_or(|o| o.credentials);
-        let mut origins = Origins::new(origins);
-        origins.credentials = credentials;
-        self.origins = Some(origins);
-    }
-
-    /// Whether cross-origin requests may carry credentials.
-    pub(crate) fn cors_credentials(&mut self, allow: bool) {
-        self.origins
-            .get_or_insert_with(Origins::default)
-            .credentials = allow;
     }
 }

@@ -73,6 +73,22 @@ pub(crate) struct Setup {
 }
 
 impl Setup {
+    /// Allows `origins` besides the server's own, keeping the credentials
+    /// setting.
+    pub(crate) fn allow_origins<S: AsRef<str>>(&mut self, origins: impl IntoIterator<Item = S>) {
+        let credentials = self.origins.as_ref().is_none_or(|o| o.credentials);
+        let mut origins = Origins::new(origins);
+        origins.credentials = credentials;
+        self.origins = Some(origins);
+    }
+
+    /// Whether cross-origin requests may carry credentials.
+    pub(crate) fn cors_credentials(&mut self, allow: bool) {
+        self.origins
+            .get_or_insert_with(Origins::default)
+            .credentials = allow;
+    }
+
     /// The routes serving `app`, to be nested at its path:
     /// `POST /negotiate` and the transport endpoint.
     pub(crate) fn into_router<C: Application, S>(self, app: Arc<C>) -> Router<S>

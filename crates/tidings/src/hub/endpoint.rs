@@ -6,12 +6,8 @@ use std::sync::Arc;
 use axum::Router;
 
 use crate::{
-    auth::{Authenticator, Policies, Principal, SharedAuthenticator, UserIdProvider},
-    connections::{
-        access::{ConnectionLimits, Origins},
-        cluster::Cluster,
-        routes::Setup,
-    },
+    auth::{Authenticator, Policies, Principal, UserIdProvider},
+    connections::{access::ConnectionLimits, cluster::Cluster, routes::Setup},
     error::short_type_name,
     hub::{
         context::{HubContext, HubShared},
@@ -48,20 +44,19 @@ pub struct HubEndpoint<H: Hub> {
     metrics: Option<Metrics>,
     options: HubOptions,
     lifetime: Arc<dyn LifetimeManager>,
-    authenticator: Option<SharedAuthenticator>,
-    shutdown: Shutdown,
-    cluster: Option<Arc<dyn Cluster>>,
+    /// The connection layer's settings (authenticator, limits, origins,
+    /// cluster, shutdown); its options and metrics are the hub's, given at
+    /// `into_router`.
+    setup: Setup,
     access: Access,
 }
 
-/// The security settings of an endpoint beyond authentication.
+/// The hub's own security settings: who the user is and what it may call.
 #[derive(Clone, Default)]
 struct Access {
     policies: Policies,
     user_ids: Option<UserIdProvider>,
     filters: Vec<Arc<dyn HubFilter>>,
-    limits: Option<ConnectionLimits>,
-    origins: Option<Origins>,
 }
 
 impl<H: Hub> std::fmt::Debug for HubEndpoint<H> {
@@ -84,9 +79,7 @@ impl<H: Hub> HubEndpoint<H> {
             metrics: None,
             options: HubOptions::default(),
             lifetime: Arc::new(MemoryLifetimeManager::new()),
-            authenticator: None,
-            shutdown: Shutdown::new(),
-            cluster: None,
+            setup: Setup::default(),
             access: Access::default(),
         }
     }
@@ -126,7 +119,7 @@ impl<H: Hub> HubEndpoint<H> {
     /// Authenticates negotiate and transport requests. Without one, every
     /// connection is anonymous.
     pub fn authenticator(mut self, authenticator: impl Authenticator) -> Self {
-        self.authenticator = Some(Arc::new(authenticator));
+        self.setup.authenticator = Some(Arc::new(authenticator));
         self
     }
 
@@ -190,7 +183,7 @@ impl<H: Hub> HubEndpoint<H> {
     /// Counts this endpoint's connections under `limits` (share one value
     /// between endpoints for a server-wide ceiling).
     pub fn connection_limits(mut self, limits: &ConnectionLimits) -> Self {
-        self.access.limits = Some(limits.clone());
+        self.setup.limits = Some(limits.clone());
         self
     }
 
@@ -200,10 +193,7 @@ impl<H: Hub> HubEndpoint<H> {
     /// `403`. Without this, only same-origin pages may connect (clients
     /// outside browsers send no `Origin` and are not affected).
     pub fn allowed_origins<S: AsRef<str>>(mut self, origins: impl IntoIterator<Item = S>) -> Self {
-        let credentials = self.access.origins.as_ref().is_none_or(|o| o.credentials);
-        let mut origins = Origins::new(origins);
-        origins.credentials = credentials;
-        self.access.origins = Some(origins);
+        self.setup.allow_origins(origins);
         self
     }
 
@@ -211,8 +201,7 @@ impl<H: Hub> HubEndpoint<H> {
     /// credentials (`Access-Control-Allow-Credentials`; on by default, as
     /// the official JavaScript client sends them).
     pub fn cors_credentials(mut self, allow: bool) -> Self {
-        let origins = self.access.origins.get_or_insert_with(Origins::default);
-        origins.credentials = allow;
+        self.setup.cors_credentials(allow);
         self
     }
 
@@ -221,13 +210,13 @@ impl<H: Hub> HubEndpoint<H> {
     /// forwarded to it (see [`Cluster`]). Without it nothing is forwarded and
     /// ids carry no server id.
     pub fn cluster(mut self, cluster: Arc<dyn Cluster>) -> Self {
-        self.cluster = Some(cluster);
+        self.setup.cluster = Some(cluster);
         self
     }
 
     /// Ties the endpoint's connections to a shared [`Shutdown`].
     pub fn shutdown(mut self, shutdown: &Shutdown) -> Self {
-        self.shutdown = shutdown.clone();
+        self.setup.shutdown = shutdown.clone();
         self
     }
 
@@ -255,18 +244,14 @@ impl<H: Hub> HubEndpoint<H> {
         check_policies::<H>(&access.policies);
         let setup = Setup {
             options: self.options.connection_options(),
-            authenticator: self.authenticator,
-            limits: access.limits,
-            origins: access.origins,
-            cluster: self.cluster,
-            shutdown: self.shutdown.clone(),
             metrics: shared.metrics.clone(),
+            ..self.setup
         };
         let handler = HubHandler {
             hub: self.hub,
             methods: Methods::new(),
             shared,
-            shutdown: self.shutdown,
+            shutdown: setup.shutdown.clone(),
             policies: access.policies,
             user_ids: access.user_ids,
             filters: access.filters.into(),

@@ -2,10 +2,12 @@
 //! succession of sockets.
 //!
 //! Ownership: the connection task started by the first WebSocket owns the
-//! logical connection for its whole life — the session (reader, invocation
-//! tasks, lifetime registration), the [`Writer`] and the [`Pump`] run side
-//! by side in it (`tokio::join!`), as session and writer do for an ordinary
-//! WebSocket connection. Sockets come and go:
+//! logical connection for its whole life — the application's run (for a
+//! hub, its session: reader, invocation tasks, lifetime registration; "the
+//! session" below), the [`Writer`] and the [`Pump`] run side by side in it
+//! (`tokio::join!`), as session and writer do for an ordinary WebSocket
+//! connection. The Sequence and Ack messages it writes and the Acks it
+//! finds are the application's ([`ResumeFraming`]). Sockets come and go:
 //!
 //! * The endpoint keeps a [`Resumable`] per live stateful connection, keyed
 //!   by its secret token. A WebSocket request presenting the token is

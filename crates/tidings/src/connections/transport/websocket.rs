@@ -1,8 +1,8 @@
 //! The WebSocket transport.
 //!
-//! One task per connection runs two futures side by side: the session (which
-//! reads the socket) and the writer (which owns the sink and drains the
-//! outbound queue). Neither is spawned separately, so both end with the
+//! One task per connection runs two futures side by side: the application
+//! (for a hub, its session, which reads the socket) and the writer (which
+//! owns the sink and drains the outbound queue). Neither is spawned separately, so both end with the
 //! connection's task and nothing leaks.
 //!
 //! Framing: the application's transfer format chooses Text or Binary frames
