@@ -64,6 +64,9 @@ export function build(server, path, protocol, options = {}) {
     skipNegotiation: options.skipNegotiation ?? false,
   };
   if (options.token) httpOptions.accessTokenFactory = () => options.token;
+  // A WebSocket class of the caller's (the `ws` one, subclassed), so that a
+  // test can see or pause each socket the client opens.
+  if (options.WebSocket) httpOptions.WebSocket = options.WebSocket;
   let builder = new signalR.HubConnectionBuilder()
     .withUrl(`${server.url}${path}`, httpOptions)
     .configureLogging(signalR.LogLevel.None);
