@@ -530,6 +530,7 @@ async function rollingRestart(size) {
           await until(
             async () => {
               await fetch(`${cluster.url}/hubs/test/negotiate?negotiateVersion=1`, { method: "POST" }).catch(() => {});
+              await sleep(100);
               return (await cluster.requests(from)).some((r) => r.server === i && r.status === 200);
             },
             `server ${i + 1} back in the balancer`,
@@ -578,9 +579,11 @@ async function killNine(size) {
       await pub.stop();
     }
     await settle(receivers, ledger);
-    const affected = receivers.filter(reopened(at, Infinity)).length;
+    const hit = receivers.filter(reopened(at, Infinity));
+    const resumed = hit.filter((r) => r.connection.connectionId === r.firstId).length;
     const notes = [
-      `server ${victim + 1} of 3 killed (SIGKILL) under load, not restarted; ${affected} of ${receivers.length} clients were on it and reconnected`,
+      `server ${victim + 1} of 3 killed (SIGKILL) under load, not restarted; ${hit.length} of ${receivers.length} clients lost their socket, ` +
+        `${resumed} of them resumed their connection (a stateful-reconnect socket that reached its server through the killed one)`,
       `uncertain (publisher's invocation failed): ${ledger.uncertain.size}`,
     ];
     const rows = statefulAndPlain("kill-9", receivers, ledger, [{ at, affected: reopened(at, Infinity) }], notes);
