@@ -148,7 +148,7 @@ class Ledger {
  * groups), as an application does in `onreconnected`.
  */
 async function receiver(target, { name, stateful = false, inGroup = false, reconnect = true, serverTimeout } = {}) {
-  const r = { name, stateful, inGroup, got: new Map(), sockets: [], reconnects: 0, closed: false, lastArrival: 0 };
+  const r = { name, stateful, inGroup, got: new Map(), sockets: [], reconnects: 0, lastArrival: 0 };
   // The client's sockets, seen as they open: a new one means the client
   // was disrupted (and gives the slow-consumer scenario a socket to pause).
   const Tracked = class extends WebSocket {
@@ -176,7 +176,6 @@ async function receiver(target, { name, stateful = false, inGroup = false, recon
         r.reconnects += 1;
         if (r.inGroup) await connection.invoke("JoinGroup", GROUP).catch(() => {});
       });
-      connection.onclose(() => (r.closed = true));
     },
   });
   if (inGroup) await r.connection.invoke("JoinGroup", GROUP);
@@ -263,7 +262,8 @@ function account(receivers, ledger) {
       if (m.group && !r.inGroup) continue;
       sent += 1;
       if (r.got.has(key)) received += 1;
-      else missed.set(key, [...(missed.get(key) ?? []), r]);
+      else if (missed.has(key)) missed.get(key).push(r);
+      else missed.set(key, [r]);
     }
     for (const { count } of r.got.values()) duplicated += count - 1;
   }
@@ -817,20 +817,24 @@ export function section(rows, meta) {
 
 Written by \`bash scripts/faults.sh\` (the full size; \`--short\` is the
 version the test suite runs), which replaces this section on every run.
-Run of ${meta.date}: ${meta.machine}; Node ${process.version}; server
-binary \`${meta.bin}\`. Each scenario starts three \`tidings\` servers on a
-\`redis-server\` of their own behind HAProxy (\`deploy/haproxy.cfg\`),
-puts ${meta.rate} messages per second on them (broadcasts and group
-messages alternating, each invoked by an official-client publisher) and
-receives them with official \`@microsoft/signalr\` clients over WebSockets
-(half of them in the group). *sent* is the deliveries owed (each message
-whose invocation completed, once per client it was addressed to),
-*received* those that arrived, *lost* the difference, *duplicated* the
-arrivals beyond the first; *recovery* is, per client a fault disrupted,
-the time from the fault until the first message published after it
-arrived. The expectations are those of \`EXPECTATIONS\` in
-\`tests/js/faults.mjs\`; "reported, not yet zero" marks a known gap
-(connections are not handed over when a server goes away).
+
+- Run of ${meta.date}, server binary \`${meta.bin}\`, Node ${process.version}.
+- Machine: ${meta.machine}; load average ${meta.load} when the run began
+  (other work shares the machine, and the recovery times include it).
+
+Each scenario starts three \`tidings\` servers on a \`redis-server\` of
+their own behind HAProxy (\`deploy/haproxy.cfg\`), puts ${meta.rate} messages
+per second on them (broadcasts and group messages alternating, each
+invoked by an official-client publisher) and receives them with official
+\`@microsoft/signalr\` clients over WebSockets (half of them in the
+group). *sent* is the deliveries owed (each message whose invocation
+completed, once per client it was addressed to), *received* those that
+arrived, *lost* the difference, *duplicated* the arrivals beyond the
+first; *recovery* is, per client a fault disrupted, the time from the
+fault until the first message published after it arrived. The
+expectations are those of \`EXPECTATIONS\` in \`tests/js/faults.mjs\`;
+"reported, not yet zero" marks a known gap (connections are not handed
+over when a server goes away).
 
 ${table(rows)}
 
@@ -905,6 +909,7 @@ async function main(argv) {
   const benchAt = argv.indexOf("--benchmarks");
   const json = argv.includes("--json");
   const log = (line) => process.stderr.write(`${line}\n`);
+  const load = os.loadavg()[0].toFixed(1);
   tolerateClientLibraryErrors();
   const rows = await runScenarios(size, { only, log });
   if (json) {
@@ -925,6 +930,7 @@ async function main(argv) {
         machine: `${cpu.length} × ${cpu[0]?.model?.trim() ?? "unknown CPU"}, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB`,
         bin: (process.env.TIDINGS_BIN ?? "target/debug/tidings").replace(/^.*\/target\//, "target/"),
         rate: size.rate,
+        load,
       }),
     );
   }
