@@ -102,7 +102,7 @@ export const SIZES = {
   short: {
     name: "short",
     rate: 50, // messages per second, broadcasts and group messages alternating
-    redis: { receivers: 6, heartbeatMs: 250, warmupMs: 800, outageMs: 1500, afterMs: 1000, buffer: 20 },
+    redis: { receivers: 6, heartbeatMs: 250, warmupMs: 700, outageMs: 1000, afterMs: 700, buffer: 20 },
     deploy: { stateful: 3, plain: 3, warmupMs: 500, afterMs: 1000, waitForBalancer: false },
     cuts: { stateful: 4, warmupMs: 300, durationMs: 4000, everyMs: 700, settledMs: 200 },
     slow: { healthy: 3, slow: 3, rate: 200, payload: 16384, warmupMs: 300 },
