@@ -177,6 +177,11 @@ pub(crate) struct LimitsSettings {
     #[arg(long, env = "TIDINGS_OUTBOUND_BUFFER", default_value_t = HubOptions::DEFAULT_OUTBOUND_BUFFER_CAPACITY)]
     pub outbound_buffer: usize,
 
+    /// Close a client as a slow consumer when messages wait for it and none
+    /// can be written for this long, in milliseconds (TransportSendTimeout).
+    #[arg(long = "send-timeout-ms", env = "TIDINGS_SEND_TIMEOUT_MS", default_value_t = Span(HubOptions::DEFAULT_TRANSPORT_SEND_TIMEOUT))]
+    pub send_timeout: Millis,
+
     /// Server keep-alive (Ping) interval, in milliseconds (or `15s`).
     #[arg(long = "keep-alive-ms", env = "TIDINGS_KEEP_ALIVE_MS", default_value_t = Span(HubOptions::DEFAULT_KEEP_ALIVE_INTERVAL))]
     pub keep_alive: Millis,

@@ -136,10 +136,41 @@ pub(crate) enum AbortReason {
     /// Closed from outside with a reason for the client
     /// ([`ConnectionHandle::close`]).
     Closed(Option<String>),
-    /// The outbound queue overflowed.
+    /// The client did not keep up ([`SlowConsumer`] says which rule).
     SlowConsumer,
     /// The transport's writer failed.
     Transport(String),
+}
+
+/// Which part of the slow-consumer rule closed a connection (see
+/// `HubOptions::outbound_buffer_capacity` and
+/// `HubOptions::transport_send_timeout`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum SlowConsumer {
+    /// A message found the outbound queue full.
+    QueueFull,
+    /// Messages waited, and nothing was written, for this long.
+    NoWriteProgress(std::time::Duration),
+    /// A stateful-reconnect client acknowledged nothing for this long
+    /// while its replay buffer was full.
+    NoAcknowledgement(std::time::Duration),
+}
+
+impl fmt::Display for SlowConsumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SlowConsumer::QueueFull => f.write_str("outbound queue full"),
+            SlowConsumer::NoWriteProgress(after) => {
+                write!(f, "no write progress for {after:?}")
+            }
+            SlowConsumer::NoAcknowledgement(after) => {
+                write!(
+                    f,
+                    "no acknowledgement for {after:?} with a full replay buffer"
+                )
+            }
+        }
+    }
 }
 
 /// A live connection as seen by lifetime managers and hub code.
@@ -294,8 +325,7 @@ impl ConnectionHandle {
         match self.inner.tx.try_send(Outbound::Frame(frame)) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
-                tracing::warn!(connection_id = %self.id(), "outbound queue full; closing slow consumer");
-                self.abort_with(AbortReason::SlowConsumer);
+                self.close_slow_consumer(SlowConsumer::QueueFull);
                 false
             }
             Err(TrySendError::Closed) => false,
@@ -338,7 +368,24 @@ impl ConnectionHandle {
     /// reading anyway; the connection is aborted and the frame dropped.
     pub(crate) fn send_close(&self, frame: Option<Bytes>) {
         if self.inner.tx.try_send(Outbound::close(frame)).is_err() {
-            self.abort_with(AbortReason::SlowConsumer);
+            self.close_slow_consumer(SlowConsumer::QueueFull);
+        }
+    }
+
+    /// Closes a client that does not keep up: its writer stops at once,
+    /// dropping what is queued, and the session ends with
+    /// `ConnectionError::SlowConsumer`. Logged at WARN once, by whichever
+    /// rule caught it first (later calls change nothing).
+    pub(crate) fn close_slow_consumer(&self, rule: SlowConsumer) {
+        let queued = self.inner.tx.len();
+        if self.abort_with(AbortReason::SlowConsumer) {
+            tracing::warn!(
+                connection_id = %self.id(),
+                transport = ?self.transport(),
+                %rule,
+                queued,
+                "closing slow consumer"
+            );
         }
     }
 
@@ -355,8 +402,9 @@ impl ConnectionHandle {
         self.abort_with(AbortReason::Closed(reason.map(str::to_owned)));
     }
 
-    pub(crate) fn abort_with(&self, reason: AbortReason) {
-        {
+    /// Aborts with `reason`; returns whether it was the first reason.
+    pub(crate) fn abort_with(&self, reason: AbortReason) -> bool {
+        let first = {
             let mut slot = self.inner.abort_reason.lock();
             // The first reason wins: it is the cause, later ones are effects.
             if matches!(reason, AbortReason::SlowConsumer) {
@@ -365,9 +413,12 @@ impl ConnectionHandle {
                 // waits on anyway (one waker fewer per message).
                 self.inner.tx.kill();
             }
+            let first = slot.is_none();
             slot.get_or_insert(reason);
-        }
+            first
+        };
         self.inner.abort.cancel();
+        first
     }
 
     /// Resolves once the writer must stop. Only the connection's writer

@@ -47,6 +47,7 @@ use crate::{
     lifetime::{LifetimeManager, MemoryLifetimeManager},
     metrics::TransportMetrics,
     registry::Registry,
+    serve::ConnectionCloser,
     transport::{
         self,
         http::{self, HttpConnection, Inbound},
@@ -1049,7 +1050,10 @@ async fn connect_http<H: Hub>(endpoint: Arc<Endpoint<H>>, parts: Parts) -> Respo
         (slot, inbound),
     );
     match transport {
-        TransportType::ServerSentEvents => http::sse(connection, options.keep_alive_interval),
+        TransportType::ServerSentEvents => {
+            let closer = parts.extensions.get::<ConnectionCloser>().cloned();
+            http::sse(connection, options.keep_alive_interval, closer)
+        }
         _ => http::poll(connection, true, options.long_poll_timeout).await,
     }
 }

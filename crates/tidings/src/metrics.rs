@@ -23,7 +23,9 @@
 //!
 //! Transports are labelled `web_sockets`, `server_sent_events` and
 //! `long_polling`; connection statuses `normal_closure`, `timeout` and
-//! `app_shutdown`, as ASP.NET Core labels them.
+//! `app_shutdown`, as ASP.NET Core labels them, and `slow_consumer` for a
+//! client closed because it did not keep up (its queue overflowed, or it
+//! made no write progress for `HubOptions::transport_send_timeout`).
 //!
 //! Recording is lock-free: a connection resolves its counters once, when it
 //! starts, and then only touches atomics. Families (a metric with labels)
@@ -32,6 +34,8 @@
 //!
 //! Other components add their own metrics with [`Metrics::counter`],
 //! [`Metrics::gauge`] and [`Metrics::histogram`].
+//! [`Metrics::collect`] reads every family's values for exporters of other
+//! formats (the standalone server's OTLP export).
 
 use std::{
     collections::HashMap,
@@ -58,6 +62,9 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 use tidings_protocol::TransportType;
+
+mod collect;
+pub use collect::{FamilySnapshot, MetricKind, Series, SeriesValue};
 
 /// Buckets (seconds) of connection durations: the OpenTelemetry advice for
 /// `signalr.server.connection.duration`.
@@ -509,7 +516,7 @@ impl TransportMetrics {
     }
 
     /// The connection ended after `lived`; `status` is `normal_closure`,
-    /// `timeout` or `app_shutdown`.
+    /// `timeout`, `app_shutdown` or `slow_consumer`.
     pub(crate) fn disconnected(&self, lived: Duration, status: &str) {
         self.active.dec();
         self.durations

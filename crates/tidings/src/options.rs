@@ -19,6 +19,7 @@ use tidings_protocol::Protocol;
 /// | [`stream_buffer_capacity`](Self::stream_buffer_capacity) | 10 |
 /// | [`disconnect_timeout`](Self::disconnect_timeout) | 15 s |
 /// | [`outbound_buffer_capacity`](Self::outbound_buffer_capacity) | 1024 messages |
+/// | [`transport_send_timeout`](Self::transport_send_timeout) | 10 s |
 /// | [`long_poll_timeout`](Self::long_poll_timeout) | 90 s |
 /// | [`client_result_timeout`](Self::client_result_timeout) | 30 s |
 /// | [`allow_stateful_reconnects`](Self::allow_stateful_reconnects) | off |
@@ -45,6 +46,7 @@ pub struct HubOptions {
     pub(crate) stream_buffer_capacity: usize,
     pub(crate) disconnect_timeout: Duration,
     pub(crate) outbound_buffer_capacity: usize,
+    pub(crate) transport_send_timeout: Duration,
     pub(crate) supported_protocols: Vec<Protocol>,
     pub(crate) websockets: bool,
     pub(crate) server_sent_events: bool,
@@ -70,6 +72,7 @@ impl Default for HubOptions {
             stream_buffer_capacity: Self::DEFAULT_STREAM_BUFFER_CAPACITY,
             disconnect_timeout: Self::DEFAULT_DISCONNECT_TIMEOUT,
             outbound_buffer_capacity: Self::DEFAULT_OUTBOUND_BUFFER_CAPACITY,
+            transport_send_timeout: Self::DEFAULT_TRANSPORT_SEND_TIMEOUT,
             supported_protocols: vec![Protocol::Json, Protocol::MessagePack],
             websockets: true,
             server_sent_events: true,
@@ -103,6 +106,8 @@ impl HubOptions {
     pub const DEFAULT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(15);
     /// Default of [`outbound_buffer_capacity`](Self::outbound_buffer_capacity).
     pub const DEFAULT_OUTBOUND_BUFFER_CAPACITY: usize = 1024;
+    /// Default of [`transport_send_timeout`](Self::transport_send_timeout).
+    pub const DEFAULT_TRANSPORT_SEND_TIMEOUT: Duration = Duration::from_secs(10);
     /// Default of [`client_result_timeout`](Self::client_result_timeout).
     pub const DEFAULT_CLIENT_RESULT_TIMEOUT: Duration = Duration::from_secs(30);
     /// Default of [`stateful_reconnect_buffer_size`](Self::stateful_reconnect_buffer_size).
@@ -176,14 +181,47 @@ impl HubOptions {
 
     /// How many messages may wait in one connection's outbound queue.
     ///
-    /// This is the slow-consumer policy: a message sent to a connection whose
-    /// queue is full (a client that does not read) closes that connection
-    /// with [`ConnectionError::SlowConsumer`](crate::ConnectionError), instead
-    /// of letting its memory grow or slowing the sender down. Replies to the
+    /// This is one half of the slow-consumer rule: a message sent to a
+    /// connection whose queue is full (a client that does not read) closes
+    /// that connection with
+    /// [`ConnectionError::SlowConsumer`](crate::ConnectionError), instead of
+    /// letting its memory grow or slowing the sender down. Replies to the
     /// connection's own invocations are not dropped: they wait for room,
-    /// which pauses reading from that client.
+    /// which pauses reading from that client. The other half,
+    /// [`transport_send_timeout`](Self::transport_send_timeout), bounds how
+    /// long a stuck client may hold what is queued.
     pub fn outbound_buffer_capacity(mut self, value: usize) -> Self {
         self.outbound_buffer_capacity = value.max(1);
+        self
+    }
+
+    /// How long a connection may make no write progress while it has
+    /// something to deliver (ASP.NET Core's `TransportSendTimeout`, 10 s).
+    ///
+    /// This is the other half of the slow-consumer rule (see
+    /// [`outbound_buffer_capacity`](Self::outbound_buffer_capacity)): the
+    /// connection is closed with
+    /// [`ConnectionError::SlowConsumer`](crate::ConnectionError), logged at
+    /// WARN and counted under `signalr_connection_status="slow_consumer"`,
+    /// when
+    ///
+    /// * WebSockets: one write (the messages queued at once, up to 64 KiB,
+    ///   or a single larger message) has not completed for this long (the
+    ///   client's TCP window and the socket's send buffer are full);
+    /// * Server-Sent Events: messages have waited this long in the queue
+    ///   without the response taking any (the HTTP response is not being
+    ///   read);
+    /// * Long Polling: messages have waited this long without a poll to
+    ///   collect them.
+    ///
+    /// So a client that stops reading holds the server's memory for at
+    /// most this long (after the kernel's socket buffers have filled), and
+    /// never more than the queue's capacity. Its backlog is dropped, it
+    /// gets no Close message (it would not read it), and its socket is
+    /// closed (an SSE response's HTTP/1.1 connection only under
+    /// [`serve`](crate::serve), which lets the hub end it).
+    pub fn transport_send_timeout(mut self, value: Duration) -> Self {
+        self.transport_send_timeout = value;
         self
     }
 

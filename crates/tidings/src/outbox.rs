@@ -58,6 +58,7 @@ pub(crate) fn channel(capacity: usize) -> (Sender, Receiver) {
             waiting_senders: 0,
             receiver: None,
             receiver_waiting: false,
+            taken: 0,
         }),
         room: Notify::new(),
         side_tasks: [AtomicWaker::new(), AtomicWaker::new()],
@@ -117,6 +118,9 @@ struct State {
     receiver: Option<Waker>,
     /// The receiver found the queue empty and waits to be woken.
     receiver_waiting: bool,
+    /// How many entries the receiver has taken (wrapping): what a
+    /// [`Stall`] watches for progress.
+    taken: u64,
 }
 
 impl State {
@@ -209,6 +213,11 @@ impl Sender {
         }
         self.shared.push(state, entry);
         Ok(())
+    }
+
+    /// How many entries wait.
+    pub(crate) fn len(&self) -> usize {
+        self.shared.lock().queue.len()
     }
 
     /// A gate for the session's futures.
@@ -313,6 +322,16 @@ impl Receiver {
         Gate::new(&self.shared, Side::Writer)
     }
 
+    /// A watch on this queue's progress, for a task other than the
+    /// receiver's (see [`Stall`]).
+    pub(crate) fn stall(&self) -> Stall {
+        Stall {
+            shared: Arc::clone(&self.shared),
+            taken: 0,
+            since: None,
+        }
+    }
+
     /// The key of this queue's turns.
     pub(crate) fn turn_key(&self) -> TurnKey {
         TurnKey(self.shared.key())
@@ -385,6 +404,7 @@ impl Receiver {
         }
         match state.queue.pop_front() {
             Some(entry) => {
+                state.taken = state.taken.wrapping_add(1);
                 // Busy: no sender needs to wake it until it waits again.
                 state.receiver_waiting = false;
                 let signal = state.waiting_senders > 0;
@@ -413,6 +433,37 @@ impl Receiver {
                 None
             }
         }
+    }
+}
+
+/// The time half of the slow-consumer rule, for writers that cannot time
+/// their own writes (an SSE response the HTTP server stops polling when the
+/// client does not read, Long Polling between polls): entries wait and the
+/// receiver takes none. Checked now and then by the connection's task; it
+/// holds the queue's memory, not a sender (the queue still ends when the
+/// senders are gone).
+pub(crate) struct Stall {
+    shared: Arc<Shared>,
+    taken: u64,
+    /// Since when entries have waited with none taken.
+    since: Option<tokio::time::Instant>,
+}
+
+impl Stall {
+    /// Whether, as of `now`, entries have waited for `limit` or more with
+    /// none taken since the first check that saw them waiting.
+    pub(crate) fn check(&mut self, now: tokio::time::Instant, limit: std::time::Duration) -> bool {
+        let (waiting, taken) = {
+            let state = self.shared.lock();
+            (!state.queue.is_empty(), state.taken)
+        };
+        if !waiting || taken != self.taken || self.since.is_none() {
+            self.taken = taken;
+            self.since = waiting.then_some(now);
+            return false;
+        }
+        self.since
+            .is_some_and(|since| now.duration_since(since) >= limit)
     }
 }
 

@@ -40,6 +40,7 @@ use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpListener,
 };
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 #[cfg(feature = "tls")]
@@ -209,6 +210,23 @@ fn builder() -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// Ends the HTTP/1.1 connection a request came on, whatever it is doing:
+/// found in the extensions of requests served by [`serve`] over HTTP/1.1.
+///
+/// For a response the client has stopped reading (a slow consumer's event
+/// stream): hyper stops polling a body it cannot write, so ending the body
+/// does not end the connection, and hyper would hold it, with its buffers,
+/// until the client reads or goes. (Over HTTP/2 the stream's flow-control
+/// window bounds what it holds, and the connection carries other streams.)
+#[derive(Clone, Default)]
+pub(crate) struct ConnectionCloser(CancellationToken);
+
+impl ConnectionCloser {
+    pub(crate) fn close(&self) {
+        self.0.cancel();
+    }
+}
+
 /// Serves one connection until it ends, or gracefully once shutdown starts.
 async fn serve_connection<I>(
     builder: &auto::Builder<TokioExecutor>,
@@ -219,16 +237,25 @@ async fn serve_connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let closer = ConnectionCloser::default();
+    let closed = closer.0.clone();
     let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
+        if request.version() <= http::Version::HTTP_11 {
+            request.extensions_mut().insert(closer.clone());
+        }
         let request = request.map(Body::new);
         // `Router`'s error type is `Infallible`.
         router.clone().oneshot(request)
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    if let Err(error) = watcher.watch(connection).await {
-        // Peers that vanish or send garbage end up here; nothing to do.
-        tracing::debug!(%peer, %error, "connection ended with an error");
+    tokio::select! {
+        served = watcher.watch(connection) => if let Err(error) = served {
+            // Peers that vanish or send garbage end up here; nothing to do.
+            tracing::debug!(%peer, %error, "connection ended with an error");
+        },
+        // Dropping the connection closes its socket.
+        () = closed.cancelled() => tracing::debug!(%peer, "connection closed by its handler"),
     }
 }
 

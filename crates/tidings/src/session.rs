@@ -138,11 +138,13 @@ enum End {
 
 impl End {
     /// The `signalr.connection.status` of the ending, as ASP.NET Core
-    /// reports it: only timeouts and shutdowns are told apart.
+    /// reports it (only timeouts and shutdowns are told apart), and
+    /// `slow_consumer` for a client closed for not keeping up.
     fn status(&self) -> &'static str {
         match self {
             End::ClientTimeout => "timeout",
             End::Shutdown => "app_shutdown",
+            End::Aborted(Some(AbortReason::SlowConsumer)) => "slow_consumer",
             _ => "normal_closure",
         }
     }

@@ -28,12 +28,13 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     ConnectionHandle,
     access::Slot,
-    connection::{ConnectionInit, Outbound},
+    connection::{AbortReason, ConnectionInit, Outbound, SlowConsumer},
     endpoint::Endpoint,
     hub::Hub,
     metrics::TransportMetrics,
     outbox,
     registry::Registry,
+    serve::ConnectionCloser,
     session::{self, Handshake},
 };
 
@@ -70,6 +71,9 @@ pub(crate) struct HttpConnection {
     /// The user the connection was opened for: later requests must be
     /// from the same user.
     pub user_id: Option<String>,
+    /// Ends the HTTP connection of the SSE response, when the server
+    /// offers that (see [`ConnectionCloser`]).
+    closer: Mutex<Option<ConnectionCloser>>,
 }
 
 impl HttpConnection {
@@ -85,6 +89,7 @@ impl HttpConnection {
         let options = &endpoint.shared.options;
         let (in_tx, in_rx) = inbound.unwrap_or_else(inbound_channel);
         let (out_tx, out_rx) = outbox::channel(options.outbound_buffer_capacity);
+        let stall = out_rx.stall();
         let connection = Arc::new(HttpConnection {
             transport,
             inbound: Mutex::new(Some(in_tx)),
@@ -101,6 +106,7 @@ impl HttpConnection {
             protocol: std::sync::OnceLock::new(),
             metrics: init.metrics.clone(),
             user_id: init.principal.user_id().map(str::to_owned),
+            closer: Mutex::new(None),
         });
         // Registered before the task starts: the first GET, which comes
         // back through the registry for its later polls, finds it.
@@ -110,7 +116,7 @@ impl HttpConnection {
             Arc::clone(&connection),
             init,
             in_rx,
-            out_tx,
+            (out_tx, stall),
         );
         let grace = options.disconnect_timeout;
         let task = async move {
@@ -158,17 +164,21 @@ async fn run<H: Hub>(
     http: Arc<HttpConnection>,
     mut init: ConnectionInit,
     inbound: mpsc::Receiver<Bytes>,
-    outbound: outbox::Sender,
+    (outbound, stall): (outbox::Sender, outbox::Stall),
 ) {
     let options = &endpoint.shared.options;
     let stop = http.stop.clone();
     let mut inbound = tokio_stream_from(inbound, stop.clone());
     let binary_allowed = http.transport != TransportType::ServerSentEvents;
-    let watchdog = watchdog(Arc::clone(&http), options.disconnect_timeout);
+    let watchdog = watchdog(
+        Arc::clone(&http),
+        stall,
+        (options.disconnect_timeout, options.transport_send_timeout),
+    );
     tokio::pin!(watchdog);
     let handshake = tokio::select! {
         h = session::read_handshake(&mut inbound, options, binary_allowed) => h,
-        () = &mut watchdog => Handshake::Gone,
+        _ = &mut watchdog => Handshake::Gone,
     };
     match handshake {
         Handshake::Accepted {
@@ -178,14 +188,29 @@ async fn run<H: Hub>(
             let _ = http.protocol.set(protocol);
             let connection = ConnectionHandle::new(init, outbound);
             connection.send_frame(Handshake::response(None)).await;
-            let session = session::run(Arc::clone(&endpoint), connection, inbound, leftover);
+            let session =
+                session::run(Arc::clone(&endpoint), connection.clone(), inbound, leftover);
             tokio::pin!(session);
             tokio::select! {
                 () = &mut session => {}
-                // The watchdog closed the inbound channel: the session sees
-                // its input end and tears down normally. It must not be
-                // dropped half-way, or its cleanup would never run.
-                () = &mut watchdog => session.await,
+                // The watchdog closed the inbound channel, or found a slow
+                // consumer and the connection is aborted: the session tears
+                // down normally. It must not be dropped half-way, or its
+                // cleanup would never run.
+                watched = &mut watchdog => {
+                    if let Watched::Stalled(rule) = watched {
+                        connection.close_slow_consumer(rule);
+                    }
+                    session.await;
+                }
+            }
+            if matches!(connection.abort_reason(), Some(AbortReason::SlowConsumer))
+                && let Some(closer) = http.closer.lock().take()
+            {
+                // The response is not read, so it cannot end: the HTTP
+                // connection goes, and with it what hyper and the kernel
+                // hold for it.
+                closer.close();
             }
             if endpoint.shutdown.is_shutting_down() {
                 // The Close waits in the queue for the client's next
@@ -213,28 +238,47 @@ async fn run<H: Hub>(
     http.close_inbound();
 }
 
+/// Why the [`watchdog`] ended a connection.
+enum Watched {
+    /// The transport is gone; the inbound channel is closed.
+    Gone,
+    /// A slow consumer: the connection must be closed as one.
+    Stalled(SlowConsumer),
+}
+
 /// Completes when the connection must end from the transport's side: it
-/// was stopped (DELETE, a dropped SSE response), or a Long Polling client
-/// stopped polling for longer than the disconnect timeout.
-async fn watchdog(http: Arc<HttpConnection>, timeout: Duration) {
-    if http.transport != TransportType::LongPolling {
-        http.stop.cancelled().await;
-        http.close_inbound();
-        return;
-    }
+/// was stopped (DELETE, a dropped SSE response), a Long Polling client
+/// stopped polling for longer than the disconnect timeout, or messages
+/// waited with none delivered for the send timeout (the SSE response is
+/// not read, or no poll came to collect them).
+async fn watchdog(
+    http: Arc<HttpConnection>,
+    mut stall: outbox::Stall,
+    (disconnect_timeout, send_timeout): (Duration, Duration),
+) -> Watched {
+    // Checked a few times per timeout, so that a stall is caught within a
+    // fraction of it past the limit.
+    let period = (send_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     loop {
         tokio::select! {
             () = http.stop.cancelled() => break,
-            () = sleep(Duration::from_secs(1)) => {}
+            () = sleep(period) => {}
+        }
+        if stall.check(Instant::now(), send_timeout) {
+            return Watched::Stalled(SlowConsumer::NoWriteProgress(send_timeout));
+        }
+        if http.transport != TransportType::LongPolling {
+            continue;
         }
         let polling = !http.poll.lock().is_cancelled();
         let idle = http.last_poll.lock().elapsed();
-        if !polling && idle > timeout {
+        if !polling && idle > disconnect_timeout {
             tracing::debug!("long polling client stopped polling");
             break;
         }
     }
     http.close_inbound();
+    Watched::Gone
 }
 
 /// The inbound channel as the session's chunk stream, ending when stopped.
@@ -251,7 +295,12 @@ fn tokio_stream_from(
 }
 
 /// `GET` with `Accept: text/event-stream`: the SSE response. JSON only.
-pub(crate) fn sse(http: Arc<HttpConnection>, keep_alive: Duration) -> Response {
+pub(crate) fn sse(
+    http: Arc<HttpConnection>,
+    keep_alive: Duration,
+    closer: Option<ConnectionCloser>,
+) -> Response {
+    *http.closer.lock() = closer;
     let ping = session::encode(Protocol::Json, &HubMessage::Ping);
     // When the client goes away the body, and with it this guard, is
     // dropped, which ends the connection.

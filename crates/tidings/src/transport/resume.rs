@@ -48,14 +48,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     ConnectionError, ConnectionHandle,
-    connection::{AbortReason, ConnectionInit, Outbound},
+    connection::{AbortReason, ConnectionInit, Outbound, SlowConsumer},
     endpoint::Endpoint,
     hub::Hub,
     outbox,
     registry::Registry,
     resume::Resume,
     session::{self, Handshake, InboundChunk, far_future},
-    transport::websocket::{SEND_TIMEOUT, close, close_status, collect, data, frame_message},
+    transport::websocket::{close, close_now, close_status, collect, data, frame_message},
 };
 
 /// How often the server acknowledges what it received (ASP.NET Core's 1 s).
@@ -116,7 +116,10 @@ pub(crate) async fn serve<H: Hub>(
     // not a hub message and is never replayed.
     let answer = frame_message(protocol, Handshake::response(None));
     let written = match answer {
-        Some(answer) => matches!(timeout(SEND_TIMEOUT, sink.send(answer)).await, Ok(Ok(()))),
+        Some(answer) => matches!(
+            timeout(options.transport_send_timeout, sink.send(answer)).await,
+            Ok(Ok(()))
+        ),
         None => false,
     };
     if !written {
@@ -152,6 +155,7 @@ pub(crate) async fn serve<H: Hub>(
         batch: Vec::new(),
         window: options.disconnect_timeout,
         stall_limit: options.client_timeout_interval,
+        send_timeout: options.transport_send_timeout,
         ended: ended.clone(),
     };
     let (pieces_tx, pieces_rx) = mpsc::unbounded_channel();
@@ -438,6 +442,9 @@ struct Writer {
     batch: Vec<u8>,
     window: Duration,
     stall_limit: Duration,
+    /// How long one write may wait for the socket before it counts as lost
+    /// (the client may come back on a new one).
+    send_timeout: Duration,
     /// The session has ended: nothing more will be acknowledged.
     ended: CancellationToken,
 }
@@ -496,8 +503,7 @@ impl Writer {
                     return self.close_after_session().await;
                 }
                 () = &mut stall, if stalled => {
-                    tracing::warn!(connection_id = %self.connection.id(), "no acknowledgement with a full replay buffer; closing slow consumer");
-                    self.connection.abort_with(AbortReason::SlowConsumer);
+                    self.connection.close_slow_consumer(SlowConsumer::NoAcknowledgement(self.stall_limit));
                     return self.finish_and_close().await;
                 }
                 () = &mut expiry, if !attached => {
@@ -562,7 +568,7 @@ impl Writer {
         let Some(message) = frame_message(self.protocol, frame) else {
             return;
         };
-        match timeout(SEND_TIMEOUT, sink.send(message)).await {
+        match timeout(self.send_timeout, sink.send(message)).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
                 tracing::debug!(%error, "socket write failed; waiting for the client to reconnect");
@@ -666,7 +672,16 @@ impl Writer {
 
     async fn finish_and_close(mut self) {
         if let Some(mut sink) = self.sink.take() {
-            close(&mut sink, 1000).await;
+            if matches!(
+                self.connection.abort_reason(),
+                Some(AbortReason::SlowConsumer)
+            ) {
+                // A client that does not read would not take the Close
+                // frame either.
+                close_now(&mut sink, 1008);
+            } else {
+                close(&mut sink, 1000).await;
+            }
         }
         self.finish();
     }

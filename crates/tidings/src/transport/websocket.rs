@@ -31,7 +31,7 @@ use tungstenite::{Message, Utf8Bytes, protocol::CloseFrame};
 
 use crate::{
     ConnectionError, ConnectionHandle,
-    connection::{AbortReason, ConnectionInit, Outbound},
+    connection::{AbortReason, ConnectionInit, Outbound, SlowConsumer},
     endpoint::Endpoint,
     hub::Hub,
     outbox,
@@ -39,9 +39,6 @@ use crate::{
     transport::{resume, socket::WebSocket},
 };
 
-/// ASP.NET Core's `TransportSendTimeout`: a write blocked this long means
-/// the peer is gone or hopeless.
-pub(super) const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// ASP.NET Core's `WebSockets.CloseTimeout`.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Each connection's read buffer: how much one read from the socket takes.
@@ -110,7 +107,11 @@ async fn run<H: Hub>(
             let frame = Handshake::response(Some(&error));
             // No protocol was agreed: the answer goes out as text.
             if let Ok(text) = Utf8Bytes::try_from(frame) {
-                let _ = timeout(SEND_TIMEOUT, sink.send(Message::Text(text))).await;
+                let _ = timeout(
+                    options.transport_send_timeout,
+                    sink.send(Message::Text(text)),
+                )
+                .await;
             }
             close(&mut sink, 1000).await;
             return;
@@ -140,7 +141,7 @@ async fn run<H: Hub>(
     let answer = Handshake::response(None);
     connection.record_sent(answer.len());
     let sent = match frame_message(protocol, answer) {
-        Some(message) => timeout(SEND_TIMEOUT, sink.send(message)).await,
+        Some(message) => timeout(options.transport_send_timeout, sink.send(message)).await,
         None => return,
     };
     if !matches!(sent, Ok(Ok(()))) {
@@ -154,7 +155,7 @@ async fn run<H: Hub>(
         sink,
         rx,
         connection.clone(),
-        options.keep_alive_interval,
+        (options.keep_alive_interval, options.transport_send_timeout),
         Arc::clone(&read_failure),
     ));
     let session = Box::pin(session::run(
@@ -296,7 +297,7 @@ async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: outbox::Receiver,
     connection: ConnectionHandle,
-    keep_alive: Duration,
+    (keep_alive, send_timeout): (Duration, Duration),
     read_failure: Arc<AtomicU16>,
 ) {
     let protocol = connection.protocol();
@@ -354,12 +355,15 @@ async fn write_loop(
         };
         // Most writes complete at once. One that has to wait for the socket
         // uses the keep-alive timer as its send timeout, so a write costs no
-        // timer of its own.
+        // timer of its own. The timeout runs from the moment the write
+        // blocks: the kernel's socket buffers took what they could, the
+        // client's TCP window is full, and nothing more goes out until the
+        // client reads.
         let mut send = sink.send(message);
         let sent = match (&mut send).now_or_never() {
             Some(sent) => Some(sent),
             None => {
-                idle.as_mut().reset(Instant::now() + SEND_TIMEOUT);
+                idle.as_mut().reset(Instant::now() + send_timeout);
                 let sent = tokio::select! {
                     biased;
                     sent = &mut send => Some(sent),
@@ -380,10 +384,7 @@ async fn write_loop(
                 break;
             }
             None => {
-                connection.abort_with(AbortReason::Transport(
-                    "a write to the transport timed out".to_owned(),
-                ));
-                code = 1011;
+                connection.close_slow_consumer(SlowConsumer::NoWriteProgress(send_timeout));
                 break;
             }
         }
@@ -399,6 +400,12 @@ async fn write_loop(
             0 => code,
             failure => failure,
         };
+    }
+    if matches!(connection.abort_reason(), Some(AbortReason::SlowConsumer)) {
+        // The socket takes nothing: waiting for it to take a Close frame
+        // would only hold the connection longer.
+        close_now(&mut sink, 1008);
+        return;
     }
     // Boxed: an idle connection's task need not reserve room for closing.
     Box::pin(close(&mut sink, code)).await;
@@ -451,6 +458,12 @@ pub(super) fn collect(
     } else {
         Some(Bytes::copy_from_slice(batch))
     }
+}
+
+/// Queues a Close frame if the socket takes it at once, without waiting;
+/// the socket is then dropped, whether or not the frame went out.
+pub(super) fn close_now(sink: &mut SplitSink<WebSocket, Message>, code: u16) {
+    let _ = Box::pin(close(sink, code)).now_or_never();
 }
 
 pub(super) async fn close(sink: &mut SplitSink<WebSocket, Message>, code: u16) {
