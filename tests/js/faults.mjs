@@ -49,11 +49,13 @@ import { startBalancedCluster } from "./balancers.mjs";
  *   message is missed by all its recipients on the other servers and by
  *   no one else). "tolerated": measured and printed, not yet zero — a known
  *   gap, not a failure.
- * - duplicated "zero": nothing arrives twice.
+ * - duplicated "zero": nothing arrives twice; "tolerated": counted, not yet zero.
  * - idsKept "all": every client still has the connection id it started
  *   with; "tolerated": counted, not required.
- * - closedWithinMs: every client that stopped reading is closed by the
- *   server within this time.
+ * - closedWithinMs, counted, logged: every client that stopped reading is
+ *   closed by the server within this time, its closure counted under that
+ *   status of signalr_server_connection_duration_seconds, and logged at
+ *   that level.
  * Every row must also recover: each of its clients receives the last
  * messages of the run, and each client a fault disrupted receives again —
  * except as many clients as the official client's known unhandled
@@ -90,10 +92,13 @@ export const EXPECTATIONS = {
   "tcp-cuts": {
     stateful: { lost: "zero", duplicated: "zero", idsKept: "all" },
   },
+  // The slow-consumer rule: a client whose queue overflows, or to which
+  // nothing could be written for the send timeout (10 s by default), is
+  // closed, logged at WARN and counted as slow_consumer. The limit leaves
+  // room for the socket buffers to fill first (a few MB at these rates).
   "slow-consumers": {
     healthy: { lost: "zero", duplicated: "zero" },
-    // At the short size the messages come twice as fast (the queue fills sooner).
-    slow: { closedWithinMs: { short: 20000, full: 60000 } },
+    slow: { closedWithinMs: 20000, counted: "slow_consumer", logged: "WARN" },
   },
 };
 
@@ -676,8 +681,9 @@ async function tcpCuts(size) {
  */
 async function slowConsumers(size) {
   const s = size.slow;
-  const limit = EXPECTATIONS["slow-consumers"].slow.closedWithinMs[size.name];
-  return withCluster([], async (cluster) => {
+  const expect = EXPECTATIONS["slow-consumers"].slow;
+  const limit = expect.closedWithinMs;
+  return withCluster(["--log-format", "json"], async (cluster) => {
     const server = cluster.servers[0];
     const ledger = new Ledger();
     const observer = await connect(server, "/hubs/test", "json");
@@ -719,10 +725,23 @@ async function slowConsumers(size) {
       .filter(Boolean)
       .map((c) => c.at - stalled)
       .sort((a, b) => a - b);
-    const counted = Object.entries(statusesAfter)
-      .map(([status, n]) => [status, n - (statusesBefore[status] ?? 0)])
-      .filter(([, n]) => n > 0)
-      .map(([status, n]) => `${status} ${n}`);
+    const closedBy = Object.fromEntries(
+      Object.entries(statusesAfter)
+        .map(([status, n]) => [status, n - (statusesBefore[status] ?? 0)])
+        .filter(([, n]) => n > 0),
+    );
+    const counted = Object.entries(closedBy).map(([status, n]) => `${status} ${n}`);
+    // The server's log line for each (JSON lines): level, and the rule that fired.
+    const lines = server
+      .stdout()
+      .split("\n")
+      .filter((l) => l.startsWith("{"))
+      .map((l) => JSON.parse(l))
+      .filter((l) => l.fields?.message === "closing slow consumer");
+    const logged = slow
+      .map((r) => lines.find((l) => l.fields.connection_id === r.firstId))
+      .filter((l) => l !== undefined && l.level === expect.logged);
+    const rules = [...new Set(logged.map((l) => l.fields.rule))];
     const reasons = [...new Set(slow.map((r) => closedAt.get(r.firstId)).filter(Boolean).map((c) => c.error ?? "no error"))];
     const notes = [
       `${s.slow} clients stop reading ${s.warmupMs} ms into ${s.rate} broadcasts and group messages per second of ${s.payload} bytes` +
@@ -731,6 +750,7 @@ async function slowConsumers(size) {
         (times.length ? `, after ${Math.round(times[0])}–${Math.round(times.at(-1))} ms` : "") +
         (reasons.length ? `; reason: ${reasons.join(" / ")}` : ""),
       `closures counted in signalr_server_connection_duration_seconds by then, by status: ${counted.join(", ") || "none"}`,
+      `logged at ${expect.logged} ("closing slow consumer"): ${logged.length}/${s.slow}` + (rules.length ? `, rule: ${rules.join(" / ")}` : ""),
     ];
     const healthyRow = row("slow-consumers", "healthy", "reading, beside the stuck ones", healthy, ledger, [], {
       expect: EXPECTATIONS["slow-consumers"].healthy,
@@ -746,12 +766,22 @@ async function slowConsumers(size) {
       lost: null,
       duplicated: null,
       recovery: { count: times.length, p50: percentile(times, 50), max: times.at(-1) ?? null, what: "closed after" },
-      expect: { closedWithinMs: limit },
+      expect,
       checks: [
         {
           what: `closed by the server within ${limit / 1000} s`,
           ok: times.length === slow.length,
           detail: `${times.length}/${slow.length}`,
+        },
+        {
+          what: `counted as ${expect.counted}`,
+          ok: (closedBy[expect.counted] ?? 0) === slow.length,
+          detail: counted.join(", ") || "none",
+        },
+        {
+          what: `logged at ${expect.logged}`,
+          ok: logged.length === slow.length,
+          detail: `${logged.length}/${slow.length}`,
         },
       ],
       notes: [],
@@ -777,7 +807,9 @@ const ms = (x) => (x === null || x === undefined ? "–" : Number.isFinite(x) ? 
 const num = (x) => (x === null || x === undefined ? "–" : String(x));
 
 function expectation(expect) {
-  if (expect.closedWithinMs !== undefined) return `closed within ${expect.closedWithinMs / 1000} s`;
+  if (expect.closedWithinMs !== undefined) {
+    return `closed within ${expect.closedWithinMs / 1000} s, counted as ${expect.counted}, logged at ${expect.logged}`;
+  }
   const parts = [`lost ${expect.lost === "tolerated" ? "reported, not yet zero" : expect.lost === "reported" ? "= reported drops" : "0"}`];
   if (expect.duplicated === "zero") parts.push("dup 0");
   if (expect.duplicated === "tolerated") parts.push("dup reported, not yet zero");
