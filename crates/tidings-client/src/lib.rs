@@ -59,7 +59,6 @@
 //! frames); the handshake is always sent in a frame of its own; the connection id and state follow
 //! the JavaScript client (a reconnect negotiates a new connection, unless stateful reconnect could
 //! reopen the WebSocket for the same one).
-#![deny(missing_docs)]
 
 mod args;
 mod buffer;

@@ -32,7 +32,6 @@
 //! # Ok(())
 //! # }
 //! ```
-#![deny(missing_docs)]
 
 mod decoder;
 mod error;

@@ -140,7 +140,7 @@ impl Call {
 }
 
 /// The items of a streaming method, already serialized.
-pub type ItemStream = Pin<Box<dyn Stream<Item = Result<Payload, HubError>> + Send>>;
+pub(crate) type ItemStream = Pin<Box<dyn Stream<Item = Result<Payload, HubError>> + Send>>;
 
 /// What a method produced.
 #[non_exhaustive]

@@ -21,19 +21,19 @@ use tokio_tungstenite::tungstenite::{
 use crate::http_client::{self, Client, Events};
 
 /// How long a test waits for any one thing the server should do.
-pub const WAIT: Duration = Duration::from_secs(5);
+pub(crate) const WAIT: Duration = Duration::from_secs(5);
 
 // ---- building messages -----------------------------------------------------
 
 /// A message in `protocol`'s framing, ready to send.
-pub fn encode(protocol: Protocol, message: &HubMessage) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn encode(protocol: Protocol, message: &HubMessage) -> anyhow::Result<Vec<u8>> {
     let mut out = Vec::new();
     protocol.write_message(message, &mut out)?;
     Ok(out)
 }
 
 /// An Invocation of `target` with id `id`.
-pub fn invocation(
+pub(crate) fn invocation(
     protocol: Protocol,
     id: &str,
     target: &str,
@@ -43,13 +43,13 @@ pub fn invocation(
 }
 
 /// A StreamInvocation of `target` (no arguments) with id `id`.
-pub fn stream_invoke(protocol: Protocol, id: &str, target: &str) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn stream_invoke(protocol: Protocol, id: &str, target: &str) -> anyhow::Result<Vec<u8>> {
     let message = HubMessage::StreamInvocation(invocation(protocol, id, target, ())?);
     encode(protocol, &message)
 }
 
 /// A CancelInvocation of stream `id`.
-pub fn cancel(protocol: Protocol, id: &str) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn cancel(protocol: Protocol, id: &str) -> anyhow::Result<Vec<u8>> {
     let message = HubMessage::CancelInvocation(CancelInvocation {
         headers: Default::default(),
         invocation_id: id.to_owned(),
@@ -59,7 +59,7 @@ pub fn cancel(protocol: Protocol, id: &str) -> anyhow::Result<Vec<u8>> {
 
 /// The three transports of a hub connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
+pub(crate) enum Transport {
     WebSockets,
     ServerSentEvents,
     LongPolling,
@@ -88,14 +88,14 @@ enum Sender {
 
 /// What arrived from the server.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Incoming {
+pub(crate) enum Incoming {
     Message(HubMessage),
     /// The transport ended; the text says how.
     Ended(String),
 }
 
 /// One raw connection to a hub.
-pub struct RawConnection {
+pub(crate) struct RawConnection {
     pub transport: Transport,
     pub protocol: Protocol,
     sender: Sender,
@@ -109,7 +109,7 @@ pub struct RawConnection {
 impl RawConnection {
     /// Opens the transport to `http://{addr}{path}` (negotiating for the HTTP
     /// transports) without sending anything.
-    pub async fn open(
+    pub(crate) async fn open(
         addr: std::net::SocketAddr,
         path: &str,
         transport: Transport,
@@ -229,7 +229,7 @@ impl RawConnection {
     }
 
     /// Opens the transport and completes the handshake.
-    pub async fn connect(
+    pub(crate) async fn connect(
         addr: std::net::SocketAddr,
         path: &str,
         transport: Transport,
@@ -244,7 +244,7 @@ impl RawConnection {
     }
 
     /// Sends the handshake request for the connection's protocol.
-    pub async fn send_handshake(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn send_handshake(&mut self) -> anyhow::Result<()> {
         let request = format!(
             "{{\"protocol\":\"{}\",\"version\":1}}\u{1e}",
             self.protocol.name()
@@ -255,7 +255,7 @@ impl RawConnection {
     /// Sends `bytes` exactly: one WebSocket message (Text for JSON when the
     /// bytes are UTF-8, Binary otherwise; the server ignores the opcode) or
     /// one POST body. Returns the POST's status (200 for WebSockets).
-    pub async fn send(&mut self, bytes: Vec<u8>) -> anyhow::Result<u16> {
+    pub(crate) async fn send(&mut self, bytes: Vec<u8>) -> anyhow::Result<u16> {
         match &mut self.sender {
             Sender::Ws(sink) => {
                 let message = match (self.protocol, String::from_utf8(bytes)) {
@@ -282,7 +282,7 @@ impl RawConnection {
 
     /// WebSockets only: a Text frame whose payload is not UTF-8 (which a
     /// conforming client never sends).
-    pub async fn send_raw_text_frame(&mut self, bytes: Vec<u8>) -> anyhow::Result<()> {
+    pub(crate) async fn send_raw_text_frame(&mut self, bytes: Vec<u8>) -> anyhow::Result<()> {
         let Sender::Ws(sink) = &mut self.sender else {
             bail!("not a WebSocket");
         };
@@ -306,7 +306,7 @@ impl RawConnection {
     }
 
     /// The handshake answer: `None` if accepted, `Some(error)` if refused.
-    pub async fn handshake_answer(&mut self) -> anyhow::Result<Option<String>> {
+    pub(crate) async fn handshake_answer(&mut self) -> anyhow::Result<Option<String>> {
         loop {
             if let Some((response, used)) = handshake::parse_response(&self.pending)? {
                 let mut decoder = MessageDecoder::new(self.protocol, None);
@@ -323,7 +323,7 @@ impl RawConnection {
     }
 
     /// The next message other than a Ping, or the end of the transport.
-    pub async fn next(&mut self) -> anyhow::Result<Incoming> {
+    pub(crate) async fn next(&mut self) -> anyhow::Result<Incoming> {
         let decoder = self.decoder.as_mut().context("no handshake yet")?;
         loop {
             match decoder.next_message()? {
@@ -352,7 +352,7 @@ impl RawConnection {
     }
 
     /// Waits for the transport to end, failing on any message.
-    pub async fn expect_end(&mut self) -> anyhow::Result<String> {
+    pub(crate) async fn expect_end(&mut self) -> anyhow::Result<String> {
         match self.next().await? {
             Incoming::Ended(how) => Ok(how),
             Incoming::Message(message) => bail!("expected the end, got {message:?}"),
