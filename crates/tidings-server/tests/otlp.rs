@@ -266,6 +266,11 @@ async fn invocation_spans_and_metrics_reach_the_collector() -> Result<()> {
         string_attribute(&span.attributes, "rpc.method"),
         Some("SendMessage")
     );
+    // SpanKind SERVER is 2 in the OTLP protobuf.
+    assert_eq!(
+        span.kind, 2,
+        "the span of a hub invocation is a server span"
+    );
     assert_eq!(span.trace_id.len(), 16, "a trace id of 16 bytes");
     assert!(span.end_time_unix_nano >= span.start_time_unix_nano);
 

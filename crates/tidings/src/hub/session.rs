@@ -787,6 +787,9 @@ fn invocation_span(hub: &str, connection: &ConnectionHandle, invocation: &Invoca
         target: "tidings::invocation",
         "invocation",
         otel.name = %format_args!("{hub}/{}", invocation.target),
+        // The server side of a remote call, as OpenTelemetry's RPC conventions
+        // name it (an exporter would otherwise call it internal).
+        otel.kind = "server",
         rpc.system = "signalr",
         rpc.service = hub,
         rpc.method = %invocation.target,
