@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_client::{Client, text};
 use tidings::{
-    AuthError, ConnectionLimits, Principal, Server,
+    AuthError, ConnectionLimits, ConnectionOptions, Principal, Server,
     connections::{Connection, ConnectionEndpoint, ConnectionHandler, Inbound},
 };
 use tokio_tungstenite::tungstenite::Message;
@@ -30,6 +30,23 @@ impl ConnectionHandler for Echo {
         }
         while let Some(Ok(bytes)) = inbound.next().await {
             if !connection.send(bytes).await {
+                break;
+            }
+        }
+    }
+}
+
+/// Numbers what it echoes, so that a client sees whether it still talks
+/// to the same connection.
+struct Numbered;
+
+impl ConnectionHandler for Numbered {
+    async fn on_connected(&self, connection: Connection, mut inbound: Inbound) {
+        let mut count = 0;
+        while let Some(Ok(bytes)) = inbound.next().await {
+            count += 1;
+            let reply = format!("{count}:{}", String::from_utf8_lossy(&bytes));
+            if !connection.send(Bytes::from(reply)).await {
                 break;
             }
         }
@@ -55,15 +72,19 @@ async fn negotiate(
     path: &str,
     headers: &[(&str, &str)],
 ) -> anyhow::Result<Result<String, StatusCode>> {
+    let target = format!("{path}/negotiate?negotiateVersion=1");
+    negotiate_query(address, &target, headers).await
+}
+
+/// Negotiates with the request target `target` (path and query): the
+/// connection's token, or the refusal's status.
+async fn negotiate_query(
+    address: SocketAddr,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<Result<String, StatusCode>> {
     let mut client = client(address).await?;
-    let response = client
-        .send(
-            "POST",
-            &format!("{path}/negotiate?negotiateVersion=1"),
-            headers,
-            None,
-        )
-        .await?;
+    let response = client.send("POST", target, headers, None).await?;
     let status = response.status();
     if status != StatusCode::OK {
         return Ok(Err(status));
@@ -180,5 +201,45 @@ async fn authentication_and_limits_apply_to_raw_connections() -> anyhow::Result<
         .insert("authorization", "Bearer ann".parse()?);
     let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
     assert_eq!(next_text(&mut socket).await?, "hello ann");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stateful_raw_connection_keeps_its_id_across_sockets() -> anyhow::Result<()> {
+    let options = ConnectionOptions::default().allow_stateful_reconnects(true);
+    let endpoint = ConnectionEndpoint::new(Numbered).options(options);
+    let address = serve(axum::Router::new().nest("/echo", endpoint.into_router())).await?;
+    let target = "/echo/negotiate?negotiateVersion=1&useStatefulReconnect=true";
+    let token = negotiate_query(address, target, &[])
+        .await?
+        .map_err(|s| anyhow::anyhow!("{s}"))?;
+    let url = format!("ws://{address}/echo?id={token}");
+
+    let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
+    socket.send(Message::text("one")).await?;
+    assert_eq!(next_text(&mut socket).await?, "1:one");
+    // The socket goes without a close frame, as when the network drops.
+    drop(socket);
+
+    // A new socket with the same token is the same connection: its count
+    // goes on.
+    let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
+    socket.send(Message::text("two")).await?;
+    assert_eq!(next_text(&mut socket).await?, "2:two");
+    socket.close(None).await?;
+
+    // Without stateful reconnect, the token of an ended connection is unknown.
+    let token = negotiate(address, "/echo", &[])
+        .await?
+        .map_err(|s| anyhow::anyhow!("{s}"))?;
+    let url = format!("ws://{address}/echo?id={token}");
+    let (socket, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
+    drop(socket);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .is_err()
+    );
     Ok(())
 }

@@ -101,8 +101,13 @@ pub(crate) struct Accepted<T> {
     pub format: TransferFormat,
     /// What the transport sends after this long without sending anything.
     pub keep_alive: Option<(Duration, Bytes)>,
-    /// How a stateful connection numbers and acknowledges (`None`: the
-    /// connection is not resumable, even if negotiated so).
+    /// Whether the connection may survive the loss of its WebSocket, if it
+    /// negotiated stateful reconnect: a new socket presenting its token
+    /// takes over, under the same connection id.
+    pub resumable: bool,
+    /// How a resumable connection numbers, acknowledges and replays
+    /// messages (`None`: it does not; what is queued while no socket is
+    /// attached waits for the next one).
     pub resume: Option<Arc<dyn ResumeFraming>>,
     /// Handed back to [`Application::run`].
     pub opened: T,
@@ -162,7 +167,8 @@ pub(crate) trait Application: Send + Sync + 'static {
 }
 
 /// A [`ConnectionHandler`] as an [`Application`]: accepted at once, no
-/// keep-alive, not resumable.
+/// keep-alive; resumable without replay (same connection across sockets,
+/// when the endpoint allows stateful reconnects).
 pub(crate) struct Raw<T>(pub T);
 
 impl<T: ConnectionHandler> Application for Raw<T> {
@@ -183,6 +189,7 @@ impl<T: ConnectionHandler> Application for Raw<T> {
             reply: None,
             format: self.0.transfer_format(),
             keep_alive: None,
+            resumable: true,
             resume: None,
             opened: (),
         })

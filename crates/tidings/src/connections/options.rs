@@ -99,6 +99,18 @@ impl ConnectionOptions {
         self
     }
 
+    /// Allow clients to negotiate stateful reconnect (off by default): a
+    /// WebSocket connection whose socket drops stays alive for
+    /// [`disconnect_timeout`](Self::disconnect_timeout), and a new WebSocket
+    /// presenting the connection's token takes over, with the same
+    /// connection id. A raw handler's messages are not numbered or
+    /// replayed: what it queues while no socket is attached waits for the
+    /// next one.
+    pub fn allow_stateful_reconnects(mut self, value: bool) -> Self {
+        self.allow_stateful_reconnects = value;
+        self
+    }
+
     /// The largest message a client may send over a WebSocket, in bytes
     /// (32 KiB; `None`: unlimited): frames are accepted up to four times
     /// that, at least 1 MiB.

@@ -53,6 +53,7 @@ pub(crate) fn open(
             },
             keep_alive: Some((options.keep_alive_interval, ping(protocol))),
             // Version 2 asks for stateful reconnect.
+            resumable: version >= 2,
             resume: (version >= 2).then(|| {
                 Arc::new(HubResumeFraming::new(
                     protocol,

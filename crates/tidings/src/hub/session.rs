@@ -145,7 +145,7 @@ impl End {
 
 /// Runs an accepted connection to its end.
 pub(crate) async fn run<H, S>(
-    endpoint: Arc<HubHandler<H>>,
+    handler: Arc<HubHandler<H>>,
     connection: ConnectionHandle,
     mut inbound: S,
     leftover: Vec<u8>,
@@ -153,10 +153,10 @@ pub(crate) async fn run<H, S>(
     H: Hub,
     S: Stream<Item = InboundChunk> + Unpin,
 {
-    let options = &endpoint.shared.options;
+    let options = &handler.shared.options;
     let detailed = options.enable_detailed_errors;
-    let cx = Context::new(connection.clone(), Arc::clone(&endpoint.shared));
-    let lifetime = &endpoint.shared.lifetime;
+    let cx = Context::new(connection.clone(), Arc::clone(&handler.shared));
+    let lifetime = &handler.shared.lifetime;
 
     lifetime.on_connected(&connection).await;
     tracing::debug!(connection_id = %connection.id(), protocol = %connection.protocol(), "connected");
@@ -168,7 +168,7 @@ pub(crate) async fn run<H, S>(
     // Client results are refused inside on_connected: this connection is
     // not read until it returns, so no answer could arrive.
     let hook_cx = cx.with_scope(Scope::OnConnected);
-    let end = match Arc::clone(&endpoint.hub).on_connected(hook_cx).await {
+    let end = match Arc::clone(&handler.hub).on_connected(hook_cx).await {
         Err(error) => {
             let mut text = "Connection closed with an error.".to_owned();
             if let Some(detail) = error.detail(detailed) {
@@ -179,7 +179,7 @@ pub(crate) async fn run<H, S>(
         }
         Ok(()) => {
             let mut reader = Reader {
-                endpoint: &endpoint,
+                handler: &handler,
                 cx: &cx,
                 decoder: MessageDecoder::new(
                     connection.protocol(),
@@ -216,10 +216,10 @@ pub(crate) async fn run<H, S>(
     tracing::debug!(connection_id = %connection.id(), error = ?error, "disconnected");
 
     lifetime.on_disconnected(&connection).await;
-    for filter in endpoint.filters.iter() {
+    for filter in handler.filters.iter() {
         filter.disconnected(&cx);
     }
-    Arc::clone(&endpoint.hub).on_disconnected(cx, error).await;
+    Arc::clone(&handler.hub).on_disconnected(cx, error).await;
 }
 
 /// What an ended invocation task leaves to clean up.
@@ -233,7 +233,7 @@ struct Finished {
 
 /// The read side of one connection.
 struct Reader<'a, H: Hub> {
-    endpoint: &'a Arc<HubHandler<H>>,
+    handler: &'a Arc<HubHandler<H>>,
     cx: &'a Context,
     decoder: MessageDecoder,
     /// `MaximumParallelInvocationsPerClient`: a permit per running invocation.
@@ -264,12 +264,12 @@ impl<H: Hub> Reader<'_, H> {
         S: Stream<Item = InboundChunk> + Unpin,
     {
         let connection = self.cx.connection().clone();
-        let shutdown = self.endpoint.shutdown.token().clone();
-        let client_timeout = self.endpoint.shared.options.client_timeout_interval;
+        let shutdown = self.handler.shutdown.token().clone();
+        let client_timeout = self.handler.shared.options.client_timeout_interval;
         let timeout = sleep_until(far_future());
         tokio::pin!(timeout);
         let expires = self
-            .endpoint
+            .handler
             .shared
             .options
             .close_on_authentication_expiration
@@ -380,7 +380,7 @@ impl<H: Hub> Reader<'_, H> {
                             // the old one is gone (the client replays it).
                             self.decoder = MessageDecoder::new(
                                 connection.protocol(),
-                                self.endpoint.shared.options.maximum_receive_message_size,
+                                self.handler.shared.options.maximum_receive_message_size,
                             );
                             self.sequence.reattached();
                         }
@@ -477,7 +477,7 @@ impl<H: Hub> Reader<'_, H> {
                         ..completion
                     };
                     let connection_id = self.cx.connection_id();
-                    self.endpoint
+                    self.handler
                         .shared
                         .lifetime
                         .set_connection_result(connection_id, completion)
@@ -544,9 +544,9 @@ impl<H: Hub> Reader<'_, H> {
     ) -> Option<End> {
         let received = Instant::now();
         let connection = self.cx.connection();
-        let detailed = self.endpoint.shared.options.enable_detailed_errors;
-        let span = invocation_span(&self.endpoint.shared.name, connection, &invocation);
-        let after = AfterCall::new(&self.endpoint.filters, self.cx, &invocation);
+        let detailed = self.handler.shared.options.enable_detailed_errors;
+        let span = invocation_span(&self.handler.shared.name, connection, &invocation);
+        let after = AfterCall::new(&self.handler.filters, self.cx, &invocation);
         if let Some(after) = &after {
             let info = after.info();
             for filter in after.filters.iter() {
@@ -562,9 +562,9 @@ impl<H: Hub> Reader<'_, H> {
                 }
             }
         }
-        let authorization = (self.cx.user(), &self.endpoint.policies);
+        let authorization = (self.cx.user(), &self.handler.policies);
         let method = match dispatch::prepare(
-            &self.endpoint.methods,
+            &self.handler.methods,
             &invocation,
             streaming,
             detailed,
@@ -593,9 +593,9 @@ impl<H: Hub> Reader<'_, H> {
             let cancel = CancellationToken::new();
             self.streams.insert(id.clone(), cancel.clone());
             let (owner, uploads) = self.open_uploads(&invocation);
-            let hub = Arc::clone(&self.endpoint.hub);
+            let hub = Arc::clone(&self.handler.hub);
             let cx = self.cx.clone();
-            if let Some(metrics) = &self.endpoint.shared.metrics {
+            if let Some(metrics) = &self.handler.shared.metrics {
                 metrics.stream_started();
             }
             self.tasks.spawn(
@@ -638,7 +638,7 @@ impl<H: Hub> Reader<'_, H> {
             }
         };
         let (owner, uploads) = self.open_uploads(&invocation);
-        let hub = Arc::clone(&self.endpoint.hub);
+        let hub = Arc::clone(&self.handler.hub);
         // The method's context can give the slot up while it waits for a
         // client result; the task frees it when the answer is queued.
         let slot = permit.map(InvocationSlot::new);
@@ -711,7 +711,7 @@ impl<H: Hub> Reader<'_, H> {
         if invocation.stream_ids.is_empty() {
             return (None, Vec::new());
         }
-        let capacity = self.endpoint.shared.options.stream_buffer_capacity;
+        let capacity = self.handler.shared.options.stream_buffer_capacity;
         let (owner, receivers) = self.uploads.open(&invocation.stream_ids, capacity);
         (Some(owner), receivers)
     }

@@ -113,7 +113,7 @@ pub(crate) async fn serve<C: Application>(
     (mut sink, stream): (Sink, Source),
     init: ConnectionInit,
     (accepted, leftover): (Accepted<C::Opened>, Vec<u8>),
-    (reattach, framing): (Reattach, Arc<dyn ResumeFraming>),
+    (reattach, framing): (Reattach, Option<Arc<dyn ResumeFraming>>),
 ) {
     let options = &served.options;
     let format = init.format;
@@ -149,7 +149,7 @@ pub(crate) async fn serve<C: Application>(
         connection: connection.clone(),
         resume: Arc::clone(&resume),
         format,
-        framing: Arc::clone(&framing),
+        framing: framing.clone(),
         rx,
         sockets: sockets_rx,
         handoff: Arc::clone(&handoff),
@@ -175,7 +175,7 @@ pub(crate) async fn serve<C: Application>(
         pieces: pieces_tx,
         read_ahead: Arc::new(Semaphore::new(limit)),
         read_ahead_limit: limit,
-        sniffer: framing.ack_reader(),
+        sniffer: framing.as_ref().map(|f| f.ack_reader()),
         framing,
         ended: ended.clone(),
     };
@@ -295,9 +295,10 @@ struct Pump {
     pieces: mpsc::UnboundedSender<Piece>,
     read_ahead: Arc<Semaphore>,
     read_ahead_limit: usize,
-    /// Finds the client's Acks in the current socket's bytes.
-    sniffer: Box<dyn AckReader>,
-    framing: Arc<dyn ResumeFraming>,
+    /// Finds the client's Acks in the current socket's bytes (`None`: the
+    /// application exchanges none).
+    sniffer: Option<Box<dyn AckReader>>,
+    framing: Option<Arc<dyn ResumeFraming>>,
     ended: CancellationToken,
 }
 
@@ -321,7 +322,7 @@ impl Pump {
             match next {
                 Next::Socket(Some(socket)) => {
                     self.current = Some(socket);
-                    self.sniffer = self.framing.ack_reader();
+                    self.sniffer = self.framing.as_ref().map(|f| f.ack_reader());
                     let Some(permit) = self.permits(1).await else {
                         return;
                     };
@@ -365,8 +366,9 @@ impl Pump {
     /// Applies the Acks in `bytes` now, ahead of the session.
     fn sniff(&mut self, bytes: &[u8]) {
         let resume = &self.resume;
-        self.sniffer
-            .read(bytes, &mut |sequence_id| resume.ack(sequence_id));
+        if let Some(sniffer) = &mut self.sniffer {
+            sniffer.read(bytes, &mut |sequence_id| resume.ack(sequence_id));
+        }
     }
 
     /// Waits until the session has taken enough earlier pieces; `None` when
@@ -405,7 +407,11 @@ struct Writer {
     connection: Connection,
     resume: Arc<Resume>,
     format: TransferFormat,
-    framing: Arc<dyn ResumeFraming>,
+    /// The application's Sequence and Ack messages; `None`: it has none,
+    /// and the connection only keeps its id across sockets (nothing is
+    /// numbered or replayed; while no socket is attached, messages wait in
+    /// the queue).
+    framing: Option<Arc<dyn ResumeFraming>>,
     rx: outbox::Receiver,
     /// New sockets from the endpoint.
     sockets: mpsc::Receiver<WebSocket>,
@@ -508,12 +514,21 @@ impl Writer {
                     continue;
                 }
             }
-            if self.held.is_some() && self.resume.buffer().has_room() && self.flush().await {
+            if self.held.is_some() && self.can_take() && self.flush().await {
                 return self.finish_and_close().await;
             }
             if self.sink.is_some() {
                 idle.as_mut().reset(Instant::now() + keep_alive);
             }
+        }
+    }
+
+    /// Whether queued messages may be taken now: while the replay buffer
+    /// has room, or, without numbering, while a socket is attached.
+    fn can_take(&self) -> bool {
+        match &self.framing {
+            Some(_) => self.resume.buffer().has_room(),
+            None => self.sink.is_some(),
         }
     }
 
@@ -528,6 +543,7 @@ impl Writer {
         let mut closing = false;
         let resume = &self.resume;
         let connection = &self.connection;
+        let numbered = self.framing.is_some();
         let frame = collect(
             first,
             &mut self.rx,
@@ -536,6 +552,9 @@ impl Writer {
             |frame| {
                 // Counted once, when first sent: replays are not new messages.
                 connection.record_sent(frame.len());
+                if !numbered {
+                    return true;
+                }
                 let mut buffer = resume.buffer();
                 buffer.push(frame.clone());
                 buffer.has_room()
@@ -571,9 +590,12 @@ impl Writer {
 
     /// Sends an Ack if the session processed client messages since the last one.
     async fn acknowledge(&mut self) {
+        let Some(framing) = &self.framing else {
+            return;
+        };
         let received = self.resume.received();
         if received > self.acked {
-            let ack = self.framing.ack(received);
+            let ack = framing.ack(received);
             self.write(ack).await;
             if self.sink.is_some() {
                 self.acked = received;
@@ -612,6 +634,10 @@ impl Writer {
         self.sink = Some(sink);
         self.deadline = None;
         self.handoff.put(self.generation, source);
+        let Some(framing) = self.framing.clone() else {
+            tracing::debug!(connection_id = %self.connection.id(), "socket re-attached");
+            return;
+        };
         let (sequence_id, replay) = {
             let buffer = self.resume.buffer();
             let replay: Vec<Bytes> = buffer.frames().cloned().collect();
@@ -623,7 +649,7 @@ impl Writer {
             replayed = replay.len(),
             "socket re-attached"
         );
-        let mut out = self.framing.sequence(sequence_id).to_vec();
+        let mut out = framing.sequence(sequence_id).to_vec();
         for frame in replay {
             if out.len() + frame.len() > outbox::MAX_BATCH {
                 self.write(Bytes::from(std::mem::take(&mut out))).await;

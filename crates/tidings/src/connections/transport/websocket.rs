@@ -121,7 +121,8 @@ async fn run<C: Application>(
     init.format = accepted.format;
     // Stateful reconnect: negotiated (with a secret token) and agreed to by
     // the application's opening.
-    if let Some((reattach, framing)) = reattach.zip(accepted.resume.clone()) {
+    if let Some(reattach) = reattach.filter(|_| accepted.resumable) {
+        let framing = accepted.resume.clone();
         // Boxed: inline, its larger state would be reserved by every
         // connection's task, stateful or not.
         Box::pin(resume::serve(
