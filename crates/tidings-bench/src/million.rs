@@ -438,7 +438,7 @@ fn write_section(path: &Path, text: &str) -> anyhow::Result<()> {
                 &current[end + END.len()..]
             )
         }
-        _ => format!("{}\n{section}\n", current.trim_end()),
+        _ => format!("{}\n\n{section}\n", current.trim_end()),
     };
     std::fs::write(path, updated).with_context(|| format!("cannot write {}", path.display()))
 }
@@ -451,7 +451,7 @@ fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push('\u{202f}');
         }
         out.push(c);
@@ -693,4 +693,38 @@ fn civil(days: i64) -> (i64, u32, u32) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let y = yoe + era * 400 + i64::from(m <= 2);
     (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_replaces_only_its_section() -> anyhow::Result<()> {
+        let path = std::env::temp_dir().join(format!("million-{}.md", std::process::id()));
+        std::fs::write(
+            &path,
+            format!("# Top\n\nbefore\n\n{BEGIN}\nold\n{END}\n\n## After\nkept\n"),
+        )?;
+        write_section(&path, "new report")?;
+        let text = std::fs::read_to_string(&path)?;
+        assert_eq!(
+            text,
+            format!("# Top\n\nbefore\n\n{BEGIN}\nnew report\n{END}\n\n## After\nkept\n")
+        );
+        // Without markers the section is appended, once.
+        std::fs::write(&path, "# Top\n")?;
+        write_section(&path, "first")?;
+        write_section(&path, "second")?;
+        let text = std::fs::read_to_string(&path)?;
+        std::fs::remove_file(&path)?;
+        assert_eq!(text, format!("# Top\n\n{BEGIN}\nsecond\n{END}\n"));
+        Ok(())
+    }
+
+    #[test]
+    fn dates_are_civil() {
+        assert_eq!(civil(0), (1970, 1, 1));
+        assert_eq!(civil(20_794), (2026, 12, 7));
+    }
 }

@@ -13,7 +13,11 @@
 //! 2-core machine one run's p99 moves by several percent from run to run,
 //! as much as the differences being measured.
 
-use std::{fmt::Write as _, path::PathBuf, time::Duration};
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context as _, bail};
 use serde::Serialize;
@@ -218,7 +222,7 @@ fn machine() -> Machine {
 /// the listeners on one server, then spread over three, in one run.
 async fn run_cluster(
     args: &SuiteArgs,
-    server_bin: &PathBuf,
+    server_bin: &Path,
     protocol: Protocol,
 ) -> anyhow::Result<Vec<Report>> {
     let redis = Redis::start().await?;
