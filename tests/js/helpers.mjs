@@ -64,6 +64,9 @@ export function build(server, path, protocol, options = {}) {
     skipNegotiation: options.skipNegotiation ?? false,
   };
   if (options.token) httpOptions.accessTokenFactory = () => options.token;
+  // A WebSocket class of the caller's (the `ws` one, subclassed), so that a
+  // test can see or pause each socket the client opens.
+  if (options.WebSocket) httpOptions.WebSocket = options.WebSocket;
   let builder = new signalR.HubConnectionBuilder()
     .withUrl(`${server.url}${path}`, httpOptions)
     .configureLogging(signalR.LogLevel.None);
@@ -220,7 +223,7 @@ export async function tcpProxy(target) {
   let holding = false;
   const forward = (client) => {
     const upstream = net.connect(Number(port), hostname);
-    const pair = { client, upstream };
+    const pair = { client, upstream, at: Date.now() };
     pairs.add(pair);
     const drop = () => {
       client.destroy();
@@ -261,12 +264,15 @@ export async function tcpProxy(target) {
       holding = false;
       for (const client of held.splice(0)) forward(client);
     },
-    cut() {
-      for (const { client, upstream } of pairs) {
-        client.destroy();
-        upstream.destroy();
+    /** Cuts every proxied connection (with `olderThanMs`, those opened at least that long ago). */
+    cut({ olderThanMs = 0 } = {}) {
+      const before = Date.now() - olderThanMs;
+      for (const pair of pairs) {
+        if (pair.at > before) continue;
+        pair.client.destroy();
+        pair.upstream.destroy();
+        pairs.delete(pair);
       }
-      pairs.clear();
     },
     async close() {
       this.cut();

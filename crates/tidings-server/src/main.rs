@@ -9,6 +9,7 @@ mod health;
 mod hubs;
 mod security;
 mod service;
+mod telemetry;
 mod typescript;
 mod web;
 
@@ -22,10 +23,9 @@ use tidings::{
     sse::{EventLog, LastEventId, ServerSentEvents},
 };
 use tidings_redis::{RedisBackplane, RedisLifetimeManager, RedisOptions};
-use tracing_subscriber::EnvFilter;
 
 use crate::{
-    config::{LogFormat, Settings, Transport},
+    config::{Settings, Transport},
     hubs::{
         chat::ChatHub,
         dashboard::{DashboardHub, Metrics, STREAM_HISTORY},
@@ -118,7 +118,7 @@ async fn main() -> anyhow::Result<()> {
         service::Next::Exit => return Ok(()),
         service::Next::Serve => args.settings,
     };
-    init_logging(args.server.log_format);
+    let mut telemetry = telemetry::Telemetry::init(args.server.log_format);
     let shutdown = Shutdown::new();
     let jwt_secret = (args.auth.jwt_secret.clone())
         .or_else(|| args.auth.demo_tokens.then(demo_tokens::random_secret));
@@ -137,6 +137,7 @@ async fn main() -> anyhow::Result<()> {
     };
 
     let registry = tidings::Metrics::new();
+    telemetry.export_metrics(&registry);
     let lifetimes = Lifetimes::new(&args, local, &registry)?;
     if let Lifetimes::Redis { backplane, .. } = &lifetimes
         && !backplane.wait_connected(Duration::from_secs(5)).await
@@ -292,6 +293,7 @@ async fn main() -> anyhow::Result<()> {
     });
     futures_util::future::try_join_all(servers).await?;
     metrics.abort();
+    telemetry.shutdown().await;
     Ok(())
 }
 
@@ -430,17 +432,6 @@ async fn dashboard_stream(
     last: LastEventId,
 ) -> ServerSentEvents {
     stream.sse(last)
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => logs.init(),
-        // One JSON object per line, with the fields of the enclosing spans
-        // (an invocation's hub, method and connection id).
-        LogFormat::Json => logs.json().with_current_span(true).init(),
-    }
 }
 
 async fn wait_for_signal() {

@@ -34,6 +34,8 @@
 //!
 //! Other components add their own metrics with [`Metrics::counter`],
 //! [`Metrics::gauge`] and [`Metrics::histogram`].
+//! [`Metrics::collect`] reads every family's values for exporters of other
+//! formats (the standalone server's OTLP export).
 
 use std::{
     collections::HashMap,
@@ -60,6 +62,9 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 use tidings_protocol::TransportType;
+
+mod collect;
+pub use collect::{FamilySnapshot, MetricKind, Series, SeriesValue};
 
 /// Buckets (seconds) of connection durations: the OpenTelemetry advice for
 /// `signalr.server.connection.duration`.
