@@ -8,7 +8,22 @@
 #   bash scripts/bench.sh                  # the full suite (about 25 minutes)
 #   bash scripts/bench.sh --quick          # a short run to check the tools
 #   bash scripts/bench.sh --scenarios echo,idle --protocols json
+#
+# The many-connections scenario starts its own redis-server and as many
+# tidings servers and load-generator processes as the count needs (each
+# holds at most ~19 800 connections), then writes its report into the
+# "Many connections" section of BENCHMARKS.md (that section only):
+#
+#   bash scripts/bench.sh --million                        # 1 000 000 connections
+#   bash scripts/bench.sh --million --connections 100000   # fewer
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -p tidings-server -p tidings-bench
+# Every process started from here may open as many files as allowed.
+ulimit -n "$(ulimit -Hn)"
+if [[ "${1:-}" == "--million" ]]; then
+    shift
+    exec target/release/tidings-bench million --benchmarks-md BENCHMARKS.md \
+        --json bench-results/million.json "$@"
+fi
 exec target/release/tidings-bench suite --out-dir bench-results "$@"

@@ -7,6 +7,7 @@
 //! tidings-bench connect   --concurrency 50 --duration 10         # connection storm
 //! tidings-bench idle      --connections 19800 --server-pid PID   # RSS per idle connection
 //! tidings-bench suite                                            # everything, against tidings and the raw baseline
+//! tidings-bench million   --connections 1000000                  # a cluster on one Redis holding N connections
 //! ```
 //!
 //! Connections are spread over the source addresses 127.0.0.2, 127.0.0.3, …
@@ -14,11 +15,14 @@
 //! all (`--per-process`).
 
 mod conn;
+mod million;
+mod procs;
 mod report;
 mod run;
 mod scenario;
 mod stats;
 mod suite;
+mod sysinfo;
 mod worker;
 
 use std::{net::SocketAddr, path::PathBuf};
@@ -59,6 +63,10 @@ enum Cmd {
     /// The whole suite: starts the servers, runs every scenario against the
     /// raw baseline and tidings, JSON and MessagePack, and writes the results.
     Suite(suite::SuiteArgs),
+    /// Many connections: starts redis-server and a cluster of tidings
+    /// servers, holds N connections, broadcasts to all, sends to groups,
+    /// and accounts for memory and keep-alive CPU.
+    Million(million::MillionArgs),
     /// (internal) One worker process of a run.
     #[command(hide = true)]
     Worker {
@@ -192,6 +200,7 @@ impl RunArgs {
                     rate,
                     duration_ms,
                     drain_ms: ms(self.drain),
+                    broadcast: false,
                 })
                 .collect(),
             Scenario::Connect => vec![Phase::Connect {
@@ -199,6 +208,7 @@ impl RunArgs {
                 concurrency: self.concurrency,
             }],
             Scenario::Idle => vec![Phase::Hold],
+            Scenario::Million => unreachable!("the million scenario has its own subcommand"),
         }
     }
 }
@@ -235,6 +245,7 @@ fn main() -> anyhow::Result<()> {
             return runtime.block_on(worker::run(spec));
         }
         Cmd::Suite(args) => return runtime.block_on(suite::run(args.clone())),
+        Cmd::Million(args) => return runtime.block_on(million::run(args.clone())),
         Cmd::Echo(args) => (Scenario::Echo, args),
         Cmd::Broadcast(args) => (Scenario::Broadcast, args),
         Cmd::Group(args) => (Scenario::Group, args),

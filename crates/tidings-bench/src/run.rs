@@ -11,13 +11,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
-    process::{Child, ChildStdin, Command},
+    process::{Child, ChildStdin},
     sync::mpsc,
     time::{Instant, sleep},
 };
 
 use crate::{
     conn::{Endpoint, ServerKind},
+    procs::with_max_files,
     scenario::{self, Event, Phase, PhaseResult, Scenario, WorkerSpec},
     stats::{self, Latency},
     worker::unix_us,
@@ -80,6 +81,10 @@ pub(crate) struct Report {
     pub protocol: String,
     pub connections: usize,
     pub failed_connections: usize,
+    /// Seconds from starting the worker processes until every connection
+    /// was open (handshake done) or had failed.
+    #[serde(default)]
+    pub connect_s: f64,
     pub processes: usize,
     pub group_size: Option<usize>,
     /// Fan-out: messages per second sent.
@@ -154,6 +159,7 @@ pub(crate) async fn run(
     let processes = config.processes.max(needed).max(1);
     let rss_before = config.server_pid.map(rss_kib).transpose()?;
 
+    let started = Instant::now();
     let (events_tx, mut events) = mpsc::unbounded_channel::<(usize, Event)>();
     let mut workers = Vec::with_capacity(processes);
     let exe = std::env::current_exe().context("cannot find the load generator's executable")?;
@@ -176,7 +182,7 @@ pub(crate) async fn run(
             payload: config.payload,
             connect_concurrency: config.connect_concurrency,
         };
-        let mut child = Command::new(&exe)
+        let mut child = with_max_files(&exe)
             .arg("worker")
             .arg("--spec")
             .arg(serde_json::to_string(&spec)?)
@@ -239,6 +245,7 @@ pub(crate) async fn run(
         }
     }
     connecting.finish_and_clear();
+    let connect_s = started.elapsed().as_secs_f64();
 
     let rss = match (config.server_pid, rss_before) {
         (Some(pid), Some(before)) if config.scenario == Scenario::Idle => {
@@ -272,6 +279,7 @@ pub(crate) async fn run(
         let mut report = merge(config, phase, processes, connected, failed, &results)?;
         report.first_error = report.first_error.or_else(|| first_error.clone());
         report.rss = rss;
+        report.connect_s = connect_s;
         let go_on = keep_going(&report);
         reports.push(report);
         if !go_on {
@@ -308,7 +316,8 @@ fn phase_length(phase: &Phase) -> Duration {
     match phase {
         Phase::Echo { duration_ms, .. }
         | Phase::Fanout { duration_ms, .. }
-        | Phase::Connect { duration_ms, .. } => Duration::from_millis(*duration_ms),
+        | Phase::Connect { duration_ms, .. }
+        | Phase::Wait { duration_ms } => Duration::from_millis(*duration_ms),
         Phase::Hold => Duration::ZERO,
     }
 }
@@ -385,6 +394,7 @@ fn merge(
             rate, duration_ms, ..
         } => (*duration_ms as f64 / 1000.0, Some(*rate)),
         Phase::Connect { duration_ms, .. } => (*duration_ms as f64 / 1000.0, None),
+        Phase::Wait { duration_ms } => (*duration_ms as f64 / 1000.0, None),
         Phase::Hold => (0.0, None),
     };
     let fanout = config.scenario.is_fanout();
@@ -395,6 +405,7 @@ fn merge(
         protocol: config.endpoint.protocol.name().to_owned(),
         connections: connected,
         failed_connections: failed,
+        connect_s: 0.0,
         processes,
         group_size: (config.scenario == Scenario::Group).then_some(config.group_size),
         rate,

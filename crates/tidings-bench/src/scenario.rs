@@ -22,6 +22,12 @@ pub(crate) enum Scenario {
     /// A broadcast through the Redis backplane: listeners spread over one
     /// server, then over three (suite only; the suite starts `redis-server`).
     Cluster,
+    /// Many connections over a cluster: listeners in groups (spread over
+    /// every server), one sender per group on the first server; phases send
+    /// either to the groups or one broadcast to everyone (its own
+    /// subcommand, not part of the suite).
+    #[value(skip)]
+    Million,
 }
 
 impl Scenario {
@@ -33,6 +39,7 @@ impl Scenario {
             Scenario::Connect => "connect",
             Scenario::Idle => "idle",
             Scenario::Cluster => "cluster",
+            Scenario::Million => "million",
         }
     }
 
@@ -40,7 +47,7 @@ impl Scenario {
     pub(crate) fn is_fanout(self) -> bool {
         matches!(
             self,
-            Scenario::Broadcast | Scenario::Group | Scenario::Cluster
+            Scenario::Broadcast | Scenario::Group | Scenario::Cluster | Scenario::Million
         )
     }
 }
@@ -127,6 +134,11 @@ pub(crate) enum Phase {
         duration_ms: u64,
         /// How long to wait for late deliveries after the last send.
         drain_ms: u64,
+        /// Only the first group's sender sends, to everyone (`Clients.All`
+        /// but itself) instead of to its group: every listener gets every
+        /// message.
+        #[serde(default)]
+        broadcast: bool,
     },
     Connect {
         duration_ms: u64,
@@ -134,12 +146,17 @@ pub(crate) enum Phase {
     },
     /// Nothing to do: the connections are held while the server is measured.
     Hold,
+    /// The connections stay idle (keep-alives only) for this long.
+    Wait {
+        duration_ms: u64,
+    },
 }
 
 impl Phase {
     /// Messages each sender sends in a fan-out phase: the same for every
     /// sender, so every listener knows how many to expect.
     pub(crate) fn per_sender(rate: f64, duration_ms: u64, groups: usize) -> u64 {
+        // (Callers pass 1 for a broadcast phase: one sender sends them all.)
         ((rate * duration_ms as f64 / 1000.0 / groups as f64).round() as u64).max(1)
     }
 }

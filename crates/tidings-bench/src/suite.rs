@@ -13,18 +13,19 @@
 //! 2-core machine one run's p99 moves by several percent from run to run,
 //! as much as the differences being measured.
 
-use std::{fmt::Write as _, net::SocketAddr, path::PathBuf, process::Stdio, time::Duration};
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context as _, bail};
 use serde::Serialize;
 use tidings_protocol::Protocol;
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-};
 
 use crate::{
     conn::{Endpoint, ServerKind},
+    procs::{Redis, Server},
     report,
     run::{self, Report, RunConfig},
     scenario::{Phase, Scenario},
@@ -217,106 +218,11 @@ fn machine() -> Machine {
     }
 }
 
-/// A server process started for one scenario.
-struct Server {
-    child: Child,
-    address: SocketAddr,
-    pid: u32,
-}
-
-impl Server {
-    async fn start(binary: &PathBuf, kind: ServerKind, extra: &[String]) -> anyhow::Result<Server> {
-        let mut command = Command::new(binary);
-        command
-            .args(["--listen", "127.0.0.1:0"])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
-        if kind == ServerKind::Tidings {
-            // Only WebSockets are measured; keep-alive as shipped. The
-            // scenarios use the test hub, which is served only when asked for.
-            command.args(["--transports", "WebSockets", "--test-hub"]);
-        }
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?;
-        let pid = child.id().context("server pid")?;
-        let stdout = child.stdout.take().context("server stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let address = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some(rest) = line.trim().strip_prefix("listening on http://") {
-                    return Ok(rest.parse::<SocketAddr>()?);
-                }
-            }
-            bail!("{} ended before listening", binary.display())
-        })
-        .await
-        .context("the server did not start listening within 10 s")??;
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Server {
-            child,
-            address,
-            pid,
-        })
-    }
-
-    async fn stop(mut self) {
-        let _ = self.child.kill().await;
-    }
-}
-
-/// A `redis-server` of our own on a free port, for the cluster scenario.
-struct Redis {
-    child: Child,
-    url: String,
-}
-
-impl Redis {
-    async fn start() -> anyhow::Result<Redis> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .context("cannot start redis-server (is it installed?)")?;
-        let address = SocketAddr::from(([127, 0, 0, 1], port));
-        let ready = async {
-            loop {
-                if tokio::net::TcpStream::connect(address).await.is_ok() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(10), ready)
-            .await
-            .context("redis-server did not accept connections within 10 s")?;
-        Ok(Redis {
-            child,
-            url: format!("redis://127.0.0.1:{port}"),
-        })
-    }
-
-    async fn stop(mut self) {
-        let _ = self.child.kill().await;
-    }
-}
-
 /// Runs the cluster scenario: the broadcast through a Redis backplane with
 /// the listeners on one server, then spread over three, in one run.
 async fn run_cluster(
     args: &SuiteArgs,
-    server_bin: &PathBuf,
+    server_bin: &Path,
     protocol: Protocol,
 ) -> anyhow::Result<Vec<Report>> {
     let redis = Redis::start().await?;
@@ -355,7 +261,7 @@ async fn run_cluster(
     Ok(reports)
 }
 
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("executable directory")?;
     Ok(dir.join(name))
@@ -598,6 +504,7 @@ async fn run_one(
                     rate,
                     duration_ms,
                     drain_ms,
+                    broadcast: false,
                 })
                 .collect()
         }
@@ -607,6 +514,7 @@ async fn run_one(
                 rate: args.group_rate,
                 duration_ms,
                 drain_ms,
+                broadcast: false,
             }]
         }
         Scenario::Connect => vec![Phase::Connect {
@@ -617,6 +525,7 @@ async fn run_one(
             config.connections = args.idle_connections;
             vec![Phase::Hold]
         }
+        Scenario::Million => bail!("the million scenario has its own subcommand"),
         Scenario::Cluster => {
             config.connections = args.broadcast_connections;
             // The target rates only: the cluster figures compare one server
@@ -628,6 +537,7 @@ async fn run_one(
                     rate,
                     duration_ms,
                     drain_ms,
+                    broadcast: false,
                 })
                 .collect()
         }
@@ -658,7 +568,9 @@ fn median(mut rounds: Vec<&Report>) -> Option<&Report> {
     let key = |r: &Report| match r.scenario {
         Scenario::Echo | Scenario::Connect => r.throughput,
         Scenario::Idle => r.rss.map_or(0.0, |rss| rss.per_connection_bytes),
-        Scenario::Broadcast | Scenario::Group | Scenario::Cluster => r.latency.p99_ms,
+        Scenario::Broadcast | Scenario::Group | Scenario::Cluster | Scenario::Million => {
+            r.latency.p99_ms
+        }
     };
     rounds.sort_by(|a, b| key(a).total_cmp(&key(b)));
     rounds.get(rounds.len().saturating_sub(1) / 2).copied()

@@ -119,13 +119,20 @@ pub(crate) async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
         let length = match &phase {
             Phase::Echo { duration_ms, .. }
             | Phase::Fanout { duration_ms, .. }
-            | Phase::Connect { duration_ms, .. } => Duration::from_millis(*duration_ms),
+            | Phase::Connect { duration_ms, .. }
+            | Phase::Wait { duration_ms } => Duration::from_millis(*duration_ms),
             Phase::Hold => Duration::ZERO,
         };
         let per_sender = match &phase {
             Phase::Fanout {
-                rate, duration_ms, ..
-            } => Phase::per_sender(*rate, *duration_ms, worker.spec.groups()),
+                rate,
+                duration_ms,
+                broadcast,
+                ..
+            } => {
+                let senders = if *broadcast { 1 } else { worker.spec.groups() };
+                Phase::per_sender(*rate, *duration_ms, senders)
+            }
             _ => 0,
         };
         let run = Arc::new(PhaseRun {
@@ -175,6 +182,10 @@ async fn report_progress(run: Arc<PhaseRun>) {
 async fn finish(worker: &Arc<Worker>, run: &Arc<PhaseRun>) -> u64 {
     match run.phase.clone() {
         Phase::Hold => 0,
+        Phase::Wait { .. } => {
+            sleep_until(run.end).await;
+            0
+        }
         Phase::Echo { .. } => {
             sleep_until(run.end).await;
             // Let the last invocations complete (they are not counted late).
@@ -240,11 +251,11 @@ async fn open_all(worker: &Arc<Worker>, current: &Current) {
             let worker = Arc::clone(worker);
             async move {
                 let result = open_one(&worker, index, role).await;
-                (role, result)
+                (index, role, result)
             }
         })
         .buffer_unordered(spec.connect_concurrency.max(1))
-        .for_each(|(role, result)| {
+        .for_each(|(index, role, result)| {
             done.fetch_add(1, Ordering::Relaxed);
             match result {
                 Ok(conn) => {
@@ -253,6 +264,7 @@ async fn open_all(worker: &Arc<Worker>, current: &Current) {
                         Arc::clone(worker),
                         conn,
                         role,
+                        first_ping(index),
                         current.clone(),
                     ));
                 }
@@ -283,10 +295,14 @@ async fn open_one(worker: &Worker, index: usize, role: Role) -> anyhow::Result<C
     let source = source_address(index, spec.sources);
     let server = match role {
         Role::Listener(_) => spec.endpoint.listener_server(index),
+        // Senders spread like listeners, so that no server holds a share
+        // of the senders on top of its listeners; group 0's (the
+        // broadcaster) is on the first server.
+        Role::Sender(g) if spec.scenario == Scenario::Million => spec.endpoint.listener_server(g),
         Role::Sender(_) | Role::Echo => spec.endpoint.server,
     };
     let mut conn = Conn::open(&spec.endpoint, server, &spec.path(role), source).await?;
-    if let (Role::Listener(g), Scenario::Group, ServerKind::Tidings) =
+    if let (Role::Listener(g), Scenario::Group | Scenario::Million, ServerKind::Tidings) =
         (role, spec.scenario, spec.endpoint.kind)
     {
         let args = (spec.group_name(g),).to_arguments(spec.endpoint.protocol)?;
@@ -306,11 +322,29 @@ async fn open_one(worker: &Worker, index: usize, role: Role) -> anyhow::Result<C
     Ok(conn)
 }
 
+/// How often a connection sends a Ping, as the official clients do: the
+/// server closes a connection it has heard nothing from for its client
+/// timeout (30 s by default), and idle connections are held for minutes.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// When a connection sends its first Ping: spread over one interval by its
+/// index, so that connections opened together do not ping together.
+fn first_ping(index: usize) -> Instant {
+    Instant::now() + KEEP_ALIVE.mul_f64((index % 1000) as f64 / 1000.0)
+}
+
 /// One connection's life: react to phases by role, consume what arrives.
-async fn connection_task(worker: Arc<Worker>, mut conn: Conn, role: Role, mut current: Current) {
+async fn connection_task(
+    worker: Arc<Worker>,
+    mut conn: Conn,
+    role: Role,
+    mut next_ping: Instant,
+    mut current: Current,
+) {
     // The receiver was cloned before any phase was published, so a phase
     // published before this task first runs still shows as a change.
     let mut phase: Option<Arc<PhaseRun>> = None;
+    let pings = worker.spec.endpoint.kind == ServerKind::Tidings;
     loop {
         tokio::select! {
             // Phase changes first: a message must never be judged against
@@ -336,6 +370,15 @@ async fn connection_task(worker: Arc<Worker>, mut conn: Conn, role: Role, mut cu
                         run.error(format!("{error:#}"));
                         break;
                     }
+                }
+            }
+            () = sleep_until(next_ping), if pings => {
+                next_ping = Instant::now() + KEEP_ALIVE;
+                if let Err(error) = conn.send(&HubMessage::Ping).await {
+                    if let Some(run) = &phase {
+                        run.error(format!("{error:#}"));
+                    }
+                    break;
                 }
             }
             message = conn.recv() => match message {
@@ -470,10 +513,22 @@ async fn send_loop(
     group: usize,
 ) -> anyhow::Result<bool> {
     let spec = &worker.spec;
+    let broadcast = matches!(
+        run.phase,
+        Phase::Fanout {
+            broadcast: true,
+            ..
+        }
+    );
+    if broadcast && group != 0 {
+        // One sender broadcasts; the others only listen to it.
+        return Ok(true);
+    }
+    let senders = if broadcast { 1 } else { spec.groups() };
     let protocol = spec.endpoint.protocol;
     let length = run.end - run.start;
     let interval = length / run.per_sender.max(1) as u32;
-    let offset = interval.mul_f64(group as f64 / spec.groups() as f64);
+    let offset = interval.mul_f64(group as f64 / senders as f64);
     let group_name = spec.group_name(group);
     let mut out = Vec::with_capacity(256);
     for seq in 0..run.per_sender {
@@ -489,7 +544,7 @@ async fn send_loop(
             }
         }
         let stamp = (unix_us(), run.id, seq, worker.padding.as_str());
-        let message = fanout_message(spec, protocol, &group_name, stamp, seq)?;
+        let message = fanout_message(spec, protocol, &group_name, broadcast, stamp, seq)?;
         out.clear();
         protocol.write_message(&message, &mut out)?;
         conn.send_frame(bytes::Bytes::copy_from_slice(&out)).await?;
@@ -504,10 +559,16 @@ fn fanout_message(
     spec: &WorkerSpec,
     protocol: Protocol,
     group: &str,
+    broadcast: bool,
     stamp: (u64, u32, u64, &str),
     seq: u64,
 ) -> anyhow::Result<HubMessage> {
     let invocation = match (spec.endpoint.kind, spec.scenario) {
+        // `Clients.All`: the sender gets its own message too, and ignores it.
+        (ServerKind::Tidings, Scenario::Million) if broadcast => {
+            Invocation::new("Broadcast", (stamp,).to_arguments(protocol)?)
+                .with_invocation_id(seq.to_string())
+        }
         (ServerKind::Raw, Scenario::Broadcast) => {
             Invocation::new("Broadcast", (stamp,).to_arguments(protocol)?)
         }
