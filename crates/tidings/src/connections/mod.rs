@@ -45,6 +45,7 @@ pub(crate) mod registry;
 pub(crate) mod resume;
 pub(crate) mod routes;
 mod served;
+mod tokens;
 pub(crate) mod transport;
 
 pub use connection::Connection;

@@ -10,12 +10,7 @@
 //! DELETE {path}?id=<token>  → Long Polling ends
 //! ```
 
-use std::{
-    collections::{HashMap, HashSet, VecDeque},
-    hash::{BuildHasher, RandomState},
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Instant};
 
 use axum::{
     Router,
@@ -33,6 +28,8 @@ use tidings_protocol::{
 
 use tokio::sync::mpsc;
 
+use super::tokens::{LiveTokens, Pending, PendingConnection};
+
 use crate::{
     auth::{
         AuthError, Denied, Principal, SharedAuthenticator, bearer_token, form_urlencoded_pairs,
@@ -47,7 +44,7 @@ use crate::{
         served::Served,
         transport::{
             self,
-            http::{self, HttpConnection, Inbound},
+            http::{self, HttpConnection},
             resume::{Reattach, Resumable},
             socket::Upgrade,
         },
@@ -354,50 +351,6 @@ impl<C: Application> Endpoint<C> {
     }
 }
 
-/// The tokens of live WebSocket connections, to answer a request that
-/// presents one at the wrong door as ASP.NET Core does: a POST gets `405`,
-/// a DELETE or a poll `400`, a second socket `409` (not the `404` of an
-/// unknown token). Kept as keyed hashes: a few bytes per connection and no
-/// second copy of a secret. A collision could only give a forged token one
-/// of those answers instead of `404`.
-#[derive(Default)]
-struct LiveTokens {
-    keys: RandomState,
-    live: Mutex<HashSet<u64>>,
-}
-
-impl LiveTokens {
-    /// Marks `token` live until the returned guard is dropped.
-    fn hold(self: &Arc<Self>, token: &str) -> LiveToken {
-        let key = self.keys.hash_one(token);
-        self.lock().insert(key);
-        LiveToken {
-            tokens: Arc::clone(self),
-            key,
-        }
-    }
-
-    fn contains(&self, token: &str) -> bool {
-        self.lock().contains(&self.keys.hash_one(token))
-    }
-
-    fn lock(&self) -> parking_lot::MutexGuard<'_, HashSet<u64>> {
-        self.live.lock()
-    }
-}
-
-/// A live WebSocket connection's entry in [`LiveTokens`], owned by its task.
-struct LiveToken {
-    tokens: Arc<LiveTokens>,
-    key: u64,
-}
-
-impl Drop for LiveToken {
-    fn drop(&mut self) {
-        self.tokens.lock().remove(&self.key);
-    }
-}
-
 /// A request to serve on this server, with the connection id of a
 /// connection taken over from another server of the cluster.
 struct Here {
@@ -410,47 +363,6 @@ fn is_websocket(headers: &axum::http::HeaderMap) -> bool {
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
-}
-
-/// A negotiated connection waiting for its transport.
-struct PendingConnection {
-    id: Arc<str>,
-    created: Instant,
-    /// Stateful reconnect was asked for and allowed at negotiation.
-    stateful: bool,
-    /// Its place under the connection limits, handed to the transport.
-    slot: Option<Slot>,
-    /// Who negotiated it: the user of its HTTP transport's requests.
-    principal: Principal,
-    /// What was posted before the HTTP transport started.
-    inbound: Option<Inbound>,
-}
-
-/// Negotiated connections whose transport has not arrived yet. They expire
-/// after `disconnect_timeout`; `order` lets expiry run in O(expired).
-#[derive(Default)]
-struct Pending {
-    by_token: HashMap<String, PendingConnection>,
-    order: VecDeque<(Instant, String)>,
-}
-
-impl Pending {
-    fn expire(&mut self, timeout: Duration) {
-        let now = Instant::now();
-        while let Some((created, _)) = self.order.front() {
-            if now.duration_since(*created) < timeout {
-                break;
-            }
-            if let Some((created, token)) = self.order.pop_front()
-                && self
-                    .by_token
-                    .get(&token)
-                    .is_some_and(|p| p.created == created)
-            {
-                self.by_token.remove(&token);
-            }
-        }
-    }
 }
 
 /// A new random id: 16 random bytes, base64url without padding (22 chars),
