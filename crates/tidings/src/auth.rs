@@ -13,7 +13,7 @@ use std::{collections::HashMap, fmt, sync::Arc, time::SystemTime};
 
 use axum::http::request::Parts;
 
-use crate::hub::BoxFuture;
+use crate::connections::handler::BoxFuture;
 
 /// The authenticated user of a connection.
 #[derive(Clone, Default, PartialEq, Eq)]

@@ -5,38 +5,30 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tidings_protocol::{HubMessage, MessageDecoder, Protocol, TransportType};
+use tidings_protocol::{HubMessage, MessageDecoder, Protocol};
 
 use crate::{
     ConnectionHandle, Context, HubOptions, LifetimeManager, MemoryLifetimeManager, Principal,
     auth::Policies,
-    connection::ConnectionInit,
-    context::HubShared,
-    dispatch::{self, Methods, Prepared},
-    hub::Hub,
-    session,
+    connections::outbox,
+    hub::{
+        context::HubShared,
+        definition::Hub,
+        dispatch::{self, Methods, Prepared},
+        message::encode,
+    },
 };
 
 /// A connection without a transport: its queue is drained by [`Outlet`].
 pub fn connection(id: &str, protocol: Protocol, capacity: usize) -> (ConnectionHandle, Outlet) {
-    let (tx, rx) = crate::outbox::channel(capacity);
-    let init = ConnectionInit {
-        id: Arc::from(id),
-        protocol,
-        transport: TransportType::WebSockets,
-        principal: Principal::anonymous(),
-        query: Vec::new(),
-        headers: Default::default(),
-        metrics: None,
-        abort: Default::default(),
-    };
-    (ConnectionHandle::new(init, tx), Outlet { rx })
+    let (handle, rx) = ConnectionHandle::unattached(id, Principal::anonymous(), protocol, capacity);
+    (handle, Outlet { rx })
 }
 
 /// The receiving end of a benchmark connection's queue.
 #[derive(Debug)]
 pub struct Outlet {
-    rx: crate::outbox::Receiver,
+    rx: outbox::Receiver,
 }
 
 impl Outlet {
@@ -106,6 +98,6 @@ impl<H: Hub> Dispatcher<H> {
         let reply =
             dispatch::run_unary(hub, method, self.cx.clone(), invocation, Vec::new()).await?;
         let _ = self.outlet.drain();
-        Some(session::encode(self.cx.protocol(), &reply))
+        Some(encode(self.cx.protocol(), &reply))
     }
 }

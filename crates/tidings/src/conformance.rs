@@ -10,9 +10,10 @@ use tungstenite::{Message, Utf8Bytes, protocol::CloseFrame};
 
 use crate::{
     HubOptions,
-    transport::{
+    connections::transport::{
+        frames::close_status,
         socket::{Upgrade, WebSocket},
-        websocket::{close_status, socket_config},
+        websocket::socket_config,
     },
 };
 

@@ -296,67 +296,62 @@
 //! the forwarding between servers ([`Cluster`]: no sticky sessions); given
 //! once to [`ServerBuilder::backplane`], it configures both for every hub.
 
-mod access;
+// The two layers: `connections` (negotiate, transports, registries,
+// stateful reconnect) knows nothing of hubs; `hub` runs on it. The modules
+// below them are shared by both (authentication, errors, metrics, shutdown,
+// serving) and name neither layer's items; `tests/layers.rs` checks it.
 mod auth;
-mod backplane;
 #[doc(hidden)]
 pub mod bench;
-mod cluster;
+mod clock;
 #[doc(hidden)]
 pub mod conformance;
-mod connection;
-mod context;
-mod dispatch;
-mod endpoint;
+pub mod connections;
 mod error;
-mod filter;
 mod hub;
 #[cfg(feature = "jwt")]
 mod jwt;
-mod lifetime;
-mod message;
 pub mod metrics;
-mod options;
-mod outbox;
 mod paths;
-mod redirect;
-mod registry;
-mod resume;
 pub mod schema;
 mod serve;
 mod server;
-mod session;
 mod shutdown;
 pub mod sse;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
-mod transport;
-mod typed;
 #[cfg(feature = "typescript")]
 pub mod typescript;
-mod upload;
 
-pub use access::{ConnectionLimits, TrustedProxy, TrustedProxyError};
 pub use auth::{AuthError, Authenticator, Authorize, Principal, bearer_token};
-pub use backplane::{Backplane, MemoryBackplane};
-pub use cluster::Cluster;
-pub use connection::ConnectionHandle;
-pub use context::{
-    ClientInvoke, ClientProxy, Clients, Context, Groups, HubContext, Presence, SingleClientProxy,
+pub use connections::{
+    BoxFuture, Connection, ConnectionEndpoint, ConnectionHandler, ConnectionOptions,
+    access::{ConnectionLimits, TrustedProxy, TrustedProxyError},
+    cluster::Cluster,
+    redirect::NegotiateRedirect,
 };
-pub use dispatch::{Call, MethodOutput};
-pub use endpoint::HubEndpoint;
 pub use error::{ConnectionError, GroupError, HubError, InvokeError, PresenceError, SendError};
-pub use filter::{HubFilter, InvocationInfo, RateLimiter};
-pub use hub::{BoxFuture, Hub, MethodDescriptor, MethodFuture, MethodKind};
+pub use hub::{
+    backplane::{Backplane, MemoryBackplane},
+    call::{Call, MethodOutput},
+    connection::ConnectionHandle,
+    context::{
+        ClientInvoke, ClientProxy, Clients, Context, Groups, HubContext, Presence, SendFuture,
+        SingleClientProxy,
+    },
+    definition::{Hub, MethodDescriptor, MethodFuture, MethodKind},
+    endpoint::HubEndpoint,
+    filter::{HubFilter, InvocationInfo, RateLimiter},
+    lifetime::{LifetimeManager, Member, MemoryLifetimeManager, Target},
+    message::{ClientInvocation, SerializedMessage},
+    options::HubOptions,
+    typed::{ClientTarget, SerializedArguments, SingleClientTarget},
+    upload::ClientStream,
+};
 #[cfg(feature = "jwt")]
 pub use jwt::{JwtAuthenticator, JwtKeyError, NAME_IDENTIFIER_CLAIMS};
-pub use lifetime::{LifetimeManager, Member, MemoryLifetimeManager, Target};
-pub use message::{ClientInvocation, SerializedMessage};
 pub use metrics::Metrics;
-pub use options::HubOptions;
 pub use paths::HubPaths;
-pub use redirect::NegotiateRedirect;
 pub use serve::{Serve, serve};
 #[cfg(feature = "tls")]
 pub use serve::{TlsConfig, TlsError};
@@ -367,8 +362,6 @@ pub use tidings_protocol::Protocol;
 /// The cancellation token a streaming method can take (see
 /// [Streaming](crate#streaming)).
 pub use tokio_util::sync::CancellationToken;
-pub use typed::{ClientTarget, SendFuture, SerializedArguments, SingleClientTarget};
-pub use upload::ClientStream;
 
 /// Items used by code that `#[hub]` generates. Not a public API.
 #[doc(hidden)]
@@ -377,8 +370,8 @@ pub mod __private {
         Authorize, Call, CancellationToken, ClientInvoke, ClientProxy, ClientStream, ClientTarget,
         Context, Hub, HubError, MethodDescriptor, MethodFuture, MethodKind, MethodOutput,
         SendFuture, SingleClientTarget,
+        hub::typed::{invoke_borrowed, invoke_owned, send_borrowed, send_owned},
         schema::{ClientSchema, Describe, Describer, HubSchema, MethodSchema, Opaque, ParamSchema},
-        typed::{invoke_borrowed, invoke_owned, send_borrowed, send_owned},
     };
     pub use std::{boxed::Box, result::Result, sync::Arc, vec::Vec};
 }

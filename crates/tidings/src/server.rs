@@ -6,8 +6,9 @@ use std::{any::TypeId, sync::Arc};
 use axum::{Router, http::request::Parts};
 
 use crate::{
-    AuthError, Authenticator, Backplane, BoxFuture, Cluster, ConnectionLimits, Hub, HubContext,
-    HubEndpoint, HubOptions, HubPaths, Metrics, Principal, Shutdown, backplane::MemoryBackplane,
+    AuthError, Authenticator, Backplane, BoxFuture, Cluster, ConnectionEndpoint, ConnectionHandler,
+    ConnectionLimits, Hub, HubContext, HubEndpoint, HubOptions, HubPaths, MemoryBackplane, Metrics,
+    Principal, Shutdown,
 };
 
 /// The hubs of one server, ready to be served: an axum [`Router`] to merge
@@ -46,8 +47,8 @@ pub struct Server {
 /// One hub of a built server.
 struct Mounted {
     path: String,
-    hub: TypeId,
-    context: HubContext,
+    /// The hub's type and context; `None` for a raw connection endpoint.
+    hub: Option<(TypeId, HubContext)>,
     router: Router,
 }
 
@@ -124,8 +125,9 @@ impl Server {
         let hub = TypeId::of::<H>();
         self.hubs
             .iter()
-            .find(|mounted| mounted.hub == hub)
-            .map(|mounted| mounted.context.clone())
+            .filter_map(|mounted| mounted.hub.as_ref())
+            .find(|(mounted, _)| *mounted == hub)
+            .map(|(_, context)| context.clone())
     }
 
     /// The context of the hub served at `path`.
@@ -133,7 +135,8 @@ impl Server {
         self.hubs
             .iter()
             .find(|mounted| mounted.path == path)
-            .map(|mounted| mounted.context.clone())
+            .and_then(|mounted| mounted.hub.as_ref())
+            .map(|(_, context)| context.clone())
     }
 
     /// The shutdown of every connection of every hub: call
@@ -204,15 +207,15 @@ struct Shared {
     cluster: Option<Arc<dyn Cluster>>,
 }
 
-/// A hub waiting for `build`: the shared settings are only known then.
+/// An endpoint waiting for `build`: the shared settings are only known then.
 struct Registration {
     path: String,
-    hub: TypeId,
     mount: Mount,
 }
 
-/// Builds one hub's endpoint from the shared settings: its context and routes.
-type Mount = Box<dyn FnOnce(&Shared) -> (HubContext, Router) + Send>;
+/// Builds one endpoint from the shared settings: its routes, and for a hub
+/// its type and context.
+type Mount = Box<dyn FnOnce(&Shared) -> (Option<(TypeId, HubContext)>, Router) + Send>;
 
 /// One authenticator serving every hub of the server.
 struct SharedAuthenticator(Arc<dyn Authenticator>);
@@ -305,18 +308,9 @@ impl ServerBuilder {
         H: Hub,
         F: FnOnce(HubEndpoint<H>) -> HubEndpoint<H> + Send + 'static,
     {
-        assert!(
-            path.starts_with('/') && path != "/",
-            "a hub's path starts with '/' and is not the root: {path:?}"
-        );
-        let path = path.trim_end_matches('/').to_owned();
-        assert!(
-            self.hubs.iter().all(|h| h.path != path),
-            "two hubs at the same path: {path:?}"
-        );
+        let path = self.free_path(path);
         self.hubs.push(Registration {
             path,
-            hub: TypeId::of::<H>(),
             mount: Box::new(move |shared: &Shared| {
                 let endpoint = configure(shared.apply(HubEndpoint::new(hub)));
                 let manager = shared.backplane.lifetime_manager(endpoint.hub_name());
@@ -326,10 +320,63 @@ impl ServerBuilder {
                 }
                 // After the lifetime manager: the context sends through it.
                 let context = endpoint.context();
-                (context, endpoint.into_router())
+                (Some((TypeId::of::<H>(), context)), endpoint.into_router())
             }),
         });
         self
+    }
+
+    /// Mounts a raw [`ConnectionHandler`] at `path` with the server's shared
+    /// settings (authenticator, limits, origins, metrics, shutdown, the
+    /// backplane's forwarding, and the transports and connection settings
+    /// of the default [`HubOptions`]).
+    pub fn connection<T: ConnectionHandler>(mut self, path: &str, handler: T) -> Self {
+        let path = self.free_path(path);
+        let name = path.clone();
+        self.hubs.push(Registration {
+            path,
+            mount: Box::new(move |shared: &Shared| {
+                let mut endpoint = ConnectionEndpoint::new(handler)
+                    .options(shared.options.connection_options())
+                    .shutdown(&shared.shutdown);
+                if let Some(authenticator) = &shared.authenticator {
+                    endpoint =
+                        endpoint.authenticator(SharedAuthenticator(Arc::clone(authenticator)));
+                }
+                if let Some(limits) = &shared.limits {
+                    endpoint = endpoint.connection_limits(limits);
+                }
+                if let Some(origins) = &shared.origins {
+                    endpoint = endpoint.allowed_origins(origins);
+                }
+                if let Some(allow) = shared.cors_credentials {
+                    endpoint = endpoint.cors_credentials(allow);
+                }
+                if let Some(metrics) = &shared.metrics {
+                    endpoint = endpoint.metrics(metrics, &name);
+                }
+                if let Some(cluster) = &shared.cluster {
+                    endpoint = endpoint.cluster(Arc::clone(cluster));
+                }
+                (None, endpoint.into_router())
+            }),
+        });
+        self
+    }
+
+    /// `path` without its trailing slash, checked to be a path no other
+    /// endpoint has.
+    fn free_path(&self, path: &str) -> String {
+        assert!(
+            path.starts_with('/') && path != "/",
+            "a hub's path starts with '/' and is not the root: {path:?}"
+        );
+        let path = path.trim_end_matches('/').to_owned();
+        assert!(
+            self.hubs.iter().all(|h| h.path != path),
+            "two hubs at the same path: {path:?}"
+        );
+        path
     }
 
     /// The server.
@@ -345,11 +392,10 @@ impl ServerBuilder {
             .hubs
             .into_iter()
             .map(|registration| {
-                let (context, router) = (registration.mount)(&shared);
+                let (hub, router) = (registration.mount)(&shared);
                 Mounted {
                     path: registration.path,
-                    hub: registration.hub,
-                    context,
+                    hub,
                     router,
                 }
             })

@@ -14,11 +14,11 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tidings_protocol::{HubMessage, MessageDecoder, Protocol, TransportType};
+use tidings_protocol::{HubMessage, MessageDecoder, Protocol};
 
 use crate::{
     ConnectionHandle, LifetimeManager, MemoryLifetimeManager, Principal,
-    connection::ConnectionInit, hub::BoxFuture,
+    connections::{handler::BoxFuture, outbox},
 };
 
 /// How long a test waits for a message that must arrive.
@@ -28,7 +28,7 @@ pub const ARRIVAL_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct TestConnection {
     handle: ConnectionHandle,
-    rx: crate::outbox::Receiver,
+    rx: outbox::Receiver,
     decoder: MessageDecoder,
 }
 
@@ -51,19 +51,10 @@ impl TestConnection {
 
     /// A connection with this id, user and hub protocol.
     pub fn with_protocol(id: &str, user: Option<&str>, protocol: Protocol) -> Self {
-        let (tx, rx) = crate::outbox::channel(256);
-        let init = ConnectionInit {
-            id: Arc::from(id),
-            protocol,
-            transport: TransportType::WebSockets,
-            principal: user.map(Principal::user).unwrap_or_default(),
-            query: Vec::new(),
-            headers: Default::default(),
-            metrics: None,
-            abort: Default::default(),
-        };
+        let principal = user.map(Principal::user).unwrap_or_default();
+        let (handle, rx) = ConnectionHandle::unattached(id, principal, protocol, 256);
         TestConnection {
-            handle: ConnectionHandle::new(init, tx),
+            handle,
             rx,
             decoder: MessageDecoder::new(protocol, None),
         }
@@ -293,7 +284,7 @@ pub mod spec {
     }
 
     fn id(prefix: &str) -> String {
-        format!("{prefix}-{}", crate::endpoint::new_id())
+        format!("{prefix}-{}", crate::connections::routes::new_id())
     }
 
     /// `All` from one server reaches every connection of every server once.
@@ -681,7 +672,7 @@ pub mod spec {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         match connection.handle().abort_reason() {
-            Some(crate::connection::AbortReason::Closed(reason)) => Some(reason),
+            Some(crate::connections::connection::AbortReason::Closed(reason)) => Some(reason),
             _ => None,
         }
     }

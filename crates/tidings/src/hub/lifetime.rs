@@ -34,8 +34,8 @@ use tokio::sync::oneshot;
 
 use crate::{
     ConnectionHandle, GroupError, InvokeError, PresenceError, SendError,
-    hub::BoxFuture,
-    message::{ClientInvocation, SerializedMessage},
+    connections::handler::BoxFuture,
+    hub::message::{ClientInvocation, SerializedMessage},
 };
 
 /// The recipients of a message.
@@ -731,26 +731,15 @@ impl LifetimeManager for MemoryLifetimeManager {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox;
     use crate::{
         Principal,
-        connection::{ConnectionInit, Outbound},
+        connections::outbox::{self, Outbound},
     };
-    use tidings_protocol::{Protocol, TransportType};
+    use tidings_protocol::Protocol;
 
     fn connection(id: &str, user: Option<&str>) -> (ConnectionHandle, outbox::Receiver) {
-        let (tx, rx) = outbox::channel(16);
-        let init = ConnectionInit {
-            id: Arc::from(id),
-            protocol: Protocol::Json,
-            transport: TransportType::WebSockets,
-            principal: user.map(Principal::user).unwrap_or_default(),
-            query: Vec::new(),
-            headers: Default::default(),
-            metrics: None,
-            abort: Default::default(),
-        };
-        (ConnectionHandle::new(init, tx), rx)
+        let principal = user.map(Principal::user).unwrap_or_default();
+        ConnectionHandle::unattached(id, principal, Protocol::Json, 16)
     }
 
     fn message() -> Arc<SerializedMessage> {

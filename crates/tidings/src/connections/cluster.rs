@@ -40,7 +40,7 @@ use hyper_util::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::BoxFuture;
+use crate::connections::handler::BoxFuture;
 
 /// The servers of a cluster, as far as request forwarding needs them.
 ///

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use tidings_protocol::Protocol;
 
+use crate::connections::options::ConnectionOptions;
+
 /// Settings of one hub endpoint.
 ///
 /// The defaults are ASP.NET Core's, so clients tuned for it behave the same:
@@ -77,7 +79,7 @@ impl Default for HubOptions {
             websockets: true,
             server_sent_events: true,
             long_polling: true,
-            long_poll_timeout: Duration::from_secs(90),
+            long_poll_timeout: ConnectionOptions::DEFAULT_LONG_POLL_TIMEOUT,
             client_result_timeout: Self::DEFAULT_CLIENT_RESULT_TIMEOUT,
             allow_stateful_reconnects: false,
             stateful_reconnect_buffer_size: Self::DEFAULT_STATEFUL_RECONNECT_BUFFER_SIZE,
@@ -97,23 +99,27 @@ impl HubOptions {
     /// Default of [`handshake_timeout`](Self::handshake_timeout).
     pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
     /// Default of [`maximum_receive_message_size`](Self::maximum_receive_message_size).
-    pub const DEFAULT_MAXIMUM_RECEIVE_MESSAGE_SIZE: usize = 32 * 1024;
+    pub const DEFAULT_MAXIMUM_RECEIVE_MESSAGE_SIZE: usize =
+        ConnectionOptions::DEFAULT_MAXIMUM_RECEIVE_MESSAGE_SIZE;
     /// Default of [`maximum_parallel_invocations_per_client`](Self::maximum_parallel_invocations_per_client).
     pub const DEFAULT_MAXIMUM_PARALLEL_INVOCATIONS_PER_CLIENT: usize = 1;
     /// Default of [`stream_buffer_capacity`](Self::stream_buffer_capacity).
     pub const DEFAULT_STREAM_BUFFER_CAPACITY: usize = 10;
     /// Default of [`disconnect_timeout`](Self::disconnect_timeout).
-    pub const DEFAULT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+    pub const DEFAULT_DISCONNECT_TIMEOUT: Duration = ConnectionOptions::DEFAULT_DISCONNECT_TIMEOUT;
     /// Default of [`outbound_buffer_capacity`](Self::outbound_buffer_capacity).
-    pub const DEFAULT_OUTBOUND_BUFFER_CAPACITY: usize = 1024;
+    pub const DEFAULT_OUTBOUND_BUFFER_CAPACITY: usize =
+        ConnectionOptions::DEFAULT_OUTBOUND_BUFFER_CAPACITY;
     /// Default of [`transport_send_timeout`](Self::transport_send_timeout).
-    pub const DEFAULT_TRANSPORT_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const DEFAULT_TRANSPORT_SEND_TIMEOUT: Duration =
+        ConnectionOptions::DEFAULT_TRANSPORT_SEND_TIMEOUT;
     /// Default of [`client_result_timeout`](Self::client_result_timeout).
     pub const DEFAULT_CLIENT_RESULT_TIMEOUT: Duration = Duration::from_secs(30);
     /// Default of [`stateful_reconnect_buffer_size`](Self::stateful_reconnect_buffer_size).
     pub const DEFAULT_STATEFUL_RECONNECT_BUFFER_SIZE: usize = 100_000;
     /// Default of [`maximum_request_body_size`](Self::maximum_request_body_size).
-    pub const DEFAULT_MAXIMUM_REQUEST_BODY_SIZE: usize = 2 << 20;
+    pub const DEFAULT_MAXIMUM_REQUEST_BODY_SIZE: usize =
+        ConnectionOptions::DEFAULT_MAXIMUM_REQUEST_BODY_SIZE;
 }
 
 impl HubOptions {
@@ -326,5 +332,25 @@ impl HubOptions {
     pub fn maximum_request_body_size(mut self, value: usize) -> Self {
         self.maximum_request_body_size = value.max(1);
         self
+    }
+}
+
+impl HubOptions {
+    /// The settings of the connection layer under this hub.
+    pub(crate) fn connection_options(&self) -> ConnectionOptions {
+        ConnectionOptions {
+            websockets: self.websockets,
+            server_sent_events: self.server_sent_events,
+            long_polling: self.long_polling,
+            long_poll_timeout: self.long_poll_timeout,
+            disconnect_timeout: self.disconnect_timeout,
+            outbound_buffer_capacity: self.outbound_buffer_capacity,
+            transport_send_timeout: self.transport_send_timeout,
+            maximum_request_body_size: self.maximum_request_body_size,
+            maximum_receive_message_size: self.maximum_receive_message_size,
+            allow_stateful_reconnects: self.allow_stateful_reconnects,
+            stateful_reconnect_buffer_size: self.stateful_reconnect_buffer_size,
+            client_timeout_interval: self.client_timeout_interval,
+        }
     }
 }

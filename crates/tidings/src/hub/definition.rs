@@ -9,10 +9,9 @@
 //! The macro relies only on the items of this module and on the helpers in
 //! `crate::__private`; everything else is free to change.
 
-use std::{future::Future, pin::Pin, sync::Arc};
+use std::sync::Arc;
 
-/// A boxed, `Send` future, as produced by generated hub code.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+use crate::connections::handler::BoxFuture;
 
 /// The future returned by a generated method handler.
 pub type MethodFuture = BoxFuture<'static, Result<MethodOutput, HubError>>;
@@ -110,11 +109,11 @@ pub trait Hub: Send + Sync + Sized + 'static {
     }
 }
 
-// `Call`, `Context`, `MethodOutput`, `HubError` and `ConnectionError` are
-// defined by the connection and dispatch modules and re-exported here.
-pub use crate::{
+use crate::{
     auth::Authorize,
-    context::Context,
-    dispatch::{Call, MethodOutput},
     error::{ConnectionError, HubError},
+    hub::{
+        call::{Call, MethodOutput},
+        context::Context,
+    },
 };

@@ -36,9 +36,69 @@ use std::{
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use parking_lot::{Mutex, MutexGuard};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 
-use crate::connection::Outbound;
+/// One entry of a connection's outbound queue.
+///
+/// Kept to the size of one `Bytes` (32 bytes): every message waiting for a
+/// connection, and the room its queue keeps after a burst, costs that
+/// much. Entries other than a plain frame are rare and boxed.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    /// A frame already serialized in the connection's protocol (a message
+    /// shared with other connections is a clone of the same `Bytes`).
+    Frame(Bytes),
+    /// A stream item holding a window place, or the final entry.
+    Control(Box<Control>),
+}
+
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// A frame holding a place in a bounded window (a server-to-client
+    /// stream's `stream_buffer_capacity`); the place frees up when the
+    /// writer takes the frame.
+    Windowed {
+        frame: Bytes,
+        _place: OwnedSemaphorePermit,
+    },
+    /// The last frame (a Close message, or nothing): write it, then close
+    /// the transport.
+    Close(Option<Bytes>),
+}
+
+impl Outbound {
+    /// The final entry.
+    pub(crate) fn close(frame: Option<Bytes>) -> Self {
+        Outbound::Control(Box::new(Control::Close(frame)))
+    }
+
+    /// The frame of the final entry (`Some(None)`: close without a frame),
+    /// or `None` if this is not the final entry.
+    pub(crate) fn as_close(&mut self) -> Option<Option<Bytes>> {
+        match self {
+            Outbound::Control(control) => match &mut **control {
+                Control::Close(frame) => Some(frame.take()),
+                Control::Windowed { .. } => None,
+            },
+            Outbound::Frame(_) => None,
+        }
+    }
+
+    /// The bytes to write for this entry; sets `closing` at the final
+    /// entry.
+    pub(crate) fn into_frame(self, closing: &mut bool) -> Option<Bytes> {
+        match self {
+            Outbound::Frame(bytes) => Some(bytes),
+            Outbound::Control(control) => match *control {
+                Control::Windowed { frame, .. } => Some(frame),
+                Control::Close(frame) => {
+                    *closing = true;
+                    frame
+                }
+            },
+        }
+    }
+}
 
 /// The largest batch a transport builds from queued messages (one
 /// WebSocket message, one SSE write, one poll response): the bound a

@@ -2,10 +2,12 @@
 //! succession of sockets.
 //!
 //! Ownership: the connection task started by the first WebSocket owns the
-//! logical connection for its whole life — the session (reader, invocation
-//! tasks, lifetime registration), the [`Writer`] and the [`Pump`] run side
-//! by side in it (`tokio::join!`), as session and writer do for an ordinary
-//! WebSocket connection. Sockets come and go:
+//! logical connection for its whole life — the application's run (for a
+//! hub, its session: reader, invocation tasks, lifetime registration; "the
+//! session" below), the [`Writer`] and the [`Pump`] run side by side in it
+//! (`tokio::join!`), as session and writer do for an ordinary WebSocket
+//! connection. The Sequence and Ack messages it writes and the Acks it
+//! finds are the application's ([`ResumeFraming`]). Sockets come and go:
 //!
 //! * The endpoint keeps a [`Resumable`] per live stateful connection, keyed
 //!   by its secret token. A WebSocket request presenting the token is
@@ -33,29 +35,32 @@ use std::{sync::Arc, time::Duration};
 
 use tungstenite::Message;
 
-use crate::transport::socket::WebSocket;
+use crate::connections::transport::socket::WebSocket;
 use bytes::Bytes;
 use futures_util::{
     SinkExt, StreamExt,
     stream::{SplitSink, SplitStream},
 };
-use tidings_protocol::{HubMessage, MessageDecoder, Protocol};
+use tidings_protocol::TransferFormat;
 use tokio::{
     sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc},
     time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout},
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::{clock::far_future, connections::options::ConnectionOptions};
+
 use crate::{
-    ConnectionError, ConnectionHandle,
-    connection::{AbortReason, ConnectionInit, Outbound, SlowConsumer},
-    endpoint::Endpoint,
-    hub::Hub,
-    outbox,
-    registry::Registry,
-    resume::Resume,
-    session::{self, Handshake, InboundChunk, far_future},
-    transport::websocket::{close, close_now, close_status, collect, data, frame_message},
+    connections::{
+        connection::{AbortReason, Connection, ConnectionInit, SlowConsumer},
+        handler::{Accepted, AckReader, Application, InboundChunk, ResumeFraming},
+        outbox::{self, Outbound},
+        registry::Registry,
+        resume::Resume,
+        served::Served,
+        transport::frames::{close, close_now, close_status, collect, data, frame_message},
+    },
+    error::ConnectionError,
 };
 
 /// How often the server acknowledges what it received (ASP.NET Core's 1 s).
@@ -102,28 +107,29 @@ pub(crate) struct Reattach {
     pub token: String,
 }
 
-/// Runs a stateful connection whose first socket completed the handshake.
-pub(crate) async fn serve<H: Hub>(
-    endpoint: Arc<Endpoint<H>>,
+/// Runs a stateful connection whose first socket completed the opening.
+pub(crate) async fn serve<C: Application>(
+    served: Arc<Served<C>>,
     (mut sink, stream): (Sink, Source),
     init: ConnectionInit,
-    leftover: Vec<u8>,
-    reattach: Reattach,
+    (accepted, leftover): (Accepted<C::Opened>, Vec<u8>),
+    (reattach, framing): (Reattach, Arc<dyn ResumeFraming>),
 ) {
-    let options = &endpoint.shared.options;
-    let protocol = init.protocol;
-    // The handshake answer is written before anything is numbered: it is
-    // not a hub message and is never replayed.
-    let answer = frame_message(protocol, Handshake::response(None));
-    let written = match answer {
-        Some(answer) => matches!(
-            timeout(options.transport_send_timeout, sink.send(answer)).await,
-            Ok(Ok(()))
-        ),
-        None => false,
-    };
-    if !written {
-        return;
+    let options = &served.options;
+    let format = init.format;
+    // The opening's answer is written before anything is numbered: it is
+    // not an application message and is never replayed.
+    if let Some(reply) = accepted.reply {
+        let written = match frame_message(format, reply) {
+            Some(answer) => matches!(
+                timeout(options.transport_send_timeout, sink.send(answer)).await,
+                Ok(Ok(()))
+            ),
+            None => false,
+        };
+        if !written {
+            return;
+        }
     }
     let resume = Arc::new(Resume::new(options.stateful_reconnect_buffer_size));
     let (tx, rx) = outbox::channel(options.outbound_buffer_capacity);
@@ -132,7 +138,7 @@ pub(crate) async fn serve<H: Hub>(
         sockets: sockets_tx,
         user_id: init.principal.user_id().map(Arc::from),
     };
-    let connection = ConnectionHandle::with_resume(init, tx, Some(Arc::clone(&resume)));
+    let connection = Connection::with_resume(init, tx, Some(Arc::clone(&resume)));
     let registered = reattach.registry.insert(reattach.token, entry);
     tracing::debug!(connection_id = %connection.id(), "stateful reconnect enabled");
 
@@ -142,7 +148,8 @@ pub(crate) async fn serve<H: Hub>(
     let writer = Writer {
         connection: connection.clone(),
         resume: Arc::clone(&resume),
-        protocol,
+        format,
+        framing: Arc::clone(&framing),
         rx,
         sockets: sockets_rx,
         handoff: Arc::clone(&handoff),
@@ -168,23 +175,22 @@ pub(crate) async fn serve<H: Hub>(
         pieces: pieces_tx,
         read_ahead: Arc::new(Semaphore::new(limit)),
         read_ahead_limit: limit,
-        protocol,
-        max_message_size: options.maximum_receive_message_size,
-        sniffer: Some(MessageDecoder::new(
-            protocol,
-            options.maximum_receive_message_size,
-        )),
+        sniffer: framing.ack_reader(),
+        framing,
         ended: ended.clone(),
     };
     let inbound = inbound(pieces_rx, resume);
     let session = async {
-        session::run(Arc::clone(&endpoint), connection, inbound, leftover).await;
+        served
+            .app
+            .run(connection, inbound, leftover, accepted.opened)
+            .await;
         // The logical connection is over: a client trying to re-attach from
         // now on gets 404, while the writer delivers the final Close.
         drop(registered);
         ended.cancel();
     };
-    tokio::join!(pump.run(), writer.run(options.keep_alive_interval), session);
+    tokio::join!(pump.run(), writer.run(accepted.keep_alive), session);
 }
 
 /// A one-slot mailbox from the writer to the pump: the read half
@@ -250,15 +256,10 @@ impl Handoff {
 /// beyond our last Ack before its own replay buffer stops it (the official
 /// clients' default is 100 000 bytes), plus one message. Within that, the
 /// client's next Ack is always reached.
-fn read_ahead_limit(options: &crate::HubOptions) -> usize {
+fn read_ahead_limit(options: &ConnectionOptions) -> usize {
     const CLIENT_BUFFER: usize = 100_000;
     CLIENT_BUFFER + options.maximum_receive_message_size.unwrap_or(64 * 1024)
 }
-
-/// Frames up to this size are parsed by the pump to find Acks (an Ack is
-/// about 30 bytes in JSON, under 12 in MessagePack); larger ones pass
-/// unparsed.
-const SNIFF_LIMIT: usize = 64;
 
 /// What the pump hands the session, in order. Each piece holds permits of
 /// the read-ahead semaphore until the session takes it.
@@ -294,11 +295,9 @@ struct Pump {
     pieces: mpsc::UnboundedSender<Piece>,
     read_ahead: Arc<Semaphore>,
     read_ahead_limit: usize,
-    protocol: Protocol,
-    max_message_size: Option<usize>,
-    /// Splits the client's bytes into messages to find Acks; `None` after
-    /// unreadable input (the session reports it).
-    sniffer: Option<MessageDecoder>,
+    /// Finds the client's Acks in the current socket's bytes.
+    sniffer: Box<dyn AckReader>,
+    framing: Arc<dyn ResumeFraming>,
     ended: CancellationToken,
 }
 
@@ -322,7 +321,7 @@ impl Pump {
             match next {
                 Next::Socket(Some(socket)) => {
                     self.current = Some(socket);
-                    self.sniffer = Some(MessageDecoder::new(self.protocol, self.max_message_size));
+                    self.sniffer = self.framing.ack_reader();
                     let Some(permit) = self.permits(1).await else {
                         return;
                     };
@@ -365,27 +364,9 @@ impl Pump {
 
     /// Applies the Acks in `bytes` now, ahead of the session.
     fn sniff(&mut self, bytes: &[u8]) {
-        let Some(sniffer) = &mut self.sniffer else {
-            return;
-        };
-        sniffer.push(bytes);
-        loop {
-            match sniffer.next_frame() {
-                Ok(Some(frame)) if frame.len() <= SNIFF_LIMIT => {
-                    if let Ok(Some(HubMessage::Ack { sequence_id })) =
-                        self.protocol.parse_frame(&frame)
-                    {
-                        self.resume.ack(sequence_id);
-                    }
-                }
-                Ok(Some(_)) => {}
-                Ok(None) => return,
-                Err(_) => {
-                    self.sniffer = None;
-                    return;
-                }
-            }
-        }
+        let resume = &self.resume;
+        self.sniffer
+            .read(bytes, &mut |sequence_id| resume.ack(sequence_id));
     }
 
     /// Waits until the session has taken enough earlier pieces; `None` when
@@ -421,9 +402,10 @@ fn inbound(
 /// The write side of a stateful connection: numbers, buffers and writes
 /// outgoing messages, acknowledges the client's, and swaps sockets.
 struct Writer {
-    connection: ConnectionHandle,
+    connection: Connection,
     resume: Arc<Resume>,
-    protocol: Protocol,
+    format: TransferFormat,
+    framing: Arc<dyn ResumeFraming>,
     rx: outbox::Receiver,
     /// New sockets from the endpoint.
     sockets: mpsc::Receiver<WebSocket>,
@@ -450,8 +432,12 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(mut self, keep_alive: Duration) {
-        let ping = session::encode(self.protocol, &HubMessage::Ping);
+    async fn run(mut self, keep_alive: Option<(Duration, Bytes)>) {
+        // Without a keep-alive the timer never sends anything.
+        let (keep_alive, ping) = match keep_alive {
+            Some((interval, ping)) => (interval, Some(ping)),
+            None => (Duration::from_secs(3600), None),
+        };
         let idle = sleep_until(Instant::now() + keep_alive);
         tokio::pin!(idle);
         let mut acks = interval_at(Instant::now() + ACK_INTERVAL, ACK_INTERVAL);
@@ -515,7 +501,9 @@ impl Writer {
                     continue;
                 }
                 () = &mut idle, if attached => {
-                    self.write(ping.clone()).await;
+                    if let Some(ping) = &ping {
+                        self.write(ping.clone()).await;
+                    }
                     idle.as_mut().reset(Instant::now() + keep_alive);
                     continue;
                 }
@@ -565,7 +553,7 @@ impl Writer {
         let Some(sink) = self.sink.as_mut() else {
             return;
         };
-        let Some(message) = frame_message(self.protocol, frame) else {
+        let Some(message) = frame_message(self.format, frame) else {
             return;
         };
         match timeout(self.send_timeout, sink.send(message)).await {
@@ -585,12 +573,7 @@ impl Writer {
     async fn acknowledge(&mut self) {
         let received = self.resume.received();
         if received > self.acked {
-            let ack = session::encode(
-                self.protocol,
-                &HubMessage::Ack {
-                    sequence_id: received,
-                },
-            );
+            let ack = self.framing.ack(received);
             self.write(ack).await;
             if self.sink.is_some() {
                 self.acked = received;
@@ -640,8 +623,7 @@ impl Writer {
             replayed = replay.len(),
             "socket re-attached"
         );
-        let mut out =
-            session::encode(self.protocol, &HubMessage::Sequence { sequence_id }).to_vec();
+        let mut out = self.framing.sequence(sequence_id).to_vec();
         for frame in replay {
             if out.len() + frame.len() > outbox::MAX_BATCH {
                 self.write(Bytes::from(std::mem::take(&mut out))).await;

@@ -25,12 +25,8 @@ use tidings_protocol::{EncodeError, Payload, Protocol, ToArguments};
 
 use crate::{
     ClientInvocation, ClientInvoke, ClientProxy, InvokeError, SendError, SerializedMessage,
-    SingleClientProxy, hub::BoxFuture,
+    SingleClientProxy, hub::context::SendFuture,
 };
-
-/// The future of a typed send: resolves when the lifetime manager has taken
-/// the message (not when clients received it), like [`ClientProxy::send`].
-pub type SendFuture<'a> = BoxFuture<'a, Result<(), SendError>>;
 
 /// Recipients that a typed client contract can send to: implemented by
 /// [`ClientProxy`] and [`SingleClientProxy`], whatever they target.

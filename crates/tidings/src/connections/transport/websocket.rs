@@ -1,12 +1,13 @@
 //! The WebSocket transport.
 //!
-//! One task per connection runs two futures side by side: the session (which
-//! reads the socket) and the writer (which owns the sink and drains the
-//! outbound queue). Neither is spawned separately, so both end with the
+//! One task per connection runs two futures side by side: the application
+//! (for a hub, its session, which reads the socket) and the writer (which
+//! owns the sink and drains the outbound queue). Neither is spawned separately, so both end with the
 //! connection's task and nothing leaks.
 //!
-//! Framing: JSON connections get Text frames, MessagePack connections Binary
-//! frames (the handshake answer too, as ASP.NET Core does). The writer packs
+//! Framing: the application's transfer format chooses Text or Binary frames
+//! (for a hub, JSON connections get Text frames and MessagePack connections
+//! Binary frames, the handshake answer too, as ASP.NET Core does). The writer packs
 //! every message waiting in the queue into one frame — clients split frames
 //! on record separators / length prefixes — which turns a burst of small
 //! broadcasts into few syscalls. A single waiting message is sent without a
@@ -14,7 +15,7 @@
 
 use std::{
     sync::{
-        Arc, OnceLock,
+        Arc,
         atomic::{AtomicU16, Ordering},
     },
     time::Duration,
@@ -25,37 +26,40 @@ use futures_util::{
     FutureExt, SinkExt, StreamExt,
     stream::{SplitSink, SplitStream},
 };
-use tidings_protocol::{HubMessage, Protocol};
 use tokio::time::{Instant, sleep_until, timeout};
-use tungstenite::{Message, Utf8Bytes, protocol::CloseFrame};
+use tungstenite::{Message, Utf8Bytes};
 
 use crate::{
-    ConnectionError, ConnectionHandle,
-    connection::{AbortReason, ConnectionInit, Outbound, SlowConsumer},
-    endpoint::Endpoint,
-    hub::Hub,
-    outbox,
-    session::{self, Handshake, InboundChunk},
-    transport::{resume, socket::WebSocket},
+    connections::{
+        connection::{AbortReason, Connection, ConnectionInit, SlowConsumer},
+        handler::{Application, InboundChunk},
+        opening::{self, Opened},
+        outbox::{self, Outbound},
+        served::Served,
+        transport::{
+            frames::{close, close_now, close_status, collect, data, frame_message},
+            resume,
+            socket::WebSocket,
+        },
+    },
+    error::ConnectionError,
 };
 
-/// ASP.NET Core's `WebSockets.CloseTimeout`.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Each connection's read buffer: how much one read from the socket takes.
 /// tungstenite's default (128 KiB, allocated when the socket opens) made an
 /// idle connection cost about 150 KiB of resident memory. Hub messages from
 /// clients are small; a larger frame grows the buffer to its size, at the
 /// cost of one read per 512 bytes while it arrives.
 pub(crate) const READ_BUFFER: usize = 512;
-/// The largest WebSocket frame and message a hub endpoint reads, for a
-/// maximum hub message size of `max_message`: four times that (a frame may
+/// The largest WebSocket frame and message an endpoint reads, for a
+/// maximum application message size of `max_message`: four times that (a frame may
 /// carry several messages), at least 1 MiB; 64 MiB when messages are
 /// unlimited.
 pub(crate) fn frame_limit(max_message: Option<usize>) -> usize {
     max_message.map_or(64 << 20, |limit| limit.saturating_mul(4).max(1 << 20))
 }
 
-/// The socket settings of a hub endpoint whose hub messages may be up to
+/// The socket settings of an endpoint whose application messages may be up to
 /// `max_message` long: frame and message limits, read buffer.
 pub(crate) fn socket_config(max_message: Option<usize>) -> tungstenite::protocol::WebSocketConfig {
     let limit = frame_limit(max_message);
@@ -70,43 +74,39 @@ pub(crate) fn socket_config(max_message: Option<usize>) -> tungstenite::protocol
 /// Not an `async fn`: the socket is split before the future is built, so
 /// the connection's task does not keep a slot for the unsplit socket (the
 /// arguments of an `async fn` stay in its future for its whole life).
-pub(crate) fn serve<H: Hub>(
-    endpoint: Arc<Endpoint<H>>,
+pub(crate) fn serve<C: Application>(
+    served: Arc<Served<C>>,
     socket: WebSocket,
     init: Box<ConnectionInit>,
     reattach: Option<resume::Reattach>,
 ) -> impl Future<Output = ()> + Send {
     let (sink, stream) = socket.split();
-    run(endpoint, sink, stream, init, reattach)
+    run(served, sink, stream, init, reattach)
 }
 
-async fn run<H: Hub>(
-    endpoint: Arc<Endpoint<H>>,
+async fn run<C: Application>(
+    served: Arc<Served<C>>,
     mut sink: SplitSink<WebSocket, Message>,
     mut stream: SplitStream<WebSocket>,
     mut init: Box<ConnectionInit>,
     reattach: Option<resume::Reattach>,
 ) {
-    let options = &endpoint.shared.options;
+    let options = &served.options;
+    let app = &served.app;
     // The close status a failed read asks for; 0 while reads succeed.
     let read_failure = Arc::new(AtomicU16::new(0));
-    let handshake = Box::pin(session::read_handshake(
+    let opened = Box::pin(opening::read(
+        &**app,
         &mut inbound(&mut stream, Arc::clone(&read_failure)),
-        options,
-        true,
+        init.transport,
     ))
     .await;
-    let (protocol, version, leftover) = match handshake {
-        Handshake::Accepted {
-            protocol,
-            version,
-            leftover,
-        } => (protocol, version, leftover),
-        Handshake::Refused(error) => {
-            tracing::debug!(%error, "handshake refused");
-            let frame = Handshake::response(Some(&error));
-            // No protocol was agreed: the answer goes out as text.
-            if let Ok(text) = Utf8Bytes::try_from(frame) {
+    let (accepted, leftover) = match opened {
+        Opened::Accepted(accepted, leftover) => (accepted, leftover),
+        Opened::Refused(reply) => {
+            tracing::debug!("opening refused");
+            // No transfer format was agreed: the answer goes out as text.
+            if let Some(text) = reply.and_then(|reply| Utf8Bytes::try_from(reply).ok()) {
                 let _ = timeout(
                     options.transport_send_timeout,
                     sink.send(Message::Text(text)),
@@ -116,36 +116,38 @@ async fn run<H: Hub>(
             close(&mut sink, 1000).await;
             return;
         }
-        Handshake::Gone => return,
+        Opened::Gone => return,
     };
-    init.protocol = protocol;
-    // Stateful reconnect: negotiated (with a secret token) and asked for by
-    // the handshake's protocol version.
-    if let Some(reattach) = reattach.filter(|_| version >= 2) {
+    init.format = accepted.format;
+    // Stateful reconnect: negotiated (with a secret token) and agreed to by
+    // the application's opening.
+    if let Some((reattach, framing)) = reattach.zip(accepted.resume.clone()) {
         // Boxed: inline, its larger state would be reserved by every
         // connection's task, stateful or not.
         Box::pin(resume::serve(
-            endpoint,
+            served,
             (sink, stream),
             unbox(init),
-            leftover,
-            reattach,
+            (accepted, leftover),
+            (reattach, framing),
         ))
         .await;
         return;
     }
     let (tx, rx) = outbox::channel(options.outbound_buffer_capacity);
-    let connection = ConnectionHandle::new(unbox(init), tx);
-    // The handshake answer goes out first and in a frame of its own (as
-    // ASP.NET Core sends it), before anything `on_connected` sends.
-    let answer = Handshake::response(None);
-    connection.record_sent(answer.len());
-    let sent = match frame_message(protocol, answer) {
-        Some(message) => timeout(options.transport_send_timeout, sink.send(message)).await,
-        None => return,
-    };
-    if !matches!(sent, Ok(Ok(()))) {
-        return;
+    let connection = Connection::new(unbox(init), tx);
+    // The opening's answer goes out first and in a frame of its own (as
+    // ASP.NET Core sends the handshake answer), before anything the
+    // application queues.
+    if let Some(answer) = accepted.reply {
+        connection.record_sent(answer.len());
+        let sent = match frame_message(accepted.format, answer) {
+            Some(message) => timeout(options.transport_send_timeout, sink.send(message)).await,
+            None => return,
+        };
+        if !matches!(sent, Ok(Ok(()))) {
+            return;
+        }
     }
     // Boxed, so each lives once on the heap: moved into `join!` unboxed,
     // they would also keep their slots in this future, and an idle
@@ -155,14 +157,14 @@ async fn run<H: Hub>(
         sink,
         rx,
         connection.clone(),
-        (options.keep_alive_interval, options.transport_send_timeout),
+        (accepted.keep_alive, options.transport_send_timeout),
         Arc::clone(&read_failure),
     ));
-    let session = Box::pin(session::run(
-        Arc::clone(&endpoint),
+    let session = Box::pin(app.run(
         connection,
         inbound(stream, read_failure),
         leftover,
+        accepted.opened,
     ));
     session_then_writer(session, writer, turn).await;
 }
@@ -211,7 +213,7 @@ fn unbox<T>(boxed: Box<T>) -> T {
     *boxed
 }
 
-/// Turns the socket's read half into the session's chunk stream: data
+/// Turns the socket's read half into the application's chunk stream: data
 /// frames become chunks (the opcode is ignored, as ASP.NET Core ignores
 /// it), a Close frame ends the stream, and an error fails it (noting in
 /// `read_failure` the close status the error calls for).
@@ -266,49 +268,19 @@ fn closed_prematurely(error: &tungstenite::Error) -> bool {
     }
 }
 
-/// The close status for a read that failed with `error` (RFC 6455,
-/// section 7.4.1): 1007 for a Text message that is not UTF-8 (which the
-/// RFC says must fail the connection), 1009 for a message over the frame
-/// limit, 1002 for any other breach of the WebSocket protocol, 1011 for
-/// the rest (I/O errors, and a peer that dropped the connection without a
-/// closing handshake: it is gone, not misbehaving).
-pub(crate) fn close_status(error: &tungstenite::Error) -> u16 {
-    use tungstenite::{Error as WsError, error::ProtocolError};
-    match error {
-        WsError::Utf8(_) => 1007,
-        WsError::Capacity(_) => 1009,
-        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => 1011,
-        WsError::Protocol(_) => 1002,
-        _ => 1011,
-    }
-}
-
-/// The payload of a data frame (the opcode does not matter); `None` for
-/// control frames.
-pub(super) fn data(message: Message) -> Option<Bytes> {
-    match message {
-        Message::Text(text) => Some(Bytes::from(text)),
-        Message::Binary(bytes) => Some(bytes),
-        _ => None,
-    }
-}
-
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: outbox::Receiver,
-    connection: ConnectionHandle,
-    (keep_alive, send_timeout): (Duration, Duration),
+    connection: Connection,
+    (keep_alive, send_timeout): (Option<(Duration, Bytes)>, Duration),
     read_failure: Arc<AtomicU16>,
 ) {
-    let protocol = connection.protocol();
-    // Shared by every connection of the protocol, not one copy each.
-    static PINGS: OnceLock<[Bytes; 2]> = OnceLock::new();
-    let [json_ping, msgpack_ping] = PINGS.get_or_init(|| {
-        [Protocol::Json, Protocol::MessagePack].map(|p| session::encode(p, &HubMessage::Ping))
-    });
-    let ping = match protocol {
-        Protocol::Json => json_ping,
-        Protocol::MessagePack => msgpack_ping,
+    let format = connection.transfer_format();
+    // Without a keep-alive the timer still bounds blocked writes; it just
+    // never sends anything when it fires.
+    let (keep_alive, ping) = match keep_alive {
+        Some((interval, ping)) => (interval, Some(ping)),
+        None => (send_timeout.max(Duration::from_secs(3600)), None),
     };
     let idle = sleep_until(Instant::now() + keep_alive);
     tokio::pin!(idle);
@@ -337,7 +309,10 @@ async fn write_loop(
                     continue;
                 }
                 idle.as_mut().reset(Instant::now() + keep_alive);
-                Outbound::Frame(ping.clone())
+                match &ping {
+                    Some(ping) => Outbound::Frame(ping.clone()),
+                    None => continue,
+                }
             }
         };
         let mut closing = false;
@@ -350,7 +325,7 @@ async fn write_loop(
             None if closing => break,
             None => continue,
         };
-        let Some(message) = frame_message(protocol, frame) else {
+        let Some(message) = frame_message(format, frame) else {
             continue;
         };
         // Most writes complete at once. One that has to wait for the socket
@@ -409,71 +384,4 @@ async fn write_loop(
     }
     // Boxed: an idle connection's task need not reserve room for closing.
     Box::pin(close(&mut sink, code)).await;
-}
-
-/// The WebSocket message carrying `frame`: Text for JSON, Binary for
-/// MessagePack.
-pub(super) fn frame_message(protocol: Protocol, frame: Bytes) -> Option<Message> {
-    match protocol {
-        Protocol::Json => match Utf8Bytes::try_from(frame) {
-            Ok(text) => Some(Message::Text(text)),
-            Err(_) => {
-                tracing::error!("a JSON frame is not UTF-8; dropped");
-                None
-            }
-        },
-        Protocol::MessagePack => Some(Message::Binary(frame)),
-    }
-}
-
-/// Builds one WebSocket message's bytes from `first` and whatever else is
-/// already queued ([`outbox::Receiver::drain`]). Sets `closing` when the
-/// queue's final entry was reached. `admit` sees every message taken (the
-/// final Close excepted) and stops the batch by returning false. A single
-/// message is returned as it is, without a copy.
-pub(super) fn collect(
-    first: Outbound,
-    rx: &mut outbox::Receiver,
-    batch: &mut Vec<u8>,
-    closing: &mut bool,
-    mut admit: impl FnMut(&Bytes) -> bool,
-) -> Option<Bytes> {
-    let mut single: Option<Bytes> = None;
-    batch.clear();
-    *closing = rx.drain(first, |frame, last| {
-        let more = last || admit(&frame);
-        match single.take() {
-            None if batch.is_empty() => single = Some(frame),
-            first => {
-                if let Some(first) = first {
-                    batch.extend_from_slice(&first);
-                }
-                batch.extend_from_slice(&frame);
-            }
-        }
-        more && batch.len() < outbox::MAX_BATCH
-    });
-    if batch.is_empty() {
-        single
-    } else {
-        Some(Bytes::copy_from_slice(batch))
-    }
-}
-
-/// Queues a Close frame if the socket takes it at once, without waiting;
-/// the socket is then dropped, whether or not the frame went out.
-pub(super) fn close_now(sink: &mut SplitSink<WebSocket, Message>, code: u16) {
-    let _ = Box::pin(close(sink, code)).now_or_never();
-}
-
-pub(super) async fn close(sink: &mut SplitSink<WebSocket, Message>, code: u16) {
-    let frame = Message::Close(Some(CloseFrame {
-        code: code.into(),
-        reason: Utf8Bytes::from_static(""),
-    }));
-    let _ = timeout(CLOSE_TIMEOUT, async {
-        let _ = sink.send(frame).await;
-        let _ = sink.close().await;
-    })
-    .await;
 }

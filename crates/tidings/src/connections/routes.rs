@@ -1,11 +1,13 @@
-//! [`HubEndpoint`]: one hub mounted in an axum router — the negotiate
-//! endpoint, the transport endpoint, and the registry of negotiated
-//! connections waiting for their transport.
+//! The HTTP routes of one mounted endpoint — the negotiate endpoint, the
+//! transport endpoint — and the registries of its connections: negotiated
+//! ones waiting for their transport, live HTTP and stateful ones by token.
 //!
 //! ```text
-//! POST {hub}/negotiate      → connection id + secret token, transports
-//! GET  {hub}?id=<token>     → WebSocket upgrade → transport → session
-//! GET  {hub}                → WebSocket without negotiation (new connection)
+//! POST {path}/negotiate     → connection id + secret token, transports
+//! GET  {path}?id=<token>    → WebSocket upgrade → transport → application
+//! GET  {path}               → WebSocket without negotiation (new connection)
+//! POST {path}?id=<token>    → client messages (SSE, Long Polling)
+//! DELETE {path}?id=<token>  → Long Polling ends
 //! ```
 
 use std::{
@@ -32,285 +34,91 @@ use tidings_protocol::{
 use tokio::sync::mpsc;
 
 use crate::{
-    HubContext, HubFilter, HubOptions, Metrics, Principal, Shutdown,
-    access::{ConnectionLimits, Origins, Refused, Slot},
     auth::{
-        AuthError, Authenticator, Denied, Policies, SharedAuthenticator, UserIdProvider,
-        bearer_token, form_urlencoded_pairs,
+        AuthError, Denied, Principal, SharedAuthenticator, bearer_token, form_urlencoded_pairs,
     },
-    cluster::{self, Cluster},
-    connection::ConnectionInit,
-    context::HubShared,
-    dispatch::Methods,
-    error::short_type_name,
-    hub::Hub,
-    lifetime::{LifetimeManager, MemoryLifetimeManager},
-    metrics::TransportMetrics,
-    registry::Registry,
+    connections::{
+        access::{ConnectionLimits, Origins, Refused, Slot},
+        cluster::{self, Cluster},
+        connection::ConnectionInit,
+        handler::Application,
+        options::ConnectionOptions,
+        registry::Registry,
+        served::Served,
+        transport::{
+            self,
+            http::{self, HttpConnection, Inbound},
+            resume::{Reattach, Resumable},
+            socket::Upgrade,
+        },
+    },
+    metrics::{HubMetrics, TransportMetrics},
     serve::ConnectionCloser,
-    transport::{
-        self,
-        http::{self, HttpConnection, Inbound},
-        resume::{Reattach, Resumable},
-        socket::Upgrade,
-    },
+    shutdown::Shutdown,
 };
 
-/// A hub ready to be mounted in an axum [`Router`].
-///
-/// ```no_run
-/// # use tidings::{HubEndpoint, HubError, Context};
-/// # struct Chat;
-/// # #[tidings::hub] impl Chat { async fn ping(&self) -> String { "pong".into() } }
-/// # async fn run() {
-/// let chat = HubEndpoint::new(Chat);
-/// let pusher = chat.context(); // send from background tasks
-/// let app: axum::Router = axum::Router::new().nest("/hubs/chat", chat.into_router());
-/// # let _ = (app, pusher);
-/// # }
-/// ```
-///
-/// Wrap the app with [`HubPaths`](crate::HubPaths) for paths of any case
-/// and with a trailing slash, as ASP.NET Core routes hubs.
-pub struct HubEndpoint<H: Hub> {
-    hub: Arc<H>,
-    name: Arc<str>,
-    metrics: Option<Metrics>,
-    options: HubOptions,
-    lifetime: Arc<dyn LifetimeManager>,
-    authenticator: Option<SharedAuthenticator>,
-    shutdown: Shutdown,
-    cluster: Option<Arc<dyn Cluster>>,
-    access: Access,
-}
-
-/// The security settings of an endpoint beyond authentication.
+/// What an endpoint is configured with, besides its application: the
+/// connection layer's settings, shared by a raw
+/// [`ConnectionEndpoint`](crate::connections::ConnectionEndpoint) and a hub's
+/// endpoint.
 #[derive(Clone, Default)]
-struct Access {
-    policies: Policies,
-    user_ids: Option<UserIdProvider>,
-    filters: Vec<Arc<dyn HubFilter>>,
-    limits: Option<ConnectionLimits>,
-    origins: Option<Origins>,
+pub(crate) struct Setup {
+    pub options: ConnectionOptions,
+    pub authenticator: Option<SharedAuthenticator>,
+    pub limits: Option<ConnectionLimits>,
+    pub origins: Option<Origins>,
+    pub cluster: Option<Arc<dyn Cluster>>,
+    pub shutdown: Shutdown,
+    pub metrics: Option<HubMetrics>,
 }
 
-/// The hub filters of an endpoint, shared with its connections.
-pub(crate) type Filters = Arc<[Arc<dyn HubFilter>]>;
-
-impl<H: Hub> std::fmt::Debug for HubEndpoint<H> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HubEndpoint")
-            .field("hub", &std::any::type_name::<H>())
-            .field("name", &self.name)
-            .field("options", &self.options)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<H: Hub> HubEndpoint<H> {
-    /// An endpoint for `hub` with default options and an in-memory lifetime
-    /// manager.
-    pub fn new(hub: H) -> Self {
-        HubEndpoint {
-            hub: Arc::new(hub),
-            name: Arc::from(short_type_name::<H>()),
-            metrics: None,
-            options: HubOptions::default(),
-            lifetime: Arc::new(MemoryLifetimeManager::new()),
-            authenticator: None,
-            shutdown: Shutdown::new(),
-            cluster: None,
-            access: Access::default(),
-        }
-    }
-
-    /// Replaces the options.
-    pub fn options(mut self, options: HubOptions) -> Self {
-        self.options = options;
-        self
-    }
-
-    /// Names the hub: the `signalr_hub` label of its metrics and the
-    /// `rpc.service` of its invocation spans. Defaults to the type's name.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Arc::from(name.into());
-        self
-    }
-
-    /// The hub's name (see [`name`](Self::name)).
-    pub(crate) fn hub_name(&self) -> &str {
-        &self.name
-    }
-
-    /// Records the hub's connections, messages and invocations into a
-    /// (usually server-wide) [`Metrics`] registry.
-    pub fn metrics(mut self, metrics: &Metrics) -> Self {
-        self.metrics = Some(metrics.clone());
-        self
-    }
-
-    /// Replaces the lifetime manager (e.g. with a backplane). Call it before
-    /// [`context`](Self::context), whose handle uses the manager of the moment.
-    pub fn lifetime_manager(mut self, manager: Arc<dyn LifetimeManager>) -> Self {
-        self.lifetime = manager;
-        self
-    }
-
-    /// Authenticates negotiate and transport requests. Without one, every
-    /// connection is anonymous.
-    pub fn authenticator(mut self, authenticator: impl Authenticator) -> Self {
-        self.authenticator = Some(Arc::new(authenticator));
-        self
-    }
-
-    /// Chooses the user identifier of each connection from its principal
-    /// (ASP.NET Core's `IUserIdProvider`), e.g. an `email` claim instead of
-    /// the name identifier. `None` makes the connection anonymous to
-    /// `Clients.User`.
-    pub fn user_id_provider(
-        mut self,
-        provider: impl Fn(&Principal) -> Option<String> + Send + Sync + 'static,
-    ) -> Self {
-        self.access.user_ids = Some(Arc::new(provider));
-        self
-    }
-
-    /// The user identifier is the first value of the claim `kind` (e.g.
-    /// `email`) instead of what the authenticator chose (for a JWT, its
-    /// name-identifier claim). A principal without that claim has no user
-    /// identifier, as in ASP.NET Core when a custom `IUserIdProvider`
-    /// answers `null`.
-    ///
-    /// ```
-    /// # use tidings::HubEndpoint;
-    /// # struct Chat;
-    /// # #[tidings::hub] impl Chat { async fn ping(&self) {} }
-    /// let endpoint = HubEndpoint::new(Chat).user_id_claim("email");
-    /// # let _ = endpoint;
-    /// ```
-    pub fn user_id_claim(self, kind: impl Into<String>) -> Self {
-        let kind = kind.into();
-        self.user_id_provider(move |principal| principal.claim(&kind).map(str::to_owned))
-    }
-
-    /// Registers a named policy for `#[authorize(policy = "name")]`: a
-    /// predicate over the caller's principal.
-    ///
-    /// ```
-    /// # use tidings::HubEndpoint;
-    /// # struct Chat;
-    /// # #[tidings::hub] impl Chat { #[authorize(policy = "staff")] async fn ping(&self) {} }
-    /// let endpoint = HubEndpoint::new(Chat)
-    ///     .policy("staff", |user| user.claim("email").is_some_and(|e| e.ends_with("@example.com")));
-    /// # let _ = endpoint;
-    /// ```
-    pub fn policy(
-        mut self,
-        name: impl Into<String>,
-        policy: impl Fn(&Principal) -> bool + Send + Sync + 'static,
-    ) -> Self {
-        self.access.policies.insert(name.into(), Arc::new(policy));
-        self
-    }
-
-    /// Adds a [`HubFilter`], run around every invocation (filters run in
-    /// the order they were added).
-    pub fn filter(mut self, filter: impl HubFilter) -> Self {
-        self.access.filters.push(Arc::new(filter));
-        self
-    }
-
-    /// Counts this endpoint's connections under `limits` (share one value
-    /// between endpoints for a server-wide ceiling).
-    pub fn connection_limits(mut self, limits: &ConnectionLimits) -> Self {
-        self.access.limits = Some(limits.clone());
-        self
-    }
-
-    /// Browser origins allowed besides the server's own (`scheme://host[:port]`,
-    /// or `*` for any): cross-origin HTTP requests get CORS answers for them,
-    /// and WebSocket upgrades carrying another `Origin` are refused with
-    /// `403`. Without this, only same-origin pages may connect (clients
-    /// outside browsers send no `Origin` and are not affected).
-    pub fn allowed_origins<S: AsRef<str>>(mut self, origins: impl IntoIterator<Item = S>) -> Self {
-        let credentials = self.access.origins.as_ref().is_none_or(|o| o.credentials);
+impl Setup {
+    /// Allows `origins` besides the server's own, keeping the credentials
+    /// setting.
+    pub(crate) fn allow_origins<S: AsRef<str>>(&mut self, origins: impl IntoIterator<Item = S>) {
+        let credentials = self.origins.as_ref().is_none_or(|o| o.credentials);
         let mut origins = Origins::new(origins);
         origins.credentials = credentials;
-        self.access.origins = Some(origins);
-        self
+        self.origins = Some(origins);
     }
 
-    /// Whether cross-origin requests of the allowed origins may carry
-    /// credentials (`Access-Control-Allow-Credentials`; on by default, as
-    /// the official JavaScript client sends them).
-    pub fn cors_credentials(mut self, allow: bool) -> Self {
-        let origins = self.access.origins.get_or_insert_with(Origins::default);
-        origins.credentials = allow;
-        self
+    /// Whether cross-origin requests may carry credentials.
+    pub(crate) fn cors_credentials(&mut self, allow: bool) {
+        self.origins
+            .get_or_insert_with(Origins::default)
+            .credentials = allow;
     }
 
-    /// Makes this server one of a cluster without sticky sessions: requests
-    /// for a connection negotiated on another server of the cluster are
-    /// forwarded to it (see [`Cluster`]). Without it nothing is forwarded and
-    /// ids carry no server id.
-    pub fn cluster(mut self, cluster: Arc<dyn Cluster>) -> Self {
-        self.cluster = Some(cluster);
-        self
-    }
-
-    /// Ties the endpoint's connections to a shared [`Shutdown`].
-    pub fn shutdown(mut self, shutdown: &Shutdown) -> Self {
-        self.shutdown = shutdown.clone();
-        self
-    }
-
-    /// A handle for sending to this hub's clients from any task.
-    pub fn context(&self) -> HubContext {
-        HubContext::new(Arc::new(self.shared()))
-    }
-
-    fn shared(&self) -> HubShared {
-        HubShared {
-            name: Arc::clone(&self.name),
-            lifetime: Arc::clone(&self.lifetime),
-            options: self.options.clone(),
-            metrics: self.metrics.as_ref().map(|m| m.hub(&self.name)),
-        }
-    }
-
-    /// The routes of this hub, to be nested at the hub's path.
-    pub fn into_router<S>(self) -> Router<S>
+    /// The routes serving `app`, to be nested at its path:
+    /// `POST /negotiate` and the transport endpoint.
+    pub(crate) fn into_router<C: Application, S>(self, app: Arc<C>) -> Router<S>
     where
         S: Clone + Send + Sync + 'static,
     {
-        let shared = Arc::new(self.shared());
-        let access = self.access;
-        check_policies::<H>(&access.policies);
-        let cors = access
+        let cors = self
             .origins
             .as_ref()
             .filter(|o| o.is_configured())
             .map(Origins::cors);
         let endpoint = Arc::new(Endpoint {
-            policies: access.policies,
-            user_ids: access.user_ids,
-            filters: access.filters.into(),
-            limits: access.limits,
-            origins: access.origins.unwrap_or_default(),
-            methods: Methods::new(),
-            shared,
-            hub: self.hub,
+            served: Arc::new(Served {
+                app,
+                options: self.options,
+                shutdown: self.shutdown,
+            }),
             authenticator: self.authenticator,
-            shutdown: self.shutdown,
+            limits: self.limits,
+            origins: self.origins.unwrap_or_default(),
             cluster: self.cluster,
+            metrics: self.metrics,
             pending: Mutex::new(Pending::default()),
             http: Registry::default(),
             resumable: Registry::default(),
             websockets: Arc::default(),
         });
         let router = Router::new()
-            .route("/negotiate", post(negotiate::<H>))
-            .route("/", get(connect::<H>).post(send::<H>).delete(delete::<H>))
+            .route("/negotiate", post(negotiate::<C>))
+            .route("/", get(connect::<C>).post(send::<C>).delete(delete::<C>))
             .with_state(endpoint);
         match cors {
             Some(cors) => router.layer(cors),
@@ -319,36 +127,15 @@ impl<H: Hub> HubEndpoint<H> {
     }
 }
 
-/// Every policy the hub's attributes name must be registered: a typo would
-/// otherwise deny every call at run time.
-fn check_policies<H: Hub>(policies: &Policies) {
-    let named = H::methods()
-        .iter()
-        .chain(H::fallback())
-        .filter_map(|m| m.authorize)
-        .chain(H::authorization())
-        .filter_map(|a| a.policy());
-    for name in named {
-        assert!(
-            policies.contains(name),
-            "the authorization policy '{name}' is not registered (HubEndpoint::policy)"
-        );
-    }
-}
-
-/// The state behind a mounted hub.
-pub(crate) struct Endpoint<H: Hub> {
-    pub hub: Arc<H>,
-    pub methods: Methods<H>,
-    pub shared: Arc<HubShared>,
-    pub shutdown: Shutdown,
+/// The state behind a mounted endpoint.
+struct Endpoint<C: Application> {
+    /// The application, its settings and the server's shutdown, shared with
+    /// the transports.
+    served: Arc<Served<C>>,
     authenticator: Option<SharedAuthenticator>,
-    /// Named authorization policies.
-    pub policies: Policies,
-    user_ids: Option<UserIdProvider>,
-    /// Hub filters, in order.
-    pub filters: Filters,
     limits: Option<ConnectionLimits>,
+    /// The counters of the application (a hub's), by transport.
+    metrics: Option<HubMetrics>,
     origins: Origins,
     cluster: Option<Arc<dyn Cluster>>,
     pending: Mutex<Pending>,
@@ -363,7 +150,7 @@ pub(crate) struct Endpoint<H: Hub> {
     websockets: Arc<LiveTokens>,
 }
 
-impl<H: Hub> Endpoint<H> {
+impl<C: Application> Endpoint<C> {
     /// A new connection id or token: tagged with this server's id in a
     /// cluster.
     fn new_id(&self) -> String {
@@ -405,7 +192,7 @@ impl<H: Hub> Endpoint<H> {
                         claimed: Some(Arc::from(id.as_str())),
                     });
                 }
-                let stop = self.shutdown.token().clone();
+                let stop = self.served.shutdown.token().clone();
                 Ok(cluster::forward(request, &address, stop).await)
             }
             cluster::Route::Gone => Ok(text(StatusCode::NOT_FOUND, "No Connection with that ID")),
@@ -419,7 +206,7 @@ impl<H: Hub> Endpoint<H> {
         let Some(token) = query_value(parts, "id") else {
             return text(StatusCode::BAD_REQUEST, "Connection ID required");
         };
-        let timeout = self.shared.options.disconnect_timeout;
+        let timeout = self.served.options.disconnect_timeout;
         let mut pending = self.pending.lock();
         pending.expire(timeout);
         match pending.by_token.get(&token) {
@@ -432,7 +219,7 @@ impl<H: Hub> Endpoint<H> {
         }
     }
 
-    /// The principal of a request, which must satisfy the hub's own
+    /// The principal of a request, which must satisfy the application's own
     /// requirement: `401` without valid credentials, `403` with credentials
     /// that do not meet it.
     async fn authenticate(&self, parts: &Parts) -> Result<Principal, Response> {
@@ -447,18 +234,11 @@ impl<H: Hub> Endpoint<H> {
                 }
             })?,
         };
-        if let Some(provider) = &self.user_ids {
-            let user_id = provider(&principal);
-            principal.set_user_id(user_id);
+        match self.served.app.authorize(&mut principal) {
+            Ok(()) => Ok(principal),
+            Err(Denied::Unauthenticated) => Err(unauthorized()),
+            Err(Denied::Forbidden) => Err(StatusCode::FORBIDDEN.into_response()),
         }
-        if let Some(requirement) = H::authorization() {
-            match self.policies.check(requirement, &principal) {
-                Ok(()) => {}
-                Err(Denied::Unauthenticated) => return Err(unauthorized()),
-                Err(Denied::Forbidden) => return Err(StatusCode::FORBIDDEN.into_response()),
-            }
-        }
-        Ok(principal)
     }
 
     /// A new connection's place under the connection limits.
@@ -470,11 +250,11 @@ impl<H: Hub> Endpoint<H> {
     }
 
     fn transport_metrics(&self, transport: TransportType) -> Option<Arc<TransportMetrics>> {
-        self.shared.metrics.as_ref().map(|m| m.transport(transport))
+        self.metrics.as_ref().map(|m| m.transport(transport))
     }
 
     fn transports(&self) -> Vec<AvailableTransport> {
-        let options = &self.shared.options;
+        let options = &self.served.options;
         let mut list = Vec::new();
         if options.websockets {
             list.push(AvailableTransport {
@@ -502,14 +282,14 @@ impl<H: Hub> Endpoint<H> {
     }
 
     fn take_pending(&self, token: &str) -> Option<PendingConnection> {
-        let timeout = self.shared.options.disconnect_timeout;
+        let timeout = self.served.options.disconnect_timeout;
         let mut pending = self.pending.lock();
         pending.expire(timeout);
         pending.by_token.remove(token)
     }
 
     fn add_pending(&self, token: String, connection: PendingConnection) {
-        let timeout = self.shared.options.disconnect_timeout;
+        let timeout = self.served.options.disconnect_timeout;
         let mut pending = self.pending.lock();
         pending.expire(timeout);
         pending.order.push_back((connection.created, token.clone()));
@@ -519,7 +299,7 @@ impl<H: Hub> Endpoint<H> {
     /// The principal a negotiated connection that has not started was
     /// negotiated by.
     fn pending_principal(&self, token: &str) -> Option<Principal> {
-        let timeout = self.shared.options.disconnect_timeout;
+        let timeout = self.served.options.disconnect_timeout;
         let mut pending = self.pending.lock();
         pending.expire(timeout);
         pending.by_token.get(token).map(|p| p.principal.clone())
@@ -528,7 +308,7 @@ impl<H: Hub> Endpoint<H> {
     /// Where a POST for a negotiated connection that has not started puts
     /// its body: the channel its HTTP transport will read once it starts.
     fn pending_inbound(&self, token: &str) -> Option<mpsc::Sender<Bytes>> {
-        let timeout = self.shared.options.disconnect_timeout;
+        let timeout = self.served.options.disconnect_timeout;
         let mut pending = self.pending.lock();
         pending.expire(timeout);
         let connection = pending.by_token.get_mut(token)?;
@@ -708,9 +488,12 @@ fn unavailable() -> Response {
         .into_response()
 }
 
-async fn negotiate<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Request) -> Response {
+async fn negotiate<C: Application>(
+    State(endpoint): State<Arc<Endpoint<C>>>,
+    request: Request,
+) -> Response {
     let (parts, _body) = request.into_parts();
-    if endpoint.shutdown.is_shutting_down() {
+    if endpoint.served.shutdown.is_shutting_down() {
         return unavailable();
     }
     let request = match NegotiateRequest::from_query(parts.uri.query()) {
@@ -738,7 +521,7 @@ async fn negotiate<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Re
     // token is the public connection id, which must not let anyone take the
     // connection over.
     let stateful = version >= 1
-        && endpoint.shared.options.allow_stateful_reconnects
+        && endpoint.served.options.allow_stateful_reconnects
         && request.stateful_reconnect;
     endpoint.add_pending(
         token.clone(),
@@ -761,7 +544,10 @@ async fn negotiate<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Re
     })
 }
 
-async fn connect<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Request) -> Response {
+async fn connect<C: Application>(
+    State(endpoint): State<Arc<Endpoint<C>>>,
+    request: Request,
+) -> Response {
     let (request, claimed) = match endpoint.elsewhere(request).await {
         Ok(response) => return response,
         Err(here) => (here.request, here.claimed),
@@ -778,10 +564,10 @@ async fn connect<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Requ
     if !is_websocket {
         return connect_http(endpoint, parts).await;
     }
-    if endpoint.shutdown.is_shutting_down() {
+    if endpoint.served.shutdown.is_shutting_down() {
         return unavailable();
     }
-    if !endpoint.shared.options.websockets {
+    if !endpoint.served.options.websockets {
         return (
             StatusCode::NOT_FOUND,
             "WebSockets transport not supported by this end point type",
@@ -840,22 +626,23 @@ async fn connect<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Requ
     // Boxed: the upgrade task keeps it until the socket is ready.
     let init = Box::new(ConnectionInit {
         id: connection_id,
-        // Replaced by the handshake's choice.
-        protocol: tidings_protocol::Protocol::Json,
+        // Replaced by the opening's choice.
+        format: TransferFormat::Text,
         transport: TransportType::WebSockets,
         principal,
         query: request_query(&parts),
         headers: detached(&parts.headers),
         metrics: endpoint.transport_metrics(TransportType::WebSockets),
-        abort: endpoint.shutdown.token().child_token(),
+        abort: endpoint.served.shutdown.token().child_token(),
     });
-    let tracker = endpoint.shutdown.tracker().clone();
+    let tracker = endpoint.served.shutdown.tracker().clone();
     upgrade.on_upgrade(move |socket| {
         let reattach = resume_token.map(|token| Reattach {
             registry: endpoint.resumable.clone(),
             token,
         });
-        let serve = transport::websocket::serve(endpoint, socket, init, reattach);
+        let served = Arc::clone(&endpoint.served);
+        let serve = transport::websocket::serve(served, socket, init, reattach);
         tracker.track_future(async move {
             // The connection counts under the limits, and its token as
             // live, until it ends.
@@ -867,12 +654,12 @@ async fn connect<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Requ
 }
 
 /// The WebSocket upgrade of a request, with the endpoint's frame limits.
-async fn websocket_upgrade<H: Hub>(
-    endpoint: &Endpoint<H>,
+async fn websocket_upgrade<C: Application>(
+    endpoint: &Endpoint<C>,
     parts: &mut Parts,
 ) -> Result<Upgrade, Response> {
     let config =
-        transport::websocket::socket_config(endpoint.shared.options.maximum_receive_message_size);
+        transport::websocket::socket_config(endpoint.served.options.maximum_receive_message_size);
     Upgrade::from_parts(parts, config).await
 }
 
@@ -880,8 +667,8 @@ async fn websocket_upgrade<H: Hub>(
 /// socket is handed to the connection's task, which replays what the client
 /// missed. Only the holder of the secret token gets here; with an
 /// authenticator, the request must also authenticate as the same user.
-async fn reattach<H: Hub>(
-    endpoint: &Endpoint<H>,
+async fn reattach<C: Application>(
+    endpoint: &Endpoint<C>,
     mut parts: Parts,
     entry: Resumable,
     principal: &Principal,
@@ -894,7 +681,7 @@ async fn reattach<H: Hub>(
         Ok(upgrade) => upgrade,
         Err(response) => return response,
     };
-    let tracker = endpoint.shutdown.tracker().clone();
+    let tracker = endpoint.served.shutdown.tracker().clone();
     upgrade.on_upgrade(move |socket| tracker.track_future(entry.attach(socket)))
 }
 
@@ -930,7 +717,7 @@ fn detached(headers: &HeaderMap) -> HeaderMap {
     copy
 }
 
-/// The query pairs hub code may see: the token is a credential and is left out.
+/// The query pairs the application may see: the token is a credential and is left out.
 fn request_query(parts: &Parts) -> Vec<(String, String)> {
     parts
         .uri
@@ -948,7 +735,7 @@ fn text(status: StatusCode, body: &'static str) -> Response {
 }
 
 /// `GET` without an upgrade: Server-Sent Events (by `Accept`) or a long poll.
-async fn connect_http<H: Hub>(endpoint: Arc<Endpoint<H>>, parts: Parts) -> Response {
+async fn connect_http<C: Application>(endpoint: Arc<Endpoint<C>>, parts: Parts) -> Response {
     let event_stream = parts
         .headers
         .get(header::ACCEPT)
@@ -959,7 +746,7 @@ async fn connect_http<H: Hub>(endpoint: Arc<Endpoint<H>>, parts: Parts) -> Respo
     } else {
         TransportType::LongPolling
     };
-    let options = &endpoint.shared.options;
+    let options = &endpoint.served.options;
     let enabled = match transport {
         TransportType::ServerSentEvents => options.server_sent_events,
         _ => options.long_polling,
@@ -997,7 +784,7 @@ async fn connect_http<H: Hub>(endpoint: Arc<Endpoint<H>>, parts: Parts) -> Respo
     }
     // No new connection starts during a shutdown; the polls of existing
     // ones above go on, so that they collect their Close.
-    if endpoint.shutdown.is_shutting_down() {
+    if endpoint.served.shutdown.is_shutting_down() {
         return unavailable();
     }
     let Some(negotiated) = endpoint.pending_principal(&token) else {
@@ -1034,16 +821,17 @@ async fn connect_http<H: Hub>(endpoint: Arc<Endpoint<H>>, parts: Parts) -> Respo
     let inbound = pending.inbound.take();
     let init = ConnectionInit {
         id: pending.id,
-        protocol: tidings_protocol::Protocol::Json,
+        // Replaced by the opening's choice.
+        format: TransferFormat::Text,
         transport,
         principal,
         query: request_query(&parts),
         headers: detached(&parts.headers),
         metrics: endpoint.transport_metrics(transport),
-        abort: endpoint.shutdown.token().child_token(),
+        abort: endpoint.served.shutdown.token().child_token(),
     };
     let connection = HttpConnection::start(
-        &endpoint,
+        &endpoint.served,
         init,
         transport,
         (&endpoint.http, token),
@@ -1052,7 +840,7 @@ async fn connect_http<H: Hub>(endpoint: Arc<Endpoint<H>>, parts: Parts) -> Respo
     match transport {
         TransportType::ServerSentEvents => {
             let closer = parts.extensions.get::<ConnectionCloser>().cloned();
-            http::sse(connection, options.keep_alive_interval, closer)
+            http::sse(connection, closer)
         }
         _ => http::poll(connection, true, options.long_poll_timeout).await,
     }
@@ -1064,8 +852,8 @@ async fn connect_http<H: Hub>(endpoint: Arc<Endpoint<H>>, parts: Parts) -> Respo
 /// authentication answers every request — and name that user (`403`
 /// otherwise); a request without any is the connection's user's. `Some`
 /// is the refusal.
-async fn reauthenticate<H: Hub>(
-    endpoint: &Endpoint<H>,
+async fn reauthenticate<C: Application>(
+    endpoint: &Endpoint<C>,
     parts: &Parts,
     connection: &HttpConnection,
 ) -> Option<Response> {
@@ -1076,7 +864,10 @@ async fn reauthenticate<H: Hub>(
 }
 
 /// `POST {hub}?id=…`: client-to-server messages of SSE and Long Polling.
-async fn send<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Request) -> Response {
+async fn send<C: Application>(
+    State(endpoint): State<Arc<Endpoint<C>>>,
+    request: Request,
+) -> Response {
     let request = match endpoint.elsewhere(request).await {
         Ok(response) => return response,
         Err(here) => here.request,
@@ -1109,12 +900,12 @@ async fn send<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Request
 }
 
 /// The body of a POST, up to the endpoint's limit.
-async fn post_body<H: Hub>(
-    endpoint: &Endpoint<H>,
+async fn post_body<C: Application>(
+    endpoint: &Endpoint<C>,
     body: axum::body::Body,
 ) -> Result<Bytes, Response> {
     // A body larger than this is refused by axum before it is buffered.
-    let limit = endpoint.shared.options.maximum_request_body_size;
+    let limit = endpoint.served.options.maximum_request_body_size;
     axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| StatusCode::PAYLOAD_TOO_LARGE.into_response())
@@ -1126,8 +917,8 @@ async fn post_body<H: Hub>(
 /// connection. The queue is the one the connection reads later, with the
 /// same bound; a POST that finds it full waits, as it would then, but no
 /// longer than a negotiated connection waits for its transport.
-async fn send_early<H: Hub>(
-    endpoint: &Endpoint<H>,
+async fn send_early<C: Application>(
+    endpoint: &Endpoint<C>,
     parts: &Parts,
     body: axum::body::Body,
     token: &str,
@@ -1148,7 +939,7 @@ async fn send_early<H: Hub>(
     let Some(sender) = endpoint.pending_inbound(token) else {
         return gone();
     };
-    let wait = endpoint.shared.options.disconnect_timeout;
+    let wait = endpoint.served.options.disconnect_timeout;
     match tokio::time::timeout(wait, sender.send(bytes)).await {
         Ok(Ok(())) => StatusCode::OK.into_response(),
         _ => gone(),
@@ -1156,7 +947,10 @@ async fn send_early<H: Hub>(
 }
 
 /// `DELETE {hub}?id=…`: the Long Polling client stops.
-async fn delete<H: Hub>(State(endpoint): State<Arc<Endpoint<H>>>, request: Request) -> Response {
+async fn delete<C: Application>(
+    State(endpoint): State<Arc<Endpoint<C>>>,
+    request: Request,
+) -> Response {
     let request = match endpoint.elsewhere(request).await {
         Ok(response) => return response,
         Err(here) => here.request,

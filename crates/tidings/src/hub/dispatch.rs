@@ -4,167 +4,20 @@
 
 use std::{collections::HashMap, panic::AssertUnwindSafe, sync::Arc};
 
-use std::pin::Pin;
-
-use futures_util::{FutureExt, Stream, StreamExt};
-use serde::{Serialize, de::DeserializeOwned};
+use futures_util::{FutureExt, StreamExt};
 use tidings_protocol::{Completion, HubMessage, Invocation, Payload};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    ClientStream, Context, HubError, Principal,
+    Context, HubError, Principal,
     auth::Policies,
     error::HubErrorKind,
-    hub::{Hub, MethodDescriptor, MethodKind},
-    upload::UploadItem,
+    hub::{
+        call::{Call, MethodOutput, UploadReceivers},
+        definition::{Hub, MethodDescriptor, MethodKind},
+    },
 };
-
-/// The text ASP.NET Core uses when arguments cannot be bound.
-const BINDING_ERROR: &str = "Error binding arguments. Make sure that the types of the provided values match the types of the hub method being invoked.";
-
-/// One invocation as seen by a generated handler.
-#[derive(Debug)]
-pub struct Call {
-    cx: Context,
-    target: String,
-    arguments: Vec<Payload>,
-    /// The receiving ends of the invocation's client-to-server streams, in
-    /// `streamIds` order; each is taken once by [`Call::upload`].
-    uploads: Vec<Option<mpsc::Receiver<UploadItem>>>,
-    /// A streaming invocation's cancellation (see [`Call::cancellation`]);
-    /// `None` for unary invocations.
-    cancellation: Option<CancellationToken>,
-}
-
-/// The receiving ends of an invocation's client-to-server streams.
-pub(crate) type UploadReceivers = Vec<mpsc::Receiver<UploadItem>>;
-
-impl Call {
-    pub(crate) fn new(
-        cx: Context,
-        target: String,
-        arguments: Vec<Payload>,
-        uploads: UploadReceivers,
-        cancellation: Option<CancellationToken>,
-    ) -> Self {
-        Call {
-            cx,
-            target,
-            arguments,
-            uploads: uploads.into_iter().map(Some).collect(),
-            cancellation,
-        }
-    }
-
-    /// The calling connection's context.
-    pub fn context(&self) -> &Context {
-        &self.cx
-    }
-
-    /// The method name the client invoked, as it spelled it.
-    pub fn target(&self) -> &str {
-        &self.target
-    }
-
-    /// The cancellation token of a streaming invocation (ASP.NET Core's
-    /// `CancellationToken` parameter): cancelled when the client cancels
-    /// the stream (CancelInvocation), when the connection ends, and when
-    /// the server shuts down. `None` for unary invocations.
-    pub fn cancellation(&self) -> Option<&CancellationToken> {
-        self.cancellation.as_ref()
-    }
-
-    /// How many arguments the invocation carries (client streams aside).
-    pub fn argument_count(&self) -> usize {
-        self.arguments.len()
-    }
-
-    /// Deserializes argument `index`. A value of the wrong type is a binding
-    /// error, reported to the client as ASP.NET Core reports it.
-    pub fn arg<T: DeserializeOwned>(&self, index: usize) -> Result<T, HubError> {
-        let payload = self
-            .arguments
-            .get(index)
-            .ok_or_else(|| HubError::binding(BINDING_ERROR))?;
-        payload.deserialize().map_err(|error| {
-            tracing::debug!(index, %error, "cannot bind an argument");
-            HubError::binding(BINDING_ERROR)
-        })
-    }
-
-    /// Takes client-to-server stream `index` (counted among the stream
-    /// parameters only, in the order of the invocation's `streamIds`).
-    pub fn upload<T: DeserializeOwned>(
-        &mut self,
-        index: usize,
-    ) -> Result<ClientStream<T>, HubError> {
-        let detailed = self.cx.options().enable_detailed_errors;
-        self.uploads
-            .get_mut(index)
-            .and_then(Option::take)
-            .map(|rx| ClientStream::new(rx, detailed))
-            .ok_or_else(|| HubError::binding(BINDING_ERROR))
-    }
-
-    /// Turns a stream of values into a streaming method's output: each item
-    /// is serialized in the caller's protocol as it is produced.
-    pub fn stream<S, T>(&self, stream: S) -> Result<MethodOutput, HubError>
-    where
-        S: Stream<Item = T> + Send + 'static,
-        T: Serialize,
-    {
-        let protocol = self.cx.protocol();
-        let items = stream.map(move |item| protocol.encode_value(&item).map_err(HubError::from));
-        Ok(MethodOutput::Stream(Box::pin(items)))
-    }
-
-    /// Like [`stream`](Self::stream) for streams of `Result`s: an `Err` item
-    /// ends the stream with that error.
-    pub fn try_stream<S, T, E>(&self, stream: S) -> Result<MethodOutput, HubError>
-    where
-        S: Stream<Item = Result<T, E>> + Send + 'static,
-        T: Serialize,
-        E: Into<HubError>,
-    {
-        let protocol = self.cx.protocol();
-        let items = stream.map(move |item| match item {
-            Ok(value) => protocol.encode_value(&value).map_err(HubError::from),
-            Err(error) => Err(error.into()),
-        });
-        Ok(MethodOutput::Stream(Box::pin(items)))
-    }
-
-    /// Serializes a method's return value in the caller's protocol.
-    pub fn output<T: Serialize + ?Sized>(&self, value: &T) -> Result<MethodOutput, HubError> {
-        let payload = self.cx.protocol().encode_value(value)?;
-        Ok(MethodOutput::Value(payload))
-    }
-}
-
-/// The items of a streaming method, already serialized.
-pub type ItemStream = Pin<Box<dyn Stream<Item = Result<Payload, HubError>> + Send>>;
-
-/// What a method produced.
-#[non_exhaustive]
-pub enum MethodOutput {
-    /// No value (sent as `result: null`, as ASP.NET Core does).
-    Void,
-    /// A serialized value.
-    Value(Payload),
-    /// The items of a streaming method.
-    Stream(ItemStream),
-}
-
-impl std::fmt::Debug for MethodOutput {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            MethodOutput::Void => f.write_str("Void"),
-            MethodOutput::Value(p) => f.debug_tuple("Value").field(p).finish(),
-            MethodOutput::Stream(_) => f.write_str("Stream(..)"),
-        }
-    }
-}
 
 /// The method table of a hub, indexed case-insensitively.
 pub(crate) struct Methods<H: 'static> {
@@ -385,7 +238,7 @@ pub(crate) async fn run_stream<H: Hub>(
         let connection = connection.clone();
         async move {
             connection
-                .send_frame(crate::session::encode(protocol, &message))
+                .send_frame(crate::hub::message::encode(protocol, &message))
                 .await
         }
     };
@@ -432,7 +285,7 @@ pub(crate) async fn run_stream<H: Hub>(
                     invocation_id: id.clone(),
                     item,
                 });
-                let frame = crate::session::encode(protocol, &message);
+                let frame = crate::hub::message::encode(protocol, &message);
                 if !connection.send_windowed(frame, place).await {
                     // The connection is gone: nobody is told anything.
                     return Ok(());

@@ -19,7 +19,7 @@ use std::{fmt, sync::OnceLock};
 use bytes::Bytes;
 use tidings_protocol::{Close, HubMessage, Invocation, Protocol, ToArguments};
 
-use crate::SendError;
+use crate::error::SendError;
 
 type ErasedArguments = Box<dyn ToArguments + Send + Sync>;
 
@@ -203,6 +203,17 @@ impl fmt::Debug for SerializedMessage {
             .field("target", &self.target)
             .finish_non_exhaustive()
     }
+}
+
+/// Serializes a message the server itself produced (Close, Completion, Ping).
+pub(crate) fn encode(protocol: Protocol, message: &HubMessage) -> Bytes {
+    let mut out = Vec::with_capacity(64);
+    if let Err(error) = protocol.write_message(message, &mut out) {
+        // Only payloads can fail to serialize, and those were serialized
+        // (and checked) already when the payload was built.
+        tracing::error!(%error, "cannot serialize a server message");
+    }
+    Bytes::from(out)
 }
 
 #[cfg(test)]

@@ -1,11 +1,12 @@
-//! [`ConnectionHandle`]: the shared, cheap-to-clone face of one live
-//! connection, and its bounded outbound queue.
+//! [`Connection`]: the shared, cheap-to-clone face of one live connection
+//! of the connection layer, and its bounded outbound queue.
 //!
-//! The connection task owns the transport; everything else (the lifetime
-//! manager, hub contexts, invocation tasks) holds a `ConnectionHandle` and can
-//! only do three things with it: enqueue a message, read its identity, and
-//! abort it. The queue is the one place where delivery meets back-pressure,
-//! so the slow-consumer policy lives here (see [`ConnectionHandle::send`]).
+//! The connection task owns the transport; everything else (the
+//! application above the connection layer, its tasks) holds a `Connection`
+//! and can only do three things with it: enqueue bytes, read its identity,
+//! and abort it. The queue is the one place where delivery meets
+//! back-pressure, so the slow-consumer policy lives here (see
+//! [`Connection::try_send`]).
 
 use std::{
     fmt,
@@ -19,79 +20,18 @@ use axum::http::HeaderMap;
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
-use tidings_protocol::{Protocol, TransportType};
+use tidings_protocol::{TransferFormat, TransportType};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    ConnectionError, Principal,
-    message::SerializedMessage,
-    metrics::TransportMetrics,
-    outbox::{self, TrySendError},
-    resume::Resume,
-};
-
-/// One entry of a connection's outbound queue.
-///
-/// Kept to the size of one `Bytes` (32 bytes): every message waiting for a
-/// connection, and the room its queue keeps after a burst, costs that
-/// much. Entries other than a plain frame are rare and boxed.
-#[derive(Debug)]
-pub(crate) enum Outbound {
-    /// A frame already serialized in the connection's protocol (a message
-    /// shared with other connections is a clone of the same `Bytes`).
-    Frame(Bytes),
-    /// A stream item holding a window place, or the final entry.
-    Control(Box<Control>),
-}
-
-#[derive(Debug)]
-pub(crate) enum Control {
-    /// A frame holding a place in a bounded window (a server-to-client
-    /// stream's `stream_buffer_capacity`); the place frees up when the
-    /// writer takes the frame.
-    Windowed {
-        frame: Bytes,
-        _place: OwnedSemaphorePermit,
+    auth::Principal,
+    connections::{
+        outbox::{self, Control, Outbound, TrySendError},
+        resume::Resume,
     },
-    /// The last frame (a Close message, or nothing): write it, then close
-    /// the transport.
-    Close(Option<Bytes>),
-}
-
-impl Outbound {
-    /// The final entry.
-    pub(crate) fn close(frame: Option<Bytes>) -> Self {
-        Outbound::Control(Box::new(Control::Close(frame)))
-    }
-
-    /// The frame of the final entry (`Some(None)`: close without a frame),
-    /// or `None` if this is not the final entry.
-    pub(crate) fn as_close(&mut self) -> Option<Option<Bytes>> {
-        match self {
-            Outbound::Control(control) => match &mut **control {
-                Control::Close(frame) => Some(frame.take()),
-                Control::Windowed { .. } => None,
-            },
-            Outbound::Frame(_) => None,
-        }
-    }
-
-    /// The bytes to write for this entry; sets `closing` at the final
-    /// entry.
-    pub(crate) fn into_frame(self, closing: &mut bool) -> Option<Bytes> {
-        match self {
-            Outbound::Frame(bytes) => Some(bytes),
-            Outbound::Control(control) => match *control {
-                Control::Windowed { frame, .. } => Some(frame),
-                Control::Close(frame) => {
-                    *closing = true;
-                    frame
-                }
-            },
-        }
-    }
-}
+    metrics::TransportMetrics,
+};
 
 /// A one-shot signal held inline: the writer must stop at once.
 ///
@@ -131,10 +71,10 @@ impl Kill {
 /// Why a connection was aborted from outside its own task.
 #[derive(Debug, Clone)]
 pub(crate) enum AbortReason {
-    /// Hub code called `Context::abort`.
+    /// The application asked for it ([`Connection::abort`]).
     Requested,
     /// Closed from outside with a reason for the client
-    /// ([`ConnectionHandle::close`]).
+    /// ([`Connection::close`]).
     Closed(Option<String>),
     /// The client did not keep up ([`SlowConsumer`] says which rule).
     SlowConsumer,
@@ -143,8 +83,8 @@ pub(crate) enum AbortReason {
 }
 
 /// Which part of the slow-consumer rule closed a connection (see
-/// `HubOptions::outbound_buffer_capacity` and
-/// `HubOptions::transport_send_timeout`).
+/// `ConnectionOptions::outbound_buffer_capacity` and
+/// `ConnectionOptions::transport_send_timeout`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum SlowConsumer {
     /// A message found the outbound queue full.
@@ -173,15 +113,17 @@ impl fmt::Display for SlowConsumer {
     }
 }
 
-/// A live connection as seen by lifetime managers and hub code.
+/// One live connection of the connection layer: its identity, its
+/// outbound queue and its abort signal. Cheap to clone; every clone is the
+/// same connection.
 #[derive(Clone)]
-pub struct ConnectionHandle {
+pub struct Connection {
     inner: Arc<Inner>,
 }
 
 struct Inner {
     id: Arc<str>,
-    protocol: Protocol,
+    format: TransferFormat,
     transport: TransportType,
     principal: Principal,
     query: Vec<(String, String)>,
@@ -202,9 +144,12 @@ struct Inner {
     metrics: Option<Arc<TransportMetrics>>,
 }
 
+/// What a transport knows of a connection before it starts.
 pub(crate) struct ConnectionInit {
     pub id: Arc<str>,
-    pub protocol: Protocol,
+    /// How the transport frames outbound bytes (chosen by the application
+    /// when it accepts the connection).
+    pub format: TransferFormat,
     pub transport: TransportType,
     pub principal: Principal,
     pub query: Vec<(String, String)>,
@@ -214,7 +159,7 @@ pub(crate) struct ConnectionInit {
     pub abort: CancellationToken,
 }
 
-impl ConnectionHandle {
+impl Connection {
     pub(crate) fn new(init: ConnectionInit, tx: outbox::Sender) -> Self {
         Self::with_resume(init, tx, None)
     }
@@ -226,10 +171,10 @@ impl ConnectionHandle {
         tx: outbox::Sender,
         resume: Option<Arc<Resume>>,
     ) -> Self {
-        ConnectionHandle {
+        Connection {
             inner: Arc::new(Inner {
                 id: init.id,
-                protocol: init.protocol,
+                format: init.format,
                 transport: init.transport,
                 principal: init.principal,
                 query: init.query,
@@ -244,12 +189,12 @@ impl ConnectionHandle {
         }
     }
 
-    /// The public connection id (what `Clients.Client(id)` targets).
     /// Whether both handles are the same connection (without comparing ids).
-    pub(crate) fn is(&self, other: &ConnectionHandle) -> bool {
+    pub(crate) fn is(&self, other: &Connection) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
     }
 
+    /// The public connection id.
     pub fn id(&self) -> &str {
         &self.inner.id
     }
@@ -268,9 +213,10 @@ impl ConnectionHandle {
         &self.inner.principal
     }
 
-    /// The hub protocol the client chose.
-    pub fn protocol(&self) -> Protocol {
-        self.inner.protocol
+    /// How the transport frames what this connection sends (WebSocket
+    /// Text or Binary messages).
+    pub fn transfer_format(&self) -> TransferFormat {
+        self.inner.format
     }
 
     /// The transport carrying the connection.
@@ -294,34 +240,24 @@ impl ConnectionHandle {
         }
     }
 
-    pub(crate) fn query(&self) -> &[(String, String)] {
+    /// The query pairs of the request that started the connection (without
+    /// the access token).
+    pub fn query(&self) -> &[(String, String)] {
         &self.inner.query
     }
 
-    pub(crate) fn headers(&self) -> &HeaderMap {
+    /// The headers of the request that started the connection.
+    pub fn headers(&self) -> &HeaderMap {
         &self.inner.headers
     }
 
-    /// Enqueues a message without waiting.
+    /// Enqueues bytes without waiting.
     ///
     /// This is the slow-consumer policy: if the connection's queue is full,
-    /// the client is not keeping up, and it is aborted (closed with
-    /// `ConnectionError::SlowConsumer`) rather than allowed to grow the
-    /// server's memory or to slow the sender and every other recipient.
-    /// Returns whether the message was queued.
-    ///
-    /// A close request ([`SerializedMessage::close`]) closes the connection
-    /// instead.
-    pub fn send(&self, message: &Arc<SerializedMessage>) -> bool {
-        if message.is_close() {
-            self.close(message.close_reason());
-            return true;
-        }
-        // Serialized once per protocol for all recipients (the message
-        // caches its frames); each queue holds a clone of the same bytes.
-        let Some(frame) = message.frame(self.protocol()) else {
-            return false;
-        };
+    /// the client is not keeping up, and it is aborted rather than allowed
+    /// to grow the server's memory or to slow the sender and every other
+    /// recipient. Returns whether the bytes were queued.
+    pub fn try_send(&self, frame: Bytes) -> bool {
         match self.inner.tx.try_send(Outbound::Frame(frame)) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
@@ -330,6 +266,13 @@ impl ConnectionHandle {
             }
             Err(TrySendError::Closed) => false,
         }
+    }
+
+    /// Enqueues bytes, waiting for room in the queue: the sender is paused
+    /// instead of the client being dropped. False once the connection is
+    /// gone.
+    pub async fn send(&self, frame: Bytes) -> bool {
+        self.send_frame(frame).await
     }
 
     /// Enqueues a frame of the connection's own protocol, waiting for room.
@@ -390,14 +333,13 @@ impl ConnectionHandle {
     }
 
     /// Closes the connection from the server side (ASP.NET Core's
-    /// `Context.Abort()`): the client gets a Close without error and does not
-    /// reconnect.
+    /// `Abort()`).
     pub fn abort(&self) {
         self.abort_with(AbortReason::Requested);
     }
 
-    /// Closes the connection from outside (a REST API, an administrator):
-    /// the client gets a Close whose error is `reason`, without reconnect.
+    /// Closes the connection from outside (a REST API, an administrator),
+    /// for `reason`.
     pub fn close(&self, reason: Option<&str>) {
         self.abort_with(AbortReason::Closed(reason.map(str::to_owned)));
     }
@@ -436,6 +378,13 @@ impl ConnectionHandle {
         &self.inner.abort
     }
 
+    /// Completes once the connection has been aborted (by the
+    /// application, a slow consumer, a failed transport or the server's
+    /// shutdown).
+    pub async fn closed(&self) {
+        self.inner.abort.cancelled().await;
+    }
+
     pub(crate) fn abort_reason(&self) -> Option<AbortReason> {
         self.inner.abort_reason.lock().clone()
     }
@@ -446,30 +395,20 @@ impl ConnectionHandle {
     }
 }
 
-impl AbortReason {
-    pub(crate) fn into_error(self) -> Option<ConnectionError> {
-        match self {
-            AbortReason::Requested | AbortReason::Closed(_) => None,
-            AbortReason::SlowConsumer => Some(ConnectionError::SlowConsumer),
-            AbortReason::Transport(e) => Some(ConnectionError::Transport(e)),
-        }
-    }
-}
-
-impl fmt::Debug for ConnectionHandle {
+impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConnectionHandle")
+        f.debug_struct("Connection")
             .field("id", &self.inner.id)
-            .field("protocol", &self.inner.protocol)
+            .field("transport", &self.inner.transport)
             .field("user_id", &self.user_id())
             .finish_non_exhaustive()
     }
 }
 
-impl PartialEq for ConnectionHandle {
+impl PartialEq for Connection {
     fn eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
     }
 }
 
-impl Eq for ConnectionHandle {}
+impl Eq for Connection {}

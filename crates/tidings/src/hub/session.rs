@@ -9,13 +9,11 @@
 //! `on_disconnected`). Invocation tasks live in a `JoinSet` owned by the
 //! session, so none outlives its connection.
 
-use std::{collections::HashMap, sync::Arc, task::Poll, time::Duration};
+use std::{collections::HashMap, sync::Arc, task::Poll};
 
-use bytes::Bytes;
 use futures_util::{FutureExt, Stream, StreamExt};
 use tidings_protocol::{
-    Close, DecodeError, HubMessage, Invocation, MessageDecoder, Protocol, handshake,
-    handshake::HandshakeOutcome,
+    Close, DecodeError, HubMessage, Invocation, MessageDecoder,
     resume::{InboundSequence, SequenceAhead},
 };
 use tokio::{
@@ -25,92 +23,22 @@ use tokio::{
 };
 
 use crate::{
-    ConnectionError, ConnectionHandle, Context, HubOptions,
-    connection::AbortReason,
-    context::{InvocationSlot, Scope},
-    dispatch::{self, Prepared},
-    endpoint::{Endpoint, Filters},
-    filter::InvocationInfo,
-    hub::{Hub, MethodKind},
-    upload::{UploadItem, Uploads},
+    clock::far_future,
+    connections::{connection::AbortReason, handler::InboundChunk},
+    error::ConnectionError,
+    hub::{
+        connection::{ConnectionHandle, abort_error},
+        context::{Context, InvocationSlot, Scope},
+        definition::{Hub, MethodKind},
+        dispatch::{self, Prepared},
+        filter::InvocationInfo,
+        handler::{Filters, HubHandler},
+        message::encode,
+        upload::{UploadItem, Uploads},
+    },
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
-
-/// What a transport yields: a chunk of bytes, or why it failed. The end of
-/// the stream is a clean close.
-pub(crate) type InboundChunk = Result<Bytes, ConnectionError>;
-
-/// The handshake's outcome.
-pub(crate) enum Handshake {
-    /// Accepted: the protocol, its version (2 asks for stateful reconnect),
-    /// and bytes that followed the handshake.
-    Accepted {
-        protocol: Protocol,
-        version: u32,
-        leftover: Vec<u8>,
-    },
-    /// Refused: send this error response, then close.
-    Refused(String),
-    /// The client went away before completing it: send nothing.
-    Gone,
-}
-
-impl Handshake {
-    /// The complete handshake answer frame for an accepted or refused handshake.
-    pub(crate) fn response(error: Option<&str>) -> Bytes {
-        let mut out = Vec::with_capacity(32);
-        handshake::write_response(error, &mut out);
-        Bytes::from(out)
-    }
-}
-
-/// Reads the handshake request from `inbound`.
-pub(crate) async fn read_handshake<S>(
-    inbound: &mut S,
-    options: &HubOptions,
-    binary_allowed: bool,
-) -> Handshake
-where
-    S: Stream<Item = InboundChunk> + Unpin,
-{
-    let deadline = sleep_until(Instant::now() + options.handshake_timeout);
-    tokio::pin!(deadline);
-    let policy = handshake::HandshakePolicy {
-        supported: &options.supported_protocols,
-        max_message_size: options.maximum_receive_message_size,
-        binary_allowed,
-        detailed_errors: options.enable_detailed_errors,
-    };
-    let mut buf: Vec<u8> = Vec::new();
-    loop {
-        tokio::select! {
-            () = &mut deadline => {
-                return Handshake::Refused(handshake::HANDSHAKE_CANCELED.to_owned());
-            }
-            chunk = inbound.next() => match chunk {
-                Some(Ok(bytes)) => buf.extend_from_slice(&bytes),
-                _ => return Handshake::Gone,
-            },
-        }
-        match handshake::accept(&buf, &policy) {
-            HandshakeOutcome::Accepted {
-                protocol,
-                version,
-                used,
-            } => {
-                return Handshake::Accepted {
-                    protocol,
-                    version,
-                    leftover: buf.split_off(used),
-                };
-            }
-            HandshakeOutcome::Refused(error) => return Handshake::Refused(error),
-            // `HandshakeOutcome` may grow; anything else means "not yet".
-            _ => {}
-        }
-    }
-}
 
 /// Why the read loop ended.
 enum End {
@@ -192,7 +120,7 @@ impl End {
                 }),
                 None,
             ),
-            End::Aborted(reason) => match reason.and_then(AbortReason::into_error) {
+            End::Aborted(reason) => match reason.and_then(abort_error) {
                 // Context::abort(): a plain Close, no reconnect.
                 None => (Some(Close::default()), None),
                 // A slow consumer or a dead transport cannot take a Close.
@@ -217,7 +145,7 @@ impl End {
 
 /// Runs an accepted connection to its end.
 pub(crate) async fn run<H, S>(
-    endpoint: Arc<Endpoint<H>>,
+    endpoint: Arc<HubHandler<H>>,
     connection: ConnectionHandle,
     mut inbound: S,
     leftover: Vec<u8>,
@@ -294,17 +222,6 @@ pub(crate) async fn run<H, S>(
     Arc::clone(&endpoint.hub).on_disconnected(cx, error).await;
 }
 
-/// Serializes a message the server itself produced (Close, Completion, Ping).
-pub(crate) fn encode(protocol: Protocol, message: &HubMessage) -> Bytes {
-    let mut out = Vec::with_capacity(64);
-    if let Err(error) = protocol.write_message(message, &mut out) {
-        // Only payloads can fail to serialize, and those were serialized
-        // (and checked) already when the payload was built.
-        tracing::error!(%error, "cannot serialize a server message");
-    }
-    Bytes::from(out)
-}
-
 /// What an ended invocation task leaves to clean up.
 #[derive(Default)]
 struct Finished {
@@ -316,7 +233,7 @@ struct Finished {
 
 /// The read side of one connection.
 struct Reader<'a, H: Hub> {
-    endpoint: &'a Arc<Endpoint<H>>,
+    endpoint: &'a Arc<HubHandler<H>>,
     cx: &'a Context,
     decoder: MessageDecoder,
     /// `MaximumParallelInvocationsPerClient`: a permit per running invocation.
@@ -790,7 +707,7 @@ impl<H: Hub> Reader<'_, H> {
     fn open_uploads(
         &mut self,
         invocation: &Invocation,
-    ) -> (Option<u64>, dispatch::UploadReceivers) {
+    ) -> (Option<u64>, crate::hub::call::UploadReceivers) {
         if invocation.stream_ids.is_empty() {
             return (None, Vec::new());
         }
@@ -876,9 +793,4 @@ fn invocation_span(hub: &str, connection: &ConnectionHandle, invocation: &Invoca
         signalr.connection_id = connection.id(),
         signalr.invocation_id = invocation.invocation_id.as_deref(),
     )
-}
-
-pub(crate) fn far_future() -> Instant {
-    // About thirty years: an unarmed timer that never fires.
-    Instant::now() + Duration::from_secs(86_400 * 365 * 30)
 }

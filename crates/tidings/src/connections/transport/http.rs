@@ -3,11 +3,11 @@
 //!
 //! Unlike a WebSocket, these connections outlive any single request, so
 //! each one is an [`HttpConnection`] in the endpoint's registry, keyed by
-//! its token. Its connection task (handshake + session) is spawned when the
-//! first `GET` arrives and reads an inbound channel fed by `POST`s; the
+//! its token. Its connection task (opening + application) is spawned when
+//! the first `GET` arrives and reads an inbound channel fed by `POST`s; the
 //! outbound queue is drained by the SSE response body, or poll by poll.
 //! Removing the registry entry drops the inbound sender, which ends the
-//! session like a closed socket.
+//! application's input like a closed socket.
 
 use std::{sync::Arc, time::Duration};
 
@@ -18,7 +18,7 @@ use axum::{
 };
 use bytes::{BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
-use tidings_protocol::{HubMessage, Protocol, TransportType};
+use tidings_protocol::TransportType;
 use tokio::{
     sync::{Mutex as AsyncMutex, mpsc},
     time::{Instant, sleep, sleep_until},
@@ -26,22 +26,23 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    ConnectionHandle,
-    access::Slot,
-    connection::{AbortReason, ConnectionInit, Outbound, SlowConsumer},
-    endpoint::Endpoint,
-    hub::Hub,
+    connections::{
+        access::Slot,
+        connection::{AbortReason, Connection, ConnectionInit, SlowConsumer},
+        handler::{Application, InboundChunk},
+        opening::{self, Opened},
+        outbox::{self, Outbound},
+        registry::Registry,
+        served::Served,
+    },
     metrics::TransportMetrics,
-    outbox,
-    registry::Registry,
     serve::ConnectionCloser,
-    session::{self, Handshake},
 };
 
-/// How many POST bodies may wait for the session before a POST waits.
+/// How many POST bodies may wait for the application before a POST waits.
 const INBOUND_CAPACITY: usize = 16;
 
-/// The channel that carries a connection's POST bodies to its session.
+/// The channel that carries a connection's POST bodies to its application.
 /// Made at the first POST or at the first `GET`, whichever comes first: a
 /// client may post its handshake before it polls.
 pub(crate) type Inbound = (mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>);
@@ -64,8 +65,8 @@ pub(crate) struct HttpConnection {
     /// Ends the connection (DELETE, a dropped SSE stream, no polls).
     pub stop: CancellationToken,
     last_poll: Mutex<Instant>,
-    /// The hub protocol, once the handshake chose it.
-    protocol: std::sync::OnceLock<Protocol>,
+    /// What the SSE stream sends when idle, once the opening chose it.
+    keep_alive: std::sync::OnceLock<Option<(Duration, Bytes)>>,
     /// The counters of the connection's hub and transport.
     metrics: Option<Arc<TransportMetrics>>,
     /// The user the connection was opened for: later requests must be
@@ -79,14 +80,14 @@ pub(crate) struct HttpConnection {
 impl HttpConnection {
     /// Creates the connection and spawns its task. `inbound` holds what
     /// was posted before this first `GET`, if anything was.
-    pub(crate) fn start<H: Hub>(
-        endpoint: &Arc<Endpoint<H>>,
+    pub(crate) fn start<C: Application>(
+        served: &Arc<Served<C>>,
         init: ConnectionInit,
         transport: TransportType,
         (registry, token): (&Registry<Arc<HttpConnection>>, String),
         (slot, inbound): (Option<Slot>, Option<Inbound>),
     ) -> Arc<HttpConnection> {
-        let options = &endpoint.shared.options;
+        let options = &served.options;
         let (in_tx, in_rx) = inbound.unwrap_or_else(inbound_channel);
         let (out_tx, out_rx) = outbox::channel(options.outbound_buffer_capacity);
         let stall = out_rx.stall();
@@ -103,7 +104,7 @@ impl HttpConnection {
             finished: CancellationToken::new(),
             stop: CancellationToken::new(),
             last_poll: Mutex::new(Instant::now()),
-            protocol: std::sync::OnceLock::new(),
+            keep_alive: std::sync::OnceLock::new(),
             metrics: init.metrics.clone(),
             user_id: init.principal.user_id().map(str::to_owned),
             closer: Mutex::new(None),
@@ -112,7 +113,7 @@ impl HttpConnection {
         // back through the registry for its later polls, finds it.
         let registered = registry.insert(token, Arc::clone(&connection));
         let task = run(
-            Arc::clone(endpoint),
+            Arc::clone(served),
             Arc::clone(&connection),
             init,
             in_rx,
@@ -130,11 +131,11 @@ impl HttpConnection {
                 drop(registered);
             });
         };
-        tokio::spawn(endpoint.shutdown.tracker().track_future(task));
+        tokio::spawn(served.shutdown.tracker().track_future(task));
         connection
     }
 
-    /// Queues a POST body for the session; false if the connection is gone.
+    /// Queues a POST body for the application; false if the connection is gone.
     pub(crate) async fn post(&self, body: Bytes) -> bool {
         let sender = self.inbound.lock().clone();
         match sender {
@@ -159,44 +160,44 @@ impl HttpConnection {
 }
 
 /// The connection task of an HTTP transport.
-async fn run<H: Hub>(
-    endpoint: Arc<Endpoint<H>>,
+async fn run<C: Application>(
+    served: Arc<Served<C>>,
     http: Arc<HttpConnection>,
     mut init: ConnectionInit,
     inbound: mpsc::Receiver<Bytes>,
     (outbound, stall): (outbox::Sender, outbox::Stall),
 ) {
-    let options = &endpoint.shared.options;
+    let options = &served.options;
     let stop = http.stop.clone();
     let mut inbound = tokio_stream_from(inbound, stop.clone());
-    let binary_allowed = http.transport != TransportType::ServerSentEvents;
     let watchdog = watchdog(
         Arc::clone(&http),
         stall,
         (options.disconnect_timeout, options.transport_send_timeout),
     );
     tokio::pin!(watchdog);
-    let handshake = tokio::select! {
-        h = session::read_handshake(&mut inbound, options, binary_allowed) => h,
-        _ = &mut watchdog => Handshake::Gone,
+    let opened = tokio::select! {
+        opened = opening::read(&*served.app, &mut inbound, http.transport) => opened,
+        _ = &mut watchdog => Opened::Gone,
     };
-    match handshake {
-        Handshake::Accepted {
-            protocol, leftover, ..
-        } => {
-            init.protocol = protocol;
-            let _ = http.protocol.set(protocol);
-            let connection = ConnectionHandle::new(init, outbound);
-            connection.send_frame(Handshake::response(None)).await;
-            let session =
-                session::run(Arc::clone(&endpoint), connection.clone(), inbound, leftover);
+    match opened {
+        Opened::Accepted(accepted, leftover) => {
+            init.format = accepted.format;
+            let _ = http.keep_alive.set(accepted.keep_alive);
+            let connection = Connection::new(init, outbound);
+            if let Some(reply) = accepted.reply {
+                connection.send_frame(reply).await;
+            }
+            let session = served
+                .app
+                .run(connection.clone(), inbound, leftover, accepted.opened);
             tokio::pin!(session);
             tokio::select! {
                 () = &mut session => {}
                 // The watchdog closed the inbound channel, or found a slow
-                // consumer and the connection is aborted: the session tears
-                // down normally. It must not be dropped half-way, or its
-                // cleanup would never run.
+                // consumer and the connection is aborted: the application
+                // tears down normally. It must not be dropped half-way, or
+                // its cleanup would never run.
                 watched = &mut watchdog => {
                     if let Watched::Stalled(rule) = watched {
                         connection.close_slow_consumer(rule);
@@ -212,7 +213,7 @@ async fn run<H: Hub>(
                 // hold for it.
                 closer.close();
             }
-            if endpoint.shutdown.is_shutting_down() {
+            if served.shutdown.is_shutting_down() {
                 // The Close waits in the queue for the client's next
                 // request. Once this task ends the process may exit (the
                 // shutdown waits for connection tasks, not for clients
@@ -227,11 +228,11 @@ async fn run<H: Hub>(
                 let _ = tokio::time::timeout(options.disconnect_timeout, collected).await;
             }
         }
-        Handshake::Refused(error) => {
-            tracing::debug!(%error, "handshake refused");
-            let _ = outbound.try_send(Outbound::close(Some(Handshake::response(Some(&error)))));
+        Opened::Refused(reply) => {
+            tracing::debug!("opening refused");
+            let _ = outbound.try_send(Outbound::close(reply));
         }
-        Handshake::Gone => {
+        Opened::Gone => {
             let _ = outbound.try_send(Outbound::close(None));
         }
     }
@@ -281,11 +282,11 @@ async fn watchdog(
     Watched::Gone
 }
 
-/// The inbound channel as the session's chunk stream, ending when stopped.
+/// The inbound channel as the application's chunk stream, ending when stopped.
 fn tokio_stream_from(
     mut rx: mpsc::Receiver<Bytes>,
     stop: CancellationToken,
-) -> impl futures_util::Stream<Item = session::InboundChunk> + Unpin + Send {
+) -> impl futures_util::Stream<Item = InboundChunk> + Unpin + Send + 'static {
     Box::pin(futures_util::stream::poll_fn(move |cx| {
         if stop.is_cancelled() {
             return std::task::Poll::Ready(None);
@@ -294,19 +295,15 @@ fn tokio_stream_from(
     }))
 }
 
-/// `GET` with `Accept: text/event-stream`: the SSE response. JSON only.
-pub(crate) fn sse(
-    http: Arc<HttpConnection>,
-    keep_alive: Duration,
-    closer: Option<ConnectionCloser>,
-) -> Response {
+/// `GET` with `Accept: text/event-stream`: the SSE response. Text only.
+/// Until the opening chose a keep-alive, or without one, an idle stream
+/// sends nothing.
+pub(crate) fn sse(http: Arc<HttpConnection>, closer: Option<ConnectionCloser>) -> Response {
     *http.closer.lock() = closer;
-    let ping = session::encode(Protocol::Json, &HubMessage::Ping);
     // When the client goes away the body, and with it this guard, is
     // dropped, which ends the connection.
     let guard = http.stop.clone().drop_guard();
     let stream = futures_util::stream::unfold((http, true, false), move |(http, first, done)| {
-        let ping = ping.clone();
         async move {
             if done {
                 return None;
@@ -317,9 +314,19 @@ pub(crate) fn sse(
                 return Some((Ok::<_, std::io::Error>(hello), (http, false, false)));
             }
             let mut rx = http.outbound.lock().await;
+            let keep_alive = http.keep_alive.get().cloned().flatten();
+            let idle = async {
+                match keep_alive {
+                    Some((interval, ping)) => {
+                        sleep_until(Instant::now() + interval).await;
+                        ping
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             let first_item = tokio::select! {
                 item = rx.recv() => item,
-                () = sleep_until(Instant::now() + keep_alive) => Some(Outbound::Frame(ping)),
+                ping = idle => Some(Outbound::Frame(ping)),
                 () = http.stop.cancelled() => None,
             };
             let mut out = BytesMut::new();

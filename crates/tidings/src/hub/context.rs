@@ -18,13 +18,18 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::{
     ConnectionHandle, GroupError, HubOptions, InvokeError, PresenceError, Principal, SendError,
+    connections::handler::BoxFuture,
     error::short_type_name,
-    hub::BoxFuture,
-    lifetime::{LifetimeManager, Member, Target},
-    message::{ClientInvocation, SerializedMessage},
+    hub::{
+        lifetime::{LifetimeManager, Member, Target},
+        message::{ClientInvocation, SerializedMessage},
+    },
     metrics::HubMetrics,
-    typed::SendFuture,
 };
+
+/// The future of a typed send: resolves when the lifetime manager has taken
+/// the message (not when clients received it), like [`ClientProxy::send`].
+pub type SendFuture<'a> = BoxFuture<'a, Result<(), SendError>>;
 
 /// Hub-wide state shared by every connection of one endpoint.
 pub(crate) struct HubShared {

@@ -1,8 +1,0 @@
-//! Transports: how the bytes of a hub session travel. Each transport turns
-//! its requests into an inbound chunk stream for the session and drains the
-//! connection's outbound queue into its own framing.
-
-pub(crate) mod http;
-pub(crate) mod resume;
-pub(crate) mod socket;
-pub(crate) mod websocket;
