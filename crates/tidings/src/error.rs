@@ -186,9 +186,10 @@ pub enum ConnectionError {
     /// The client closed the connection with an error (`Close` message with `error`).
     #[error("HubException: {0}")]
     ClosedByClient(String),
-    /// The outbound queue was full: the client did not read fast enough.
+    /// The client did not read fast enough: its outbound queue overflowed,
+    /// or no write made progress within the transport send timeout.
     #[error(
-        "SlowConsumerException: The client did not read its messages fast enough and its outbound queue overflowed."
+        "SlowConsumerException: The client did not read its messages fast enough (its outbound queue overflowed, or nothing could be written to it within the send timeout)."
     )]
     SlowConsumer,
     /// The transport failed (socket error, abrupt disconnect, stuck write).
