@@ -1,7 +1,7 @@
 //! The standalone server's settings as a user meets them: the layers'
 //! precedence (flags > environment > file > defaults), seen through
 //! `tidings check-config --print`, and the test hub, which is served only
-//! with `--test-hub`.
+//! with `--test-hub`; and that text logs written to a pipe are plain text.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -160,5 +160,37 @@ fn the_test_hub_is_served_only_with_its_flag() -> anyhow::Result<()> {
     assert_eq!(plain.post("/hubs/chat/negotiate?negotiateVersion=1")?, 200);
     let with = Server::start(&["--test-hub"])?;
     assert_eq!(with.post(negotiate)?, 200);
+    Ok(())
+}
+
+#[test]
+fn text_logs_into_a_pipe_carry_no_colour_codes() -> anyhow::Result<()> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["--listen", "127.0.0.1:0"])
+        .env_remove("TIDINGS_TEST_HUB")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut lines = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        let done = line.starts_with("listening on ");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        lines.iter().any(|l| l.contains("INFO")),
+        "no log line before the address: {lines:?}"
+    );
+    assert!(
+        lines.iter().all(|l| !l.contains('\u{1b}')),
+        "escape codes in a piped log: {lines:?}"
+    );
     Ok(())
 }

@@ -47,7 +47,11 @@ impl Telemetry {
 
         let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
         let logs = match format {
-            LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+            // Colours only for a terminal: a log file or collector would
+            // get the escape codes as text.
+            LogFormat::Text => tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+                .boxed(),
             // One JSON object per line, with the fields of the enclosing spans
             // (an invocation's hub, method and connection id).
             LogFormat::Json => tracing_subscriber::fmt::layer()
