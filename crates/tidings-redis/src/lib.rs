@@ -513,10 +513,22 @@ impl Drop for RedisBackplane {
 /// Renews this server's registration, learns the live servers, and purges
 /// the presence entries of servers whose registration expired.
 async fn heartbeat(link: Arc<Link>) {
+    // The first beat runs as soon as Redis answers rather than one period
+    // later: it is how a server learns the others, and a server that knows
+    // none would flush its outbox after an outage without waiting for them
+    // to re-subscribe (their clients would miss what it had buffered).
+    let mut state = link.subscribe_state();
+    tokio::select! {
+        _ = state.wait_for(|s| matches!(s, link::State::Up { .. })) => {}
+        () = link.stop.cancelled() => return,
+    }
+    let mut first = true;
     loop {
-        tokio::select! {
-            () = sleep(link.options.heartbeat) => {}
-            () = link.stop.cancelled() => return,
+        if !std::mem::take(&mut first) {
+            tokio::select! {
+                () = sleep(link.options.heartbeat) => {}
+                () = link.stop.cancelled() => return,
+            }
         }
         let Some(mut connection) = link.connection() else {
             continue;

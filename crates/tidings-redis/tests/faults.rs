@@ -2,7 +2,8 @@
 //! server sends; the other server's clients receive every message once,
 //! in order, after the recovery; local clients never notice; what exceeds
 //! the outbox bound is dropped by the drop policy and counted; the
-//! backplane is back promptly once Redis is.
+//! backplane is back promptly once Redis is; a server that has just started
+//! already waits for the others to re-subscribe before it flushes.
 
 mod support;
 
@@ -209,4 +210,106 @@ async fn the_backplane_is_back_within_a_second_of_redis() {
     let stats = one.stats();
     assert!(stats.connected);
     assert!(stats.since.expect("since") > down_since, "{stats:?}");
+}
+
+/// A TCP proxy in front of Redis that can be shut (every connection through
+/// it dropped, new ones refused) and opened again: one server loses Redis
+/// for longer than the other.
+struct Gate {
+    url: String,
+    open: Arc<std::sync::atomic::AtomicBool>,
+    generation: tokio::sync::watch::Sender<u64>,
+}
+
+impl Gate {
+    async fn start(target: std::net::SocketAddr) -> Gate {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("redis://{}", listener.local_addr().expect("address"));
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (generation, _) = tokio::sync::watch::channel(0u64);
+        let (is_open, generations) = (Arc::clone(&open), generation.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !is_open.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let mut shut = generations.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = shut.changed() => {}
+                    }
+                });
+            }
+        });
+        Gate {
+            url,
+            open,
+            generation,
+        }
+    }
+
+    fn shut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    fn open(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_younger_than_one_heartbeat_waits_for_the_others_after_an_outage() {
+    let redis = support::RedisServer::start();
+    let address = redis
+        .url()
+        .trim_start_matches("redis://")
+        .parse()
+        .expect("a host:port URL");
+    let gate = Gate::start(address).await;
+    // A heartbeat far longer than the test: whatever the servers know of
+    // each other, they learnt from the first beat.
+    let slow = |url: &str| {
+        options(url, 1000)
+            .heartbeat(Duration::from_secs(60), Duration::from_secs(120))
+            .resubscribe_grace(Duration::from_secs(10))
+    };
+    let one = RedisBackplane::start(slow(&redis.url())).expect("backplane");
+    let two = RedisBackplane::start(slow(&gate.url)).expect("backplane");
+    assert!(one.wait_connected(Duration::from_secs(5)).await);
+    assert!(two.wait_connected(Duration::from_secs(5)).await);
+    let mut pair = support::pair(&one, &two).await;
+    broadcast(&pair.sender, 1).await;
+    assert_eq!(numbers_until(&mut pair.remote, 1).await, [1]);
+
+    // Redis goes away for both; when it is back, server two stays cut off
+    // a while longer, so it has not re-subscribed when server one could
+    // flush what it buffered.
+    gate.shut();
+    redis.kill();
+    for n in 2..=10 {
+        broadcast(&pair.sender, n).await;
+    }
+    redis.restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !one.stats().connected && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(one.stats().connected, "{:?}", one.stats());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    gate.open();
+
+    // Server one waited for server two to register again: nothing of the
+    // outage is lost on the way.
+    assert_eq!(
+        numbers_until(&mut pair.remote, 10).await,
+        (2..=10).collect::<Vec<_>>()
+    );
 }
