@@ -460,6 +460,20 @@ async fn connect<C: Application>(
     State(endpoint): State<Arc<Endpoint<C>>>,
     request: Request,
 ) -> Response {
+    let is_websocket = is_websocket(request.headers());
+    // A server that is shutting down takes no new socket, not even one it
+    // would relay to the server holding its connection: its relays end
+    // with the shutdown, so the client would see the socket open and lose
+    // it at once — a stateful-reconnect client takes that for a resumed
+    // connection (the official JS client then runs a second reconnect of
+    // the same connection beside the first, and a transport left over from
+    // one of them feeds the other's messages again). Refused, the socket
+    // is tried on another server, by the client or by a load balancer
+    // retrying on 503; and a connection negotiated elsewhere is not
+    // claimed from its server only to be dropped here.
+    if is_websocket && endpoint.served.shutdown.is_shutting_down() {
+        return unavailable();
+    }
     let (request, claimed) = match endpoint.elsewhere(request).await {
         Ok(response) => return response,
         Err(here) => (here.request, here.claimed),
@@ -468,16 +482,8 @@ async fn connect<C: Application>(
     if endpoint.cluster.is_some() && parts.headers.contains_key(&cluster::CLAIM) {
         return endpoint.hand_over(&parts);
     }
-    let is_websocket = parts
-        .headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     if !is_websocket {
         return connect_http(endpoint, parts).await;
-    }
-    if endpoint.served.shutdown.is_shutting_down() {
-        return unavailable();
     }
     if !endpoint.served.options.websockets {
         return (
