@@ -79,10 +79,11 @@ async fn next(socket: &mut Socket, wait: Duration) -> anyhow::Result<Option<Stri
     loop {
         match tokio::time::timeout_at(deadline, socket.next()).await {
             Err(_) => return Ok(None),
-            Ok(message) => match message.context("socket ended")?? {
-                Message::Text(text) => return Ok(Some(text.to_string())),
-                _ => {}
-            },
+            Ok(message) => {
+                if let Message::Text(text) = message.context("socket ended")?? {
+                    return Ok(Some(text.to_string()));
+                }
+            }
         }
     }
 }
