@@ -5,8 +5,10 @@
 //! cut as soon as its client saw it open: a stateful-reconnect client would
 //! take the re-attach for a success and lose the socket at once (the
 //! official JS client then runs two reconnects of one connection side by
-//! side). The server refuses such a socket instead, so that the client, or
-//! a load balancer retrying elsewhere, tries another server.
+//! side). The server refuses such a socket instead (503), so that the
+//! client, or a load balancer retrying elsewhere, tries another server; a
+//! socket for one of its own connections gets 404, since no other server
+//! could resume it.
 
 #[path = "support/http_client.rs"]
 mod http_client;
@@ -136,6 +138,18 @@ async fn a_server_shutting_down_relays_no_new_socket() -> anyhow::Result<()> {
     socket.send(Message::text("one")).await?;
     assert_eq!(next_text(&mut socket).await?, "1:one");
 
+    // A connection negotiated on b, not started yet.
+    let stream = tokio::net::TcpStream::connect(b).await?;
+    let mut client = Client::http1(stream, &format!("http://{b}")).await?;
+    let response = client
+        .send("POST", "/echo/negotiate?negotiateVersion=1", &[], None)
+        .await?;
+    let body: serde_json::Value = serde_json::from_str(&text(response).await?)?;
+    let b_token = body["connectionToken"]
+        .as_str()
+        .context("no token")?
+        .to_owned();
+
     // b is told to stop; its relay ends.
     let draining = {
         let shutdown = shutdowns[1].clone();
@@ -161,6 +175,16 @@ async fn a_server_shutting_down_relays_no_new_socket() -> anyhow::Result<()> {
                 if cut { ", and cut it at once" } else { "" }
             );
         }
+    }
+
+    // A socket for one of b's own connections: gone with b (no other
+    // server could take it), not worth retrying elsewhere.
+    match tokio_tungstenite::connect_async(format!("ws://{b}/echo?id={b_token}")).await {
+        Err(tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        }
+        Err(error) => anyhow::bail!("refused otherwise: {error}"),
+        Ok(_) => anyhow::bail!("a server shutting down started a new connection"),
     }
 
     // The connection is still there for the client on a server that
