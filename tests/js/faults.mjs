@@ -77,12 +77,11 @@ export const EXPECTATIONS = {
   // Once connections are handed over (issue 21, points 1 and 2), tighten
   // the stateful rows to lost "zero", idsKept "all".
   "rolling-restart": {
-    // Duplicates too, today: a stateful client whose socket reached its
-    // connection's server through the server being stopped resumes with
-    // the same id, yet is sent again a message it had received before the
-    // stop (seen in most full-size runs, a few per run). Tighten to "zero"
-    // once that is found and fixed.
-    stateful: { lost: "tolerated", duplicated: "tolerated", idsKept: "tolerated" },
+    // No duplicates: the official JS client counts a new connection's
+    // messages only once its handshake completed, so the server holds them
+    // until the client has spoken (a message handled uncounted was sent
+    // again by the next replay).
+    stateful: { lost: "tolerated", duplicated: "zero", idsKept: "tolerated" },
     plain: { lost: "tolerated", duplicated: "zero", idsKept: "tolerated" },
   },
   "kill-9": {

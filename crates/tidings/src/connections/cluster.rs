@@ -76,17 +76,26 @@ pub(crate) fn tagged_id(cluster: &dyn Cluster, random: &str) -> String {
     format!("{}.{random}", cluster.server_id())
 }
 
+/// Whether a request with connection token `token` is served here: it was
+/// forwarded here, or the token is this server's (or untagged).
+pub(crate) fn is_local(cluster: &dyn Cluster, headers: &HeaderMap, token: &str) -> bool {
+    owner(cluster, headers, token).is_none()
+}
+
+/// The other server a request with connection token `token` belongs to.
+fn owner<'a>(cluster: &dyn Cluster, headers: &HeaderMap, token: &'a str) -> Option<&'a str> {
+    if headers.contains_key(&FORWARDED) {
+        return None;
+    }
+    let (owner, _) = token.split_once('.')?;
+    (owner != cluster.server_id()).then_some(owner)
+}
+
 /// Decides where a request with connection token `token` is served.
 pub(crate) async fn route(cluster: &dyn Cluster, headers: &HeaderMap, token: &str) -> Route {
-    if headers.contains_key(&FORWARDED) {
-        return Route::Local;
-    }
-    let Some((owner, _)) = token.split_once('.') else {
+    let Some(owner) = owner(cluster, headers, token) else {
         return Route::Local;
     };
-    if owner == cluster.server_id() {
-        return Route::Local;
-    }
     match cluster.locate(owner).await {
         Some(address) => Route::Forward(address),
         None => Route::Gone,

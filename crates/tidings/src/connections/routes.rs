@@ -170,12 +170,7 @@ impl<C: Application> Endpoint<C> {
         let Some(cluster) = &self.cluster else {
             return Err(here(request));
         };
-        let Some(token) = request
-            .uri()
-            .query()
-            .and_then(|q| form_urlencoded_pairs(q).find(|(k, _)| k.eq_ignore_ascii_case("id")))
-            .map(|(_, v)| v)
-        else {
+        let Some(token) = presented_token(request.uri()) else {
             return Err(here(request));
         };
         match cluster::route(&**cluster, request.headers(), &token).await {
@@ -193,6 +188,34 @@ impl<C: Application> Endpoint<C> {
                 Ok(cluster::forward(request, &address, stop).await)
             }
             cluster::Route::Gone => Ok(text(StatusCode::NOT_FOUND, "No Connection with that ID")),
+        }
+    }
+
+    /// The answer of a server that is shutting down to a WebSocket.
+    ///
+    /// It takes no new socket, not even one it would relay to the server
+    /// holding its connection: its relays end with the shutdown, so the
+    /// client would see the socket open and lose it at once — a
+    /// stateful-reconnect client takes that for a resumed connection (the
+    /// official JS client then runs a second reconnect of the same
+    /// connection beside the first). Such a socket gets `503`, so that it
+    /// is tried on another server (by a load balancer retrying on 503, or
+    /// by the client), and a connection negotiated elsewhere is not claimed
+    /// from its server only to be dropped here. A socket for one of this
+    /// server's own connections gets `404`: they end with the shutdown,
+    /// and no other server can resume them, so trying elsewhere would only
+    /// come back here.
+    fn refuse_socket_while_shutting_down(&self, request: &Request) -> Response {
+        let token = presented_token(request.uri());
+        let ours = match (&self.cluster, &token) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(cluster), Some(token)) => cluster::is_local(&**cluster, request.headers(), token),
+        };
+        if ours {
+            text(StatusCode::NOT_FOUND, "No Connection with that ID")
+        } else {
+            unavailable()
         }
     }
 
@@ -358,6 +381,13 @@ struct Here {
     claimed: Option<Arc<str>>,
 }
 
+/// The connection token of a transport request (`?id=`).
+fn presented_token(uri: &axum::http::Uri) -> Option<String> {
+    uri.query()
+        .and_then(|q| form_urlencoded_pairs(q).find(|(k, _)| k.eq_ignore_ascii_case("id")))
+        .map(|(_, v)| v)
+}
+
 fn is_websocket(headers: &axum::http::HeaderMap) -> bool {
     headers
         .get(header::UPGRADE)
@@ -460,6 +490,10 @@ async fn connect<C: Application>(
     State(endpoint): State<Arc<Endpoint<C>>>,
     request: Request,
 ) -> Response {
+    let is_websocket = is_websocket(request.headers());
+    if is_websocket && endpoint.served.shutdown.is_shutting_down() {
+        return endpoint.refuse_socket_while_shutting_down(&request);
+    }
     let (request, claimed) = match endpoint.elsewhere(request).await {
         Ok(response) => return response,
         Err(here) => (here.request, here.claimed),
@@ -468,16 +502,8 @@ async fn connect<C: Application>(
     if endpoint.cluster.is_some() && parts.headers.contains_key(&cluster::CLAIM) {
         return endpoint.hand_over(&parts);
     }
-    let is_websocket = parts
-        .headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     if !is_websocket {
         return connect_http(endpoint, parts).await;
-    }
-    if endpoint.served.shutdown.is_shutting_down() {
-        return unavailable();
     }
     if !endpoint.served.options.websockets {
         return (

@@ -66,6 +66,10 @@ use crate::{
 /// How often the server acknowledges what it received (ASP.NET Core's 1 s).
 const ACK_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long the first numbered message of a new connection waits for the
+/// client to speak after the opening (see [`Writer::greeted`]).
+const GREETING_GRACE: Duration = Duration::from_millis(500);
+
 type Sink = SplitSink<WebSocket, Message>;
 type Source = SplitStream<WebSocket>;
 
@@ -143,6 +147,7 @@ pub(crate) async fn serve<C: Application>(
     tracing::debug!(connection_id = %connection.id(), "stateful reconnect enabled");
 
     let handoff = Arc::new(Handoff::default());
+    let spoke = Arc::new(Notify::new());
     let (lost_tx, lost_rx) = mpsc::unbounded_channel();
     let ended = CancellationToken::new();
     let writer = Writer {
@@ -156,6 +161,8 @@ pub(crate) async fn serve<C: Application>(
         lost: lost_rx,
         sink: Some(sink),
         generation: 0,
+        greeted: framing.is_none() || !leftover.is_empty(),
+        spoke: Arc::clone(&spoke),
         held: None,
         acked: 0,
         deadline: None,
@@ -177,6 +184,7 @@ pub(crate) async fn serve<C: Application>(
         read_ahead_limit: limit,
         sniffer: framing.as_ref().map(|f| f.ack_reader()),
         framing,
+        spoke: Some(spoke),
         ended: ended.clone(),
     };
     let inbound = inbound(pieces_rx, resume);
@@ -299,6 +307,9 @@ struct Pump {
     /// application exchanges none).
     sniffer: Option<Box<dyn AckReader>>,
     framing: Option<Arc<dyn ResumeFraming>>,
+    /// Tells the writer that the client sent something after the opening;
+    /// taken once told.
+    spoke: Option<Arc<Notify>>,
     ended: CancellationToken,
 }
 
@@ -343,6 +354,9 @@ impl Pump {
                     let Some(bytes) = data(message).filter(|b| !b.is_empty()) else {
                         continue;
                     };
+                    if let Some(spoke) = self.spoke.take() {
+                        spoke.notify_one();
+                    }
                     self.sniff(&bytes);
                     let Some(permit) = self.permits(bytes.len()).await else {
                         return;
@@ -421,6 +435,21 @@ struct Writer {
     /// The current socket's write half; `None` while detached.
     sink: Option<Sink>,
     generation: u64,
+    /// Whether the client is ready to count the numbered messages.
+    ///
+    /// The official JavaScript client starts counting only once its
+    /// handshake has completed, a task after the one that read the
+    /// handshake answer; a message that arrived in the same read (the
+    /// `ws` package hands every message of a read over at once) is handled
+    /// but not counted. The client is then one behind the server's
+    /// numbering, and the next replay hands it again the last message it
+    /// had. So on a new connection numbered messages wait until the client
+    /// has sent something after its handshake request (every client sends
+    /// a Ping first, the JavaScript one right after it starts counting),
+    /// for [`GREETING_GRACE`] at most.
+    greeted: bool,
+    /// Signalled by the pump when the client first sends something.
+    spoke: Arc<Notify>,
     /// A message taken off the queue that waits for room in the buffer.
     held: Option<Outbound>,
     /// The last sequence id acknowledged to the client.
@@ -453,6 +482,9 @@ impl Writer {
         let stall = sleep_until(far_future());
         tokio::pin!(stall);
         let mut stalled = false;
+        let greeting = sleep_until(Instant::now() + GREETING_GRACE);
+        tokio::pin!(greeting);
+        let spoke = Arc::clone(&self.spoke);
         loop {
             let attached = self.sink.is_some();
             let waiting = self.held.is_some() && !self.resume.buffer().has_room();
@@ -477,7 +509,15 @@ impl Writer {
                     }
                     continue;
                 }
-                item = self.rx.recv(), if self.held.is_none() => match item {
+                () = spoke.notified(), if !self.greeted => {
+                    self.greeted = true;
+                    continue;
+                }
+                () = &mut greeting, if !self.greeted => {
+                    self.greeted = true;
+                    continue;
+                }
+                item = self.rx.recv(), if self.held.is_none() && self.greeted => match item {
                     None => return self.finish(),
                     Some(mut item) => match item.as_close() {
                         Some(frame) => {
@@ -633,6 +673,8 @@ impl Writer {
         // has moved on.
         self.sink = Some(sink);
         self.deadline = None;
+        // A client that comes back counts already.
+        self.greeted = true;
         self.handoff.put(self.generation, source);
         let Some(framing) = self.framing.clone() else {
             tracing::debug!(connection_id = %self.connection.id(), "socket re-attached");
