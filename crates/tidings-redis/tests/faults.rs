@@ -281,10 +281,12 @@ async fn a_server_younger_than_one_heartbeat_waits_for_the_others_after_an_outag
             .heartbeat(Duration::from_secs(60), Duration::from_secs(120))
             .resubscribe_grace(Duration::from_secs(10))
     };
-    let one = RedisBackplane::start(slow(&redis.url())).expect("backplane");
+    // Server two is up first; server one, the sender, starts after it and
+    // learns of it from its first beat, not one period later.
     let two = RedisBackplane::start(slow(&gate.url)).expect("backplane");
-    assert!(one.wait_connected(Duration::from_secs(5)).await);
     assert!(two.wait_connected(Duration::from_secs(5)).await);
+    let one = RedisBackplane::start(slow(&redis.url())).expect("backplane");
+    assert!(one.wait_connected(Duration::from_secs(5)).await);
     let mut pair = support::pair(&one, &two).await;
     broadcast(&pair.sender, 1).await;
     assert_eq!(numbers_until(&mut pair.remote, 1).await, [1]);
