@@ -70,18 +70,13 @@ export const EXPECTATIONS = {
     remote: { lost: "reported", duplicated: "zero" },
     local: { lost: "zero", duplicated: "zero" },
   },
-  // A server going away (a deploy's SIGTERM, or a crash) drops its
-  // connections today: they are not handed over to another server, so
-  // their clients reconnect elsewhere as new connections (new ids, groups
-  // joined again by the application) and lose what was sent meanwhile.
-  // Once connections are handed over (issue 21, points 1 and 2), tighten
-  // the stateful rows to lost "zero", idsKept "all".
+  // A server shutting down (a deploy's SIGTERM) hands its stateful
+  // connections over to the others: same ids, groups and numbering, every
+  // message exactly once. Plain clients get the Close with reconnect
+  // allowed and come back as new connections (new ids, groups joined again
+  // by the application), losing what was sent meanwhile.
   "rolling-restart": {
-    // No duplicates: the official JS client counts a new connection's
-    // messages only once its handshake completed, so the server holds them
-    // until the client has spoken (a message handled uncounted was sent
-    // again by the next replay).
-    stateful: { lost: "tolerated", duplicated: "zero", idsKept: "tolerated" },
+    stateful: { lost: "zero", duplicated: "zero", idsKept: "all" },
     plain: { lost: "tolerated", duplicated: "zero", idsKept: "tolerated" },
   },
   "kill-9": {

@@ -57,6 +57,22 @@ impl ReplayBuffer {
         }
     }
 
+    /// A buffer that continues another one's numbering: `frames` were
+    /// numbered from `first_id` on and are still unacknowledged (a
+    /// connection moving to another server carries them along).
+    pub fn resume_at(limit: usize, first_id: u64, frames: impl IntoIterator<Item = Bytes>) -> Self {
+        let mut buffer = ReplayBuffer {
+            limit,
+            frames: VecDeque::new(),
+            first_id,
+            bytes: 0,
+        };
+        for frame in frames {
+            buffer.push(frame);
+        }
+        buffer
+    }
+
     /// Whether another frame may be added. The frame that crosses the limit
     /// is accepted, so a single frame larger than the limit still goes out.
     pub fn has_room(&self) -> bool {
@@ -144,6 +160,18 @@ impl Default for InboundSequence {
 }
 
 impl InboundSequence {
+    /// The numbering of a peer whose messages up to `latest` were processed
+    /// elsewhere (a connection that moved to another server): the peer's
+    /// next transport starts with a Sequence, and replays up to `latest`
+    /// are dropped.
+    pub fn resume_after(latest: u64) -> Self {
+        InboundSequence {
+            next: latest + 1,
+            latest,
+            awaiting_sequence: true,
+        }
+    }
+
     /// Counts one trackable message.
     pub fn accept(&mut self) -> Received {
         if self.awaiting_sequence {

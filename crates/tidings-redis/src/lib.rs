@@ -96,6 +96,7 @@
 //! purged by the others.
 
 mod connection;
+mod handover;
 mod link;
 mod manager;
 mod presence;
@@ -461,7 +462,67 @@ impl RedisBackplane {
 /// Forwarding between the servers of the backplane: the server id is the
 /// backplane's, addresses come from the registry (cached for a few
 /// seconds, and used as last known while Redis is away).
+/// How long the record of a moved connection lives without being renewed
+/// (by another move) or removed (when the connection ends).
+const MOVE_RECORD_TTL_SECONDS: u64 = 7 * 24 * 3600;
+
+/// The key of the record of a moved connection: a digest of its token,
+/// which is a secret of its client.
+fn moved_key(options: &RedisOptions, token: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(token.as_bytes());
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}tidings:moved:{hex}", options.channel_prefix)
+}
+
 impl Cluster for RedisBackplane {
+    fn moved<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Option<String>> {
+        Box::pin(async move {
+            let mut connection = self.link.connection()?;
+            redis::cmd("GET")
+                .arg(moved_key(&self.link.options, token))
+                .query_async::<Option<String>>(&mut connection)
+                .await
+                .ok()
+                .flatten()
+        })
+    }
+
+    fn record_move<'a>(&'a self, token: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let Some(mut connection) = self.link.connection() else {
+                return;
+            };
+            let written: redis::RedisResult<()> = redis::cmd("SET")
+                .arg(moved_key(&self.link.options, token))
+                .arg(&self.link.server_id)
+                .arg("EX")
+                .arg(MOVE_RECORD_TTL_SECONDS)
+                .query_async(&mut connection)
+                .await;
+            if let Err(error) = written {
+                tracing::warn!(%error, "a moved connection was not recorded; its next socket may not find it");
+            }
+        })
+    }
+
+    fn forget_move<'a>(&'a self, token: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let Some(mut connection) = self.link.connection() else {
+                return;
+            };
+            // Only this server's record: the connection may have moved on.
+            let script = redis::Script::new(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+            );
+            let _: redis::RedisResult<i64> = script
+                .key(moved_key(&self.link.options, token))
+                .arg(&self.link.server_id)
+                .invoke_async(&mut connection)
+                .await;
+        })
+    }
+
     fn server_id(&self) -> &str {
         &self.link.server_id
     }

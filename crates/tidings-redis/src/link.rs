@@ -418,6 +418,12 @@ impl Link {
         }
     }
 
+    /// This server's last publish number, and the last number taken in from
+    /// every other server, per lane (a handover's position).
+    pub(crate) fn position(&self) -> (u64, crate::handover::Seen) {
+        (self.seq.load(Ordering::Acquire), lock(&self.seen).clone())
+    }
+
     /// Whether a message from `origin` numbered `seq` is new in its lane;
     /// records it.
     fn fresh(&self, origin: &str, lane: u16, seq: u64) -> bool {

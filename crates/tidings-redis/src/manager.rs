@@ -26,12 +26,12 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Weak,
-        atomic::{AtomicI32, Ordering},
+        atomic::{AtomicI32, AtomicUsize, Ordering},
     },
 };
 
 use bytes::Bytes;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use tidings::{
     BoxFuture, ClientInvocation, ConnectionHandle, GroupError, InvokeError, LifetimeManager,
     Member, MemoryLifetimeManager, PresenceError, Protocol, SendError, SerializedMessage, Target,
@@ -41,6 +41,7 @@ use tokio::sync::oneshot;
 
 use crate::{
     connection::Connection,
+    handover::Hold,
     link::{Link, Route},
     presence::Presence,
     wire::{
@@ -58,10 +59,18 @@ type Answer = oneshot::Sender<Result<Payload, InvokeError>>;
 /// One hub's state on the backplane.
 pub(crate) struct HubCore {
     pub(crate) link: Arc<Link>,
-    channels: Channels,
+    pub(crate) channels: Channels,
     pub(crate) local: MemoryLifetimeManager,
     /// Orders a local membership change with its subscription change.
-    membership: Mutex<()>,
+    pub(crate) membership: Mutex<()>,
+    /// Orders every delivery to local connections (sends, messages from
+    /// Redis: read) with a handover's freeze and release (write), so that
+    /// the position read then matches what was delivered.
+    pub(crate) delivery: RwLock<()>,
+    /// Connections on their way here from another server, by id.
+    pub(crate) holds: Mutex<HashMap<String, Hold>>,
+    /// How many: deliveries look at `holds` only when some are.
+    holding: AtomicUsize,
     acks: Mutex<HashMap<i32, oneshot::Sender<()>>>,
     last_ack: AtomicI32,
     results: Mutex<HashMap<String, Answer>>,
@@ -73,7 +82,7 @@ pub(crate) struct HubCore {
 /// [`RedisBackplane::lifetime_manager`](crate::RedisBackplane::lifetime_manager).
 #[derive(Clone)]
 pub struct RedisLifetimeManager {
-    core: Arc<HubCore>,
+    pub(crate) core: Arc<HubCore>,
 }
 
 impl std::fmt::Debug for RedisLifetimeManager {
@@ -97,6 +106,9 @@ impl RedisLifetimeManager {
             channels,
             local: MemoryLifetimeManager::new(),
             membership: Mutex::new(()),
+            delivery: RwLock::new(()),
+            holds: Mutex::new(HashMap::new()),
+            holding: AtomicUsize::new(0),
             acks: Mutex::new(HashMap::new()),
             last_ack: AtomicI32::new(0),
             results: Mutex::new(HashMap::new()),
@@ -132,13 +144,27 @@ impl HubCore {
         }
     }
 
-    fn want(&self, channel: String, kind: ChannelKind) -> u64 {
+    pub(crate) fn want(&self, channel: String, kind: ChannelKind) -> u64 {
         let route = self.route(kind);
         self.link.want(channel, Some(route))
     }
 
-    fn unwant(&self, channel: String) -> u64 {
+    pub(crate) fn unwant(&self, channel: String) -> u64 {
         self.link.want(channel, None)
+    }
+
+    pub(crate) fn hold_count(&self, delta: isize) {
+        if delta >= 0 {
+            self.holding
+                .fetch_add(delta.unsigned_abs(), Ordering::AcqRel);
+        } else {
+            self.holding
+                .fetch_sub(delta.unsigned_abs(), Ordering::AcqRel);
+        }
+    }
+
+    fn holding(&self) -> bool {
+        self.holding.load(Ordering::Acquire) > 0
     }
 
     /// The envelope of `message` for other servers: every protocol's frame.
@@ -173,6 +199,7 @@ impl HubCore {
     }
 
     fn send(&self, target: &Target, message: &Arc<SerializedMessage>) -> Result<(), SendError> {
+        let _delivery = self.delivery.read();
         let local = &self.local;
         let none: &[String] = &[];
         match target {
@@ -281,11 +308,24 @@ impl HubCore {
                         return;
                     }
                 };
+                let _delivery = self.delivery.read();
+                let holding = self.holding();
+                if envelope.origin.as_deref() == Some(self.link.server_id.as_str()) {
+                    // Served locally when sent; a connection on its way
+                    // here gets it now (see the handover module).
+                    if holding {
+                        self.keep(kind, &envelope, lane);
+                    }
+                    return;
+                }
                 if !self
                     .link
                     .accept(envelope.origin.as_deref(), envelope.seq, lane)
                 {
                     return;
+                }
+                if holding {
+                    self.keep(kind, &envelope, lane);
                 }
                 self.deliver(kind, envelope);
             }
@@ -490,7 +530,7 @@ impl HubCore {
             let channel = self.channels.group(group);
             let members = self.local.group_size(group);
             match (members, self.link.is_wanted(&channel)) {
-                (0, true) => Some(self.unwant(channel)),
+                (0, true) if !self.held_in(group) => Some(self.unwant(channel)),
                 (1.., false) => Some(self.want(channel, ChannelKind::Group(group.to_owned()))),
                 _ => None,
             }
@@ -628,23 +668,77 @@ impl HubCore {
         }
     }
 
-    async fn disconnected(&self, handle: &ConnectionHandle) {
+    /// Removes a local connection and the subscriptions only it needed;
+    /// the cluster's presence is left as it is.
+    pub(crate) fn forget_locally(&self, handle: &ConnectionHandle) {
+        let _order = lock(&self.membership);
+        let groups = self.local.groups_of(handle.id());
+        self.local.remove_connection(handle);
+        self.unwant(self.channels.connection(handle.id()));
+        if let Some(user) = handle.user_id()
+            && self.local.user_connection_count(user) == 0
         {
-            let _order = lock(&self.membership);
-            let groups = self.local.groups_of(handle.id());
-            self.local.remove_connection(handle);
-            self.unwant(self.channels.connection(handle.id()));
-            if let Some(user) = handle.user_id()
-                && self.local.user_connection_count(user) == 0
-            {
-                self.unwant(self.channels.user(user));
-            }
-            for group in groups {
-                if self.local.group_size(&group) == 0 {
-                    self.unwant(self.channels.group(&group));
-                }
+            self.unwant(self.channels.user(user));
+        }
+        for group in groups {
+            if self.local.group_size(&group) == 0 && !self.held_in(&group) {
+                self.unwant(self.channels.group(&group));
             }
         }
+    }
+
+    /// Tells the cluster that a connection is here, in `groups`.
+    pub(crate) async fn register_presence(&self, handle: &ConnectionHandle, groups: &[String]) {
+        let Some(mut connection) = self.link.connection() else {
+            return;
+        };
+        let server = &self.link.server_id;
+        let written = async {
+            self.presence
+                .connect(&mut connection, handle.id(), server, handle.user_id())
+                .await?;
+            for group in groups {
+                self.presence
+                    .join(&mut connection, handle.id(), group)
+                    .await?;
+            }
+            Ok::<_, redis::RedisError>(())
+        }
+        .await;
+        if let Err(error) = written {
+            tracing::debug!(%error, "presence not updated; it is rewritten after the reconnect");
+        }
+    }
+
+    /// Publishes a marker on this server's acknowledgement channel and
+    /// waits until it comes back: everything Redis sent this server before
+    /// has been received and delivered.
+    pub(crate) async fn ping_self(&self) -> bool {
+        let Some(mut connection) = self.link.connection() else {
+            return false;
+        };
+        let id = self
+            .last_ack
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.acks).insert(id, tx);
+        let published: redis::RedisResult<i64> = redis::cmd(connection.publish_command())
+            .arg(self.channels.ack(&self.link.server_id))
+            .arg(encode_ack(id))
+            .query_async(&mut connection)
+            .await;
+        let back = published.is_ok()
+            && matches!(
+                tokio::time::timeout(self.link.options.ack_timeout, rx).await,
+                Ok(Ok(()))
+            );
+        lock(&self.acks).remove(&id);
+        back
+    }
+
+    async fn disconnected(&self, handle: &ConnectionHandle) {
+        self.forget_locally(handle);
         if let Some(mut connection) = self.link.connection()
             && let Err(error) = self.presence.disconnect(&mut connection, handle.id()).await
         {
@@ -829,6 +923,10 @@ impl LifetimeManager for RedisLifetimeManager {
             self.core
                 .with_connection(async |c| self.core.presence.user_count(c).await),
         )
+    }
+
+    fn handover(&self) -> Option<&dyn tidings::Handover> {
+        Some(self)
     }
 
     fn connection_exists<'a>(

@@ -342,6 +342,7 @@ pub use hub::{
     definition::{Hub, MethodDescriptor, MethodFuture, MethodKind},
     endpoint::HubEndpoint,
     filter::{HubFilter, InvocationInfo, RateLimiter},
+    handover::Handover,
     lifetime::{LifetimeManager, Member, MemoryLifetimeManager, Target},
     message::{ClientInvocation, SerializedMessage},
     options::HubOptions,

@@ -52,6 +52,28 @@ pub trait Cluster: Send + Sync + 'static {
     /// The address (`host:port`, plain HTTP) at which the server
     /// `server_id` accepts forwarded requests, if it is alive.
     fn locate<'a>(&'a self, server_id: &'a str) -> BoxFuture<'a, Option<String>>;
+
+    /// The server now holding the connection of `token`, if it moved
+    /// from the server that negotiated it (a stateful connection handed
+    /// over when its server shut down). The default: connections never move.
+    fn moved<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Option<String>> {
+        let _ = token;
+        Box::pin(async { None })
+    }
+
+    /// Records that the connection of `token` is held by this server now
+    /// (see [`moved`](Self::moved)).
+    fn record_move<'a>(&'a self, token: &'a str) -> BoxFuture<'a, ()> {
+        let _ = token;
+        Box::pin(async {})
+    }
+
+    /// The connection of `token`, held by this server since it moved here,
+    /// ended: forget the record (unless another server holds it by now).
+    fn forget_move<'a>(&'a self, token: &'a str) -> BoxFuture<'a, ()> {
+        let _ = token;
+        Box::pin(async {})
+    }
 }
 
 /// Marks a forwarded request; its receiver never forwards it again.
@@ -91,11 +113,28 @@ fn owner<'a>(cluster: &dyn Cluster, headers: &HeaderMap, token: &'a str) -> Opti
     (owner != cluster.server_id()).then_some(owner)
 }
 
-/// Decides where a request with connection token `token` is served.
-pub(crate) async fn route(cluster: &dyn Cluster, headers: &HeaderMap, token: &str) -> Route {
-    let Some(owner) = owner(cluster, headers, token) else {
+/// Decides where a request with connection token `token` is served. A
+/// WebSocket may be for a stateful connection that moved from the server
+/// its token names to another one.
+pub(crate) async fn route(
+    cluster: &dyn Cluster,
+    headers: &HeaderMap,
+    token: &str,
+    websocket: bool,
+) -> Route {
+    let Some(mut owner) = owner(cluster, headers, token) else {
         return Route::Local;
     };
+    let moved = match websocket {
+        true => cluster.moved(token).await,
+        false => None,
+    };
+    if let Some(holder) = &moved {
+        if holder == cluster.server_id() {
+            return Route::Local;
+        }
+        owner = holder;
+    }
     match cluster.locate(owner).await {
         Some(address) => Route::Forward(address),
         None => Route::Gone,
@@ -157,20 +196,51 @@ pub(crate) fn claim(
 }
 
 async fn claim_at(uri: Uri, address: &str) -> Option<String> {
-    let claim = axum::http::Request::get(uri)
+    let (status, body) = ask(uri, address, &CLAIM, "1", CLAIM_TIMEOUT).await?;
+    if status != StatusCode::OK {
+        return None;
+    }
+    String::from_utf8(body.to_vec()).ok()
+}
+
+/// How long a claim may take (the socket waits meanwhile).
+const CLAIM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The largest answer to a request between servers (a handed-over
+/// connection carries its replay buffer: the official clients' 100 000
+/// bytes by default, base64-encoded).
+const MAX_ANSWER: usize = 16 * 1024 * 1024;
+
+/// One request of this server to the server at `address` about the
+/// connection of `uri`, marked with `marker: value`: its status and body,
+/// or `None` if it did not answer within `wait`.
+pub(crate) async fn ask(
+    uri: Uri,
+    address: &str,
+    marker: &HeaderName,
+    value: &'static str,
+    wait: std::time::Duration,
+) -> Option<(StatusCode, bytes::Bytes)> {
+    let request = axum::http::Request::get(uri)
         .header(FORWARDED, "1")
-        .header(CLAIM, "1")
+        .header(marker, value)
         .header(header::HOST, address)
         .body(Body::empty())
         .ok()?;
-    let response = client().request(claim).await.ok()?;
-    if response.status() != StatusCode::OK {
-        return None;
-    }
-    let body = axum::body::to_bytes(Body::new(response.into_body()), 1024)
-        .await
-        .ok()?;
-    String::from_utf8(body.to_vec()).ok()
+    let exchange = async {
+        let response = client().request(request).await.ok()?;
+        let status = response.status();
+        let body = axum::body::to_bytes(Body::new(response.into_body()), MAX_ANSWER)
+            .await
+            .ok()?;
+        Some((status, body))
+    };
+    tokio::time::timeout(wait, exchange).await.ok().flatten()
+}
+
+/// The URI of `request` at the server at `address`.
+pub(crate) fn uri_at(request: &Request, address: &str) -> Option<Uri> {
+    target(request, address)
 }
 
 /// Forwards `request` to the server at `address` and relays its answer.

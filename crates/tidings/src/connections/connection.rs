@@ -80,6 +80,10 @@ pub(crate) enum AbortReason {
     SlowConsumer,
     /// The transport's writer failed.
     Transport(String),
+    /// The connection moved to another server of the cluster
+    /// (`connections::handover`): it ends here without a trace for the
+    /// client or the application.
+    HandedOver,
 }
 
 /// Which part of the slow-consumer rule closed a connection (see

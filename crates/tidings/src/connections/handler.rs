@@ -16,6 +16,7 @@ use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
+use serde_json::Value;
 use tidings_protocol::{TransferFormat, TransportType};
 
 use crate::{
@@ -164,6 +165,65 @@ pub(crate) trait Application: Send + Sync + 'static {
     ) -> impl Future<Output = ()> + Send
     where
         S: Stream<Item = InboundChunk> + Unpin + Send + 'static;
+
+    // Handover (see `connections::handover`): an application that can move
+    // a live stateful connection to another server of the cluster. The
+    // defaults cannot; such connections end with the server.
+
+    /// Whether this application's stateful connections can move to another
+    /// server of the cluster when this one shuts down.
+    fn hands_over(&self) -> bool {
+        false
+    }
+
+    /// The old server: what the adopter needs to start receiving for
+    /// `connection` before it is taken (`None`: it cannot move).
+    fn offer<'a>(&'a self, _connection: &'a Connection) -> BoxFuture<'a, Option<Value>> {
+        Box::pin(async { None })
+    }
+
+    /// The old server: stop delivering to `connection` here, once
+    /// everything an adopter that holds (see [`hold`](Self::hold)) cannot
+    /// have received is queued; the application's part of the state the
+    /// adopter takes over (`None`: it cannot move).
+    fn freeze<'a>(&'a self, _connection: &'a Connection) -> BoxFuture<'a, Option<Value>> {
+        Box::pin(async { None })
+    }
+
+    /// The adopter: start receiving what is sent to connection `id`,
+    /// keeping it aside until the connection runs here. `false`: cannot.
+    fn hold<'a>(
+        &'a self,
+        _id: &'a str,
+        _user_id: Option<&'a str>,
+        _offer: &'a Value,
+    ) -> BoxFuture<'a, bool> {
+        Box::pin(async { false })
+    }
+
+    /// The adopter: the handover failed; forget what [`hold`](Self::hold) kept.
+    fn unhold(&self, _id: &str) {}
+
+    /// The adopter: the opening of an adopted connection, as its first
+    /// server accepted it, from the state [`freeze`](Self::freeze) gave.
+    fn reopen(&self, _frozen: &Value) -> Option<Accepted<Self::Opened>> {
+        None
+    }
+
+    /// The adopter: runs an adopted connection to its end (its opening
+    /// hooks ran on its first server; what was held is delivered first).
+    fn run_adopted<S>(
+        self: &Arc<Self>,
+        connection: Connection,
+        inbound: S,
+        opened: Self::Opened,
+        _frozen: Value,
+    ) -> impl Future<Output = ()> + Send
+    where
+        S: Stream<Item = InboundChunk> + Unpin + Send + 'static,
+    {
+        self.run(connection, inbound, Vec::new(), opened)
+    }
 }
 
 /// A [`ConnectionHandler`] as an [`Application`]: accepted at once, no

@@ -37,6 +37,7 @@ pub(crate) mod cluster;
 pub(crate) mod connection;
 mod endpoint;
 pub(crate) mod handler;
+mod handover;
 mod opening;
 pub(crate) mod options;
 pub(crate) mod outbox;

@@ -30,16 +30,26 @@ pub(crate) struct Resume {
     /// Set by the inbound stream when it switches to a new socket; the
     /// session then starts a fresh decoder and waits for a Sequence.
     reattached: AtomicBool,
+    /// Whether the connection moves to another server of the cluster when
+    /// this one shuts down (`connections::handover`) instead of ending.
+    moves: bool,
 }
 
 impl Resume {
-    pub(crate) fn new(buffer_size: usize) -> Self {
+    pub(crate) fn new(buffer: ReplayBuffer, received: u64, moves: bool) -> Self {
         Resume {
-            buffer: Mutex::new(ReplayBuffer::new(buffer_size)),
+            buffer: Mutex::new(buffer),
             room: Notify::new(),
-            received: AtomicU64::new(0),
+            received: AtomicU64::new(received),
             reattached: AtomicBool::new(false),
+            moves,
         }
+    }
+
+    /// Whether the connection moves to another server when this one shuts
+    /// down: its session outlives the shutdown until it is taken.
+    pub(crate) fn moves_on_shutdown(&self) -> bool {
+        self.moves
     }
 
     /// The replay buffer. Held only for synchronous bookkeeping, never

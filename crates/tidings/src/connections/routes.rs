@@ -37,8 +37,9 @@ use crate::{
     connections::{
         access::{ConnectionLimits, Origins, Refused, Slot},
         cluster::{self, Cluster},
-        connection::ConnectionInit,
+        connection::{AbortReason, ConnectionInit},
         handler::Application,
+        handover,
         options::ConnectionOptions,
         registry::Registry,
         served::Served,
@@ -97,8 +98,10 @@ impl Setup {
             .as_ref()
             .filter(|o| o.is_configured())
             .map(Origins::cors);
+        let hands_over = self.cluster.is_some() && app.hands_over();
         let endpoint = Arc::new(Endpoint {
             served: Arc::new(Served {
+                hands_over,
                 app,
                 options: self.options,
                 shutdown: self.shutdown,
@@ -166,6 +169,7 @@ impl<C: Application> Endpoint<C> {
         let here = |request| Here {
             request,
             claimed: None,
+            adopted: None,
         };
         let Some(cluster) = &self.cluster else {
             return Err(here(request));
@@ -173,16 +177,35 @@ impl<C: Application> Endpoint<C> {
         let Some(token) = presented_token(request.uri()) else {
             return Err(here(request));
         };
-        match cluster::route(&**cluster, request.headers(), &token).await {
+        // A connection taken over from another server keeps that server's
+        // token: it is found here first.
+        if self.resumable(&token).is_some() {
+            return Err(here(request));
+        }
+        let websocket = is_websocket(request.headers());
+        match cluster::route(&**cluster, request.headers(), &token, websocket).await {
             cluster::Route::Local => Err(here(request)),
             cluster::Route::Forward(address) => {
-                if is_websocket(request.headers())
-                    && let Some(id) = cluster::claim(&request, &address).await
-                {
-                    return Err(Here {
-                        request,
-                        claimed: Some(Arc::from(id.as_str())),
-                    });
+                if is_websocket(request.headers()) {
+                    if let Some(id) = cluster::claim(&request, &address).await {
+                        return Err(Here {
+                            request,
+                            claimed: Some(Arc::from(id.as_str())),
+                            adopted: None,
+                        });
+                    }
+                    // A stateful connection whose server is shutting down
+                    // moves here.
+                    if self.served.hands_over
+                        && let Some(uri) = cluster::uri_at(&request, &address)
+                        && let Some(frozen) = handover::adopt(&self.served, uri, &address).await
+                    {
+                        return Err(Here {
+                            request,
+                            claimed: None,
+                            adopted: Some(frozen),
+                        });
+                    }
                 }
                 let stop = self.served.shutdown.token().clone();
                 Ok(cluster::forward(request, &address, stop).await)
@@ -212,7 +235,13 @@ impl<C: Application> Endpoint<C> {
             (None, Some(_)) => true,
             (Some(cluster), Some(token)) => cluster::is_local(&**cluster, request.headers(), token),
         };
-        if ours {
+        // A stateful connection of this server that moves to another one
+        // is taken over by the server the socket is tried on next.
+        let moving = self.served.hands_over
+            && token
+                .as_deref()
+                .is_some_and(|token| self.resumable(token).is_some());
+        if ours && !moving {
             text(StatusCode::NOT_FOUND, "No Connection with that ID")
         } else {
             unavailable()
@@ -379,6 +408,8 @@ impl<C: Application> Endpoint<C> {
 struct Here {
     request: Request,
     claimed: Option<Arc<str>>,
+    /// A stateful connection taken over from a server shutting down.
+    adopted: Option<handover::Frozen>,
 }
 
 /// The connection token of a transport request (`?id=`).
@@ -494,13 +525,23 @@ async fn connect<C: Application>(
     if is_websocket && endpoint.served.shutdown.is_shutting_down() {
         return endpoint.refuse_socket_while_shutting_down(&request);
     }
-    let (request, claimed) = match endpoint.elsewhere(request).await {
+    let (request, claimed, adopted) = match endpoint.elsewhere(request).await {
         Ok(response) => return response,
-        Err(here) => (here.request, here.claimed),
+        Err(here) => (here.request, here.claimed, here.adopted),
     };
     let (mut parts, _body) = request.into_parts();
     if endpoint.cluster.is_some() && parts.headers.contains_key(&cluster::CLAIM) {
         return endpoint.hand_over(&parts);
+    }
+    if endpoint.cluster.is_some()
+        && let Some(step) = parts.headers.get(&handover::HANDOVER)
+    {
+        let step = step.to_str().unwrap_or_default().to_owned();
+        let entry = query_value(&parts, "id").and_then(|token| endpoint.resumable(&token));
+        return handover::answer(&endpoint.served, entry, &step).await;
+    }
+    if let Some(frozen) = adopted {
+        return adopt(&endpoint, parts, frozen).await;
     }
     if !is_websocket {
         return connect_http(endpoint, parts).await;
@@ -589,6 +630,65 @@ async fn connect<C: Application>(
             serve.await;
         })
     })
+}
+
+/// A stateful connection taken over from a server that shuts down: it runs
+/// here from now on, and the socket that brought it re-attaches to it.
+async fn adopt<C: Application>(
+    endpoint: &Arc<Endpoint<C>>,
+    parts: Parts,
+    frozen: handover::Frozen,
+) -> Response {
+    let Some(token) = query_value(&parts, "id") else {
+        return text(StatusCode::NOT_FOUND, "No Connection with that ID");
+    };
+    // The connection is taken: it runs here whatever becomes of this
+    // socket (its client may come back within the reconnect window), and
+    // counts under the limits without being refused.
+    let slot = endpoint.admit(&parts).ok().flatten();
+    let live = endpoint.websockets.hold(&token);
+    let init = ConnectionInit {
+        id: Arc::from(frozen.id.as_str()),
+        // Replaced by the application's reopening.
+        format: TransferFormat::Text,
+        transport: TransportType::WebSockets,
+        principal: frozen.principal(),
+        query: request_query(&parts),
+        headers: detached(&parts.headers),
+        metrics: endpoint.transport_metrics(TransportType::WebSockets),
+        abort: tokio_util::sync::CancellationToken::new(),
+    };
+    let registration = Reattach {
+        registry: endpoint.resumable.clone(),
+        token: token.clone(),
+    };
+    let Some((entry, run)) =
+        transport::resume::adopt(Arc::clone(&endpoint.served), init, frozen, registration)
+    else {
+        tracing::warn!("a connection handed over could not be reopened");
+        return text(StatusCode::NOT_FOUND, "No Connection with that ID");
+    };
+    tracing::debug!(connection_id = %entry.connection().id(), "connection taken over");
+    let cluster = endpoint.cluster.clone();
+    if let Some(cluster) = &cluster {
+        // Its next sockets may reach any server: they find it here.
+        cluster.record_move(&token).await;
+    }
+    let connection = entry.connection().clone();
+    endpoint.served.shutdown.tracker().spawn(async move {
+        let _slot = slot;
+        let _live = live;
+        run.await;
+        let moved_on = matches!(connection.abort_reason(), Some(AbortReason::HandedOver));
+        if let (Some(cluster), false) = (cluster, moved_on) {
+            cluster.forget_move(&token).await;
+        }
+    });
+    let principal = match endpoint.authenticate(&parts).await {
+        Ok(principal) => principal,
+        Err(response) => return response,
+    };
+    reattach(endpoint, parts, entry, &principal).await
 }
 
 /// The WebSocket upgrade of a request, with the endpoint's frame limits.

@@ -10,4 +10,7 @@ pub(crate) struct Served<C> {
     pub app: Arc<C>,
     pub options: ConnectionOptions,
     pub shutdown: Shutdown,
+    /// Whether stateful connections move to another server of the cluster
+    /// when this one shuts down (a cluster, and an application that can).
+    pub hands_over: bool,
 }

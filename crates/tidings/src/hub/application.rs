@@ -6,16 +6,45 @@ use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use futures_util::Stream;
-use tidings_protocol::{Protocol, TransportType};
+use serde_json::{Value, json};
+use tidings_protocol::{Protocol, TransferFormat, TransportType};
 
 use crate::{
     auth::{Denied, Principal},
     connections::{
         connection::Connection,
-        handler::{Application, InboundChunk, Opening},
+        handler::{Accepted, Application, BoxFuture, InboundChunk, Opening},
     },
-    hub::{connection::ConnectionHandle, definition::Hub, handler::HubHandler, handshake, session},
+    hub::{
+        connection::ConnectionHandle,
+        definition::Hub,
+        handler::HubHandler,
+        handshake,
+        session::{self, Start},
+    },
 };
+
+/// The groups listed in a handover's offer or state.
+fn groups(value: &Value) -> Vec<String> {
+    value["groups"]
+        .as_array()
+        .map(|groups| {
+            groups
+                .iter()
+                .filter_map(|g| g.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The hub protocol of a connection, from how its WebSocket frames
+/// messages (the handshake chose one from the other).
+fn protocol_of(connection: &Connection) -> Protocol {
+    match connection.transfer_format() {
+        TransferFormat::Text => Protocol::Json,
+        TransferFormat::Binary => Protocol::MessagePack,
+    }
+}
 
 impl<H: Hub> Application for HubHandler<H> {
     type Opened = Protocol;
@@ -54,6 +83,84 @@ impl<H: Hub> Application for HubHandler<H> {
         S: Stream<Item = InboundChunk> + Unpin + Send + 'static,
     {
         let connection = ConnectionHandle::new(connection, protocol);
-        session::run(Arc::clone(self), connection, inbound, leftover)
+        session::run(
+            Arc::clone(self),
+            connection,
+            inbound,
+            Start::Opened(leftover),
+        )
+    }
+
+    fn hands_over(&self) -> bool {
+        self.shared.lifetime.handover().is_some()
+    }
+
+    fn offer<'a>(&'a self, connection: &'a Connection) -> BoxFuture<'a, Option<Value>> {
+        Box::pin(async move {
+            let handover = self.shared.lifetime.handover()?;
+            Some(json!({ "groups": handover.local_groups(connection.id()) }))
+        })
+    }
+
+    fn freeze<'a>(&'a self, connection: &'a Connection) -> BoxFuture<'a, Option<Value>> {
+        Box::pin(async move {
+            let handover = self.shared.lifetime.handover()?;
+            let protocol = protocol_of(connection);
+            let handle = ConnectionHandle::new(connection.clone(), protocol);
+            let groups = handover.local_groups(connection.id());
+            let position = handover.freeze(&handle).await?;
+            Some(json!({
+                "protocol": protocol.name(),
+                "groups": groups,
+                "position": position,
+            }))
+        })
+    }
+
+    fn hold<'a>(
+        &'a self,
+        id: &'a str,
+        user_id: Option<&'a str>,
+        offer: &'a Value,
+    ) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            let Some(handover) = self.shared.lifetime.handover() else {
+                return false;
+            };
+            handover.hold(id, user_id, &groups(offer)).await
+        })
+    }
+
+    fn unhold(&self, id: &str) {
+        if let Some(handover) = self.shared.lifetime.handover() {
+            handover.unhold(id);
+        }
+    }
+
+    fn reopen(&self, frozen: &Value) -> Option<Accepted<Protocol>> {
+        let protocol = Protocol::from_name(frozen["protocol"].as_str()?)?;
+        Some(handshake::accepted(protocol, 2, &self.shared.options))
+    }
+
+    fn run_adopted<S>(
+        self: &Arc<Self>,
+        connection: Connection,
+        inbound: S,
+        protocol: Protocol,
+        frozen: Value,
+    ) -> impl Future<Output = ()> + Send
+    where
+        S: Stream<Item = InboundChunk> + Unpin + Send + 'static,
+    {
+        let handler = Arc::clone(self);
+        async move {
+            let connection = ConnectionHandle::new(connection, protocol);
+            if let Some(handover) = handler.shared.lifetime.handover() {
+                handover
+                    .release(&connection, &groups(&frozen), &frozen["position"])
+                    .await;
+            }
+            session::run(handler, connection, inbound, Start::Adopted).await;
+        }
     }
 }

@@ -116,7 +116,7 @@ impl Deref for ConnectionHandle {
 /// The error `on_disconnected` is given for an abort, if it is one.
 pub(crate) fn abort_error(reason: AbortReason) -> Option<ConnectionError> {
     match reason {
-        AbortReason::Requested | AbortReason::Closed(_) => None,
+        AbortReason::Requested | AbortReason::Closed(_) | AbortReason::HandedOver => None,
         AbortReason::SlowConsumer => Some(ConnectionError::SlowConsumer),
         AbortReason::Transport(e) => Some(ConnectionError::Transport(e)),
     }

@@ -47,20 +47,7 @@ pub(crate) fn open(
         } => Opening::Accept(Accepted {
             consumed: used,
             reply: Some(response(None)),
-            format: match protocol {
-                Protocol::Json => TransferFormat::Text,
-                Protocol::MessagePack => TransferFormat::Binary,
-            },
-            keep_alive: Some((options.keep_alive_interval, ping(protocol))),
-            // Version 2 asks for stateful reconnect.
-            resumable: version >= 2,
-            resume: (version >= 2).then(|| {
-                Arc::new(HubResumeFraming::new(
-                    protocol,
-                    options.maximum_receive_message_size,
-                )) as _
-            }),
-            opened: protocol,
+            ..accepted(protocol, version, options)
         }),
         HandshakeOutcome::Refused(error) => {
             tracing::debug!(%error, "handshake refused");
@@ -68,6 +55,33 @@ pub(crate) fn open(
         }
         // `HandshakeOutcome` may grow; anything else means "not yet".
         _ => Opening::Pending,
+    }
+}
+
+/// The opening of a connection that speaks `protocol` at `version` (no
+/// reply: set by the caller that answers a handshake).
+pub(crate) fn accepted(
+    protocol: Protocol,
+    version: u32,
+    options: &HubOptions,
+) -> Accepted<Protocol> {
+    Accepted {
+        consumed: 0,
+        reply: None,
+        format: match protocol {
+            Protocol::Json => TransferFormat::Text,
+            Protocol::MessagePack => TransferFormat::Binary,
+        },
+        keep_alive: Some((options.keep_alive_interval, ping(protocol))),
+        // Version 2 asks for stateful reconnect.
+        resumable: version >= 2,
+        resume: (version >= 2).then(|| {
+            Arc::new(HubResumeFraming::new(
+                protocol,
+                options.maximum_receive_message_size,
+            )) as _
+        }),
+        opened: protocol,
     }
 }
 

@@ -35,7 +35,10 @@ use tokio::sync::oneshot;
 use crate::{
     ConnectionHandle, GroupError, InvokeError, PresenceError, SendError,
     connections::handler::BoxFuture,
-    hub::message::{ClientInvocation, SerializedMessage},
+    hub::{
+        handover::Handover,
+        message::{ClientInvocation, SerializedMessage},
+    },
 };
 
 /// The recipients of a message.
@@ -182,6 +185,14 @@ pub trait LifetimeManager: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<bool, PresenceError>> {
         let _ = connection_id;
         Box::pin(async { Err(PresenceError::Unsupported) })
+    }
+
+    /// How connections move between servers of the cluster (a server
+    /// shutting down hands its stateful-reconnect connections over to the
+    /// others); `None`, the default, if they cannot: the in-memory manager
+    /// has no other server.
+    fn handover(&self) -> Option<&dyn Handover> {
+        None
     }
 }
 

@@ -14,6 +14,7 @@ pub(crate) mod dispatch;
 pub(crate) mod endpoint;
 pub(crate) mod filter;
 pub(crate) mod handler;
+pub(crate) mod handover;
 pub(crate) mod handshake;
 pub(crate) mod lifetime;
 pub(crate) mod message;

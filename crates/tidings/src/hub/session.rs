@@ -71,7 +71,7 @@ impl End {
     fn status(&self) -> &'static str {
         match self {
             End::ClientTimeout => "timeout",
-            End::Shutdown => "app_shutdown",
+            End::Shutdown | End::Aborted(Some(AbortReason::HandedOver)) => "app_shutdown",
             End::Aborted(Some(AbortReason::SlowConsumer)) => "slow_consumer",
             _ => "normal_closure",
         }
@@ -143,12 +143,22 @@ impl End {
     }
 }
 
+/// How a session starts.
+pub(crate) enum Start {
+    /// A new connection: the bytes that followed its handshake.
+    Opened(Vec<u8>),
+    /// A connection handed over by another server of the cluster: its
+    /// lifetime manager registered it already, and `on_connected` ran on
+    /// the first server.
+    Adopted,
+}
+
 /// Runs an accepted connection to its end.
 pub(crate) async fn run<H, S>(
     handler: Arc<HubHandler<H>>,
     connection: ConnectionHandle,
     mut inbound: S,
-    leftover: Vec<u8>,
+    start: Start,
 ) where
     H: Hub,
     S: Stream<Item = InboundChunk> + Unpin,
@@ -158,8 +168,14 @@ pub(crate) async fn run<H, S>(
     let cx = Context::new(connection.clone(), Arc::clone(&handler.shared));
     let lifetime = &handler.shared.lifetime;
 
-    lifetime.on_connected(&connection).await;
-    tracing::debug!(connection_id = %connection.id(), protocol = %connection.protocol(), "connected");
+    let (leftover, adopted) = match start {
+        Start::Opened(leftover) => (leftover, false),
+        Start::Adopted => (Vec::new(), true),
+    };
+    if !adopted {
+        lifetime.on_connected(&connection).await;
+    }
+    tracing::debug!(connection_id = %connection.id(), protocol = %connection.protocol(), adopted, "connected");
     let started = Instant::now();
     if let Some(metrics) = connection.metrics() {
         metrics.connected();
@@ -168,7 +184,12 @@ pub(crate) async fn run<H, S>(
     // Client results are refused inside on_connected: this connection is
     // not read until it returns, so no answer could arrive.
     let hook_cx = cx.with_scope(Scope::OnConnected);
-    let end = match Arc::clone(&handler.hub).on_connected(hook_cx).await {
+    let connected = if adopted {
+        Ok(())
+    } else {
+        Arc::clone(&handler.hub).on_connected(hook_cx).await
+    };
+    let end = match connected {
         Err(error) => {
             let mut text = "Connection closed with an error.".to_owned();
             if let Some(detail) = error.detail(detailed) {
@@ -192,7 +213,12 @@ pub(crate) async fn run<H, S>(
                 streams: HashMap::new(),
                 uploads: Uploads::default(),
                 timeout_armed: false,
-                sequence: InboundSequence::default(),
+                // An adopted connection continues the numbering of the
+                // client's messages where its first server left it.
+                sequence: match connection.resume() {
+                    Some(resume) if adopted => InboundSequence::resume_after(resume.received()),
+                    _ => InboundSequence::default(),
+                },
             };
             reader.decoder.push(&leftover);
             reader.received_bytes(leftover.len());
@@ -210,6 +236,12 @@ pub(crate) async fn run<H, S>(
         metrics.disconnected(started.elapsed(), end.status());
     }
 
+    if matches!(end, End::Aborted(Some(AbortReason::HandedOver))) {
+        // The connection lives on another server now: no Close, no hooks,
+        // and the lifetime manager already let it go.
+        tracing::debug!(connection_id = %connection.id(), "moved to another server");
+        return;
+    }
     let (close, error) = end.into_parts(detailed);
     let frame = close.map(|close| encode(connection.protocol(), &HubMessage::Close(close)));
     connection.send_close(frame);
@@ -264,7 +296,12 @@ impl<H: Hub> Reader<'_, H> {
         S: Stream<Item = InboundChunk> + Unpin,
     {
         let connection = self.cx.connection().clone();
-        let shutdown = self.handler.shutdown.token().clone();
+        // A connection that moves to another server when this one shuts
+        // down outlives the shutdown here until it is taken.
+        let shutdown = match connection.resume() {
+            Some(resume) if resume.moves_on_shutdown() => CancellationToken::new(),
+            _ => self.handler.shutdown.token().clone(),
+        };
         let client_timeout = self.handler.shared.options.client_timeout_interval;
         let timeout = sleep_until(far_future());
         tokio::pin!(timeout);

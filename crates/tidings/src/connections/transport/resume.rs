@@ -31,7 +31,14 @@
 //! and replies wait. Memory per connection stays bounded by the replay
 //! buffer, the queue and the pump's read-ahead.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use tungstenite::Message;
 
@@ -41,9 +48,9 @@ use futures_util::{
     SinkExt, StreamExt,
     stream::{SplitSink, SplitStream},
 };
-use tidings_protocol::TransferFormat;
+use tidings_protocol::{TransferFormat, resume::ReplayBuffer};
 use tokio::{
-    sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc},
+    sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot},
     time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout},
 };
 use tokio_util::sync::CancellationToken;
@@ -54,6 +61,7 @@ use crate::{
     connections::{
         connection::{AbortReason, Connection, ConnectionInit, SlowConsumer},
         handler::{Accepted, AckReader, Application, InboundChunk, ResumeFraming},
+        handover,
         outbox::{self, Outbound},
         registry::Registry,
         resume::Resume,
@@ -73,12 +81,27 @@ const GREETING_GRACE: Duration = Duration::from_millis(500);
 type Sink = SplitSink<WebSocket, Message>;
 type Source = SplitStream<WebSocket>;
 
-/// How the endpoint reaches a live stateful connection: its socket inbox
-/// and the user it belongs to.
+/// How the endpoint reaches a live stateful connection: its socket inbox,
+/// the user it belongs to, and (for a handover) the connection and its
+/// writer.
 #[derive(Clone)]
 pub(crate) struct Resumable {
     sockets: mpsc::Sender<WebSocket>,
     user_id: Option<Arc<str>>,
+    connection: Connection,
+    freezes: mpsc::Sender<oneshot::Sender<Frozen>>,
+    /// Set by the one server that takes the connection over.
+    claimed: Arc<AtomicBool>,
+}
+
+/// What the writer of a connection that moves to another server leaves:
+/// the numbering and every message not acknowledged or not yet sent.
+pub(crate) struct Frozen {
+    /// The sequence id of `frames[0]`.
+    pub first_id: u64,
+    pub frames: Vec<Bytes>,
+    /// The last client message processed.
+    pub received: u64,
 }
 
 impl std::fmt::Debug for Resumable {
@@ -91,6 +114,23 @@ impl Resumable {
     /// The user the connection was opened by, if authenticated.
     pub(crate) fn user_id(&self) -> Option<&str> {
         self.user_id.as_deref()
+    }
+
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
+    /// Whether this caller is the first to take the connection over.
+    pub(crate) fn claim(&self) -> bool {
+        !self.claimed.swap(true, Ordering::AcqRel)
+    }
+
+    /// Stops the writer and takes what it holds; `None` if the connection
+    /// ended meanwhile.
+    pub(crate) async fn freeze(&self) -> Option<Frozen> {
+        let (tx, rx) = oneshot::channel();
+        self.freezes.send(tx).await.ok()?;
+        rx.await.ok()
     }
 
     /// Hands an upgraded socket to the connection. If the connection ended
@@ -115,7 +155,7 @@ pub(crate) struct Reattach {
 pub(crate) async fn serve<C: Application>(
     served: Arc<Served<C>>,
     (mut sink, stream): (Sink, Source),
-    init: ConnectionInit,
+    mut init: ConnectionInit,
     (accepted, leftover): (Accepted<C::Opened>, Vec<u8>),
     (reattach, framing): (Reattach, Option<Arc<dyn ResumeFraming>>),
 ) {
@@ -135,17 +175,110 @@ pub(crate) async fn serve<C: Application>(
             return;
         }
     }
-    let resume = Arc::new(Resume::new(options.stateful_reconnect_buffer_size));
+    let moves = served.hands_over;
+    if moves {
+        // The connection outlives the server's shutdown until another
+        // server takes it (or its reconnect window ends): its abort signal
+        // is its own, not the shutdown's.
+        init.abort = CancellationToken::new();
+    }
+    let buffer = ReplayBuffer::new(options.stateful_reconnect_buffer_size);
+    let resume = Resume::new(buffer, 0, moves);
+    let keep_alive = accepted.keep_alive;
+    let session = Start::Opened(leftover, accepted.opened);
+    let (_, run) = start(
+        served,
+        Some((sink, stream)),
+        init,
+        (resume, framing, keep_alive),
+        reattach,
+        session,
+    );
+    run.await;
+}
+
+/// Starts a connection handed over by another server of the cluster,
+/// without a socket yet (the client's comes next, as a re-attach): the
+/// connection's registry entry, and its task to spawn. `None` if the
+/// application cannot take it.
+pub(crate) fn adopt<C: Application>(
+    served: Arc<Served<C>>,
+    mut init: ConnectionInit,
+    frozen: handover::Frozen,
+    reattach: Reattach,
+) -> Option<(Resumable, impl Future<Output = ()> + Send + 'static)> {
+    let accepted = served.app.reopen(&frozen.app)?;
+    let frames = frozen.frames()?;
+    init.format = accepted.format;
+    init.abort = CancellationToken::new();
+    let buffer = ReplayBuffer::resume_at(
+        served.options.stateful_reconnect_buffer_size,
+        frozen.first_id,
+        frames,
+    );
+    let resume = Resume::new(buffer, frozen.received, served.hands_over);
+    let framing = accepted.resume.clone();
+    let session = Start::Adopted(accepted.opened, frozen.app);
+    Some(start(
+        served,
+        None,
+        init,
+        (resume, framing, accepted.keep_alive),
+        reattach,
+        session,
+    ))
+}
+
+/// How the application's side of a stateful connection starts.
+enum Start<O> {
+    /// Opened here: the bytes after the opening, and what the opening left.
+    Opened(Vec<u8>, O),
+    /// Handed over by another server: what its opening left, and the
+    /// application's part of the handover.
+    Adopted(O, serde_json::Value),
+}
+
+type Parts = (
+    Resume,
+    Option<Arc<dyn ResumeFraming>>,
+    Option<(Duration, Bytes)>,
+);
+
+/// Registers a stateful connection under its token and returns the entry
+/// and the connection's task: session, writer and pump side by side.
+fn start<C: Application>(
+    served: Arc<Served<C>>,
+    socket: Option<(Sink, Source)>,
+    init: ConnectionInit,
+    (resume, framing, keep_alive): Parts,
+    reattach: Reattach,
+    session: Start<C::Opened>,
+) -> (Resumable, impl Future<Output = ()> + Send + 'static) {
+    let options = &served.options;
+    let format = init.format;
+    let resume = Arc::new(resume);
     let (tx, rx) = outbox::channel(options.outbound_buffer_capacity);
     let (sockets_tx, sockets_rx) = mpsc::channel(1);
+    let (freezes_tx, freezes_rx) = mpsc::channel(1);
+    let connection = Connection::with_resume(init, tx, Some(Arc::clone(&resume)));
     let entry = Resumable {
         sockets: sockets_tx,
-        user_id: init.principal.user_id().map(Arc::from),
+        user_id: connection.principal().user_id().map(Arc::from),
+        connection: connection.clone(),
+        freezes: freezes_tx,
+        claimed: Arc::default(),
     };
-    let connection = Connection::with_resume(init, tx, Some(Arc::clone(&resume)));
-    let registered = reattach.registry.insert(reattach.token, entry);
+    let registered = reattach.registry.insert(reattach.token, entry.clone());
     tracing::debug!(connection_id = %connection.id(), "stateful reconnect enabled");
 
+    let (sink, source) = match socket {
+        Some((sink, source)) => (Some(sink), Some((0, source))),
+        None => (None, None),
+    };
+    let adopted = sink.is_none();
+    let leaving = resume
+        .moves_on_shutdown()
+        .then(|| served.shutdown.token().clone());
     let handoff = Arc::new(Handoff::default());
     let spoke = Arc::new(Notify::new());
     let (lost_tx, lost_rx) = mpsc::unbounded_channel();
@@ -157,15 +290,20 @@ pub(crate) async fn serve<C: Application>(
         framing: framing.clone(),
         rx,
         sockets: sockets_rx,
+        freezes: freezes_rx,
+        leaving: leaving.clone(),
         handoff: Arc::clone(&handoff),
         lost: lost_rx,
-        sink: Some(sink),
+        sink,
         generation: 0,
-        greeted: framing.is_none() || !leftover.is_empty(),
+        greeted: adopted
+            || framing.is_none()
+            || matches!(&session, Start::Opened(leftover, _) if !leftover.is_empty()),
         spoke: Arc::clone(&spoke),
         held: None,
         acked: 0,
-        deadline: None,
+        // Adopted without a socket: the client's comes within the window.
+        deadline: adopted.then(|| Instant::now() + options.disconnect_timeout),
         batch: Vec::new(),
         window: options.disconnect_timeout,
         stall_limit: options.client_timeout_interval,
@@ -175,7 +313,7 @@ pub(crate) async fn serve<C: Application>(
     let (pieces_tx, pieces_rx) = mpsc::unbounded_channel();
     let limit = read_ahead_limit(options);
     let pump = Pump {
-        current: Some((0, stream)),
+        current: source,
         handoff,
         lost: lost_tx,
         resume: Arc::clone(&resume),
@@ -185,20 +323,32 @@ pub(crate) async fn serve<C: Application>(
         sniffer: framing.as_ref().map(|f| f.ack_reader()),
         framing,
         spoke: Some(spoke),
+        leaving,
         ended: ended.clone(),
     };
     let inbound = inbound(pieces_rx, resume);
-    let session = async {
-        served
-            .app
-            .run(connection, inbound, leftover, accepted.opened)
-            .await;
-        // The logical connection is over: a client trying to re-attach from
-        // now on gets 404, while the writer delivers the final Close.
-        drop(registered);
-        ended.cancel();
+    let keep_alive_for_writer = keep_alive;
+    let run = async move {
+        let session = async {
+            match session {
+                Start::Opened(leftover, opened) => {
+                    served.app.run(connection, inbound, leftover, opened).await;
+                }
+                Start::Adopted(opened, frozen) => {
+                    served
+                        .app
+                        .run_adopted(connection, inbound, opened, frozen)
+                        .await;
+                }
+            }
+            // The logical connection is over: a client trying to re-attach
+            // from now on gets 404, while the writer delivers the final Close.
+            drop(registered);
+            ended.cancel();
+        };
+        tokio::join!(pump.run(), writer.run(keep_alive_for_writer), session);
     };
-    tokio::join!(pump.run(), writer.run(accepted.keep_alive), session);
+    (entry, run)
 }
 
 /// A one-slot mailbox from the writer to the pump: the read half
@@ -281,6 +431,8 @@ enum Piece {
 
 /// What the pump waits for next.
 enum Next {
+    /// The server shuts down and the connection moves elsewhere.
+    Leave,
     Socket(Option<(u64, Source)>),
     Frame(Option<Result<Message, tungstenite::Error>>),
 }
@@ -310,27 +462,46 @@ struct Pump {
     /// Tells the writer that the client sent something after the opening;
     /// taken once told.
     spoke: Option<Arc<Notify>>,
+    /// The server's shutdown, for a connection that then moves to another
+    /// server: its socket is dropped, so that the client re-attaches
+    /// elsewhere. Taken once it fired.
+    leaving: Option<CancellationToken>,
     ended: CancellationToken,
 }
 
 impl Pump {
     async fn run(mut self) {
         loop {
+            let leaving = self.leaving.clone();
+            let leaving = async move {
+                match leaving {
+                    Some(token) => token.cancelled_owned().await,
+                    None => std::future::pending().await,
+                }
+            };
             let next = match &mut self.current {
                 Some((_, source)) => tokio::select! {
                     // A newer socket always takes over, even if the old one
                     // still looks alive.
                     biased;
                     () = self.ended.cancelled() => return,
+                    () = leaving => Next::Leave,
                     socket = self.handoff.take() => Next::Socket(socket),
                     frame = source.next() => Next::Frame(frame),
                 },
                 None => tokio::select! {
                     () = self.ended.cancelled() => return,
+                    () = leaving => Next::Leave,
                     socket = self.handoff.take() => Next::Socket(socket),
                 },
             };
             match next {
+                Next::Leave => {
+                    // The writer drops its half too; the socket closes
+                    // without a close frame, as a lost one does.
+                    self.leaving = None;
+                    self.current = None;
+                }
                 Next::Socket(Some(socket)) => {
                     self.current = Some(socket);
                     self.sniffer = self.framing.as_ref().map(|f| f.ack_reader());
@@ -429,6 +600,11 @@ struct Writer {
     rx: outbox::Receiver,
     /// New sockets from the endpoint.
     sockets: mpsc::Receiver<WebSocket>,
+    /// Requests of the server taking the connection over.
+    freezes: mpsc::Receiver<oneshot::Sender<Frozen>>,
+    /// The server's shutdown, for a connection that then moves (see
+    /// [`Pump::leaving`]); taken once it fired.
+    leaving: Option<CancellationToken>,
     handoff: Arc<Handoff>,
     /// Generations of sockets whose read side failed.
     lost: mpsc::UnboundedReceiver<(u64, u16)>,
@@ -495,9 +671,28 @@ impl Writer {
             expiry
                 .as_mut()
                 .reset(self.deadline.unwrap_or_else(far_future));
+            let leaving = self.leaving.clone();
+            let leaving = async move {
+                match leaving {
+                    Some(token) => token.cancelled_owned().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 () = self.connection.killed() => return self.finish_and_close().await,
+                Some(reply) = self.freezes.recv() => return self.freeze(reply),
+                () = leaving => {
+                    // Dropped without a close frame: the client re-attaches,
+                    // and the server it reaches takes the connection over.
+                    self.leaving = None;
+                    if let Some(sink) = self.sink.take() {
+                        drop(sink);
+                        tracing::debug!(connection_id = %self.connection.id(), "socket dropped for a handover");
+                    }
+                    self.deadline = Some(Instant::now() + self.window);
+                    continue;
+                }
                 Some(socket) = self.sockets.recv() => {
                     self.attach(socket).await;
                     idle.as_mut().reset(Instant::now() + keep_alive);
@@ -561,6 +756,38 @@ impl Writer {
                 idle.as_mut().reset(Instant::now() + keep_alive);
             }
         }
+    }
+
+    /// Another server takes the connection over: everything not
+    /// acknowledged or not yet sent goes to it, and this writer ends
+    /// without a close (the pump ends with the session).
+    fn freeze(mut self, reply: oneshot::Sender<Frozen>) {
+        let (first_id, mut frames) = {
+            let buffer = self.resume.buffer();
+            (
+                buffer.sequence_id(),
+                buffer.frames().cloned().collect::<Vec<_>>(),
+            )
+        };
+        let mut closing = false;
+        let held = self.held.take().into_iter();
+        let queued = std::iter::from_fn(|| self.rx.try_recv().ok());
+        for entry in held.chain(queued) {
+            if let Some(frame) = entry.into_frame(&mut closing) {
+                if closing {
+                    break;
+                }
+                frames.push(frame);
+            }
+            if closing {
+                break;
+            }
+        }
+        let _ = reply.send(Frozen {
+            first_id,
+            frames,
+            received: self.resume.received(),
+        });
     }
 
     /// Whether queued messages may be taken now: while the replay buffer
