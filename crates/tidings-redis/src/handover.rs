@@ -8,7 +8,7 @@
 //!
 //! * The new server (B) subscribes to the moving connection's channels
 //!   and keeps every message for it aside, with its publisher and number —
-//!   its own messages included, which come back because B listens.
+//!   its own messages included, kept as they are sent.
 //! * The old server (A) then publishes a marker to itself and waits for it:
 //!   whatever reached Redis before B was listening has reached A and been
 //!   delivered. Under the delivery lock (no send or delivery in between) it
@@ -49,6 +49,14 @@ struct Kept {
 }
 
 impl Hold {
+    pub(crate) fn in_group(&self, group: &str) -> bool {
+        self.groups.iter().any(|g| g == group)
+    }
+
+    pub(crate) fn is_user(&self, user: &str) -> bool {
+        self.user.as_deref() == Some(user)
+    }
+
     /// Whether a message on `kind` reaches the connection `id`.
     fn receives(&self, id: &str, kind: &ChannelKind, envelope: &Envelope) -> bool {
         let excluded = || envelope.excluded.iter().any(|e| e == id);
@@ -96,6 +104,33 @@ impl HubCore {
                 seq,
                 message,
             });
+        }
+    }
+
+    /// Keeps a copy of a message this server just sent, published at
+    /// `(lane, seq)`, for every held connection it `reaches`. (Messages of
+    /// this server are not delivered again when they come back from Redis,
+    /// and a connection released meanwhile would miss them.) Called with
+    /// the delivery lock held for reading.
+    pub(crate) fn keep_sent(
+        &self,
+        message: &Arc<SerializedMessage>,
+        (lane, seq): (u16, u64),
+        reaches: impl Fn(&str, &Hold) -> bool,
+    ) {
+        if !self.holding() {
+            return;
+        }
+        let origin = &self.link.server_id;
+        for (id, hold) in self.holds.lock().iter_mut() {
+            if reaches(id, hold) {
+                hold.kept.push(Kept {
+                    origin: origin.clone(),
+                    lane,
+                    seq,
+                    message: Arc::clone(message),
+                });
+            }
         }
     }
 

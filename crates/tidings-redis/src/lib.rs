@@ -433,6 +433,24 @@ impl RedisBackplane {
         &self.link.server_id
     }
 
+    /// Waits until every message queued for Redis has been published, for
+    /// at most `within`; whether the outbox is empty. A server shutting
+    /// down calls it once its connections have ended (or moved to another
+    /// server, whose messages it forwards through Redis) and before it
+    /// exits.
+    pub async fn flush(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.link.stats().buffered == 0 {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// The backplane's counters now.
     pub fn stats(&self) -> BackplaneStats {
         self.link.stats()

@@ -163,7 +163,7 @@ impl HubCore {
         }
     }
 
-    fn holding(&self) -> bool {
+    pub(crate) fn holding(&self) -> bool {
         self.holding.load(Ordering::Acquire) > 0
     }
 
@@ -191,11 +191,17 @@ impl HubCore {
         })
     }
 
-    fn publish(&self, channel: String, mut envelope: Envelope) {
-        self.link.publish(channel, move |seq| {
+    /// Queues `envelope` for `channel`; returns the lane and the number
+    /// it was published under.
+    fn publish(&self, channel: String, mut envelope: Envelope) -> (u16, u64) {
+        let lane = self.link.lane(&channel);
+        let mut numbered = 0;
+        self.link.publish(channel, |seq| {
+            numbered = seq;
             envelope.seq = Some(seq);
             Bytes::from(envelope.encode())
         });
+        (lane, numbered)
     }
 
     fn send(&self, target: &Target, message: &Arc<SerializedMessage>) -> Result<(), SendError> {
@@ -206,12 +212,14 @@ impl HubCore {
             Target::All => {
                 let envelope = self.envelope(message, none)?;
                 local.send_local(target, message);
-                self.publish(self.channels.all(), envelope);
+                let at = self.publish(self.channels.all(), envelope);
+                self.keep_sent(message, at, |_, _| true);
             }
             Target::AllExcept(excluded) => {
                 let envelope = self.envelope(message, excluded)?;
                 local.send_local(target, message);
-                self.publish(self.channels.all(), envelope);
+                let at = self.publish(self.channels.all(), envelope);
+                self.keep_sent(message, at, |id, _| !excluded.iter().any(|e| e == id));
             }
             Target::Connection(id) => {
                 self.send_to_connections(std::slice::from_ref(id), message)?
@@ -220,12 +228,16 @@ impl HubCore {
             Target::Group(group) => {
                 let envelope = self.envelope(message, none)?;
                 local.send_local(target, message);
-                self.publish(self.channels.group(group), envelope);
+                let at = self.publish(self.channels.group(group), envelope);
+                self.keep_sent(message, at, |_, hold| hold.in_group(group));
             }
             Target::GroupExcept(group, excluded) => {
                 let envelope = self.envelope(message, excluded)?;
                 local.send_local(target, message);
-                self.publish(self.channels.group(group), envelope);
+                let at = self.publish(self.channels.group(group), envelope);
+                self.keep_sent(message, at, |id, hold| {
+                    hold.in_group(group) && !excluded.iter().any(|e| e == id)
+                });
             }
             Target::Groups(groups) => {
                 let envelope = self.envelope(message, none)?;
@@ -239,14 +251,19 @@ impl HubCore {
                         earlier: earlier.clone(),
                         ..envelope.clone()
                     };
-                    self.publish(self.channels.group(group), envelope);
+                    let at = self.publish(self.channels.group(group), envelope);
+                    // Reaches a member through the first of its groups.
+                    self.keep_sent(message, at, |_, hold| {
+                        hold.in_group(group) && !earlier.iter().any(|e| hold.in_group(e))
+                    });
                     earlier.push(group.clone());
                 }
             }
             Target::User(user) => {
                 let envelope = self.envelope(message, none)?;
                 local.send_local(target, message);
-                self.publish(self.channels.user(user), envelope);
+                let at = self.publish(self.channels.user(user), envelope);
+                self.keep_sent(message, at, |_, hold| hold.is_user(user));
             }
             Target::Users(users) => {
                 let envelope = self.envelope(message, none)?;
@@ -254,7 +271,8 @@ impl HubCore {
                 let mut done: Vec<&String> = Vec::new();
                 for user in users {
                     if !done.contains(&user) {
-                        self.publish(self.channels.user(user), envelope.clone());
+                        let at = self.publish(self.channels.user(user), envelope.clone());
+                        self.keep_sent(message, at, |_, hold| hold.is_user(user));
                         done.push(user);
                     }
                 }
@@ -289,7 +307,8 @@ impl HubCore {
                 Some(envelope) => envelope,
                 None => envelope.insert(self.envelope(message, &[])?),
             };
-            self.publish(self.channels.connection(id), envelope.clone());
+            let at = self.publish(self.channels.connection(id), envelope.clone());
+            self.keep_sent(message, at, |held, _| held == id);
         }
         Ok(())
     }
@@ -310,14 +329,6 @@ impl HubCore {
                 };
                 let _delivery = self.delivery.read();
                 let holding = self.holding();
-                if envelope.origin.as_deref() == Some(self.link.server_id.as_str()) {
-                    // Served locally when sent; a connection on its way
-                    // here gets it now (see the handover module).
-                    if holding {
-                        self.keep(kind, &envelope, lane);
-                    }
-                    return;
-                }
                 if !self
                     .link
                     .accept(envelope.origin.as_deref(), envelope.seq, lane)
@@ -694,6 +705,14 @@ impl HubCore {
         };
         let server = &self.link.server_id;
         let written = async {
+            // Listed by its old server: moved over, groups and all.
+            if self
+                .presence
+                .moved(&mut connection, handle.id(), server)
+                .await?
+            {
+                return Ok(());
+            }
             self.presence
                 .connect(&mut connection, handle.id(), server, handle.user_id())
                 .await?;

@@ -55,6 +55,15 @@ if op == 'connect' then
     redis.call('HINCRBY', r .. ':users', u, 1)
   end
   return 1
+elseif op == 'move' then
+  local c, s = ARGV[2], ARGV[3]
+  local v = redis.call('HGET', r .. ':conns', c)
+  if not v then return 0 end
+  local i = string.find(v, '|', 1, true)
+  redis.call('SREM', r .. ':server:' .. string.sub(v, 1, i - 1), c)
+  redis.call('HSET', r .. ':conns', c, s .. '|' .. string.sub(v, i + 1))
+  redis.call('SADD', r .. ':server:' .. s, c)
+  return 1
 elseif op == 'disconnect' then
   return forget(ARGV[2])
 elseif op == 'purge' then
@@ -130,6 +139,19 @@ impl Presence {
         )
         .await
         .map(drop)
+    }
+
+    /// A connection listed under another server is now `server`'s (it
+    /// moved); false if it is not listed at all.
+    pub(crate) async fn moved(
+        &self,
+        connection: &mut Connection,
+        id: &str,
+        server: &str,
+    ) -> RedisResult<bool> {
+        self.run::<i64>(connection, &["move", id, server])
+            .await
+            .map(|moved| moved == 1)
     }
 
     pub(crate) async fn disconnect(

@@ -269,6 +269,10 @@ async fn main() -> anyhow::Result<()> {
     // keep collecting their Close until then.
     let (drained, drained_rx) = tokio::sync::watch::channel(false);
     let signal_shutdown = shutdown.clone();
+    let flushed = match &lifetimes {
+        Lifetimes::Redis { backplane, .. } => Some(Arc::clone(backplane)),
+        Lifetimes::Memory { .. } => None,
+    };
     // A task of its own: should a listener fail, the error ends the
     // process without waiting for a signal.
     tokio::spawn(async move {
@@ -279,6 +283,13 @@ async fn main() -> anyhow::Result<()> {
         stream.close();
         let closed = signal_shutdown.shutdown(Duration::from_secs(10)).await;
         tracing::info!(drained = closed, "connections closed");
+        // What moved connections' sessions sent last is still on its way to
+        // their new servers.
+        if let Some(backplane) = flushed
+            && !backplane.flush(Duration::from_secs(2)).await
+        {
+            tracing::warn!("messages for Redis were still queued at exit");
+        }
         let _ = drained.send(true);
     });
     let servers = listeners.into_iter().map(|(listener, _)| {

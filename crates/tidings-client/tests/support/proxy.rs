@@ -12,6 +12,8 @@ use tokio::{
 pub(crate) struct Proxy {
     /// `http://127.0.0.1:PORT` of the proxy.
     pub url: String,
+    /// `host:port` new connections go to.
+    target: Arc<Mutex<String>>,
     connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
 }
@@ -19,14 +21,17 @@ pub(crate) struct Proxy {
 impl Proxy {
     /// Forwards to the `http://host:port` of `upstream`.
     pub(crate) async fn start(upstream: &str) -> std::io::Result<Proxy> {
-        let target = upstream.trim_start_matches("http://").to_owned();
+        let target = Arc::new(Mutex::new(
+            upstream.trim_start_matches("http://").to_owned(),
+        ));
+        let upstream = Arc::clone(&target);
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let registry = Arc::clone(&connections);
         let accept = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
-                let target = target.clone();
+                let target = upstream.lock().clone();
                 let pipe = tokio::spawn(async move {
                     if let Ok(mut server) = TcpStream::connect(&target).await {
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
@@ -37,9 +42,18 @@ impl Proxy {
         });
         Ok(Proxy {
             url,
+            target,
             connections,
             accept,
         })
+    }
+
+    /// Sends new connections to `upstream` (`http://host:port`) from now
+    /// on, as a load balancer does once a server leaves its rotation; open
+    /// connections stay where they are.
+    #[allow(dead_code)]
+    pub(crate) fn retarget(&self, upstream: &str) {
+        *self.target.lock() = upstream.trim_start_matches("http://").to_owned();
     }
 
     /// Drops every open connection.

@@ -210,6 +210,13 @@ pub(crate) trait Application: Send + Sync + 'static {
         None
     }
 
+    /// The old server, after [`freeze`](Self::freeze): a frame the
+    /// connection's session queued since (a running invocation's result or
+    /// stream item) goes to the connection's new server.
+    fn forward<'a>(&'a self, _connection: &'a Connection, _frame: Bytes) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+
     /// The adopter: runs an adopted connection to its end (its opening
     /// hooks ran on its first server; what was held is delivered first).
     fn run_adopted<S>(

@@ -33,7 +33,10 @@
 //! The connection keeps its token, whose prefix names A; a later socket of
 //! the client that reaches B finds the connection in B's registry first.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::{
+    sync::Arc,
+    time::{Duration, UNIX_EPOCH},
+};
 
 use axum::{
     http::{HeaderName, StatusCode, header},
@@ -51,7 +54,7 @@ use crate::{
         connection::AbortReason,
         handler::Application,
         served::Served,
-        transport::resume::{Frozen as WriterState, Resumable},
+        transport::resume::{Forward, Frozen as WriterState, Resumable},
     },
 };
 
@@ -155,11 +158,21 @@ pub(crate) async fn answer<C: Application>(
             let Some(app) = served.app.freeze(&connection).await else {
                 return StatusCode::CONFLICT.into_response();
             };
+            // The session's later frames follow the connection.
+            let forward: Forward = {
+                let app = Arc::clone(&served.app);
+                let connection = connection.clone();
+                Box::new(move |frame| {
+                    let app = Arc::clone(&app);
+                    let connection = connection.clone();
+                    Box::pin(async move { app.forward(&connection, frame).await })
+                })
+            };
             let Some(WriterState {
                 first_id,
                 frames,
                 received,
-            }) = entry.freeze().await
+            }) = entry.freeze(forward).await
             else {
                 return (StatusCode::NOT_FOUND, "No Connection with that ID").into_response();
             };

@@ -20,6 +20,8 @@ use crate::{
         definition::Hub,
         handler::HubHandler,
         handshake,
+        lifetime::Target,
+        message::SerializedMessage,
         session::{self, Start},
     },
 };
@@ -114,6 +116,19 @@ impl<H: Hub> Application for HubHandler<H> {
                 "groups": groups,
                 "position": position,
             }))
+        })
+    }
+
+    fn forward<'a>(&'a self, connection: &'a Connection, frame: Bytes) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let message = match protocol_of(connection) {
+                Protocol::Json => SerializedMessage::from_frames(Some(frame), None),
+                Protocol::MessagePack => SerializedMessage::from_frames(None, Some(frame)),
+            };
+            let target = Target::Connection(connection.id().to_owned());
+            if let Err(error) = self.shared.lifetime.send(&target, Arc::new(message)).await {
+                tracing::debug!(%error, "a message of a moved connection was not forwarded");
+            }
         })
     }
 

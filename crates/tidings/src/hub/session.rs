@@ -143,6 +143,10 @@ impl End {
     }
 }
 
+/// How long the invocations and streams of a connection that moved to
+/// another server may go on here, their output forwarded to it.
+const MOVED_TASKS_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How a session starts.
 pub(crate) enum Start {
     /// A new connection: the bytes that followed its handshake.
@@ -223,6 +227,17 @@ pub(crate) async fn run<H, S>(
             reader.decoder.push(&leftover);
             reader.received_bytes(leftover.len());
             let end = reader.read_loop(&mut inbound).await;
+            if matches!(end, End::Aborted(Some(AbortReason::HandedOver))) {
+                // Moved to another server: what runs here still (results,
+                // stream items) is forwarded to it, for a while.
+                let running = async { while reader.tasks.join_next().await.is_some() {} };
+                if tokio::time::timeout(MOVED_TASKS_GRACE, running)
+                    .await
+                    .is_err()
+                {
+                    tracing::debug!(connection_id = %connection.id(), "invocations of a moved connection cut short");
+                }
+            }
             // Running streams learn that their connection ended (however
             // it ended: disconnect, abort, shutdown) through their
             // cancellation tokens, before their tasks go with the reader.

@@ -60,7 +60,7 @@ use crate::{clock::far_future, connections::options::ConnectionOptions};
 use crate::{
     connections::{
         connection::{AbortReason, Connection, ConnectionInit, SlowConsumer},
-        handler::{Accepted, AckReader, Application, InboundChunk, ResumeFraming},
+        handler::{Accepted, AckReader, Application, BoxFuture, InboundChunk, ResumeFraming},
         handover,
         outbox::{self, Outbound},
         registry::Registry,
@@ -89,10 +89,14 @@ pub(crate) struct Resumable {
     sockets: mpsc::Sender<WebSocket>,
     user_id: Option<Arc<str>>,
     connection: Connection,
-    freezes: mpsc::Sender<oneshot::Sender<Frozen>>,
+    freezes: mpsc::Sender<(oneshot::Sender<Frozen>, Forward)>,
     /// Set by the one server that takes the connection over.
     claimed: Arc<AtomicBool>,
 }
+
+/// Where the frames a moved connection's session still queues go (to the
+/// connection's new server).
+pub(crate) type Forward = Box<dyn FnMut(Bytes) -> BoxFuture<'static, ()> + Send>;
 
 /// What the writer of a connection that moves to another server leaves:
 /// the numbering and every message not acknowledged or not yet sent.
@@ -126,10 +130,11 @@ impl Resumable {
     }
 
     /// Stops the writer and takes what it holds; `None` if the connection
-    /// ended meanwhile.
-    pub(crate) async fn freeze(&self) -> Option<Frozen> {
+    /// ended meanwhile. What the session queues from then on goes to
+    /// `forward`, in order.
+    pub(crate) async fn freeze(&self, forward: Forward) -> Option<Frozen> {
         let (tx, rx) = oneshot::channel();
-        self.freezes.send(tx).await.ok()?;
+        self.freezes.send((tx, forward)).await.ok()?;
         rx.await.ok()
     }
 
@@ -601,7 +606,7 @@ struct Writer {
     /// New sockets from the endpoint.
     sockets: mpsc::Receiver<WebSocket>,
     /// Requests of the server taking the connection over.
-    freezes: mpsc::Receiver<oneshot::Sender<Frozen>>,
+    freezes: mpsc::Receiver<(oneshot::Sender<Frozen>, Forward)>,
     /// The server's shutdown, for a connection that then moves (see
     /// [`Pump::leaving`]); taken once it fired.
     leaving: Option<CancellationToken>,
@@ -681,7 +686,7 @@ impl Writer {
             tokio::select! {
                 biased;
                 () = self.connection.killed() => return self.finish_and_close().await,
-                Some(reply) = self.freezes.recv() => return self.freeze(reply),
+                Some((reply, forward)) = self.freezes.recv() => return self.freeze(reply, forward).await,
                 () = leaving => {
                     // Dropped without a close frame: the client re-attaches,
                     // and the server it reaches takes the connection over.
@@ -759,9 +764,11 @@ impl Writer {
     }
 
     /// Another server takes the connection over: everything not
-    /// acknowledged or not yet sent goes to it, and this writer ends
-    /// without a close (the pump ends with the session).
-    fn freeze(mut self, reply: oneshot::Sender<Frozen>) {
+    /// acknowledged or not yet sent goes to it; what the session queues
+    /// later (its running invocations' results and stream items) is
+    /// forwarded until the session ends. No close: the pump ends with the
+    /// session.
+    async fn freeze(mut self, reply: oneshot::Sender<Frozen>, mut forward: Forward) {
         let (first_id, mut frames) = {
             let buffer = self.resume.buffer();
             (
@@ -788,6 +795,25 @@ impl Writer {
             frames,
             received: self.resume.received(),
         });
+        loop {
+            // The forwarder holds the connection (so the queue never ends
+            // by itself): stop once the session is over and what it queued
+            // is forwarded.
+            let entry = tokio::select! {
+                biased;
+                entry = self.rx.recv() => entry,
+                () = self.ended.cancelled() => self.rx.try_recv().ok(),
+            };
+            let Some(entry) = entry else {
+                return;
+            };
+            let mut closing = false;
+            match entry.into_frame(&mut closing) {
+                _ if closing => return,
+                Some(frame) => forward(frame).await,
+                None => {}
+            }
+        }
     }
 
     /// Whether queued messages may be taken now: while the replay buffer

@@ -1,0 +1,182 @@
+//! A server shutting down hands its stateful-reconnect connections over to
+//! another server of the cluster: two `tidings` processes on one real
+//! `redis-server`, the Rust client behind a TCP proxy that sends new
+//! connections to the second server once the first is told to stop (as a
+//! load balancer takes a server out of its rotation). The connection keeps
+//! its id and its groups, a stream running on the first server finishes,
+//! and every group message sent before, during and after the move arrives
+//! exactly once, in order.
+
+#[path = "../../tidings-client/tests/support/common.rs"]
+mod common;
+#[path = "../../tidings-client/tests/support/proxy.rs"]
+mod proxy;
+
+use std::{net::TcpListener, process::Stdio, time::Duration};
+
+use anyhow::{Context as _, Result};
+use common::{WAIT, forward, listening_url, next};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tidings_client::{HubConnection, HubConnectionBuilder, Protocol, TransportType};
+use tokio::{
+    process::{Child, Command},
+    time::{sleep, timeout},
+};
+
+/// A `redis-server` on a free port; killed when dropped.
+struct Redis {
+    _child: Child,
+    url: String,
+}
+
+impl Redis {
+    async fn start() -> Result<Redis> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting redis-server")?;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Redis {
+            _child: child,
+            url: format!("redis://127.0.0.1:{port}"),
+        })
+    }
+}
+
+/// A `tidings` process on the backplane; killed when dropped.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    async fn start(redis: &Redis, prefix: &str) -> Result<Server> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
+            .args(["--listen", "127.0.0.1:0", "--test-hub"])
+            .args(["--redis", &redis.url, "--redis-prefix", prefix])
+            // A server that is gone is noticed (and purged) within a second.
+            .args(["--redis-heartbeat-ms", "200"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting the tidings binary")?;
+        let url = listening_url(&mut child, WAIT).await?;
+        Ok(Server { child, url })
+    }
+
+    fn terminate(&self) -> Result<()> {
+        let pid = self.child.id().context("the server has exited")?;
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -TERM failed");
+        Ok(())
+    }
+}
+
+async fn client(url: &str, protocol: Protocol, stateful: bool) -> Result<HubConnection> {
+    let mut builder = HubConnectionBuilder::new(format!("{url}/hubs/test"))
+        .with_transport(TransportType::WebSockets)
+        .with_protocol(protocol);
+    if stateful {
+        builder = builder.with_stateful_reconnect();
+    }
+    let connection = builder.build()?;
+    connection.start().await?;
+    Ok(connection)
+}
+
+#[tokio::test]
+async fn a_stateful_connection_moves_when_its_server_shuts_down() -> Result<()> {
+    let redis = Redis::start().await?;
+    for (round, protocol) in [Protocol::Json, Protocol::MessagePack]
+        .into_iter()
+        .enumerate()
+    {
+        let prefix = format!("handover{round}:");
+        let first = Server::start(&redis, &prefix).await?;
+        let second = Server::start(&redis, &prefix).await?;
+        let proxy = proxy::Proxy::start(&first.url).await?;
+
+        let moving = client(&proxy.url, protocol, true).await?;
+        let id = moving.connection_id().context("a connection id")?;
+        let mut received = forward::<Value>(&moving, "GroupMessage");
+        moving.invoke::<()>("JoinGroup", ("moving",)).await?;
+        // A stream of 40 items, 25 ms apart: it runs across the move.
+        let mut counted = moving.stream::<u32>("Counter", (40u32, 25u64)).await?;
+
+        // Group messages from the second server, 100 per second.
+        let sender = client(&second.url, protocol, false).await?;
+        let publisher = tokio::spawn(async move {
+            for i in 0..80 {
+                sender.invoke::<()>("SendToGroup", ("moving", i)).await?;
+                sleep(Duration::from_millis(10)).await;
+            }
+            anyhow::Ok(sender)
+        });
+
+        sleep(Duration::from_millis(250)).await;
+        proxy.retarget(&second.url);
+        first.terminate()?;
+        let sender = timeout(WAIT, publisher).await???;
+
+        for i in 0..80 {
+            assert_eq!(next(&mut received).await?, json!(i), "{protocol}");
+        }
+        let mut items = Vec::new();
+        while let Some(item) = timeout(WAIT, counted.next())
+            .await
+            .context("the stream ended")?
+        {
+            items.push(item?);
+        }
+        assert_eq!(items, (0..40).collect::<Vec<u32>>(), "{protocol}");
+
+        // The same connection, now on the second server, still in its group.
+        let now: String = moving.invoke("GetConnectionId", ()).await?;
+        assert_eq!(now, id, "{protocol}");
+        sender
+            .invoke::<()>("SendToGroup", ("moving", "after"))
+            .await?;
+        assert_eq!(next(&mut received).await?, json!("after"), "{protocol}");
+        sleep(Duration::from_millis(200)).await;
+        assert!(
+            received.try_recv().is_err(),
+            "{protocol}: a message arrived twice"
+        );
+        // The first server let go of it and exited.
+        let mut first = first;
+        let exited = timeout(WAIT, first.child.wait()).await??;
+        assert!(exited.success(), "{protocol}: {exited}");
+        // Its presence moved too: it outlives the purge of the first server.
+        sleep(Duration::from_millis(1500)).await;
+        let presence: Value = sender
+            .invoke("GetPresence", ("nobody", "moving", &id))
+            .await?;
+        assert_eq!(
+            presence["groupsOfConnection"],
+            json!(["moving"]),
+            "{protocol}: {presence}"
+        );
+        moving.stop().await;
+        sender.stop().await;
+    }
+    Ok(())
+}
