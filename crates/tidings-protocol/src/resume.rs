@@ -346,4 +346,39 @@ mod tests {
             .collect();
         assert_eq!(delivered, vec![5, 6], "every message exactly once");
     }
+
+    #[test]
+    fn a_buffer_carried_to_another_server_continues_its_numbering() {
+        let mut first = ReplayBuffer::new(100);
+        for n in 0..5u8 {
+            first.push(Bytes::from(vec![n]));
+        }
+        first.ack(2);
+        let mut moved = ReplayBuffer::resume_at(100, first.sequence_id(), first.frames().cloned());
+        assert_eq!(moved.sequence_id(), 3);
+        assert_eq!(moved.bytes(), 3);
+        assert_eq!(moved.push(Bytes::from_static(b"x")), 6);
+        moved.ack(4);
+        let left: Vec<u8> = moved.frames().map(|f| f[0]).collect();
+        assert_eq!(left, vec![4, b'x']);
+    }
+
+    #[test]
+    fn a_peer_numbering_carried_over_drops_what_was_processed() {
+        let mut inbound = InboundSequence::resume_after(7);
+        assert!(inbound.awaiting_sequence());
+        assert_eq!(inbound.accept(), Received::BeforeSequence);
+        // The peer replays from 6: 6 and 7 were processed on the first server.
+        inbound
+            .reset(6)
+            .expect("a Sequence within what was received");
+        assert_eq!(inbound.accept(), Received::Duplicate(6));
+        assert_eq!(inbound.accept(), Received::Duplicate(7));
+        assert_eq!(inbound.accept(), Received::New(8));
+        assert_eq!(inbound.latest(), 8);
+        assert_eq!(
+            InboundSequence::resume_after(7).reset(9),
+            Err(SequenceAhead)
+        );
+    }
 }

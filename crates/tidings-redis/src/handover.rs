@@ -309,3 +309,37 @@ impl Handover for RedisLifetimeManager {
 
 /// The positions per publishing server and lane, as the link keeps them.
 pub(crate) type Seen = HashMap<String, HashMap<u16, u64>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept(origin: &str, lane: u16, seq: u64) -> Kept {
+        Kept {
+            origin: origin.to_owned(),
+            lane,
+            seq,
+            message: Arc::new(SerializedMessage::from_frames(None, None)),
+        }
+    }
+
+    #[test]
+    fn only_what_the_old_server_had_not_taken_in_is_delivered() {
+        let position = json!({
+            "server": "a",
+            "own": 10,
+            "origins": { "b": { "0": 5 }, "c": { "0": 7, "3": 2 } },
+        });
+        // The old server's own messages, by its own numbering.
+        assert!(!beyond(&position, &kept("a", 0, 10)));
+        assert!(beyond(&position, &kept("a", 0, 11)));
+        // Other servers', per lane.
+        assert!(!beyond(&position, &kept("b", 0, 5)));
+        assert!(beyond(&position, &kept("b", 0, 6)));
+        assert!(!beyond(&position, &kept("c", 3, 2)));
+        assert!(beyond(&position, &kept("c", 3, 3)));
+        // A lane or a server it never heard from: all new to it.
+        assert!(beyond(&position, &kept("b", 1, 1)));
+        assert!(beyond(&position, &kept("d", 0, 1)));
+    }
+}

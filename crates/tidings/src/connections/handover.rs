@@ -106,8 +106,11 @@ impl Frozen {
         principal
     }
 
-    pub(crate) fn frames(&self) -> Option<Vec<Bytes>> {
-        self.frames
+    /// What the writer and the application of the new connection start
+    /// from; `None` if a frame is not base64.
+    pub(crate) fn into_state(self) -> Option<(WriterState, Value)> {
+        let frames = self
+            .frames
             .iter()
             .map(|f| {
                 base64::engine::general_purpose::STANDARD
@@ -115,7 +118,13 @@ impl Frozen {
                     .ok()
                     .map(Bytes::from)
             })
-            .collect()
+            .collect::<Option<Vec<_>>>()?;
+        let state = WriterState {
+            first_id: self.first_id,
+            frames,
+            received: self.received,
+        };
+        Some((state, self.app))
     }
 }
 

@@ -662,9 +662,9 @@ async fn adopt<C: Application>(
         registry: endpoint.resumable.clone(),
         token: token.clone(),
     };
-    let Some((entry, run)) =
-        transport::resume::adopt(Arc::clone(&endpoint.served), init, frozen, registration)
-    else {
+    let Some((entry, run)) = frozen.into_state().and_then(|state| {
+        transport::resume::adopt(Arc::clone(&endpoint.served), init, state, registration)
+    }) else {
         tracing::warn!("a connection handed over could not be reopened");
         return text(StatusCode::NOT_FOUND, "No Connection with that ID");
     };

@@ -61,7 +61,6 @@ use crate::{
     connections::{
         connection::{AbortReason, Connection, ConnectionInit, SlowConsumer},
         handler::{Accepted, AckReader, Application, BoxFuture, InboundChunk, ResumeFraming},
-        handover,
         outbox::{self, Outbound},
         registry::Registry,
         resume::Resume,
@@ -209,21 +208,20 @@ pub(crate) async fn serve<C: Application>(
 pub(crate) fn adopt<C: Application>(
     served: Arc<Served<C>>,
     mut init: ConnectionInit,
-    frozen: handover::Frozen,
+    (frozen, app): (Frozen, serde_json::Value),
     reattach: Reattach,
 ) -> Option<(Resumable, impl Future<Output = ()> + Send + 'static)> {
-    let accepted = served.app.reopen(&frozen.app)?;
-    let frames = frozen.frames()?;
+    let accepted = served.app.reopen(&app)?;
     init.format = accepted.format;
     init.abort = CancellationToken::new();
     let buffer = ReplayBuffer::resume_at(
         served.options.stateful_reconnect_buffer_size,
         frozen.first_id,
-        frames,
+        frozen.frames,
     );
     let resume = Resume::new(buffer, frozen.received, served.hands_over);
     let framing = accepted.resume.clone();
-    let session = Start::Adopted(accepted.opened, frozen.app);
+    let session = Start::Adopted(accepted.opened, app);
     Some(start(
         served,
         None,
