@@ -590,36 +590,58 @@ impl HubCore {
             // Connected nowhere: ignored, as the in-memory manager does.
             return Ok(());
         }
+        let server = self.link.server_id.clone();
+        let acknowledged = self
+            .publish_acknowledged(&mut connection, self.channels.group_management(), |id| {
+                GroupCommand {
+                    id,
+                    server,
+                    action,
+                    group: group.to_owned(),
+                    connection_id: connection_id.to_owned(),
+                }
+                .encode()
+            })
+            .await;
+        match acknowledged {
+            Err(error) => Err(GroupError::Delivery(error.to_string())),
+            Ok(true) => Ok(()),
+            Ok(false) => Err(GroupError::Delivery(format!(
+                "the server holding connection '{connection_id}' did not acknowledge within {} ms",
+                self.link.options.ack_timeout.as_millis()
+            ))),
+        }
+    }
+
+    /// Publishes `payload(id)` on `channel` under a fresh acknowledgement
+    /// id and waits, up to the acknowledgement timeout, until `:ack` of this
+    /// server receives that id; whether it did.
+    async fn publish_acknowledged(
+        &self,
+        connection: &mut Connection,
+        channel: String,
+        payload: impl FnOnce(i32) -> Vec<u8>,
+    ) -> redis::RedisResult<bool> {
         let id = self
             .last_ack
             .fetch_add(1, Ordering::Relaxed)
             .wrapping_add(1);
         let (tx, rx) = oneshot::channel();
         lock(&self.acks).insert(id, tx);
-        let command = GroupCommand {
-            id,
-            server: self.link.server_id.clone(),
-            action,
-            group: group.to_owned(),
-            connection_id: connection_id.to_owned(),
-        };
         let published: redis::RedisResult<i64> = redis::cmd(connection.publish_command())
-            .arg(self.channels.group_management())
-            .arg(command.encode())
-            .query_async(&mut connection)
+            .arg(channel)
+            .arg(payload(id))
+            .query_async(connection)
             .await;
-        let outcome = match published {
-            Err(error) => Err(GroupError::Delivery(error.to_string())),
-            Ok(_) => match tokio::time::timeout(self.link.options.ack_timeout, rx).await {
-                Ok(Ok(())) => Ok(()),
-                _ => Err(GroupError::Delivery(format!(
-                    "the server holding connection '{connection_id}' did not acknowledge within {} ms",
-                    self.link.options.ack_timeout.as_millis()
-                ))),
-            },
+        let acknowledged = match published {
+            Err(error) => Err(error),
+            Ok(_) => Ok(matches!(
+                tokio::time::timeout(self.link.options.ack_timeout, rx).await,
+                Ok(Ok(()))
+            )),
         };
         lock(&self.acks).remove(&id);
-        outcome
+        acknowledged
     }
 
     fn on_group_command(&self, command: GroupCommand) {
@@ -736,24 +758,12 @@ impl HubCore {
         let Some(mut connection) = self.link.connection() else {
             return false;
         };
-        let id = self
-            .last_ack
-            .fetch_add(1, Ordering::Relaxed)
-            .wrapping_add(1);
-        let (tx, rx) = oneshot::channel();
-        lock(&self.acks).insert(id, tx);
-        let published: redis::RedisResult<i64> = redis::cmd(connection.publish_command())
-            .arg(self.channels.ack(&self.link.server_id))
-            .arg(encode_ack(id))
-            .query_async(&mut connection)
-            .await;
-        let back = published.is_ok()
-            && matches!(
-                tokio::time::timeout(self.link.options.ack_timeout, rx).await,
-                Ok(Ok(()))
-            );
-        lock(&self.acks).remove(&id);
-        back
+        let channel = self.channels.ack(&self.link.server_id);
+        matches!(
+            self.publish_acknowledged(&mut connection, channel, encode_ack)
+                .await,
+            Ok(true)
+        )
     }
 
     async fn disconnected(&self, handle: &ConnectionHandle) {

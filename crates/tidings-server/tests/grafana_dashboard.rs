@@ -5,13 +5,13 @@
 
 #[path = "../../tidings-client/tests/support/common.rs"]
 mod common;
+mod support;
 
-use std::{collections::BTreeSet, process::Stdio};
+use std::collections::BTreeSet;
 
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
 use tidings_client::HubConnectionBuilder;
-use tokio::process::Command;
 
 const DASHBOARD: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -158,15 +158,7 @@ async fn every_metric_of_the_dashboard_is_exported() -> Result<()> {
         );
     }
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
-        .args(["--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting the tidings binary")?;
-    let url = common::listening_url(&mut child, common::WAIT).await?;
+    let (_child, url) = support::binary::start_on("127.0.0.1:0", &[]).await?;
 
     // A connection that invokes a method and ends fills the histograms,
     // whose series exist only once observed.

@@ -11,11 +11,12 @@
 mod common;
 #[path = "../../tidings-client/tests/support/proxy.rs"]
 mod proxy;
+mod support;
 
 use std::{net::TcpListener, process::Stdio, time::Duration};
 
 use anyhow::{Context as _, Result};
-use common::{WAIT, forward, listening_url, next};
+use common::{WAIT, forward, next};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tidings_client::{HubConnection, HubConnectionBuilder, Protocol, TransportType};
@@ -66,18 +67,17 @@ struct Server {
 
 impl Server {
     async fn start(redis: &Redis, prefix: &str) -> Result<Server> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
-            .args(["--listen", "127.0.0.1:0", "--test-hub"])
-            .args(["--redis", &redis.url, "--redis-prefix", prefix])
+        let args = [
+            "--test-hub",
+            "--redis",
+            &redis.url,
+            "--redis-prefix",
+            prefix,
             // A server that is gone is noticed (and purged) within a second.
-            .args(["--redis-heartbeat-ms", "200"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting the tidings binary")?;
-        let url = listening_url(&mut child, WAIT).await?;
+            "--redis-heartbeat-ms",
+            "200",
+        ];
+        let (child, url) = support::binary::start_on("127.0.0.1:0", &args).await?;
         Ok(Server { child, url })
     }
 

@@ -7,25 +7,22 @@
 mod common;
 #[path = "../../tidings-client/tests/support/proxy.rs"]
 mod proxy;
+mod support;
 
 use std::{
-    process::Stdio,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
-use common::{WAIT, channel, forward, hub_error, listening_url, next};
+use common::{WAIT, channel, forward, hub_error, next};
 use futures_util::{StreamExt, future::try_join_all, stream};
 use serde_json::{Value, json};
 use tidings_client::{
     ClientStream, HubConnection, HubConnectionBuilder, HubConnectionState, InvokeError, Protocol,
     StartError, TransportType,
 };
-use tokio::{
-    process::{Child, Command},
-    time::timeout,
-};
+use tokio::{process::Child, time::timeout};
 
 const COMBOS: [(TransportType, Protocol); 5] = [
     (TransportType::WebSockets, Protocol::Json),
@@ -49,19 +46,11 @@ impl Server {
     }
 
     async fn start_on(listen: &str, args: Vec<String>) -> Result<Server> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
-            .arg("--listen")
-            .arg(listen)
-            // The tests talk to the test hub, which is served only when asked for.
-            .arg("--test-hub")
-            .args(&args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting the tidings binary")?;
-        let url = listening_url(&mut child, WAIT).await?;
+        // The tests talk to the test hub, which is served only when asked for.
+        let with_hub: Vec<&str> = std::iter::once("--test-hub")
+            .chain(args.iter().map(String::as_str))
+            .collect();
+        let (child, url) = support::binary::start_on(listen, &with_hub).await?;
         Ok(Server { child, url, args })
     }
 

@@ -1,0 +1,3 @@
+//! What the binary's integration tests share.
+
+pub(crate) mod binary;
