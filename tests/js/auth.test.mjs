@@ -161,7 +161,10 @@ describe("HS256 with issuer and audience", () => {
     const answered = await poll(null);
     assert.equal(answered.status, 200);
     assert.equal(await answered.text(), "{}\x1e", "the handshake answer, to the connection's user");
-    await fetch(url, { method: "DELETE" });
+    // Ending it too: another user cannot.
+    const end = (t) => fetch(url, { method: "DELETE", headers: t ? { Authorization: `Bearer ${t}` } : {} });
+    assert.equal((await end(token(valid({ sub: "bob" })))).status, 403);
+    assert.equal((await end(null)).status, 202);
   });
 
   test("tokens never appear in the server's logs", async () => {

@@ -901,18 +901,32 @@ async fn reauthenticate<C: Application>(
         .err()
 }
 
+/// What a POST or DELETE starts with: served by the server of the cluster
+/// holding its connection if that is another one; here, its parts, body
+/// and connection token (`Err`: the answer).
+async fn addressed<C: Application>(
+    endpoint: &Endpoint<C>,
+    request: Request,
+) -> Result<(Parts, axum::body::Body, String), Response> {
+    let request = match endpoint.elsewhere(request).await {
+        Ok(response) => return Err(response),
+        Err(here) => here.request,
+    };
+    let (parts, body) = request.into_parts();
+    match query_value(&parts, "id") {
+        Some(token) => Ok((parts, body, token)),
+        None => Err(text(StatusCode::BAD_REQUEST, "Connection ID required")),
+    }
+}
+
 /// `POST {hub}?id=…`: client-to-server messages of SSE and Long Polling.
 async fn send<C: Application>(
     State(endpoint): State<Arc<Endpoint<C>>>,
     request: Request,
 ) -> Response {
-    let request = match endpoint.elsewhere(request).await {
-        Ok(response) => return response,
-        Err(here) => here.request,
-    };
-    let (parts, body) = request.into_parts();
-    let Some(token) = query_value(&parts, "id") else {
-        return text(StatusCode::BAD_REQUEST, "Connection ID required");
+    let (parts, body, token) = match addressed(&endpoint, request).await {
+        Ok(addressed) => addressed,
+        Err(response) => return response,
     };
     let Some(connection) = endpoint.http_connection(&token) else {
         if endpoint.websockets.contains(&token) {
@@ -989,13 +1003,9 @@ async fn delete<C: Application>(
     State(endpoint): State<Arc<Endpoint<C>>>,
     request: Request,
 ) -> Response {
-    let request = match endpoint.elsewhere(request).await {
-        Ok(response) => return response,
-        Err(here) => here.request,
-    };
-    let (parts, _body) = request.into_parts();
-    let Some(token) = query_value(&parts, "id") else {
-        return text(StatusCode::BAD_REQUEST, "Connection ID required");
+    let (parts, _body, token) = match addressed(&endpoint, request).await {
+        Ok(addressed) => addressed,
+        Err(response) => return response,
     };
     let Some(connection) = endpoint.http_connection(&token) else {
         // A connection whose transport has not started is not a Long
@@ -1007,6 +1017,10 @@ async fn delete<C: Application>(
     };
     if connection.transport != TransportType::LongPolling {
         return not_deletable();
+    }
+    // Only its own user ends a connection, as every other request of it.
+    if let Some(refusal) = reauthenticate(&endpoint, &parts, &connection).await {
+        return refusal;
     }
     http::delete(&connection);
     StatusCode::ACCEPTED.into_response()
