@@ -50,7 +50,15 @@ impl ServerKind {
 /// The transport a connection uses (tidings only: the raw baseline speaks
 /// WebSockets).
 #[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
 )]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Transport {

@@ -275,8 +275,9 @@ impl HttpConn {
         match body {
             Body::Chunked => {
                 let size_line = self.line().await?;
-                let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
-                    .with_context(|| format!("bad chunk size: {size_line}"))?;
+                let size =
+                    usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
+                        .with_context(|| format!("bad chunk size: {size_line}"))?;
                 let mut data = vec![0; size];
                 self.stream.read_exact(&mut data).await?;
                 // The CRLF after the chunk (after the last one, the end of

@@ -252,7 +252,9 @@ async fn open_all(worker: &Arc<Worker>, current: &Current) {
             let worker = Arc::clone(worker);
             async move {
                 let result = match worker.spec.endpoint.transport {
-                    Transport::WebSockets => open_one(&worker, index, role).await.map(Opened::Socket),
+                    Transport::WebSockets => {
+                        open_one(&worker, index, role).await.map(Opened::Socket)
+                    }
                     _ => {
                         let source = source_address(index, worker.spec.sources);
                         let server = worker.spec.endpoint.listener_server(index);
