@@ -313,6 +313,9 @@ async fn open_all(worker: &Arc<Worker>, current: &Current) {
 }
 
 /// A connection opened by [`open_all`].
+// Short-lived (until its task is spawned, which takes the connection):
+// boxing the larger variant would only add an allocation per connection.
+#[allow(clippy::large_enum_variant)]
 enum Opened {
     Socket(Conn),
     /// Server-Sent Events or Long Polling (idle scenario).
