@@ -47,6 +47,49 @@ impl ServerKind {
     }
 }
 
+/// The transport a connection uses (tidings only: the raw baseline speaks
+/// WebSockets).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Transport {
+    #[default]
+    #[value(name = "websockets")]
+    WebSockets,
+    #[value(name = "sse")]
+    ServerSentEvents,
+    #[value(name = "longpolling")]
+    LongPolling,
+}
+
+impl Transport {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Transport::WebSockets => "WebSockets",
+            Transport::ServerSentEvents => "Server-Sent Events",
+            Transport::LongPolling => "Long Polling",
+        }
+    }
+
+    /// The name the tidings server's `--transports` takes.
+    pub(crate) fn server_name(self) -> &'static str {
+        match self {
+            Transport::WebSockets => "WebSockets",
+            Transport::ServerSentEvents => "ServerSentEvents",
+            Transport::LongPolling => "LongPolling",
+        }
+    }
+}
+
 /// Where and how to connect.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Endpoint {
@@ -60,6 +103,9 @@ pub(crate) struct Endpoint {
     pub hub_path: String,
     #[serde(with = "protocol_name")]
     pub protocol: Protocol,
+    /// The transport (idle scenario; every other scenario uses WebSockets).
+    #[serde(default)]
+    pub transport: Transport,
 }
 
 impl Endpoint {

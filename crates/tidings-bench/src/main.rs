@@ -6,6 +6,7 @@
 //! tidings-bench group     --connections 9000 --group-size 100 --rate 400
 //! tidings-bench connect   --concurrency 50 --duration 10         # connection storm
 //! tidings-bench idle      --connections 19800 --server-pid PID   # RSS per idle connection
+//! tidings-bench idle      --transport sse --server-pid PID       # … over Server-Sent Events (or longpolling)
 //! tidings-bench suite                                            # everything, against tidings and the raw baseline
 //! tidings-bench million   --connections 1000000                  # a cluster on one Redis holding N connections
 //! ```
@@ -15,6 +16,7 @@
 //! all (`--per-process`).
 
 mod conn;
+mod http_conn;
 mod million;
 mod procs;
 mod report;
@@ -32,7 +34,7 @@ use clap::{Args, Parser, Subcommand};
 use tidings_protocol::Protocol;
 
 use crate::{
-    conn::{Endpoint, ServerKind},
+    conn::{Endpoint, ServerKind, Transport},
     run::{Report, RunConfig},
     scenario::{Phase, Scenario, WorkerSpec},
 };
@@ -95,6 +97,10 @@ struct RunArgs {
     /// Hub protocol: json or messagepack.
     #[arg(long, default_value = "json", value_parser = parse_protocol)]
     protocol: Protocol,
+    /// Idle: the transport of the connections held (Server-Sent Events and
+    /// Long Polling: tidings only; the server must offer it).
+    #[arg(long, value_enum, default_value = "websockets")]
+    transport: Transport,
     /// Connections (listeners, for broadcast and group).
     #[arg(short = 'n', long, default_value_t = 100)]
     connections: usize,
@@ -171,6 +177,7 @@ impl RunArgs {
                 peers: self.peers.clone(),
                 hub_path: self.hub.clone(),
                 protocol: self.protocol,
+                transport: self.transport,
             },
             scenario,
             connections: self.connections,
@@ -252,6 +259,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::Connect(args) => (Scenario::Connect, args),
         Cmd::Idle(args) => (Scenario::Idle, args),
     };
+    if args.transport != Transport::WebSockets && scenario != Scenario::Idle {
+        anyhow::bail!("--transport is for the idle scenario only");
+    }
     let config = args.config(scenario);
     let phases = args.phases(scenario);
     let reports = runtime.block_on(run::run(&config, &phases, |_| true))?;

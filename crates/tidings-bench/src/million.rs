@@ -22,7 +22,7 @@ use serde::Serialize;
 use tidings_protocol::Protocol;
 
 use crate::{
-    conn::{Endpoint, ServerKind},
+    conn::{Endpoint, ServerKind, Transport},
     procs::{Redis, Server},
     run::{self, Report, RunConfig},
     scenario::{Phase, Scenario},
@@ -294,6 +294,7 @@ async fn scenario(args: &MillionArgs) -> anyhow::Result<()> {
             peers: servers[1..].iter().map(|s| s.address).collect(),
             hub_path: "/hubs/test".to_owned(),
             protocol: args.protocol,
+            transport: Transport::WebSockets,
         },
         scenario: Scenario::Million,
         connections: n,

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::run::Report;
+use crate::{conn::Transport, run::Report};
 
 fn ms(value: f64) -> String {
     if value >= 100.0 {
@@ -31,9 +31,10 @@ pub(crate) fn table(reports: &[Report]) -> String {
     out.push_str("| scenario | server | protocol | connections | rate/s | throughput/s | p50 ms | p90 ms | p99 ms | max ms | errors | delivered | RSS/conn |\n");
     out.push_str("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in reports {
-        let scenario = match r.group_size {
-            Some(k) => format!("{} (K={k})", r.scenario.name()),
-            None => r.scenario.name().to_owned(),
+        let scenario = match (r.group_size, r.transport) {
+            (Some(k), _) => format!("{} (K={k})", r.scenario.name()),
+            (None, Transport::WebSockets) => r.scenario.name().to_owned(),
+            (None, transport) => format!("{} ({})", r.scenario.name(), transport.name()),
         };
         let delivered = match r.expected {
             Some(expected) => format!("{}/{}", r.ops, expected),

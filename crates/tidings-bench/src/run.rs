@@ -17,7 +17,7 @@ use tokio::{
 };
 
 use crate::{
-    conn::{Endpoint, ServerKind},
+    conn::{Endpoint, ServerKind, Transport},
     procs::with_max_files,
     scenario::{self, Event, Phase, PhaseResult, Scenario, WorkerSpec},
     stats::{self, Latency},
@@ -79,6 +79,10 @@ pub(crate) struct Report {
     #[serde(default = "one")]
     pub servers: usize,
     pub protocol: String,
+    /// The transport of the connections (WebSockets unless an idle run
+    /// says otherwise).
+    #[serde(default)]
+    pub transport: Transport,
     pub connections: usize,
     pub failed_connections: usize,
     /// Seconds from starting the worker processes until every connection
@@ -304,12 +308,17 @@ pub(crate) async fn run(
 }
 
 fn label(config: &RunConfig) -> String {
-    format!(
+    let mut label = format!(
         "{} {} {}",
         config.scenario.name(),
         config.endpoint.kind.name(),
         config.endpoint.protocol
-    )
+    );
+    if config.endpoint.transport != Transport::WebSockets {
+        label.push(' ');
+        label.push_str(config.endpoint.transport.name());
+    }
+    label
 }
 
 fn phase_length(phase: &Phase) -> Duration {
@@ -403,6 +412,7 @@ fn merge(
         server: config.endpoint.kind,
         servers: 1 + config.endpoint.peers.len(),
         protocol: config.endpoint.protocol.name().to_owned(),
+        transport: config.endpoint.transport,
         connections: connected,
         failed_connections: failed,
         connect_s: 0.0,

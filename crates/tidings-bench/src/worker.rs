@@ -27,7 +27,8 @@ use tokio::{
 };
 
 use crate::{
-    conn::{Conn, ServerKind, source_address},
+    conn::{Conn, ServerKind, Transport, source_address},
+    http_conn::HttpConn,
     scenario::{Command, Event, Phase, PhaseResult, Role, Scenario, WorkerSpec},
     stats::{self, Recorder},
 };
@@ -250,7 +251,18 @@ async fn open_all(worker: &Arc<Worker>, current: &Current) {
         .map(|(index, role)| {
             let worker = Arc::clone(worker);
             async move {
-                let result = open_one(&worker, index, role).await;
+                let result = match worker.spec.endpoint.transport {
+                    Transport::WebSockets => {
+                        open_one(&worker, index, role).await.map(Opened::Socket)
+                    }
+                    _ => {
+                        let source = source_address(index, worker.spec.sources);
+                        let server = worker.spec.endpoint.listener_server(index);
+                        HttpConn::open(&worker.spec.endpoint, server, source)
+                            .await
+                            .map(Opened::Http)
+                    }
+                };
                 (index, role, result)
             }
         })
@@ -258,7 +270,17 @@ async fn open_all(worker: &Arc<Worker>, current: &Current) {
         .for_each(|(index, role, result)| {
             done.fetch_add(1, Ordering::Relaxed);
             match result {
-                Ok(conn) => {
+                Ok(Opened::Http(conn)) => {
+                    worker.alive.fetch_add(1, Ordering::Relaxed);
+                    let worker = Arc::clone(worker);
+                    tokio::spawn(async move {
+                        // Held until the server ends it (or the worker
+                        // stops); only whether it is still open counts.
+                        let _ = conn.hold().await;
+                        worker.alive.fetch_sub(1, Ordering::Relaxed);
+                    });
+                }
+                Ok(Opened::Socket(conn)) => {
                     worker.alive.fetch_add(1, Ordering::Relaxed);
                     tokio::spawn(connection_task(
                         Arc::clone(worker),
@@ -288,6 +310,16 @@ async fn open_all(worker: &Arc<Worker>, current: &Current) {
         failed,
         first_error: first_error.lock().clone(),
     });
+}
+
+/// A connection opened by [`open_all`].
+// Short-lived (until its task is spawned, which takes the connection):
+// boxing the larger variant would only add an allocation per connection.
+#[allow(clippy::large_enum_variant)]
+enum Opened {
+    Socket(Conn),
+    /// Server-Sent Events or Long Polling (idle scenario).
+    Http(HttpConn),
 }
 
 async fn open_one(worker: &Worker, index: usize, role: Role) -> anyhow::Result<Conn> {

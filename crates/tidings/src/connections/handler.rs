@@ -155,14 +155,16 @@ pub(crate) trait Application: Send + Sync + 'static {
     fn opening_expired(&self) -> Option<Bytes>;
 
     /// Runs an accepted connection to its end; `leftover` are the bytes
-    /// that followed the opening.
+    /// that followed the opening. The future owns what it needs (it
+    /// borrows nothing), so that a transport can build it in one place and
+    /// run it in another.
     fn run<S>(
         self: &Arc<Self>,
         connection: Connection,
         inbound: S,
         leftover: Vec<u8>,
         opened: Self::Opened,
-    ) -> impl Future<Output = ()> + Send
+    ) -> impl Future<Output = ()> + Send + use<Self, S>
     where
         S: Stream<Item = InboundChunk> + Unpin + Send + 'static;
 
@@ -266,21 +268,30 @@ impl<T: ConnectionHandler> Application for Raw<T> {
         None
     }
 
-    async fn run<S>(self: &Arc<Self>, connection: Connection, inbound: S, leftover: Vec<u8>, (): ())
+    fn run<S>(
+        self: &Arc<Self>,
+        connection: Connection,
+        inbound: S,
+        leftover: Vec<u8>,
+        (): (),
+    ) -> impl Future<Output = ()> + Send + use<T, S>
     where
         S: Stream<Item = InboundChunk> + Unpin + Send + 'static,
     {
-        let first = (!leftover.is_empty()).then(|| Ok(Bytes::from(leftover)));
-        // The handler's input ends when the connection is aborted, so that
-        // a handler waiting for input learns of it.
-        let aborted = connection.aborted().clone();
-        let inbound: Inbound = Box::pin(
-            futures_util::stream::iter(first)
-                .chain(inbound)
-                .take_until(async move { aborted.cancelled_owned().await }),
-        );
-        self.0.on_connected(connection.clone(), inbound).await;
-        // Ends the transport once what the handler queued is written.
-        connection.send_close(None);
+        let this = Arc::clone(self);
+        async move {
+            let first = (!leftover.is_empty()).then(|| Ok(Bytes::from(leftover)));
+            // The handler's input ends when the connection is aborted, so
+            // that a handler waiting for input learns of it.
+            let aborted = connection.aborted().clone();
+            let inbound: Inbound = Box::pin(
+                futures_util::stream::iter(first)
+                    .chain(inbound)
+                    .take_until(async move { aborted.cancelled_owned().await }),
+            );
+            this.0.on_connected(connection.clone(), inbound).await;
+            // Ends the transport once what the handler queued is written.
+            connection.send_close(None);
+        }
     }
 }

@@ -623,11 +623,12 @@ async fn connect<C: Application>(
         let served = Arc::clone(&endpoint.served);
         let serve = transport::websocket::serve(served, socket, init, reattach);
         tracker.track_future(async move {
-            // The connection counts under the limits, and its token as
-            // live, until it ends.
-            let _slot = slot;
-            let _live = live;
             serve.await;
+            // The connection counted under the limits, and its token as
+            // live, until now. (Dropped here rather than bound to locals
+            // at the start, which would give each a second place in the
+            // connection's task.)
+            drop((slot, live));
         })
     })
 }

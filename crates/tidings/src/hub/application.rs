@@ -80,7 +80,7 @@ impl<H: Hub> Application for HubHandler<H> {
         inbound: S,
         leftover: Vec<u8>,
         protocol: Protocol,
-    ) -> impl Future<Output = ()> + Send
+    ) -> impl Future<Output = ()> + Send + use<H, S>
     where
         S: Stream<Item = InboundChunk> + Unpin + Send + 'static,
     {

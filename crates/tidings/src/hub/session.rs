@@ -210,10 +210,8 @@ pub(crate) async fn run<H, S>(
                     connection.protocol(),
                     options.maximum_receive_message_size,
                 ),
-                slots: Arc::new(Semaphore::new(
-                    options.maximum_parallel_invocations_per_client,
-                )),
-                tasks: JoinSet::new(),
+                slots: None,
+                tasks: None,
                 streams: HashMap::new(),
                 uploads: Uploads::default(),
                 timeout_armed: false,
@@ -283,10 +281,13 @@ struct Reader<'a, H: Hub> {
     handler: &'a Arc<HubHandler<H>>,
     cx: &'a Context,
     decoder: MessageDecoder,
-    /// `MaximumParallelInvocationsPerClient`: a permit per running invocation.
-    slots: Arc<Semaphore>,
+    /// `MaximumParallelInvocationsPerClient`: a permit per running
+    /// invocation. Made at the first invocation, like `tasks`: a
+    /// connection that never invokes anything (an idle listener) holds
+    /// neither allocation.
+    slots: Option<Arc<Semaphore>>,
     /// Invocation tasks; each says what to clean up when it ends.
-    tasks: JoinSet<Finished>,
+    tasks: Option<JoinSet<Finished>>,
     /// Running server-to-client streams, by invocation id.
     streams: HashMap<String, CancellationToken>,
     /// Open client-to-server streams, by stream id.
@@ -417,7 +418,7 @@ impl<H: Hub> Reader<'_, H> {
                     }
                     Side::Expired => return End::AuthenticationExpired,
                 },
-                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                Some(done) = join_next(&mut self.tasks), if self.tasks.as_ref().is_some_and(|t| !t.is_empty()) => {
                     if let Ok(done) = done {
                         self.finished(done);
                     }
@@ -650,7 +651,7 @@ impl<H: Hub> Reader<'_, H> {
             if let Some(metrics) = &self.handler.shared.metrics {
                 metrics.stream_started();
             }
-            self.tasks.spawn(
+            self.tasks.get_or_insert_with(JoinSet::new).spawn(
                 async move {
                     let outcome =
                         dispatch::run_stream(hub, method, cx, invocation, uploads, cancel).await;
@@ -677,16 +678,24 @@ impl<H: Hub> Reader<'_, H> {
             // When every slot is taken, stop reading this client until one
             // frees up: back-pressure, never an error (as in ASP.NET Core).
             // A free slot is taken without the futures that waiting needs.
-            match Arc::clone(&self.slots).try_acquire_owned() {
+            let handler = self.handler;
+            let slots = self.slots.get_or_insert_with(|| {
+                let parallel = handler
+                    .shared
+                    .options
+                    .maximum_parallel_invocations_per_client;
+                Arc::new(Semaphore::new(parallel))
+            });
+            match Arc::clone(slots).try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(tokio::sync::TryAcquireError::Closed) => return None,
-                Err(tokio::sync::TryAcquireError::NoPermits) => match self
-                    .until_end(Arc::clone(&self.slots).acquire_owned(), shutdown)
-                    .await
-                {
-                    Ok(permit) => Some(permit.ok()?),
-                    Err(end) => return Some(end),
-                },
+                Err(tokio::sync::TryAcquireError::NoPermits) => {
+                    let slots = Arc::clone(slots);
+                    match self.until_end(slots.acquire_owned(), shutdown).await {
+                        Ok(permit) => Some(permit.ok()?),
+                        Err(end) => return Some(end),
+                    }
+                }
             }
         };
         let (owner, uploads) = self.open_uploads(&invocation);
@@ -749,7 +758,7 @@ impl<H: Hub> Reader<'_, H> {
         match (&mut task).now_or_never() {
             Some(done) => self.finished(done),
             None => {
-                self.tasks.spawn(task);
+                self.tasks.get_or_insert_with(JoinSet::new).spawn(task);
             }
         }
         None
@@ -766,6 +775,16 @@ impl<H: Hub> Reader<'_, H> {
         let capacity = self.handler.shared.options.stream_buffer_capacity;
         let (owner, receivers) = self.uploads.open(&invocation.stream_ids, capacity);
         (Some(owner), receivers)
+    }
+}
+
+/// The next invocation task to end; never, while there are none.
+async fn join_next(
+    tasks: &mut Option<JoinSet<Finished>>,
+) -> Option<Result<Finished, tokio::task::JoinError>> {
+    match tasks {
+        Some(tasks) => tasks.join_next().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -77,17 +77,25 @@ impl Upgrade {
             key,
             config,
         } = self;
+        // The task lives as long as the connection and is sized for its
+        // largest state. Waiting for the upgrade and building the socket
+        // happen in a box that is freed once the socket is ready, and the
+        // task's own state is then the connection's future alone: awaited
+        // inline, the socket being built was kept in the task beside it
+        // (a moved-from local keeps its room in an async block), which made
+        // the task of every connection 4 KiB (BENCHMARKS.md, "How the idle
+        // target was met").
+        // The callback goes into that box too: a value the task's future
+        // captures keeps its room there after it is moved out.
+        let opening = Box::pin(async move { open(on_upgrade, config).await.map(callback) });
         tokio::spawn(async move {
-            let upgraded = match on_upgrade.await {
-                Ok(upgraded) => upgraded,
-                Err(error) => {
-                    tracing::debug!(%error, "WebSocket upgrade failed");
-                    return;
-                }
+            // Matched, not `if let`: the scrutinee would be kept, with a
+            // second copy of the connection's future, while it runs.
+            let serve = match opening.await {
+                Some(serve) => serve,
+                None => return,
             };
-            let io = NormalClose::new(TokioIo::new(upgraded));
-            let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-            callback(socket).await;
+            serve.await;
         });
         let response = match key {
             Some(key) => Response::builder()
@@ -104,6 +112,19 @@ impl Upgrade {
         };
         response.unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
     }
+}
+
+/// The upgraded connection as a WebSocket, once hyper hands it over.
+async fn open(on_upgrade: OnUpgrade, config: WebSocketConfig) -> Option<WebSocket> {
+    let upgraded = match on_upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(error) => {
+            tracing::debug!(%error, "WebSocket upgrade failed");
+            return None;
+        }
+    };
+    let io = NormalClose::new(TokioIo::new(upgraded));
+    Some(WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await)
 }
 
 /// The status and length byte of a Close frame with status 1000, written

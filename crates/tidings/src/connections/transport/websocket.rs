@@ -74,6 +74,13 @@ pub(crate) fn socket_config(max_message: Option<usize>) -> tungstenite::protocol
 /// Not an `async fn`: the socket is split before the future is built, so
 /// the connection's task does not keep a slot for the unsplit socket (the
 /// arguments of an `async fn` stay in its future for its whole life).
+///
+/// The opening runs in a box of its own, freed once the connection runs:
+/// what the future then holds is the running connection alone (two
+/// boxes). Awaited inline, the opening's state — and every local it moved
+/// into the session and writer, which an async function keeps room for
+/// until it returns — was reserved beside the running connection for its
+/// whole life (1.9 KiB per connection).
 pub(crate) fn serve<C: Application>(
     served: Arc<Served<C>>,
     socket: WebSocket,
@@ -81,16 +88,30 @@ pub(crate) fn serve<C: Application>(
     reattach: Option<resume::Reattach>,
 ) -> impl Future<Output = ()> + Send {
     let (sink, stream) = socket.split();
-    run(served, sink, stream, init, reattach)
+    let start = Box::pin(start(served, sink, stream, init, reattach));
+    async move {
+        // Matched, not `if let`, which would keep the scrutinee (a second
+        // copy of the running connection's future) while it runs.
+        let running = match start.await {
+            Some(running) => running,
+            None => return,
+        };
+        running.await;
+    }
 }
 
-async fn run<C: Application>(
+/// Opens the connection: reads the application's opening, sends its
+/// answer, and returns the running connection (the session and the
+/// writer), not yet polled. `None` once the connection is over already (a
+/// refused opening, a lost socket, or a stateful connection, which runs to
+/// its end in here).
+async fn start<C: Application>(
     served: Arc<Served<C>>,
     mut sink: SplitSink<WebSocket, Message>,
     mut stream: SplitStream<WebSocket>,
     mut init: Box<ConnectionInit>,
     reattach: Option<resume::Reattach>,
-) {
+) -> Option<impl Future<Output = ()> + Send> {
     let options = &served.options;
     let app = &served.app;
     // The close status a failed read asks for; 0 while reads succeed.
@@ -114,17 +135,17 @@ async fn run<C: Application>(
                 .await;
             }
             close(&mut sink, 1000).await;
-            return;
+            return None;
         }
-        Opened::Gone => return,
+        Opened::Gone => return None,
     };
     init.format = accepted.format;
     // Stateful reconnect: negotiated (with a secret token) and agreed to by
     // the application's opening.
     if let Some(reattach) = reattach.filter(|_| accepted.resumable) {
         let framing = accepted.resume.clone();
-        // Boxed: inline, its larger state would be reserved by every
-        // connection's task, stateful or not.
+        // Boxed: it runs for the connection's life, and the start of a
+        // connection without stateful reconnect need not be as large.
         Box::pin(resume::serve(
             served,
             (sink, stream),
@@ -133,7 +154,7 @@ async fn run<C: Application>(
             (reattach, framing),
         ))
         .await;
-        return;
+        return None;
     }
     let (tx, rx) = outbox::channel(options.outbound_buffer_capacity);
     let connection = Connection::new(unbox(init), tx);
@@ -144,15 +165,14 @@ async fn run<C: Application>(
         connection.record_sent(answer.len());
         let sent = match frame_message(accepted.format, answer) {
             Some(message) => timeout(options.transport_send_timeout, sink.send(message)).await,
-            None => return,
+            None => return None,
         };
         if !matches!(sent, Ok(Ok(()))) {
-            return;
+            return None;
         }
     }
-    // Boxed, so each lives once on the heap: moved into `join!` unboxed,
-    // they would also keep their slots in this future, and an idle
-    // connection would carry both twice.
+    // Boxed, so each lives once on the heap, in a box of its own size:
+    // the future returned holds the two boxes only.
     let turn = rx.turn_key();
     let writer = Box::pin(write_loop(
         sink,
@@ -167,7 +187,7 @@ async fn run<C: Application>(
         leftover,
         accepted.opened,
     ));
-    session_then_writer(session, writer, turn).await;
+    Some(session_then_writer(session, writer, turn))
 }
 
 /// Runs both to completion, the session before the writer on every poll
