@@ -228,7 +228,11 @@ pub(crate) async fn run<H, S>(
             if matches!(end, End::Aborted(Some(AbortReason::HandedOver))) {
                 // Moved to another server: what runs here still (results,
                 // stream items) is forwarded to it, for a while.
-                let running = async { while reader.tasks.join_next().await.is_some() {} };
+                let running = async {
+                    if let Some(tasks) = &mut reader.tasks {
+                        while tasks.join_next().await.is_some() {}
+                    }
+                };
                 if tokio::time::timeout(MOVED_TASKS_GRACE, running)
                     .await
                     .is_err()
