@@ -104,6 +104,10 @@ struct RunArgs {
     /// Echo: seconds at the start of the phase that are not measured.
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
+    /// Echo: each connection stops after this many echoes, and the run
+    /// ends when all have (a fixed amount of work: `scripts/callgrind.sh`).
+    #[arg(long)]
+    echoes: Option<u64>,
     /// Broadcast/group: messages per second (all senders together); a list runs one phase per rate.
     #[arg(long, value_delimiter = ',', default_value = "10")]
     rate: Vec<f64>,
@@ -149,6 +153,8 @@ struct RunArgs {
 enum ServerArg {
     Tidings,
     Raw,
+    /// The raw baseline started with `--codec tokio-websockets`.
+    RawTws,
 }
 
 fn parse_protocol(name: &str) -> Result<Protocol, String> {
@@ -166,6 +172,7 @@ impl RunArgs {
                 kind: match self.server {
                     ServerArg::Tidings => ServerKind::Tidings,
                     ServerArg::Raw => ServerKind::Raw,
+                    ServerArg::RawTws => ServerKind::RawTws,
                 },
                 server: self.url,
                 peers: self.peers.clone(),
@@ -192,6 +199,7 @@ impl RunArgs {
             Scenario::Echo => vec![Phase::Echo {
                 duration_ms: duration_ms + ms(self.warmup),
                 warmup_ms: ms(self.warmup),
+                per_connection: self.echoes,
             }],
             Scenario::Broadcast | Scenario::Group | Scenario::Cluster => self
                 .rate
