@@ -20,7 +20,9 @@
 #
 # Options: --server, --protocol, --connections (echo: 100; broadcast:
 # listeners, 1000), --few / --many (echo: calls per connection, 20 / 220;
-# broadcast: seconds at 20 messages per second, 1 / 6).
+# broadcast: seconds at 20 messages per second, 1 / 6), --bin-dir (the
+# binaries to measure, e.g. copies of an earlier build; default: build
+# target/release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +33,7 @@ protocol=json
 connections=
 few=
 many=
+bin=
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --server) server=$2; shift 2 ;;
@@ -38,6 +41,7 @@ while [[ $# -gt 0 ]]; do
         --connections) connections=$2; shift 2 ;;
         --few) few=$2; shift 2 ;;
         --many) many=$2; shift 2 ;;
+        --bin-dir) bin=$2; shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -48,15 +52,18 @@ case "$scenario" in
 esac
 rate=20
 
-cargo build --release -p tidings-server -p tidings-bench >&2
+if [[ -z "$bin" ]]; then
+    cargo build --release -p tidings-server -p tidings-bench >&2
+    bin=target/release
+fi
 ulimit -n "$(ulimit -Hn)"
 out=target/callgrind
 mkdir -p "$out"
 
 case "$server" in
-    tidings) command=(target/release/tidings --transports WebSockets --test-hub) ;;
-    raw) command=(target/release/tidings-baseline) ;;
-    raw-tws) command=(target/release/tidings-baseline --codec tokio-websockets) ;;
+    tidings) command=("$bin/tidings" --transports WebSockets --test-hub) ;;
+    raw) command=("$bin/tidings-baseline") ;;
+    raw-tws) command=("$bin/tidings-baseline" --codec tokio-websockets) ;;
     *) echo "server: tidings, raw or raw-tws" >&2; exit 2 ;;
 esac
 
@@ -81,10 +88,10 @@ measure() {
     fi
     local load=(--server "$server" --url "$address" --protocol "$protocol" -n "$connections" --quiet)
     if [[ "$scenario" == echo ]]; then
-        target/release/tidings-bench echo "${load[@]}" --warmup 0 --duration 600 \
+        "$bin/tidings-bench" echo "${load[@]}" --warmup 0 --duration 600 \
             --echoes "$amount" --json "$name.json" >&2
     else
-        target/release/tidings-bench broadcast "${load[@]}" --rate "$rate" \
+        "$bin/tidings-bench" broadcast "${load[@]}" --rate "$rate" \
             --duration "$amount" --drain 60 --json "$name.json" >&2
     fi
     # SIGTERM: callgrind writes its profile when the program ends.
