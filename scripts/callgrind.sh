@@ -12,15 +12,18 @@
 # tokio-websockets). The server runs under callgrind twice, each time fresh:
 # once with a few messages and once with many more, from the load generator
 # (`tidings-bench echo --echoes N`: every connection makes exactly N
-# calls; `tidings-bench broadcast`: rate × duration messages to every
-# listener). The difference of the two totals, divided by the difference of
-# the messages (deliveries), is the cost of one message: startup,
-# connection set-up and shutdown cancel out. The larger run's profile is
+# calls; `tidings-bench broadcast`: rate × 10 s messages to every
+# listener, at rates low enough that each message reaches every listener
+# before the next is sent, so no write carries more than one message and
+# the count does not depend on timing). The difference of the two totals,
+# divided by the difference of the messages (deliveries), is the cost of
+# one message: startup, connection set-up, keep-alives and shutdown cancel
+# out. The larger run's profile is
 # kept in target/callgrind/ for `callgrind_annotate`.
 #
 # Options: --server, --protocol, --connections (echo: 100; broadcast:
 # listeners, 1000), --few / --many (echo: calls per connection, 20 / 220;
-# broadcast: seconds at 20 messages per second, 1 / 6), --bin-dir (the
+# broadcast: messages per second for 10 s, 1 / 3), --bin-dir (the
 # binaries to measure, e.g. copies of an earlier build; default: build
 # target/release).
 set -euo pipefail
@@ -47,10 +50,10 @@ while [[ $# -gt 0 ]]; do
 done
 case "$scenario" in
     echo) connections=${connections:-100}; few=${few:-20}; many=${many:-220} ;;
-    broadcast) connections=${connections:-1000}; few=${few:-1}; many=${many:-6} ;;
+    broadcast) connections=${connections:-1000}; few=${few:-1}; many=${many:-3} ;;
     *) echo "scenario: echo or broadcast" >&2; exit 2 ;;
 esac
-rate=20
+seconds=10
 
 if [[ -z "$bin" ]]; then
     cargo build --release -p tidings-server -p tidings-bench >&2
@@ -91,8 +94,8 @@ measure() {
         "$bin/tidings-bench" echo "${load[@]}" --warmup 0 --duration 600 \
             --echoes "$amount" --json "$name.json" >&2
     else
-        "$bin/tidings-bench" broadcast "${load[@]}" --rate "$rate" \
-            --duration "$amount" --drain 60 --json "$name.json" >&2
+        "$bin/tidings-bench" broadcast "${load[@]}" --rate "$amount" \
+            --duration "$seconds" --drain 60 --json "$name.json" >&2
     fi
     # SIGTERM: callgrind writes its profile when the program ends.
     kill -TERM "$pid"
@@ -106,7 +109,7 @@ if [[ "$scenario" == echo ]]; then
     units=$(( (many - few) * connections ))
     what="echo message"
 else
-    units=$(( (many - few) * rate * connections ))
+    units=$(( (many - few) * seconds * connections ))
     what="delivery"
 fi
 per=$(( (large - small) / units ))
