@@ -36,6 +36,10 @@ pub(crate) enum ServerKind {
     Tidings,
     /// The raw WebSocket baseline: no handshake, frames echoed or forwarded.
     Raw,
+    /// The same raw baseline on the tokio-websockets codec
+    /// (`tidings-baseline --codec tokio-websockets`).
+    #[serde(rename = "raw-tws")]
+    RawTws,
 }
 
 impl ServerKind {
@@ -43,6 +47,7 @@ impl ServerKind {
         match self {
             ServerKind::Tidings => "tidings",
             ServerKind::Raw => "raw",
+            ServerKind::RawTws => "raw-tws",
         }
     }
 }

@@ -110,6 +110,10 @@ struct RunArgs {
     /// Echo: seconds at the start of the phase that are not measured.
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
+    /// Echo: each connection stops after this many echoes, and the run
+    /// ends when all have (a fixed amount of work: `scripts/callgrind.sh`).
+    #[arg(long)]
+    echoes: Option<u64>,
     /// Broadcast/group: messages per second (all senders together); a list runs one phase per rate.
     #[arg(long, value_delimiter = ',', default_value = "10")]
     rate: Vec<f64>,
@@ -155,6 +159,8 @@ struct RunArgs {
 enum ServerArg {
     Tidings,
     Raw,
+    /// The raw baseline started with `--codec tokio-websockets`.
+    RawTws,
 }
 
 fn parse_protocol(name: &str) -> Result<Protocol, String> {
@@ -172,6 +178,7 @@ impl RunArgs {
                 kind: match self.server {
                     ServerArg::Tidings => ServerKind::Tidings,
                     ServerArg::Raw => ServerKind::Raw,
+                    ServerArg::RawTws => ServerKind::RawTws,
                 },
                 server: self.url,
                 peers: self.peers.clone(),
@@ -199,6 +206,7 @@ impl RunArgs {
             Scenario::Echo => vec![Phase::Echo {
                 duration_ms: duration_ms + ms(self.warmup),
                 warmup_ms: ms(self.warmup),
+                per_connection: self.echoes,
             }],
             Scenario::Broadcast | Scenario::Group | Scenario::Cluster => self
                 .rate

@@ -52,6 +52,9 @@ impl Server {
             // scenarios use the test hub, which is served only when asked for.
             command.args(["--transports", "WebSockets", "--test-hub"]);
         }
+        if kind == ServerKind::RawTws {
+            command.args(["--codec", "tokio-websockets"]);
+        }
         let mut child = command
             .spawn()
             .with_context(|| format!("cannot start {}", binary.display()))?;

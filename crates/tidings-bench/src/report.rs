@@ -28,8 +28,8 @@ pub(crate) fn per_second(value: f64) -> String {
 /// deliveries and memory.
 pub(crate) fn table(reports: &[Report]) -> String {
     let mut out = String::new();
-    out.push_str("| scenario | server | protocol | connections | rate/s | throughput/s | p50 ms | p90 ms | p99 ms | max ms | errors | delivered | RSS/conn |\n");
-    out.push_str("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str("| scenario | server | protocol | connections | rate/s | throughput/s | p50 ms | p90 ms | p99 ms | max ms | errors | delivered | RSS/conn | server CPU µs/op |\n");
+    out.push_str("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in reports {
         let scenario = match (r.group_size, r.transport) {
             (Some(k), _) => format!("{} (K={k})", r.scenario.name()),
@@ -45,6 +45,10 @@ pub(crate) fn table(reports: &[Report]) -> String {
             .map(|rss| format!("{:.1} KiB", rss.per_connection_bytes / 1024.0))
             .unwrap_or_default();
         let rate = r.rate.map(|r| format!("{r}")).unwrap_or_default();
+        let cpu = r
+            .server_cpu_us
+            .map(|us| format!("{us:.2}"))
+            .unwrap_or_default();
         let lat = &r.latency;
         let latency = if lat.count == 0 {
             ["", "", "", ""].map(str::to_owned)
@@ -63,7 +67,7 @@ pub(crate) fn table(reports: &[Report]) -> String {
         };
         let _ = writeln!(
             out,
-            "| {scenario} | {} | {} | {connections} | {rate} | {throughput} | {} | {} | {} | {} | {} | {delivered} | {rss} |",
+            "| {scenario} | {} | {} | {connections} | {rate} | {throughput} | {} | {} | {} | {} | {} | {delivered} | {rss} | {cpu} |",
             r.server_label(),
             r.protocol,
             latency[0],

@@ -39,7 +39,8 @@ pub(crate) struct RunConfig {
     /// Most connections one worker process opens.
     pub per_process: usize,
     pub connect_concurrency: usize,
-    /// The server's process, whose RSS is read for the idle scenario.
+    /// The server's process, whose RSS is read for the idle scenario and
+    /// whose CPU time is read over every measured window.
     pub server_pid: Option<u32>,
     /// Idle: how long to let the server settle before reading its RSS.
     pub settle: Duration,
@@ -107,6 +108,12 @@ pub(crate) struct Report {
     pub alive: usize,
     pub latency: Latency,
     pub rss: Option<Rss>,
+    /// The server's CPU time (user + system, from `/proc/<pid>/stat`) over
+    /// the measured window, per operation, in microseconds: per echo, per
+    /// delivery for fan-out. Only the first server's (the sender's, in a
+    /// cluster run).
+    #[serde(default)]
+    pub server_cpu_us: Option<f64>,
     pub first_error: Option<String>,
     /// (percentile, ms) points for a plot.
     pub distribution: Vec<(f64, f64)>,
@@ -279,8 +286,14 @@ pub(crate) async fn run(
             worker.stdin.write_all(line.as_bytes()).await?;
             worker.stdin.flush().await?;
         }
+        let cpu = config
+            .server_pid
+            .map(|pid| CpuWindow::start(pid, phase, start_unix_us));
         let results = collect_phase(config, phase, &mut events, processes).await?;
         let mut report = merge(config, phase, processes, connected, failed, &results)?;
+        if let Some(cpu) = cpu {
+            report.server_cpu_us = cpu.per_op(report.ops).await;
+        }
         report.first_error = report.first_error.or_else(|| first_error.clone());
         report.rss = rss;
         report.connect_s = connect_s;
@@ -305,6 +318,59 @@ pub(crate) async fn run(
         }
     }
     Ok(reports)
+}
+
+/// The server's CPU time over a phase's measured window: for echo, from
+/// the end of the warm-up to the end of the phase (the echoes counted);
+/// for the other phases, from the start until every worker has reported
+/// (a fan-out's deliveries may arrive after the last send).
+struct CpuWindow {
+    pid: u32,
+    first: tokio::task::JoinHandle<u64>,
+    last: Option<tokio::task::JoinHandle<u64>>,
+}
+
+impl CpuWindow {
+    fn start(pid: u32, phase: &Phase, start_unix_us: u64) -> CpuWindow {
+        let start = Instant::now() + Duration::from_micros(start_unix_us.saturating_sub(unix_us()));
+        let (from, to) = match phase {
+            Phase::Echo {
+                duration_ms,
+                warmup_ms,
+                ..
+            } => (
+                start + Duration::from_millis(*warmup_ms),
+                Some(start + Duration::from_millis(*duration_ms)),
+            ),
+            _ => (start, None),
+        };
+        let ticks_at = move |at: Instant| {
+            tokio::spawn(async move {
+                tokio::time::sleep_until(at).await;
+                crate::sysinfo::cpu_ticks(pid)
+            })
+        };
+        CpuWindow {
+            pid,
+            first: ticks_at(from),
+            last: to.map(ticks_at),
+        }
+    }
+
+    /// Microseconds of server CPU per operation (`None` without operations
+    /// or when `/proc` could not be read).
+    async fn per_op(self, ops: u64) -> Option<f64> {
+        let first = self.first.await.ok()?;
+        let last = match self.last {
+            Some(last) => last.await.ok()?,
+            None => crate::sysinfo::cpu_ticks(self.pid),
+        };
+        if ops == 0 || first == 0 || last < first {
+            return None;
+        }
+        let seconds = (last - first) as f64 / crate::sysinfo::clock_ticks() as f64;
+        Some(seconds * 1e6 / ops as f64)
+    }
 }
 
 fn label(config: &RunConfig) -> String {
@@ -398,6 +464,7 @@ fn merge(
         Phase::Echo {
             duration_ms,
             warmup_ms,
+            ..
         } => (duration_ms.saturating_sub(*warmup_ms) as f64 / 1000.0, None),
         Phase::Fanout {
             rate, duration_ms, ..
@@ -433,6 +500,7 @@ fn merge(
         alive: results.iter().map(|r| r.alive).sum(),
         latency: Latency::of(&histogram),
         rss: None,
+        server_cpu_us: None,
         first_error: results.iter().find_map(|r| r.first_error.clone()),
         distribution: stats::distribution(&histogram),
     })

@@ -103,11 +103,13 @@ impl WorkerSpec {
     pub(crate) fn path(&self, role: Role) -> String {
         match (self.endpoint.kind, role) {
             (ServerKind::Tidings, _) => self.endpoint.hub_path.clone(),
-            (ServerKind::Raw, Role::Listener(g)) => format!("/fanout?group={}", self.group_name(g)),
-            (ServerKind::Raw, Role::Sender(g)) => {
+            (ServerKind::Raw | ServerKind::RawTws, Role::Listener(g)) => {
+                format!("/fanout?group={}", self.group_name(g))
+            }
+            (ServerKind::Raw | ServerKind::RawTws, Role::Sender(g)) => {
                 format!("/fanout?group={}&send=1", self.group_name(g))
             }
-            (ServerKind::Raw, Role::Echo) => "/echo".to_owned(),
+            (ServerKind::Raw | ServerKind::RawTws, Role::Echo) => "/echo".to_owned(),
         }
     }
 }
@@ -127,6 +129,11 @@ pub(crate) enum Phase {
     Echo {
         duration_ms: u64,
         warmup_ms: u64,
+        /// Each connection stops after this many echoes (or at the end of
+        /// the phase, whichever comes first), and the phase ends when all
+        /// have: a fixed amount of work, for instruction counts.
+        #[serde(default)]
+        per_connection: Option<u64>,
     },
     Fanout {
         /// Messages per second, all senders together.
@@ -147,9 +154,7 @@ pub(crate) enum Phase {
     /// Nothing to do: the connections are held while the server is measured.
     Hold,
     /// The connections stay idle (keep-alives only) for this long.
-    Wait {
-        duration_ms: u64,
-    },
+    Wait { duration_ms: u64 },
 }
 
 impl Phase {

@@ -187,6 +187,18 @@ async fn finish(worker: &Arc<Worker>, run: &Arc<PhaseRun>) -> u64 {
             sleep_until(run.end).await;
             0
         }
+        Phase::Echo {
+            per_connection: Some(_),
+            ..
+        } => {
+            // Every echo loop counted itself busy before the start (the
+            // phase is published ahead of it): once none is, all are done.
+            sleep_until(run.start).await;
+            while run.busy.load(Ordering::Relaxed) > 0 && Instant::now() < run.end {
+                sleep(Duration::from_millis(5)).await;
+            }
+            0
+        }
         Phase::Echo { .. } => {
             sleep_until(run.end).await;
             // Let the last invocations complete (they are not counted late).
@@ -389,8 +401,9 @@ async fn connection_task(
                 phase = current.borrow_and_update().clone();
                 let Some(run) = &phase else { continue };
                 let outcome = match (role, &run.phase) {
-                    (Role::Echo, Phase::Echo { warmup_ms, .. }) => {
-                        echo_loop(&worker, &mut conn, run, Duration::from_millis(*warmup_ms)).await
+                    (Role::Echo, Phase::Echo { warmup_ms, per_connection, .. }) => {
+                        let limit = per_connection.unwrap_or(u64::MAX);
+                        echo_loop(&worker, &mut conn, run, Duration::from_millis(*warmup_ms), limit).await
                     }
                     (Role::Sender(g), Phase::Fanout { .. }) => send_loop(&worker, &mut conn, run, g).await,
                     _ => Ok(true),
@@ -483,6 +496,7 @@ async fn echo_loop(
     conn: &mut Conn,
     run: &PhaseRun,
     warmup: Duration,
+    limit: u64,
 ) -> anyhow::Result<bool> {
     run.busy.fetch_add(1, Ordering::Relaxed);
     let _busy = Busy(&run.busy);
@@ -490,7 +504,7 @@ async fn echo_loop(
     sleep_until(run.start).await;
     let measure_from = run.start + warmup;
     let mut seq: u64 = 0;
-    while Instant::now() < run.end {
+    while seq < limit && Instant::now() < run.end {
         seq += 1;
         let id = seq.to_string();
         let args = ((0u64, run.id, seq, worker.padding.as_str()),).to_arguments(protocol)?;
@@ -601,10 +615,12 @@ fn fanout_message(
             Invocation::new("Broadcast", (stamp,).to_arguments(protocol)?)
                 .with_invocation_id(seq.to_string())
         }
-        (ServerKind::Raw, Scenario::Broadcast) => {
+        (ServerKind::Raw | ServerKind::RawTws, Scenario::Broadcast) => {
             Invocation::new("Broadcast", (stamp,).to_arguments(protocol)?)
         }
-        (ServerKind::Raw, _) => Invocation::new("GroupMessage", (stamp,).to_arguments(protocol)?),
+        (ServerKind::Raw | ServerKind::RawTws, _) => {
+            Invocation::new("GroupMessage", (stamp,).to_arguments(protocol)?)
+        }
         (ServerKind::Tidings, Scenario::Broadcast | Scenario::Cluster) => {
             Invocation::new("BroadcastOthers", (stamp,).to_arguments(protocol)?)
                 .with_invocation_id(seq.to_string())

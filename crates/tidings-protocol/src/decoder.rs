@@ -80,10 +80,9 @@ impl MessageDecoder {
     }
 
     fn next_json(&mut self) -> Result<Option<Bytes>, DecodeError> {
-        let Some(found) = self.buffer[self.scanned..]
-            .iter()
-            .position(|&b| b == RECORD_SEPARATOR)
-        else {
+        // memchr compares many bytes per instruction: a byte-by-byte search
+        // was ~4 % of the instructions of a JSON echo (scripts/callgrind.sh).
+        let Some(found) = memchr::memchr(RECORD_SEPARATOR, &self.buffer[self.scanned..]) else {
             self.scanned = self.buffer.len();
             self.check_size(self.buffer.len())?;
             return Ok(None);

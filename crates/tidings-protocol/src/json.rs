@@ -3,11 +3,18 @@
 //! Reading parses the whole object before interpreting it, because clients write properties in any
 //! order (the JavaScript client writes `type` last). Arguments, results and items are not parsed into
 //! values: they stay as slices of the received frame until a handler deserializes them.
+//!
+//! Most messages are read by a scanner of a strict subset of JSON ([`scan`]), in one pass that
+//! also finds the argument list's items; whatever it does not take (escapes in property names,
+//! `\u` escapes, deep nesting, and every malformed message) is read by serde_json instead, so
+//! what is accepted, and the error for what is not, stay serde_json's.
+
+mod scan;
 
 use std::fmt;
 
 use bytes::Bytes;
-use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::{
@@ -15,64 +22,43 @@ use crate::{
     HubMessage, Invocation, Payload, Protocol, RECORD_SEPARATOR, StreamItem,
 };
 
-/// The properties of a hub message, each kept as raw JSON text borrowed from the frame.
+/// The properties of a hub message, each kept as the raw (valid) JSON text of its value, borrowed
+/// from the frame.
 #[derive(Default)]
 struct RawFields<'a> {
-    ty: Option<&'a RawValue>,
-    headers: Option<&'a RawValue>,
-    invocation_id: Option<&'a RawValue>,
-    target: Option<&'a RawValue>,
-    arguments: Option<&'a RawValue>,
-    stream_ids: Option<&'a RawValue>,
-    item: Option<&'a RawValue>,
-    result: Option<&'a RawValue>,
-    error: Option<&'a RawValue>,
-    allow_reconnect: Option<&'a RawValue>,
-    sequence_id: Option<&'a RawValue>,
+    ty: Option<&'a str>,
+    headers: Option<&'a str>,
+    invocation_id: Option<&'a str>,
+    target: Option<&'a str>,
+    arguments: Option<&'a str>,
+    stream_ids: Option<&'a str>,
+    item: Option<&'a str>,
+    result: Option<&'a str>,
+    error: Option<&'a str>,
+    allow_reconnect: Option<&'a str>,
+    sequence_id: Option<&'a str>,
+    /// The items of `arguments`, as byte ranges of the message, when the scanner read them.
+    argument_items: Option<Vec<(usize, usize)>>,
 }
 
-enum Field {
-    Type,
-    Headers,
-    InvocationId,
-    Target,
-    Arguments,
-    StreamIds,
-    Item,
-    Result,
-    Error,
-    AllowReconnect,
-    SequenceId,
-    Other,
-}
-
-impl<'de> Deserialize<'de> for Field {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct FieldVisitor;
-        impl Visitor<'_> for FieldVisitor {
-            type Value = Field;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a property name")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Field, E> {
-                // Property names are case-sensitive, as in ASP.NET Core.
-                Ok(match v {
-                    "type" => Field::Type,
-                    "headers" => Field::Headers,
-                    "invocationId" => Field::InvocationId,
-                    "target" => Field::Target,
-                    "arguments" => Field::Arguments,
-                    "streamIds" => Field::StreamIds,
-                    "item" => Field::Item,
-                    "result" => Field::Result,
-                    "error" => Field::Error,
-                    "allowReconnect" => Field::AllowReconnect,
-                    "sequenceId" => Field::SequenceId,
-                    _ => Field::Other,
-                })
-            }
-        }
-        deserializer.deserialize_identifier(FieldVisitor)
+impl<'a> RawFields<'a> {
+    /// The slot of a property name (`None`: a property hub messages do not have).
+    fn slot(&mut self, name: &str) -> Option<&mut Option<&'a str>> {
+        // Property names are case-sensitive, as in ASP.NET Core.
+        Some(match name {
+            "type" => &mut self.ty,
+            "headers" => &mut self.headers,
+            "invocationId" => &mut self.invocation_id,
+            "target" => &mut self.target,
+            "arguments" => &mut self.arguments,
+            "streamIds" => &mut self.stream_ids,
+            "item" => &mut self.item,
+            "result" => &mut self.result,
+            "error" => &mut self.error,
+            "allowReconnect" => &mut self.allow_reconnect,
+            "sequenceId" => &mut self.sequence_id,
+            _ => return None,
+        })
     }
 }
 
@@ -86,26 +72,15 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawFields<'a> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawFields<'a>, A::Error> {
                 let mut fields = RawFields::default();
-                while let Some(key) = map.next_key::<Field>()? {
+                // Names with escapes are rare: a key is taken as an owned string.
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
                     // A repeated property overrides the earlier one, like a streaming JSON reader.
-                    let slot = match key {
-                        Field::Type => &mut fields.ty,
-                        Field::Headers => &mut fields.headers,
-                        Field::InvocationId => &mut fields.invocation_id,
-                        Field::Target => &mut fields.target,
-                        Field::Arguments => &mut fields.arguments,
-                        Field::StreamIds => &mut fields.stream_ids,
-                        Field::Item => &mut fields.item,
-                        Field::Result => &mut fields.result,
-                        Field::Error => &mut fields.error,
-                        Field::AllowReconnect => &mut fields.allow_reconnect,
-                        Field::SequenceId => &mut fields.sequence_id,
-                        Field::Other => {
+                    match fields.slot(&key) {
+                        Some(slot) => *slot = Some(map.next_value::<&'a RawValue>()?.get()),
+                        None => {
                             map.next_value::<IgnoredAny>()?;
-                            continue;
                         }
-                    };
-                    *slot = Some(map.next_value::<&'a RawValue>()?);
+                    }
                 }
                 Ok(fields)
             }
@@ -117,13 +92,20 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawFields<'a> {
 /// Parses one message (`frame` excludes the record separator). `Ok(None)` for an unknown `type`.
 pub(crate) fn parse_message(frame: &Bytes) -> Result<Option<HubMessage>, DecodeError> {
     let text = std::str::from_utf8(frame)?;
-    let fields: RawFields<'_> = serde_json::from_str(text)?;
+    let mut fields = match scan::fields(text) {
+        Some(fields) => fields,
+        None => serde_json::from_str(text)?,
+    };
     let ctx = Ctx { text, frame };
 
     let ty = match fields.ty {
         None => return Err(DecodeError::MissingProperty("type")),
+        // The message types are single digits.
+        Some(raw) if raw.len() == 1 && raw.as_bytes()[0].is_ascii_digit() => {
+            i64::from(raw.as_bytes()[0] - b'0')
+        }
         Some(raw) => {
-            serde_json::from_str::<i64>(raw.get()).map_err(|_| DecodeError::InvalidProperty {
+            serde_json::from_str::<i64>(raw).map_err(|_| DecodeError::InvalidProperty {
                 name: "type",
                 expected: "Integer",
             })?
@@ -140,11 +122,19 @@ pub(crate) fn parse_message(frame: &Bytes) -> Result<Option<HubMessage>, DecodeE
             let target = required_string(fields.target, "target")?;
             let arguments = match fields.arguments {
                 None => return Err(DecodeError::MissingProperty("arguments")),
-                Some(raw) => ctx.arguments(raw)?,
+                Some(raw) => match fields.argument_items.take() {
+                    Some(items) => items
+                        .into_iter()
+                        .map(|(start, end)| {
+                            Payload::new_unchecked(Protocol::Json, frame.slice(start..end))
+                        })
+                        .collect(),
+                    None => ctx.arguments(raw)?,
+                },
             };
             let stream_ids = match fields.stream_ids {
                 None => Vec::new(),
-                Some(raw) => serde_json::from_str::<Option<Vec<String>>>(raw.get())
+                Some(raw) => serde_json::from_str::<Option<Vec<String>>>(raw)
                     .map_err(|_| DecodeError::InvalidProperty {
                         name: "streamIds",
                         expected: "Array of String",
@@ -176,7 +166,7 @@ pub(crate) fn parse_message(frame: &Bytes) -> Result<Option<HubMessage>, DecodeE
             let error = optional_string(fields.error, "error")?;
             let result = match (error, fields.result) {
                 // A result of `null` next to a real error is what some clients (Python) send.
-                (Some(_), Some(raw)) if raw.get() != "null" => {
+                (Some(_), Some(raw)) if raw != "null" => {
                     return Err(DecodeError::ResultAndError);
                 }
                 (Some(error), _) => CompletionResult::Error(error),
@@ -198,7 +188,7 @@ pub(crate) fn parse_message(frame: &Bytes) -> Result<Option<HubMessage>, DecodeE
             error: optional_string(fields.error, "error")?,
             allow_reconnect: match fields.allow_reconnect {
                 None => false,
-                Some(raw) => serde_json::from_str::<Option<bool>>(raw.get())
+                Some(raw) => serde_json::from_str::<Option<bool>>(raw)
                     .map_err(|_| DecodeError::InvalidProperty {
                         name: "allowReconnect",
                         expected: "Boolean",
@@ -225,8 +215,7 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn payload(&self, raw: &RawValue) -> Payload {
-        let value = raw.get();
+    fn payload(&self, value: &str) -> Payload {
         // `value` is a sub-slice of `text` (serde_json borrows raw values from the input), so its
         // offset is the distance between the two start addresses.
         let start = value.as_ptr() as usize - self.text.as_ptr() as usize;
@@ -234,40 +223,44 @@ impl Ctx<'_> {
         Payload::new_unchecked(Protocol::Json, bytes)
     }
 
-    fn arguments(&self, raw: &RawValue) -> Result<Vec<Payload>, DecodeError> {
+    fn arguments(&self, raw: &str) -> Result<Vec<Payload>, DecodeError> {
         let items: Vec<&RawValue> =
-            serde_json::from_str(raw.get()).map_err(|_| DecodeError::InvalidProperty {
+            serde_json::from_str(raw).map_err(|_| DecodeError::InvalidProperty {
                 name: "arguments",
                 expected: "Array",
             })?;
-        Ok(items.into_iter().map(|item| self.payload(item)).collect())
+        Ok(items
+            .into_iter()
+            .map(|item| self.payload(item.get()))
+            .collect())
     }
 }
 
-fn required_string(raw: Option<&RawValue>, name: &'static str) -> Result<String, DecodeError> {
+fn required_string(raw: Option<&str>, name: &'static str) -> Result<String, DecodeError> {
     optional_string(raw, name)?.ok_or(DecodeError::MissingProperty(name))
 }
 
 /// A string property where `null` counts as absent.
-fn optional_string(
-    raw: Option<&RawValue>,
-    name: &'static str,
-) -> Result<Option<String>, DecodeError> {
+fn optional_string(raw: Option<&str>, name: &'static str) -> Result<Option<String>, DecodeError> {
     match raw {
         None => Ok(None),
-        Some(raw) => serde_json::from_str::<Option<String>>(raw.get()).map_err(|_| {
-            DecodeError::InvalidProperty {
+        // A valid JSON string without escapes is its text between the quotes.
+        Some(raw) if raw.len() >= 2 && raw.starts_with('"') && !raw.contains('\\') => {
+            Ok(Some(raw[1..raw.len() - 1].to_owned()))
+        }
+        Some(raw) => {
+            serde_json::from_str::<Option<String>>(raw).map_err(|_| DecodeError::InvalidProperty {
                 name,
                 expected: "String",
-            }
-        }),
+            })
+        }
     }
 }
 
-fn headers(raw: Option<&RawValue>) -> Result<Headers, DecodeError> {
+fn headers(raw: Option<&str>) -> Result<Headers, DecodeError> {
     match raw {
         None => Ok(Headers::new()),
-        Some(raw) => serde_json::from_str::<Option<Headers>>(raw.get())
+        Some(raw) => serde_json::from_str::<Option<Headers>>(raw)
             .map(Option::unwrap_or_default)
             .map_err(|_| DecodeError::InvalidProperty {
                 name: "headers",
@@ -276,15 +269,13 @@ fn headers(raw: Option<&RawValue>) -> Result<Headers, DecodeError> {
     }
 }
 
-fn sequence_id(raw: Option<&RawValue>) -> Result<u64, DecodeError> {
+fn sequence_id(raw: Option<&str>) -> Result<u64, DecodeError> {
     match raw {
         None => Err(DecodeError::MissingProperty("sequenceId")),
-        Some(raw) => {
-            serde_json::from_str::<u64>(raw.get()).map_err(|_| DecodeError::InvalidProperty {
-                name: "sequenceId",
-                expected: "Integer",
-            })
-        }
+        Some(raw) => serde_json::from_str::<u64>(raw).map_err(|_| DecodeError::InvalidProperty {
+            name: "sequenceId",
+            expected: "Integer",
+        }),
     }
 }
 

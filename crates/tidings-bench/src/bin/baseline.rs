@@ -22,6 +22,11 @@
 //! holds pre-framed frames, drained by a task of its own that writes them
 //! straight to the socket, and the connection's task only reads.
 //! BENCHMARKS.md has what each measured.
+//!
+//! `--codec tokio-websockets` serves `/echo` and `/fanout` (the queued
+//! design) with the tokio-websockets codec instead of tungstenite: a
+//! second raw baseline, on the fastest codec evaluated, that shows where
+//! the transport's own limit stands.
 
 use std::{
     collections::HashMap,
@@ -75,6 +80,16 @@ struct Args {
     /// one write); the connection's task only reads. See the crate docs.
     #[arg(long)]
     writer_task: bool,
+    /// The WebSocket codec (`--direct` and `--writer-task` are tungstenite's only).
+    #[arg(long, value_enum, default_value = "tungstenite")]
+    codec: Codec,
+}
+
+/// The WebSocket implementation that serves the connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Codec {
+    Tungstenite,
+    TokioWebsockets,
 }
 
 /// How a listener is reached.
@@ -85,6 +100,8 @@ enum Member {
     Direct(Arc<Direct>),
     /// Through its queue of pre-framed frames, drained by a writer task.
     Framed(mpsc::Sender<Bytes>),
+    /// Through its bounded queue, drained by its own tokio-websockets writer.
+    Tws(mpsc::Sender<tokio_websockets::Message>),
 }
 
 /// A listener of `--direct` fan-out.
@@ -171,12 +188,29 @@ impl Groups {
                     let frame = framed.get_or_insert_with(|| server_frame(frame));
                     let _ = queue.try_send(frame.clone());
                 }
+                // A tokio-websockets server has only such members (`send_tws`).
+                Member::Tws(_) => {}
             }
         }
         drop(members);
         if !split.is_empty() {
             let frame = framed.unwrap_or_else(|| server_frame(frame));
             split_fan_out(split, frame, self.direct_tasks);
+        }
+    }
+
+    /// Queues `message` for every member of `group` without waiting (the
+    /// tokio-websockets server's fan-out: its messages share their payload).
+    fn send_tws(&self, group: &str, message: &tokio_websockets::Message) {
+        let members = self.lock();
+        let Some(group_members) = members.get(group) else {
+            return;
+        };
+        for member in group_members.values() {
+            if let Member::Tws(queue) = member {
+                // A full queue drops the slow listener's frame, as above.
+                let _ = queue.try_send(message.clone());
+            }
         }
     }
 
@@ -308,8 +342,13 @@ async fn main() -> anyhow::Result<()> {
             direct: args.direct,
             writer_task: args.writer_task,
         };
+        let codec = args.codec;
         tokio::spawn(async move {
-            if let Err(error) = serve(stream, groups, mode).await {
+            let served = match codec {
+                Codec::Tungstenite => serve(stream, groups, mode).await,
+                Codec::TokioWebsockets => tws::serve(stream, groups, mode.queue).await,
+            };
+            if let Err(error) = served {
                 // Resets at the end of a run are expected; keep the output quiet.
                 let _ = error;
             }
@@ -514,4 +553,107 @@ async fn framed_listener(
     groups.leave(group, id);
     writer.abort();
     result
+}
+
+/// The same `/echo` and queued `/fanout` over the tokio-websockets codec.
+mod tws {
+    use super::*;
+    use tokio_websockets::{Config, Limits, Message, ServerBuilder, WebSocketStream};
+
+    type WebSocket = WebSocketStream<TcpStream>;
+
+    pub(super) async fn serve(
+        stream: TcpStream,
+        groups: Arc<Groups>,
+        queue: usize,
+    ) -> anyhow::Result<()> {
+        stream.set_nodelay(true)?;
+        // Frames as large as tungstenite's default limit; writes are
+        // buffered until the flush after a burst, as above.
+        let (request, ws) = ServerBuilder::new()
+            .config(Config::default())
+            .limits(Limits::default().max_payload_len(Some(64 << 20)))
+            .accept(stream)
+            .await?;
+        let target = request
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default();
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        match path {
+            "/echo" => echo(ws).await,
+            "/fanout" => {
+                let mut group = "all";
+                let mut sender = false;
+                for pair in query.split('&') {
+                    match pair.split_once('=') {
+                        Some(("group", g)) => group = g,
+                        Some(("send", v)) => sender = v == "1",
+                        _ => {}
+                    }
+                }
+                fanout(ws, &groups, group, sender, queue).await
+            }
+            _ => {
+                let mut ws = ws;
+                let _ = ws.close().await;
+                Ok(())
+            }
+        }
+    }
+
+    async fn echo(mut ws: WebSocket) -> anyhow::Result<()> {
+        while let Some(message) = ws.next().await {
+            let message = message?;
+            if message.is_text() || message.is_binary() {
+                ws.send(message).await?;
+            } else if message.is_close() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn fanout(
+        ws: WebSocket,
+        groups: &Groups,
+        group: &str,
+        sender: bool,
+        queue: usize,
+    ) -> anyhow::Result<()> {
+        let (mut sink, mut stream) = ws.split();
+        let (tx, mut rx) = mpsc::channel::<Message>(queue);
+        let member = (!sender).then(|| groups.join(group, Member::Tws(tx.clone())));
+        let _own = sender.then_some(tx);
+        let writer = async {
+            while let Some(first) = rx.recv().await {
+                sink.feed(first).await?;
+                while let Ok(next) = rx.try_recv() {
+                    sink.feed(next).await?;
+                }
+                sink.flush().await?;
+            }
+            anyhow::Ok(())
+        };
+        let reader = async {
+            while let Some(message) = stream.next().await {
+                let message = message?;
+                if sender && (message.is_text() || message.is_binary()) {
+                    groups.send_tws(group, &message);
+                } else if message.is_close() {
+                    break;
+                }
+            }
+            anyhow::Ok(())
+        };
+        let result = tokio::select! {
+            r = writer => r,
+            r = reader => r,
+        };
+        if let Some(id) = member {
+            groups.leave(group, id);
+        }
+        result
+    }
 }
