@@ -259,12 +259,18 @@ pub(crate) async fn run<H, S>(
         tracing::debug!(connection_id = %connection.id(), "moved to another server");
         return;
     }
+    // As in ASP.NET Core, a hub whose on_connected failed never connected:
+    // it is closed and forgotten, but its on_disconnected does not run.
+    let connected = !matches!(end, End::OnConnectedFailed(_));
     let (close, error) = end.into_parts(detailed);
     let frame = close.map(|close| encode(connection.protocol(), &HubMessage::Close(close)));
     connection.send_close(frame);
     tracing::debug!(connection_id = %connection.id(), error = ?error, "disconnected");
 
     lifetime.on_disconnected(&connection).await;
+    if !connected {
+        return;
+    }
     for filter in handler.filters.iter() {
         filter.disconnected(&cx);
     }
