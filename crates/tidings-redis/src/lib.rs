@@ -451,6 +451,29 @@ impl RedisBackplane {
         }
     }
 
+    /// Leaves the cluster, last thing before the server exits (after
+    /// [`flush`](Self::flush)): the backplane stops, and this server's
+    /// registration is marked expired, so the other servers forget its
+    /// address and purge whatever presence it left at their next
+    /// heartbeat, rather than once the registration's time to live is over
+    /// (meanwhile a server restarted on the same address would be sent
+    /// requests meant for this one).
+    pub async fn leave(&self) {
+        let connection = self.link.connection();
+        self.link.stop.cancel();
+        if let Some(mut connection) = connection {
+            let marked: redis::RedisResult<()> = redis::cmd("ZADD")
+                .arg(servers_key(&self.link.options))
+                .arg(0)
+                .arg(&self.link.server_id)
+                .query_async(&mut connection)
+                .await;
+            if let Err(error) = marked {
+                tracing::debug!(%error, "the registration expires by itself");
+            }
+        }
+    }
+
     /// The backplane's counters now.
     pub fn stats(&self) -> BackplaneStats {
         self.link.stats()

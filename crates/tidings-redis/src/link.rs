@@ -622,6 +622,10 @@ async fn wait_backoff(link: &Link, backoff: &mut Duration, cap: Duration) {
 
 /// Registers this server (address and liveness) in the registry.
 pub(crate) async fn register(link: &Link, connection: &mut Connection) -> redis::RedisResult<()> {
+    // A server that left stays unregistered.
+    if link.stop.is_cancelled() {
+        return Ok(());
+    }
     let expires = now_ms() + link.options.server_ttl.as_millis() as u64;
     let mut pipe = redis::pipe();
     pipe.zadd(servers_key(&link.options), &link.server_id, expires)

@@ -135,6 +135,25 @@ async fn a_backplane_given_once_serves_a_client_without_sticky_sessions() -> any
 }
 
 #[tokio::test]
+async fn a_server_that_leaves_is_forgotten_at_once() -> anyhow::Result<()> {
+    let prefix = format!("leaving{:08x}.", rand::random::<u32>());
+    let one = start(&prefix).await?;
+    let two = start(&prefix).await?;
+    let id = one.backplane.server_id().to_owned();
+    assert_eq!(
+        two.backplane.server_address(&id).await,
+        Some(one.address.to_string())
+    );
+    one.backplane.flush(Duration::from_secs(1)).await;
+    one.backplane.leave().await;
+    assert_eq!(two.backplane.server_address(&id).await, None);
+    // It stays gone: no heartbeat (every 2 s by default) renews it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(two.backplane.server_address(&id).await, None);
+    Ok(())
+}
+
+#[tokio::test]
 async fn connect_fails_when_redis_does_not_answer() {
     // A port nothing listens on.
     let url = format!("redis://127.0.0.1:{}", support::free_port());

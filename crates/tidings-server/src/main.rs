@@ -285,10 +285,11 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!(drained = closed, "connections closed");
         // What moved connections' sessions sent last is still on its way to
         // their new servers.
-        if let Some(backplane) = flushed
-            && !backplane.flush(Duration::from_secs(2)).await
-        {
-            tracing::warn!("messages for Redis were still queued at exit");
+        if let Some(backplane) = flushed {
+            if !backplane.flush(Duration::from_secs(2)).await {
+                tracing::warn!("messages for Redis were still queued at exit");
+            }
+            backplane.leave().await;
         }
         let _ = drained.send(true);
     });
