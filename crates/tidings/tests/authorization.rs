@@ -5,10 +5,13 @@
 //! and filters that see every invocation — unknown names and refusals
 //! included — before and after it runs.
 
+#[path = "support/websocket.rs"]
+mod websocket;
+
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::http::request::Parts;
-use futures_util::{SinkExt, Stream, StreamExt};
+use futures_util::{SinkExt, Stream};
 use parking_lot::Mutex;
 use tidings::{
     AuthError, BoxFuture, Context, HubEndpoint, HubError, HubFilter, InvocationInfo, Principal, hub,
@@ -22,6 +25,7 @@ use tokio_tungstenite::tungstenite::{
     client::IntoClientRequest,
     http::{HeaderName, HeaderValue},
 };
+use websocket::{Socket, next_text};
 
 /// Members only; some methods need more.
 struct Vault;
@@ -165,9 +169,6 @@ async fn negotiate(address: SocketAddr, headers: &[(&str, &str)]) -> anyhow::Res
     Ok(status.parse()?)
 }
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 /// A WebSocket to the hub without negotiation, after its handshake; or the
 /// HTTP status of the refused upgrade.
 async fn open(
@@ -193,21 +194,6 @@ async fn open(
         .await?;
     anyhow::ensure!(next_text(&mut socket).await? == "{}\u{1e}", "handshake");
     Ok(Ok(socket))
-}
-
-async fn next_text(socket: &mut Socket) -> anyhow::Result<String> {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(5), socket.next())
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("socket closed"))??;
-        if let Message::Text(text) = message {
-            let text = text.as_str().to_owned();
-            // Keep-alive pings are not answers.
-            if text != "{\"type\":6}\u{1e}" {
-                return Ok(text);
-            }
-        }
-    }
 }
 
 /// Invokes `target` and returns the Completion's text.

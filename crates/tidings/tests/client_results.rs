@@ -2,12 +2,16 @@
 //! inside `on_connected` (but available to a task it spawns), and bounded
 //! by the hub's default timeout.
 
+#[path = "support/websocket.rs"]
+mod websocket;
+
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use tidings::{Context, HubEndpoint, HubError, HubOptions, InvokeError, hub};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
+use websocket::next_text;
 
 type Events = mpsc::UnboundedSender<String>;
 
@@ -45,20 +49,6 @@ impl Asker {
                 .await;
             let _ = events.send(format!("background: {answer:?}"));
         });
-    }
-}
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn next_text(socket: &mut Socket) -> anyhow::Result<String> {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(5), socket.next())
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("socket closed"))??;
-        if let Message::Text(text) = message {
-            return Ok(text.as_str().to_owned());
-        }
     }
 }
 

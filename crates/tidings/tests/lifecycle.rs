@@ -3,12 +3,16 @@
 //! `on_disconnected` does not run (it never connected); every other
 //! connection's does.
 
+#[path = "support/websocket.rs"]
+mod websocket;
+
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use tidings::{ConnectionError, Context, HubEndpoint, HubError, hub};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
+use websocket::{Socket, next_text};
 
 struct Picky {
     gone: mpsc::UnboundedSender<String>,
@@ -27,20 +31,6 @@ impl Picky {
     #[on_disconnected]
     async fn gone(&self, cx: &Context, _error: Option<ConnectionError>) {
         let _ = self.gone.send(cx.connection_id().to_owned());
-    }
-}
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn next_text(socket: &mut Socket) -> anyhow::Result<String> {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(5), socket.next())
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("socket closed"))??;
-        if let Message::Text(text) = message {
-            return Ok(text.as_str().to_owned());
-        }
     }
 }
 
