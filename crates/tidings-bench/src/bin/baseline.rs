@@ -440,17 +440,7 @@ async fn fanout(
     // instead of ending the connection.
     let member = (!sender).then(|| groups.join(group, Member::Queued(tx.clone())));
     let _own = sender.then_some(tx);
-    let writer = async {
-        // Write every queued frame, then flush once: few syscalls in bursts.
-        while let Some(first) = rx.recv().await {
-            sink.feed(first).await?;
-            while let Ok(next) = rx.try_recv() {
-                sink.feed(next).await?;
-            }
-            sink.flush().await?;
-        }
-        anyhow::Ok(())
-    };
+    let writer = write_queued(&mut sink, &mut rx);
     let reader = async {
         while let Some(message) = stream.next().await {
             match message? {
@@ -626,16 +616,7 @@ mod tws {
         let (tx, mut rx) = mpsc::channel::<Message>(queue);
         let member = (!sender).then(|| groups.join(group, Member::Tws(tx.clone())));
         let _own = sender.then_some(tx);
-        let writer = async {
-            while let Some(first) = rx.recv().await {
-                sink.feed(first).await?;
-                while let Ok(next) = rx.try_recv() {
-                    sink.feed(next).await?;
-                }
-                sink.flush().await?;
-            }
-            anyhow::Ok(())
-        };
+        let writer = write_queued(&mut sink, &mut rx);
         let reader = async {
             while let Some(message) = stream.next().await {
                 let message = message?;
@@ -656,4 +637,21 @@ mod tws {
         }
         result
     }
+}
+
+/// A connection's writer, for either codec: writes every queued frame,
+/// then flushes once, so a burst costs few syscalls.
+async fn write_queued<M, S>(sink: &mut S, rx: &mut mpsc::Receiver<M>) -> anyhow::Result<()>
+where
+    S: futures_util::Sink<M> + Unpin,
+    S::Error: std::error::Error + Send + Sync + 'static,
+{
+    while let Some(first) = rx.recv().await {
+        sink.feed(first).await?;
+        while let Ok(next) = rx.try_recv() {
+            sink.feed(next).await?;
+        }
+        sink.flush().await?;
+    }
+    Ok(())
 }
