@@ -325,7 +325,8 @@ pub mod typescript;
 
 pub use auth::{AuthError, Authenticator, Authorize, Principal, bearer_token};
 pub use connections::{
-    BoxFuture, Connection, ConnectionEndpoint, ConnectionHandler, ConnectionOptions,
+    BoxFuture, Connection, ConnectionEndpoint, ConnectionHandler, ConnectionOptions, Journal,
+    JournalEntry,
     access::{ConnectionLimits, TrustedProxy, TrustedProxyError},
     cluster::Cluster,
     redirect::NegotiateRedirect,
@@ -342,7 +343,7 @@ pub use hub::{
     definition::{Hub, MethodDescriptor, MethodFuture, MethodKind},
     endpoint::HubEndpoint,
     filter::{HubFilter, InvocationInfo, RateLimiter},
-    handover::Handover,
+    handover::{Handover, Recovered},
     lifetime::{LifetimeManager, Member, MemoryLifetimeManager, Target},
     message::{ClientInvocation, SerializedMessage},
     options::HubOptions,

@@ -238,6 +238,16 @@ pub(crate) async fn ask(
     tokio::time::timeout(wait, exchange).await.ok().flatten()
 }
 
+/// Whether the server at `address` takes TCP connections: one that died
+/// refuses them (or does not answer within a second).
+pub(crate) async fn answers(address: &str) -> bool {
+    let connect = tokio::net::TcpStream::connect(address);
+    matches!(
+        tokio::time::timeout(std::time::Duration::from_secs(1), connect).await,
+        Ok(Ok(_))
+    )
+}
+
 /// The URI of `request` at the server at `address`.
 pub(crate) fn uri_at(request: &Request, address: &str) -> Option<Uri> {
     target(request, address)

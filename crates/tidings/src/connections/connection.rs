@@ -262,7 +262,18 @@ impl Connection {
     /// to grow the server's memory or to slow the sender and every other
     /// recipient. Returns whether the bytes were queued.
     pub fn try_send(&self, frame: Bytes) -> bool {
-        match self.inner.tx.try_send(Outbound::Frame(frame)) {
+        self.try_send_entry(Outbound::Frame(frame))
+    }
+
+    /// [`try_send`](Self::try_send) with a mark saying where the frame
+    /// came from, which the connection's [`Journal`](crate::connections::Journal)
+    /// records with it (a backplane's publisher and number).
+    pub fn try_send_marked(&self, frame: Bytes, mark: Bytes) -> bool {
+        self.try_send_entry(Outbound::marked(frame, mark))
+    }
+
+    fn try_send_entry(&self, entry: Outbound) -> bool {
+        match self.inner.tx.try_send(entry) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
                 self.close_slow_consumer(SlowConsumer::QueueFull);

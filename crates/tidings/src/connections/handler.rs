@@ -21,7 +21,7 @@ use tidings_protocol::{TransferFormat, TransportType};
 
 use crate::{
     auth::{Denied, Principal},
-    connections::connection::Connection,
+    connections::{connection::Connection, handover::Frozen, journal::Journal},
     error::ConnectionError,
 };
 
@@ -217,6 +217,21 @@ pub(crate) trait Application: Send + Sync + 'static {
     /// stream item) goes to the connection's new server.
     fn forward<'a>(&'a self, _connection: &'a Connection, _frame: Bytes) -> BoxFuture<'a, ()> {
         Box::pin(async {})
+    }
+
+    /// A journal for the stateful connection `connection`, whose secret
+    /// token is `token` (`None`: its messages are not recorded, and it
+    /// cannot be resumed after this server dies).
+    fn journal(&self, _connection: &Connection, _token: &str) -> Option<Arc<dyn Journal>> {
+        None
+    }
+
+    /// The adopter: the stateful connection of `token`, whose server died
+    /// without handing it over, as its [`journal`](Self::journal) and the
+    /// application recorded it; the connection is claimed for this server
+    /// (`None`: nothing recorded, or another server claimed it).
+    fn recover<'a>(&'a self, _token: &'a str) -> BoxFuture<'a, Option<Frozen>> {
+        Box::pin(async { None })
     }
 
     /// The adopter: runs an adopted connection to its end (its opening

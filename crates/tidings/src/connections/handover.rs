@@ -94,6 +94,27 @@ pub(crate) struct Frozen {
 }
 
 impl Frozen {
+    /// A connection recovered from what its dead server recorded.
+    pub(crate) fn recovered(
+        id: String,
+        (user_id, claims, expires_at_ms): (Option<String>, Vec<(String, String)>, Option<u64>),
+        first_id: u64,
+        frames: &[Bytes],
+        received: u64,
+        app: Value,
+    ) -> Frozen {
+        Frozen {
+            id,
+            user_id,
+            claims,
+            expires_at_ms,
+            first_id,
+            frames: frames.iter().map(|f| encode(f)).collect(),
+            received,
+            app,
+        }
+    }
+
     pub(crate) fn principal(&self) -> Principal {
         let mut principal = self
             .claims
@@ -126,6 +147,10 @@ impl Frozen {
         };
         Some((state, self.app))
     }
+}
+
+fn encode(frame: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(frame)
 }
 
 fn json<T: Serialize>(value: &T) -> Response {
@@ -203,10 +228,7 @@ pub(crate) async fn answer<C: Application>(
                         .and_then(|d| u64::try_from(d.as_millis()).ok())
                 }),
                 first_id,
-                frames: frames
-                    .iter()
-                    .map(|f| base64::engine::general_purpose::STANDARD.encode(f))
-                    .collect(),
+                frames: frames.iter().map(|f| encode(f)).collect(),
                 received,
                 app,
             })

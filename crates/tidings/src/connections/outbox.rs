@@ -64,9 +64,18 @@ pub(crate) enum Control {
     /// The last frame (a Close message, or nothing): write it, then close
     /// the transport.
     Close(Option<Bytes>),
+    /// A frame with its mark: where it came from, for a connection's
+    /// [`Journal`](crate::connections::journal::Journal) (set only when one
+    /// records the connection's messages).
+    Marked { frame: Bytes, mark: Bytes },
 }
 
 impl Outbound {
+    /// A frame with its mark (see [`Control::Marked`]).
+    pub(crate) fn marked(frame: Bytes, mark: Bytes) -> Self {
+        Outbound::Control(Box::new(Control::Marked { frame, mark }))
+    }
+
     /// The final entry.
     pub(crate) fn close(frame: Option<Bytes>) -> Self {
         Outbound::Control(Box::new(Control::Close(frame)))
@@ -78,7 +87,7 @@ impl Outbound {
         match self {
             Outbound::Control(control) => match &mut **control {
                 Control::Close(frame) => Some(frame.take()),
-                Control::Windowed { .. } => None,
+                Control::Windowed { .. } | Control::Marked { .. } => None,
             },
             Outbound::Frame(_) => None,
         }
@@ -87,13 +96,20 @@ impl Outbound {
     /// The bytes to write for this entry; sets `closing` at the final
     /// entry.
     pub(crate) fn into_frame(self, closing: &mut bool) -> Option<Bytes> {
+        self.into_marked(closing).map(|(frame, _)| frame)
+    }
+
+    /// The bytes to write for this entry and its mark, if it has one; sets
+    /// `closing` at the final entry.
+    pub(crate) fn into_marked(self, closing: &mut bool) -> Option<(Bytes, Option<Bytes>)> {
         match self {
-            Outbound::Frame(bytes) => Some(bytes),
+            Outbound::Frame(bytes) => Some((bytes, None)),
             Outbound::Control(control) => match *control {
-                Control::Windowed { frame, .. } => Some(frame),
+                Control::Windowed { frame, .. } => Some((frame, None)),
+                Control::Marked { frame, mark } => Some((frame, Some(mark))),
                 Control::Close(frame) => {
                     *closing = true;
-                    frame
+                    frame.map(|frame| (frame, None))
                 }
             },
         }
@@ -434,11 +450,20 @@ impl Receiver {
         first: Outbound,
         mut emit: impl FnMut(Bytes, bool) -> bool,
     ) -> bool {
+        self.drain_marked(first, |frame, _, last| emit(frame, last))
+    }
+
+    /// [`drain`](Self::drain), handing each frame's mark over too.
+    pub(crate) fn drain_marked(
+        &mut self,
+        first: Outbound,
+        mut emit: impl FnMut(Bytes, Option<Bytes>, bool) -> bool,
+    ) -> bool {
         let mut item = first;
         loop {
             let mut closing = false;
-            let more = match item.into_frame(&mut closing) {
-                Some(frame) => emit(frame, closing),
+            let more = match item.into_marked(&mut closing) {
+                Some((frame, mark)) => emit(frame, mark, closing),
                 None => true,
             };
             if closing {

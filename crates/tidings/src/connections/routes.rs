@@ -206,11 +206,32 @@ impl<C: Application> Endpoint<C> {
                             adopted: Some(frozen),
                         });
                     }
+                    // Or its server died: resumed from what it recorded.
+                    if !cluster::answers(&address).await
+                        && let Some(frozen) = self.served.app.recover(&token).await
+                    {
+                        return Err(Here {
+                            request,
+                            claimed: None,
+                            adopted: Some(frozen),
+                        });
+                    }
                 }
                 let stop = self.served.shutdown.token().clone();
                 Ok(cluster::forward(request, &address, stop).await)
             }
-            cluster::Route::Gone => Ok(text(StatusCode::NOT_FOUND, "No Connection with that ID")),
+            cluster::Route::Gone => {
+                // A stateful connection of a server that died and left the
+                // cluster's registry may have been recorded.
+                if websocket && let Some(frozen) = self.served.app.recover(&token).await {
+                    return Err(Here {
+                        request,
+                        claimed: None,
+                        adopted: Some(frozen),
+                    });
+                }
+                Ok(text(StatusCode::NOT_FOUND, "No Connection with that ID"))
+            }
         }
     }
 

@@ -14,6 +14,8 @@ use crate::{
     connections::{
         connection::Connection,
         handler::{Accepted, Application, BoxFuture, InboundChunk, Opening},
+        handover::Frozen,
+        journal::Journal,
     },
     hub::{
         connection::ConnectionHandle,
@@ -155,6 +157,31 @@ impl<H: Hub> Application for HubHandler<H> {
     fn reopen(&self, frozen: &Value) -> Option<Accepted<Protocol>> {
         let protocol = Protocol::from_name(frozen["protocol"].as_str()?)?;
         Some(handshake::accepted(protocol, 2, &self.shared.options))
+    }
+
+    fn journal(&self, connection: &Connection, token: &str) -> Option<Arc<dyn Journal>> {
+        let handover = self.shared.lifetime.handover()?;
+        let handle = ConnectionHandle::new(connection.clone(), protocol_of(connection));
+        handover.journal(&handle, token)
+    }
+
+    fn recover<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Option<Frozen>> {
+        Box::pin(async move {
+            let recovered = self.shared.lifetime.handover()?.recover(token).await?;
+            tracing::debug!(connection_id = %recovered.id, "connection recovered from its journal");
+            Some(Frozen::recovered(
+                recovered.id,
+                (recovered.user_id, recovered.claims, recovered.expires_at_ms),
+                recovered.first_id,
+                &recovered.frames,
+                recovered.received,
+                json!({
+                    "protocol": recovered.protocol.name(),
+                    "groups": recovered.groups,
+                    "position": recovered.position,
+                }),
+            ))
+        })
     }
 
     fn run_adopted<S>(

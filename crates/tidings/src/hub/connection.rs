@@ -85,9 +85,10 @@ impl ConnectionHandle {
         }
         // Serialized once per protocol for all recipients (the message
         // caches its frames); each queue holds a clone of the same bytes.
-        match message.frame(self.protocol) {
-            Some(frame) => self.connection.try_send(frame),
-            None => false,
+        match (message.frame(self.protocol), message.mark()) {
+            (Some(frame), None) => self.connection.try_send(frame),
+            (Some(frame), Some(mark)) => self.connection.try_send_marked(frame, mark.clone()),
+            (None, _) => false,
         }
     }
 

@@ -34,6 +34,9 @@ pub struct SerializedMessage {
     close: Option<Option<Box<str>>>,
     json: OnceLock<Option<Bytes>>,
     msgpack: OnceLock<Option<Bytes>>,
+    /// Where it came from, for the journals of stateful connections (see
+    /// [`with_mark`](Self::with_mark)).
+    mark: Option<Bytes>,
 }
 
 impl SerializedMessage {
@@ -48,7 +51,21 @@ impl SerializedMessage {
             close: Some(reason.map(String::into_boxed_str)),
             json: OnceLock::new(),
             msgpack: OnceLock::new(),
+            mark: None,
         }
+    }
+
+    /// The same message marked with where it came from (a backplane's
+    /// publisher and number), which the journal of a stateful connection
+    /// records with it (see [`Connection::try_send_marked`](crate::Connection::try_send_marked)).
+    pub fn with_mark(mut self, mark: Bytes) -> Self {
+        self.mark = Some(mark);
+        self
+    }
+
+    /// Its mark, if any.
+    pub fn mark(&self) -> Option<&Bytes> {
+        self.mark.as_ref()
     }
 
     /// Whether this is a request to close the recipients.
@@ -73,6 +90,7 @@ impl SerializedMessage {
             close: None,
             json: OnceLock::new(),
             msgpack: OnceLock::new(),
+            mark: None,
         }
     }
 
@@ -87,6 +105,7 @@ impl SerializedMessage {
             close: None,
             json: OnceLock::from(json),
             msgpack: OnceLock::from(msgpack),
+            mark: None,
         }
     }
 
@@ -185,6 +204,7 @@ impl ClientInvocation {
             close: None,
             json: OnceLock::new(),
             msgpack: OnceLock::new(),
+            mark: None,
         }
     }
 }

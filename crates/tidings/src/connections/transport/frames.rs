@@ -62,19 +62,20 @@ pub(crate) fn frame_message(format: TransferFormat, frame: Bytes) -> Option<Mess
 /// Builds one WebSocket message's bytes from `first` and whatever else is
 /// already queued ([`outbox::Receiver::drain`]). Sets `closing` when the
 /// queue's final entry was reached. `admit` sees every message taken (the
-/// final Close excepted) and stops the batch by returning false. A single
+/// final Close excepted) with its mark, and stops the batch by returning
+/// false. A single
 /// message is returned as it is, without a copy.
 pub(crate) fn collect(
     first: Outbound,
     rx: &mut outbox::Receiver,
     batch: &mut Vec<u8>,
     closing: &mut bool,
-    mut admit: impl FnMut(&Bytes) -> bool,
+    mut admit: impl FnMut(&Bytes, Option<Bytes>) -> bool,
 ) -> Option<Bytes> {
     let mut single: Option<Bytes> = None;
     batch.clear();
-    *closing = rx.drain(first, |frame, last| {
-        let more = last || admit(&frame);
+    *closing = rx.drain_marked(first, |frame, mark, last| {
+        let more = last || admit(&frame, mark);
         match single.take() {
             None if batch.is_empty() => single = Some(frame),
             first => {

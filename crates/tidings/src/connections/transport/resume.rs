@@ -61,6 +61,7 @@ use crate::{
     connections::{
         connection::{AbortReason, Connection, ConnectionInit, SlowConsumer},
         handler::{Accepted, AckReader, Application, BoxFuture, InboundChunk, ResumeFraming},
+        journal::{Journal, JournalEntry},
         outbox::{self, Outbound},
         registry::Registry,
         resume::Resume,
@@ -271,6 +272,10 @@ fn start<C: Application>(
         freezes: freezes_tx,
         claimed: Arc::default(),
     };
+    let journal = framing
+        .is_some()
+        .then(|| served.app.journal(&connection, &reattach.token))
+        .flatten();
     let registered = reattach.registry.insert(reattach.token, entry.clone());
     tracing::debug!(connection_id = %connection.id(), "stateful reconnect enabled");
 
@@ -312,6 +317,8 @@ fn start<C: Application>(
         stall_limit: options.client_timeout_interval,
         send_timeout: options.transport_send_timeout,
         ended: ended.clone(),
+        journal,
+        entries: Vec::new(),
     };
     let (pieces_tx, pieces_rx) = mpsc::unbounded_channel();
     let limit = read_ahead_limit(options);
@@ -643,6 +650,11 @@ struct Writer {
     send_timeout: Duration,
     /// The session has ended: nothing more will be acknowledged.
     ended: CancellationToken,
+    /// Records numbered messages before they are written (`None`: the
+    /// connection does not outlive this server's death).
+    journal: Option<Arc<dyn Journal>>,
+    /// The messages of the current flush, for the journal.
+    entries: Vec<JournalEntry>,
 }
 
 impl Writer {
@@ -664,6 +676,24 @@ impl Writer {
         let greeting = sleep_until(Instant::now() + GREETING_GRACE);
         tokio::pin!(greeting);
         let spoke = Arc::clone(&self.spoke);
+        // A connection taken over starts with its first server's unacknowledged
+        // messages: recorded here too, so that it survives this server.
+        if let Some(journal) = &self.journal {
+            let entries: Vec<JournalEntry> = {
+                let buffer = self.resume.buffer();
+                (buffer.sequence_id()..)
+                    .zip(buffer.frames())
+                    .map(|(sequence_id, frame)| JournalEntry {
+                        sequence_id,
+                        frame: frame.clone(),
+                        mark: None,
+                    })
+                    .collect()
+            };
+            if !entries.is_empty() {
+                journal.append(&entries).await;
+            }
+        }
         loop {
             let attached = self.sink.is_some();
             let waiting = self.held.is_some() && !self.resume.buffer().has_room();
@@ -835,22 +865,39 @@ impl Writer {
         let resume = &self.resume;
         let connection = &self.connection;
         let numbered = self.framing.is_some();
+        let journaled = self.journal.is_some();
+        let entries = &mut self.entries;
         let frame = collect(
             first,
             &mut self.rx,
             &mut self.batch,
             &mut closing,
-            |frame| {
+            |frame, mark| {
                 // Counted once, when first sent: replays are not new messages.
                 connection.record_sent(frame.len());
                 if !numbered {
                     return true;
                 }
                 let mut buffer = resume.buffer();
-                buffer.push(frame.clone());
+                let sequence_id = buffer.push(frame.clone());
+                if journaled {
+                    entries.push(JournalEntry {
+                        sequence_id,
+                        frame: frame.clone(),
+                        mark,
+                    });
+                }
                 buffer.has_room()
             },
         );
+        // Recorded before written: the client never holds a message the
+        // journal lacks (see `connections::journal`).
+        if let Some(journal) = &self.journal
+            && !self.entries.is_empty()
+        {
+            journal.append(&self.entries).await;
+            self.entries.clear();
+        }
         if let Some(frame) = frame {
             self.write(frame).await;
         }
@@ -885,6 +932,9 @@ impl Writer {
             return;
         };
         let received = self.resume.received();
+        if let Some(journal) = &self.journal {
+            journal.progress(self.resume.buffer().sequence_id(), received);
+        }
         if received > self.acked {
             let ack = framing.ack(received);
             self.write(ack).await;
@@ -990,5 +1040,8 @@ impl Writer {
     /// The connection is over: no socket will be accepted any more.
     fn finish(self) {
         self.handoff.close();
+        if let Some(journal) = &self.journal {
+            journal.end();
+        }
     }
 }

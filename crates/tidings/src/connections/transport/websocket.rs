@@ -337,7 +337,7 @@ async fn write_loop(
             }
         };
         let mut closing = false;
-        let count = |frame: &Bytes| {
+        let count = |frame: &Bytes, _| {
             connection.record_sent(frame.len());
             true
         };
