@@ -25,9 +25,12 @@
 use std::{collections::HashMap, sync::Arc};
 
 use serde_json::{Map, Value, json};
-use tidings::{BoxFuture, ConnectionHandle, Handover, SerializedMessage, Target};
+use tidings::{
+    BoxFuture, ConnectionHandle, Handover, Journal, Recovered, SerializedMessage, Target,
+};
 
 use crate::{
+    durable::RedisJournal,
     manager::{HubCore, RedisLifetimeManager},
     wire::{ChannelKind, Envelope},
 };
@@ -181,6 +184,17 @@ impl Handover for RedisLifetimeManager {
         self.core.local.groups_of(connection_id)
     }
 
+    fn journal(&self, connection: &ConnectionHandle, token: &str) -> Option<Arc<dyn Journal>> {
+        self.core.link.options.durable?;
+        let groups = self.core.local.groups_of(connection.id());
+        let journal: Arc<dyn Journal> = RedisJournal::new(&self.core, connection, token, &groups);
+        Some(journal)
+    }
+
+    fn recover<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Option<Recovered>> {
+        Box::pin(self.core.recover(token))
+    }
+
     fn hold<'a>(
         &'a self,
         connection_id: &'a str,
@@ -302,6 +316,7 @@ impl Handover for RedisLifetimeManager {
                     tracing::debug!(connection_id = %id, delivered, dropped, "messages kept during the handover");
                 }
             }
+            core.journal_groups(id);
             core.register_presence(connection, groups).await;
         })
     }

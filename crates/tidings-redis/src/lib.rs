@@ -96,6 +96,7 @@
 //! purged by the others.
 
 mod connection;
+mod durable;
 mod handover;
 mod link;
 mod manager;
@@ -135,6 +136,7 @@ pub struct RedisOptions {
     pub(crate) heartbeat: Duration,
     pub(crate) server_ttl: Duration,
     pub(crate) metrics: Option<BackplaneMetrics>,
+    pub(crate) durable: Option<Duration>,
 }
 
 impl RedisOptions {
@@ -167,6 +169,7 @@ impl RedisOptions {
             heartbeat: Self::DEFAULT_HEARTBEAT,
             server_ttl: Duration::from_secs(10),
             metrics: None,
+            durable: None,
         }
     }
 
@@ -219,6 +222,22 @@ impl RedisOptions {
     pub fn buffer(mut self, messages: usize, bytes: usize) -> Self {
         self.buffer_messages = messages;
         self.buffer_bytes = bytes;
+        self
+    }
+
+    /// The durability mode: stateful-reconnect connections survive the
+    /// crash of their server (`kill -9`, a lost machine). Their numbered
+    /// messages are recorded in Redis before they are written, and every
+    /// message a server publishes is logged, for `retention`; a client
+    /// whose server died resumes on another server with every message
+    /// exactly once, provided it comes back within `retention` (and the
+    /// reconnect window of its client). Off by default: each message to
+    /// such a connection then costs a Redis write before it is sent. A
+    /// single Redis node only (refused with [`cluster`](Self::cluster)).
+    /// Memory in Redis: each server's publishes of the last `retention`,
+    /// plus each stateful connection's unacknowledged messages.
+    pub fn durable(mut self, retention: Duration) -> Self {
+        self.durable = Some(retention);
         self
     }
 
@@ -372,6 +391,11 @@ impl RedisBackplane {
     /// its own clients) while Redis is away; [`wait_connected`](Self::wait_connected)
     /// tells when it is up. Must be called inside a Tokio runtime.
     pub fn start(options: RedisOptions) -> Result<Self, BackplaneError> {
+        if options.cluster && options.durable.is_some() {
+            return Err(BackplaneError::Url(
+                "the durability mode needs a single Redis node, not a cluster".to_owned(),
+            ));
+        }
         let client = if options.cluster {
             if options.urls.is_empty() {
                 return Err(BackplaneError::Url(
@@ -510,10 +534,11 @@ const MOVE_RECORD_TTL_SECONDS: u64 = 7 * 24 * 3600;
 /// The key of the record of a moved connection: a digest of its token,
 /// which is a secret of its client.
 fn moved_key(options: &RedisOptions, token: &str) -> String {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(token.as_bytes());
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}tidings:moved:{hex}", options.channel_prefix)
+    format!(
+        "{}tidings:moved:{}",
+        options.channel_prefix,
+        durable::token_digest(token)
+    )
 }
 
 impl Cluster for RedisBackplane {

@@ -744,6 +744,18 @@ async fn publish_loop(link: Arc<Link>) {
             // order across shards (they may still arrive out of order, over
             // the receivers' separate shard connections).
             let lane = outbox.queue.front().map(|p| link.lane(&p.channel));
+            // The durability mode logs every publish before it goes out:
+            // what a dead server's connections were sent while no server
+            // received for them (see the `durable` module).
+            let log = link.options.durable.map(|retention| {
+                let oldest = now_ms()
+                    .saturating_sub(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX));
+                (
+                    crate::durable::log_key(&link.options, &link.server_id),
+                    oldest,
+                    retention,
+                )
+            });
             for publish in outbox.queue.iter() {
                 if count == BATCH_MESSAGES || (count > 0 && size >= BATCH_BYTES) {
                     break;
@@ -751,12 +763,46 @@ async fn publish_loop(link: Arc<Link>) {
                 if count > 0 && Some(link.lane(&publish.channel)) != lane {
                     break;
                 }
+                if let Some((key, oldest, _)) = &log {
+                    pipe.cmd("XADD")
+                        .arg(key)
+                        .arg("MINID")
+                        .arg("~")
+                        .arg(*oldest)
+                        .arg("*")
+                        .arg("c")
+                        .arg(&publish.channel)
+                        .arg("p")
+                        .arg(publish.payload.as_ref())
+                        .ignore();
+                }
                 pipe.cmd(command)
                     .arg(&publish.channel)
                     .arg(publish.payload.as_ref())
                     .ignore();
                 count += 1;
                 size += publish.payload.len();
+            }
+            if let Some((key, _, retention)) = &log
+                && count > 0
+            {
+                let logs = crate::durable::logs_key(&link.options);
+                pipe.cmd("ZADD")
+                    .arg(&logs)
+                    .arg(now_ms())
+                    .arg(&link.server_id)
+                    .ignore();
+                // Servers whose last publish left the retention window.
+                pipe.cmd("ZREMRANGEBYSCORE")
+                    .arg(&logs)
+                    .arg("-inf")
+                    .arg(format!("({}", log.as_ref().map_or(0, |l| l.1)))
+                    .ignore();
+                pipe.pexpire(
+                    key,
+                    i64::try_from(retention.as_millis()).unwrap_or(i64::MAX),
+                )
+                .ignore();
             }
             outbox.in_flight = count;
             (pipe, count)

@@ -41,6 +41,7 @@ use tokio::sync::oneshot;
 
 use crate::{
     connection::Connection,
+    durable::{self, RedisJournal},
     handover::Hold,
     link::{Link, Route},
     presence::Presence,
@@ -75,6 +76,13 @@ pub(crate) struct HubCore {
     last_ack: AtomicI32,
     results: Mutex<HashMap<String, Answer>>,
     pub(crate) presence: Presence,
+    /// The journals of this hub's stateful connections, by connection id
+    /// (durability mode only).
+    pub(crate) journals: Mutex<HashMap<String, Weak<RedisJournal>>>,
+    /// Orders this server's publishes with their local deliveries in the
+    /// durability mode, so that a connection receives them in the order
+    /// of their numbers (its journal's position assumes it).
+    publishing: Mutex<()>,
     me: Weak<HubCore>,
 }
 
@@ -98,6 +106,10 @@ fn lock<T>(mutex: &Mutex<T>) -> parking_lot::MutexGuard<'_, T> {
 }
 
 impl RedisLifetimeManager {
+    pub(crate) fn from_core(core: Arc<HubCore>) -> Self {
+        RedisLifetimeManager { core }
+    }
+
     pub(crate) fn new(link: Arc<Link>, hub: &str) -> Self {
         let channels = Channels::new(&link.options.channel_prefix, hub);
         let core = Arc::new_cyclic(|me| HubCore {
@@ -112,6 +124,8 @@ impl RedisLifetimeManager {
             acks: Mutex::new(HashMap::new()),
             last_ack: AtomicI32::new(0),
             results: Mutex::new(HashMap::new()),
+            journals: Mutex::new(HashMap::new()),
+            publishing: Mutex::new(()),
             me: me.clone(),
         });
         let server = &link.server_id;
@@ -204,22 +218,60 @@ impl HubCore {
         (lane, numbered)
     }
 
+    /// Publishes `envelope`s on their channels and delivers `message` to
+    /// the local connections of `target`; returns where each was published.
+    /// In the durability mode the local copy is marked with the last
+    /// number, for the journals.
+    fn publish_and_deliver(
+        &self,
+        target: &Target,
+        message: &Arc<SerializedMessage>,
+        publishes: impl IntoIterator<Item = (String, Envelope)>,
+    ) -> Vec<(u16, u64)> {
+        if self.link.options.durable.is_none() || message.is_close() {
+            self.local.send_local(target, message);
+            return publishes
+                .into_iter()
+                .map(|(channel, envelope)| self.publish(channel, envelope))
+                .collect();
+        }
+        let _order = lock(&self.publishing);
+        let mut frames = None;
+        let at: Vec<(u16, u64)> = publishes
+            .into_iter()
+            .map(|(channel, envelope)| {
+                frames.get_or_insert_with(|| (envelope.json.clone(), envelope.msgpack.clone()));
+                self.publish(channel, envelope)
+            })
+            .collect();
+        match (frames, at.last()) {
+            (Some((json, msgpack)), Some(&(_, seq))) => {
+                let marked = SerializedMessage::from_frames(json, msgpack)
+                    .with_mark(durable::mark(&self.link.server_id, seq));
+                self.local.send_local(target, &Arc::new(marked));
+            }
+            _ => {
+                self.local.send_local(target, message);
+            }
+        }
+        at
+    }
+
     fn send(&self, target: &Target, message: &Arc<SerializedMessage>) -> Result<(), SendError> {
         let _delivery = self.delivery.read();
-        let local = &self.local;
         let none: &[String] = &[];
         match target {
             Target::All => {
                 let envelope = self.envelope(message, none)?;
-                local.send_local(target, message);
-                let at = self.publish(self.channels.all(), envelope);
-                self.keep_sent(message, at, |_, _| true);
+                let at =
+                    self.publish_and_deliver(target, message, [(self.channels.all(), envelope)]);
+                self.keep_sent(message, at[0], |_, _| true);
             }
             Target::AllExcept(excluded) => {
                 let envelope = self.envelope(message, excluded)?;
-                local.send_local(target, message);
-                let at = self.publish(self.channels.all(), envelope);
-                self.keep_sent(message, at, |id, _| !excluded.iter().any(|e| e == id));
+                let at =
+                    self.publish_and_deliver(target, message, [(self.channels.all(), envelope)]);
+                self.keep_sent(message, at[0], |id, _| !excluded.iter().any(|e| e == id));
             }
             Target::Connection(id) => {
                 self.send_to_connections(std::slice::from_ref(id), message)?
@@ -227,54 +279,72 @@ impl HubCore {
             Target::Connections(ids) => self.send_to_connections(ids, message)?,
             Target::Group(group) => {
                 let envelope = self.envelope(message, none)?;
-                local.send_local(target, message);
-                let at = self.publish(self.channels.group(group), envelope);
-                self.keep_sent(message, at, |_, hold| hold.in_group(group));
+                let at = self.publish_and_deliver(
+                    target,
+                    message,
+                    [(self.channels.group(group), envelope)],
+                );
+                self.keep_sent(message, at[0], |_, hold| hold.in_group(group));
             }
             Target::GroupExcept(group, excluded) => {
                 let envelope = self.envelope(message, excluded)?;
-                local.send_local(target, message);
-                let at = self.publish(self.channels.group(group), envelope);
-                self.keep_sent(message, at, |id, hold| {
+                let at = self.publish_and_deliver(
+                    target,
+                    message,
+                    [(self.channels.group(group), envelope)],
+                );
+                self.keep_sent(message, at[0], |id, hold| {
                     hold.in_group(group) && !excluded.iter().any(|e| e == id)
                 });
             }
             Target::Groups(groups) => {
                 let envelope = self.envelope(message, none)?;
-                local.send_local(target, message);
-                let mut earlier: Vec<String> = Vec::new();
+                let mut distinct: Vec<&String> = Vec::new();
                 for group in groups {
-                    if earlier.contains(group) {
-                        continue;
+                    if !distinct.contains(&group) {
+                        distinct.push(group);
                     }
+                }
+                // Each group's envelope names the groups before it: a
+                // member is reached through the first of its groups.
+                let publishes = distinct.iter().enumerate().map(|(i, group)| {
                     let envelope = Envelope {
-                        earlier: earlier.clone(),
+                        earlier: distinct[..i].iter().map(|g| (*g).clone()).collect(),
                         ..envelope.clone()
                     };
-                    let at = self.publish(self.channels.group(group), envelope);
-                    // Reaches a member through the first of its groups.
+                    (self.channels.group(group), envelope)
+                });
+                let at = self.publish_and_deliver(target, message, publishes);
+                for (i, (group, at)) in distinct.iter().zip(at).enumerate() {
+                    let earlier = &distinct[..i];
                     self.keep_sent(message, at, |_, hold| {
                         hold.in_group(group) && !earlier.iter().any(|e| hold.in_group(e))
                     });
-                    earlier.push(group.clone());
                 }
             }
             Target::User(user) => {
                 let envelope = self.envelope(message, none)?;
-                local.send_local(target, message);
-                let at = self.publish(self.channels.user(user), envelope);
-                self.keep_sent(message, at, |_, hold| hold.is_user(user));
+                let at = self.publish_and_deliver(
+                    target,
+                    message,
+                    [(self.channels.user(user), envelope)],
+                );
+                self.keep_sent(message, at[0], |_, hold| hold.is_user(user));
             }
             Target::Users(users) => {
                 let envelope = self.envelope(message, none)?;
-                local.send_local(target, message);
-                let mut done: Vec<&String> = Vec::new();
+                let mut distinct: Vec<&String> = Vec::new();
                 for user in users {
-                    if !done.contains(&user) {
-                        let at = self.publish(self.channels.user(user), envelope.clone());
-                        self.keep_sent(message, at, |_, hold| hold.is_user(user));
-                        done.push(user);
+                    if !distinct.contains(&user) {
+                        distinct.push(user);
                     }
+                }
+                let publishes = distinct
+                    .iter()
+                    .map(|user| (self.channels.user(user), envelope.clone()));
+                let at = self.publish_and_deliver(target, message, publishes);
+                for (user, at) in distinct.iter().zip(at) {
+                    self.keep_sent(message, at, |_, hold| hold.is_user(user));
                 }
             }
             // Target is non-exhaustive: a new kind must be added here.
@@ -364,11 +434,20 @@ impl HubCore {
             result,
             earlier,
             close,
-            ..
+            origin: envelope_origin,
+            seq: envelope_seq,
         } = envelope;
         let message = Arc::new(match close {
             Some(reason) => SerializedMessage::close(reason),
-            None => SerializedMessage::from_frames(json, msgpack),
+            None => {
+                let message = SerializedMessage::from_frames(json, msgpack);
+                match (&envelope_origin, envelope_seq) {
+                    (Some(origin), Some(seq)) if self.link.options.durable.is_some() => {
+                        message.with_mark(durable::mark(origin, seq))
+                    }
+                    _ => message,
+                }
+            }
         });
         match kind {
             ChannelKind::All if excluded.is_empty() => {
@@ -538,6 +617,7 @@ impl HubCore {
             if !here {
                 return false;
             }
+            self.journal_groups(connection_id);
             let channel = self.channels.group(group);
             let members = self.local.group_size(group);
             match (members, self.link.is_wanted(&channel)) {

@@ -415,6 +415,19 @@ pub(crate) struct RedisSettings {
         default_value = "oldest"
     )]
     pub drop_policy: RedisDropPolicy,
+
+    /// The durability mode, in milliseconds of retention (0: off): stateful
+    /// reconnect connections survive the crash of their server. Their
+    /// messages are recorded in Redis before they are sent, and every
+    /// publish is logged for this long; a client whose server died resumes
+    /// on another server with every message exactly once if it comes back
+    /// within it. A single Redis node only.
+    #[arg(
+        long = "redis-durable-ms",
+        env = "TIDINGS_REDIS_DURABLE_MS",
+        default_value_t = Span(Duration::ZERO)
+    )]
+    pub durable: Millis,
 }
 
 /// The backplane's drop policy as the settings spell it.

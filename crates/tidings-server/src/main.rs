@@ -353,6 +353,10 @@ impl Lifetimes {
             .drop_policy(args.redis.drop_policy.into())
             .metrics(registry.backplane().clone())
             .heartbeat(heartbeat, heartbeat * 5);
+        let options = match args.redis.durable.0 {
+            Duration::ZERO => options,
+            retention => options.durable(retention),
+        };
         let backplane =
             Arc::new(RedisBackplane::start(options).context("cannot use the Redis URL")?);
         tracing::info!(server_id = backplane.server_id(), %advertise, "Redis backplane on");

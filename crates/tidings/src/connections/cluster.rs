@@ -238,13 +238,14 @@ pub(crate) async fn ask(
     tokio::time::timeout(wait, exchange).await.ok().flatten()
 }
 
-/// Whether the server at `address` takes TCP connections: one that died
-/// refuses them (or does not answer within a second).
+/// Whether the server at `address` may still be alive: false only once a
+/// TCP connection to it was refused (a server that died; one that is slow
+/// to answer is not taken for dead).
 pub(crate) async fn answers(address: &str) -> bool {
     let connect = tokio::net::TcpStream::connect(address);
-    matches!(
+    !matches!(
         tokio::time::timeout(std::time::Duration::from_secs(1), connect).await,
-        Ok(Ok(_))
+        Ok(Err(_))
     )
 }
 
