@@ -5,7 +5,8 @@
 //! load balancer takes a server out of its rotation). The connection keeps
 //! its id and its groups, a stream running on the first server finishes,
 //! and every group message sent before, during and after the move arrives
-//! exactly once, in order.
+//! exactly once, in order. In the durability mode the same holds when the
+//! first server is killed outright (`kill -9`).
 
 #[path = "../../tidings-client/tests/support/common.rs"]
 mod common;
@@ -66,8 +67,8 @@ struct Server {
 }
 
 impl Server {
-    async fn start(redis: &Redis, prefix: &str) -> Result<Server> {
-        let args = [
+    async fn start(redis: &Redis, prefix: &str, extra: &[&str]) -> Result<Server> {
+        let mut args = vec![
             "--test-hub",
             "--redis",
             &redis.url,
@@ -77,17 +78,22 @@ impl Server {
             "--redis-heartbeat-ms",
             "200",
         ];
+        args.extend_from_slice(extra);
         let (child, url) = support::binary::start_on("127.0.0.1:0", &args).await?;
         Ok(Server { child, url })
     }
 
-    fn terminate(&self) -> Result<()> {
+    fn signal(&self, signal: &str) -> Result<()> {
         let pid = self.child.id().context("the server has exited")?;
         let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args([signal, &pid.to_string()])
             .status()?;
-        anyhow::ensure!(status.success(), "kill -TERM failed");
+        anyhow::ensure!(status.success(), "kill {signal} failed");
         Ok(())
+    }
+
+    fn terminate(&self) -> Result<()> {
+        self.signal("-TERM")
     }
 }
 
@@ -111,8 +117,8 @@ async fn a_stateful_connection_moves_when_its_server_shuts_down() -> Result<()> 
         .enumerate()
     {
         let prefix = format!("handover{round}:");
-        let first = Server::start(&redis, &prefix).await?;
-        let second = Server::start(&redis, &prefix).await?;
+        let first = Server::start(&redis, &prefix, &[]).await?;
+        let second = Server::start(&redis, &prefix, &[]).await?;
         let proxy = proxy::Proxy::start(&first.url).await?;
 
         let moving = client(&proxy.url, protocol, true).await?;
@@ -178,5 +184,86 @@ async fn a_stateful_connection_moves_when_its_server_shuts_down() -> Result<()> 
         moving.stop().await;
         sender.stop().await;
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stateful_connection_survives_a_kill_9_in_the_durability_mode() -> Result<()> {
+    let redis = Redis::start().await?;
+    let durable = ["--redis-durable-ms", "60000"];
+    for (round, protocol) in [Protocol::Json, Protocol::MessagePack]
+        .into_iter()
+        .enumerate()
+    {
+        let prefix = format!("durable{round}:");
+        let first = Server::start(&redis, &prefix, &durable).await?;
+        let second = Server::start(&redis, &prefix, &durable).await?;
+        let proxy = proxy::Proxy::start(&first.url).await?;
+
+        let surviving = client(&proxy.url, protocol, true).await?;
+        let id = surviving.connection_id().context("a connection id")?;
+        let mut received = forward::<Value>(&surviving, "GroupMessage");
+        surviving.invoke::<()>("JoinGroup", ("durable",)).await?;
+
+        // Group messages from the second server, 100 per second, before,
+        // during and after the crash.
+        let sender = client(&second.url, protocol, false).await?;
+        let publisher = tokio::spawn(async move {
+            for i in 0..80 {
+                sender.invoke::<()>("SendToGroup", ("durable", i)).await?;
+                sleep(Duration::from_millis(10)).await;
+            }
+            anyhow::Ok(sender)
+        });
+
+        sleep(Duration::from_millis(250)).await;
+        proxy.retarget(&second.url);
+        first.signal("-KILL")?;
+        let sender = timeout(WAIT, publisher).await???;
+
+        for i in 0..80 {
+            assert_eq!(next(&mut received).await?, json!(i), "{protocol}");
+        }
+        // The same connection, now on the second server, still in its group.
+        let now: String = surviving.invoke("GetConnectionId", ()).await?;
+        assert_eq!(now, id, "{protocol}");
+        sender
+            .invoke::<()>("SendToGroup", ("durable", "after"))
+            .await?;
+        assert_eq!(next(&mut received).await?, json!("after"), "{protocol}");
+        sleep(Duration::from_millis(200)).await;
+        assert!(
+            received.try_recv().is_err(),
+            "{protocol}: a message arrived twice"
+        );
+        surviving.stop().await;
+        sender.stop().await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_the_durability_mode_a_killed_servers_connection_is_not_resumed() -> Result<()> {
+    let redis = Redis::start().await?;
+    let first = Server::start(&redis, "plain:", &[]).await?;
+    let second = Server::start(&redis, "plain:", &[]).await?;
+    let proxy = proxy::Proxy::start(&first.url).await?;
+    let connection = client(&proxy.url, Protocol::Json, true).await?;
+    let id = connection.connection_id().context("a connection id")?;
+    proxy.retarget(&second.url);
+    first.signal("-KILL")?;
+    // The client cannot resume it; whatever it does next, it is not the
+    // same connection on the second server.
+    sleep(Duration::from_millis(1500)).await;
+    let resumed = timeout(
+        Duration::from_secs(2),
+        connection.invoke::<String>("GetConnectionId", ()),
+    )
+    .await;
+    assert!(
+        !matches!(&resumed, Ok(Ok(now)) if *now == id),
+        "resumed without the durability mode: {resumed:?}"
+    );
+    connection.stop().await;
     Ok(())
 }
