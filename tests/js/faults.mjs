@@ -869,9 +869,9 @@ arrived, *lost* the difference, *duplicated* the arrivals beyond the
 first; *recovery* is, per client a fault disrupted, the time from the
 fault until the first message published after it arrived. The
 expectations are those of \`EXPECTATIONS\` in \`tests/js/faults.mjs\`;
-"reported, not yet zero" marks a known gap (a server killed outright
-hands nothing over; clients without stateful reconnect start new
-connections when a server goes away).
+"reported, not yet zero" marks a known gap (clients without stateful
+reconnect start new connections when a server goes away). The kill -9
+scenario runs its servers in the durability mode (\`--redis-durable-ms\`).
 
 ${table(rows)}
 

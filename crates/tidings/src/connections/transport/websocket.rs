@@ -158,19 +158,6 @@ async fn start<C: Application>(
     }
     let (tx, rx) = outbox::channel(options.outbound_buffer_capacity);
     let connection = Connection::new(unbox(init), tx);
-    // The opening's answer goes out first and in a frame of its own (as
-    // ASP.NET Core sends the handshake answer), before anything the
-    // application queues.
-    if let Some(answer) = accepted.reply {
-        connection.record_sent(answer.len());
-        let sent = match frame_message(accepted.format, answer) {
-            Some(message) => timeout(options.transport_send_timeout, sink.send(message)).await,
-            None => return None,
-        };
-        if !matches!(sent, Ok(Ok(()))) {
-            return None;
-        }
-    }
     // Boxed, so each lives once on the heap, in a box of its own size:
     // the future returned holds the two boxes only.
     let turn = rx.turn_key();
@@ -179,7 +166,7 @@ async fn start<C: Application>(
         rx,
         connection.clone(),
         (accepted.keep_alive, options.transport_send_timeout),
-        Arc::clone(&read_failure),
+        (accepted.reply, Arc::clone(&read_failure)),
     ));
     let session = Box::pin(app.run(
         connection,
@@ -289,14 +276,38 @@ fn closed_prematurely(error: &tungstenite::Error) -> bool {
     }
 }
 
+/// Writes the opening's `answer`, then what the connection's queue holds,
+/// with keep-alives, until the queue ends.
+///
+/// The answer goes out first and in a frame of its own (as ASP.NET Core
+/// sends the handshake answer), before anything the application queues.
+/// It is written here rather than before the connection starts because
+/// the session is polled first (see [`session_then_writer`]): the
+/// application registers the connection (a hub: with its lifetime
+/// manager) before its client learns that it is connected, so a message
+/// sent to everyone once the client's `start()` returned reaches it.
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: outbox::Receiver,
     connection: Connection,
     (keep_alive, send_timeout): (Option<(Duration, Bytes)>, Duration),
-    read_failure: Arc<AtomicU16>,
+    (answer, read_failure): (Option<Bytes>, Arc<AtomicU16>),
 ) {
     let format = connection.transfer_format();
+    if let Some(answer) = answer {
+        connection.record_sent(answer.len());
+        let sent = match frame_message(format, answer) {
+            Some(message) => timeout(send_timeout, sink.send(message)).await,
+            None => Ok(Ok(())),
+        };
+        if !matches!(sent, Ok(Ok(()))) {
+            // The session ends with the abort and cleans up as usual.
+            connection.abort_with(AbortReason::Transport(
+                "the opening's answer could not be sent".to_owned(),
+            ));
+            return;
+        }
+    }
     // Without a keep-alive the timer still bounds blocked writes; it just
     // never sends anything when it fires.
     let (keep_alive, ping) = match keep_alive {
