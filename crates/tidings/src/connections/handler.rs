@@ -21,7 +21,7 @@ use tidings_protocol::{TransferFormat, TransportType};
 
 use crate::{
     auth::{Denied, Principal},
-    connections::{connection::Connection, handover::Frozen, journal::Journal},
+    connections::{connection::Connection, frozen::Frozen, journal::Journal},
     error::ConnectionError,
 };
 

@@ -14,8 +14,9 @@
 //! find it.
 
 use bytes::Bytes;
-
-use crate::connections::handler::BoxFuture;
+// The same type as the connection layer's `BoxFuture` (this module sits
+// below the seam of `handler.rs`, which names it).
+use futures_util::future::BoxFuture;
 
 /// One numbered message, as the writer is about to send it.
 #[derive(Debug, Clone)]

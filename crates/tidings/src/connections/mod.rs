@@ -36,6 +36,7 @@ pub(crate) mod access;
 pub(crate) mod cluster;
 pub(crate) mod connection;
 mod endpoint;
+pub(crate) mod frozen;
 pub(crate) mod handler;
 pub(crate) mod handover;
 pub(crate) mod journal;

@@ -38,6 +38,7 @@ use crate::{
         access::{ConnectionLimits, Origins, Refused, Slot},
         cluster::{self, Cluster},
         connection::{AbortReason, ConnectionInit},
+        frozen,
         handler::Application,
         handover,
         options::ConnectionOptions,
@@ -430,7 +431,7 @@ struct Here {
     request: Request,
     claimed: Option<Arc<str>>,
     /// A stateful connection taken over from a server shutting down.
-    adopted: Option<handover::Frozen>,
+    adopted: Option<frozen::Frozen>,
 }
 
 /// The connection token of a transport request (`?id=`).
@@ -659,7 +660,7 @@ async fn connect<C: Application>(
 async fn adopt<C: Application>(
     endpoint: &Arc<Endpoint<C>>,
     parts: Parts,
-    frozen: handover::Frozen,
+    frozen: frozen::Frozen,
 ) -> Response {
     let Some(token) = query_value(&parts, "id") else {
         return text(StatusCode::NOT_FOUND, "No Connection with that ID");

@@ -13,8 +13,8 @@ use crate::{
     auth::{Denied, Principal},
     connections::{
         connection::Connection,
+        frozen::Frozen,
         handler::{Accepted, Application, BoxFuture, InboundChunk, Opening},
-        handover::Frozen,
         journal::Journal,
     },
     hub::{
