@@ -535,6 +535,30 @@ fn verdict(outcome: &Outcome) -> anyhow::Result<()> {
             );
         }
     }
+    // Redis sends each server the messages of the groups it holds members
+    // of, and no others.
+    for index in GROUPS..outcome.reports.len() {
+        let (Some(r), Some(before), Some(after)) = (
+            outcome.reports.get(index),
+            outcome.snapshots.get(index),
+            outcome.snapshots.get(index + 1),
+        ) else {
+            continue;
+        };
+        let duration_ms = (r.duration_s * 1000.0).round() as u64;
+        let expected = expected_per_server(outcome, r.rate.unwrap_or(0.0), duration_ms);
+        for (server, wanted) in expected.iter().enumerate() {
+            let at = |s: &Snapshot| s.backplane.get(server).map_or(0, |c| c.0);
+            let received = at(after).saturating_sub(at(before));
+            if received != *wanted {
+                bail!(
+                    "{} msg/s group phase: Redis sent server {} {received} group messages where its groups were sent {wanted}",
+                    r.rate.unwrap_or(0.0),
+                    server + 1
+                );
+            }
+        }
+    }
     Ok(())
 }
 
