@@ -16,6 +16,10 @@
 #
 #   bash scripts/bench.sh --million                        # 1 000 000 connections
 #   bash scripts/bench.sh --million --connections 100000   # fewer
+#   bash scripts/bench.sh --million --connections 500000 --keep-alive 60 \
+#       --idle-seconds 60 --group-rate 400,300,200,100,50 --drain 120
+#       # the run in BENCHMARKS.md: keep-alive 60 s both ways, group rates
+#       # stepped down until one keeps the p99 under one second
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -p tidings-server -p tidings-bench

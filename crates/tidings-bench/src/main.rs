@@ -197,6 +197,8 @@ impl RunArgs {
             server_pid: self.server_pid,
             settle: std::time::Duration::from_secs(2),
             progress: !self.quiet,
+            keep_alive: std::time::Duration::from_millis(crate::scenario::DEFAULT_KEEP_ALIVE_MS),
+            group_servers: 0,
         }
     }
 

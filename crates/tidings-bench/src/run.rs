@@ -46,6 +46,10 @@ pub(crate) struct RunConfig {
     pub settle: Duration,
     /// Show progress bars.
     pub progress: bool,
+    /// How often each connection sends a Ping.
+    pub keep_alive: Duration,
+    /// Servers each group's listeners are spread over (0: all).
+    pub group_servers: usize,
 }
 
 impl Report {
@@ -192,6 +196,8 @@ pub(crate) async fn run(
             sources: config.sources,
             payload: config.payload,
             connect_concurrency: config.connect_concurrency,
+            keep_alive_ms: config.keep_alive.as_millis() as u64,
+            group_servers: config.group_servers,
         };
         let mut child = with_max_files(&exe)
             .arg("worker")

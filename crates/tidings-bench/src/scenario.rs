@@ -71,6 +71,21 @@ pub(crate) struct WorkerSpec {
     pub payload: usize,
     /// Connections opened at once.
     pub connect_concurrency: usize,
+    /// How often each connection sends a Ping, in milliseconds.
+    #[serde(default = "default_keep_alive_ms")]
+    pub keep_alive_ms: u64,
+    /// Many-connections run: each group's listeners are spread over this
+    /// many servers (consecutive from the group's number); 0 spreads every
+    /// group over all of them.
+    #[serde(default)]
+    pub group_servers: usize,
+}
+
+/// The clients' keep-alive interval, as shipped by the official clients.
+pub(crate) const DEFAULT_KEEP_ALIVE_MS: u64 = 15_000;
+
+fn default_keep_alive_ms() -> u64 {
+    DEFAULT_KEEP_ALIVE_MS
 }
 
 impl WorkerSpec {
@@ -90,6 +105,18 @@ impl WorkerSpec {
             let first = g * self.group_size.max(1);
             first >= self.first && first < self.first + self.count
         })
+    }
+
+    /// Which server (an index into the endpoint's servers, the first one
+    /// 0) a listener connects to: round robin, or, when each group is held
+    /// by a few servers only, round robin over the group's servers.
+    pub(crate) fn listener_server(&self, index: usize) -> usize {
+        server_of_listener(
+            index,
+            self.group_size,
+            self.endpoint.peers.len() + 1,
+            self.group_servers,
+        )
     }
 
     pub(crate) fn group_name(&self, group: usize) -> String {
@@ -157,12 +184,35 @@ pub(crate) enum Phase {
     Wait { duration_ms: u64 },
 }
 
+/// The server index of listener `index` (see [`WorkerSpec::listener_server`]);
+/// a group's sender goes to its group's first server, `group % servers`.
+pub(crate) fn server_of_listener(
+    index: usize,
+    group_size: usize,
+    servers: usize,
+    group_servers: usize,
+) -> usize {
+    let servers = servers.max(1);
+    if group_servers == 0 || group_servers >= servers {
+        return index % servers;
+    }
+    let group = index / group_size.max(1);
+    (group + index % group_servers) % servers
+}
+
 impl Phase {
-    /// Messages each sender sends in a fan-out phase: the same for every
-    /// sender, so every listener knows how many to expect.
-    pub(crate) fn per_sender(rate: f64, duration_ms: u64, groups: usize) -> u64 {
-        // (Callers pass 1 for a broadcast phase: one sender sends them all.)
-        ((rate * duration_ms as f64 / 1000.0 / groups as f64).round() as u64).max(1)
+    /// Messages sender `sender` (of `senders`) sends in a fan-out phase:
+    /// the phase's messages (at least one) shared out as evenly as they
+    /// go, the remainder to senders spread over the range (their send
+    /// times are offset by their number, so the rate stays even). Every
+    /// listener knows from it how many to expect.
+    pub(crate) fn messages_of(rate: f64, duration_ms: u64, senders: usize, sender: usize) -> u64 {
+        // (Callers pass 1 sender for a broadcast phase: one sends them all.)
+        let senders = senders.max(1) as u64;
+        let total = ((rate * duration_ms as f64 / 1000.0).round() as u64).max(1);
+        let (each, rest) = (total / senders, total % senders);
+        let sender = sender as u64;
+        each + ((sender + 1) * rest / senders - sender * rest / senders)
     }
 }
 
@@ -216,4 +266,51 @@ pub(crate) struct PhaseResult {
     pub first_error: Option<String>,
     /// Latencies (base64 of an HdrHistogram V2 in microseconds).
     pub histogram: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_shared_out_evenly_and_all_sent() {
+        for (rate, duration_ms, senders) in [
+            (1000.0, 10_000, 1000),
+            (100.0, 10_000, 5000),
+            (7.0, 1000, 3),
+        ] {
+            let counts: Vec<u64> = (0..senders)
+                .map(|g| Phase::messages_of(rate, duration_ms, senders, g))
+                .collect();
+            let total = (rate * duration_ms as f64 / 1000.0).round() as u64;
+            assert_eq!(counts.iter().sum::<u64>(), total);
+            let (min, max) = (counts.iter().min(), counts.iter().max());
+            assert!(max.zip(min).is_some_and(|(max, min)| max - min <= 1));
+        }
+        // The remainder goes to senders spread over the range, not the first ones.
+        let some: Vec<usize> = (0..10)
+            .filter(|&g| Phase::messages_of(2.0, 1000, 10, g) > 0)
+            .collect();
+        assert_eq!(some, [4, 9]);
+        // A broadcast phase sends at least one.
+        assert_eq!(Phase::messages_of(0.1, 1000, 1, 0), 1);
+    }
+
+    #[test]
+    fn a_group_is_held_by_its_servers_only() {
+        let (group_size, servers) = (100, 5);
+        for group in 0..20 {
+            let mut held: Vec<usize> = (group * group_size..(group + 1) * group_size)
+                .map(|i| server_of_listener(i, group_size, servers, 2))
+                .collect();
+            held.sort_unstable();
+            held.dedup();
+            let mut wanted = vec![group % servers, (group + 1) % servers];
+            wanted.sort_unstable();
+            assert_eq!(held, wanted);
+        }
+        // 0 (or as many as there are): round robin over all.
+        assert_eq!(server_of_listener(7, 100, 5, 0), 2);
+        assert_eq!(server_of_listener(7, 100, 5, 5), 2);
+    }
 }

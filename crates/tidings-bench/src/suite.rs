@@ -509,6 +509,8 @@ async fn run_one(
         server_pid: Some(server.pid),
         settle: Duration::from_millis(if args.quick { 300 } else { 2_000 }),
         progress: !args.quiet,
+        keep_alive: Duration::from_millis(crate::scenario::DEFAULT_KEEP_ALIVE_MS),
+        group_servers: 0,
     };
     let drain_ms = (args.drain * 1000.0) as u64;
     let warmup_ms = (args.warmup * 1000.0) as u64;

@@ -54,8 +54,6 @@ struct PhaseRun {
     phase: Phase,
     start: Instant,
     end: Instant,
-    /// Fan-out: messages per sender.
-    per_sender: u64,
     recorder: Recorder,
     ops: AtomicU64,
     errors: AtomicU64,
@@ -67,6 +65,23 @@ struct PhaseRun {
 }
 
 impl PhaseRun {
+    /// Fan-out: the messages group `group`'s sender sends (and each of its
+    /// listeners gets); in a broadcast, the first sender's, which everyone gets.
+    fn messages_of(&self, spec: &WorkerSpec, group: usize) -> u64 {
+        match self.phase {
+            Phase::Fanout {
+                rate,
+                duration_ms,
+                broadcast: true,
+                ..
+            } => Phase::messages_of(rate, duration_ms, 1, 0),
+            Phase::Fanout {
+                rate, duration_ms, ..
+            } => Phase::messages_of(rate, duration_ms, spec.groups(), group),
+            _ => 0,
+        }
+    }
+
     fn error(&self, error: impl std::fmt::Display) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         {
@@ -124,24 +139,11 @@ pub(crate) async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
             | Phase::Wait { duration_ms } => Duration::from_millis(*duration_ms),
             Phase::Hold => Duration::ZERO,
         };
-        let per_sender = match &phase {
-            Phase::Fanout {
-                rate,
-                duration_ms,
-                broadcast,
-                ..
-            } => {
-                let senders = if *broadcast { 1 } else { worker.spec.groups() };
-                Phase::per_sender(*rate, *duration_ms, senders)
-            }
-            _ => 0,
-        };
         let run = Arc::new(PhaseRun {
             id,
             phase: phase.clone(),
             start,
             end: start + length,
-            per_sender,
             recorder: Recorder::new(),
             ops: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -216,8 +218,10 @@ async fn finish(worker: &Arc<Worker>, run: &Arc<PhaseRun>) -> u64 {
             0
         }
         Phase::Fanout { drain_ms, .. } => {
-            let listeners = worker.spec.count as u64;
-            let expected = listeners * run.per_sender;
+            let spec = &worker.spec;
+            let expected = (spec.first..spec.first + spec.count)
+                .map(|i| run.messages_of(spec, spec.group_of(i)))
+                .sum::<u64>();
             sleep_until(run.end).await;
             let deadline = run.end + Duration::from_millis(drain_ms);
             while run.ops.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
@@ -298,7 +302,7 @@ async fn open_all(worker: &Arc<Worker>, current: &Current) {
                         Arc::clone(worker),
                         conn,
                         role,
-                        first_ping(index),
+                        first_ping(&worker.spec, index),
                         current.clone(),
                     ));
                 }
@@ -338,10 +342,11 @@ async fn open_one(worker: &Worker, index: usize, role: Role) -> anyhow::Result<C
     let spec = &worker.spec;
     let source = source_address(index, spec.sources);
     let server = match role {
-        Role::Listener(_) => spec.endpoint.listener_server(index),
+        Role::Listener(_) => spec.endpoint.listener_server(spec.listener_server(index)),
         // Senders spread like listeners, so that no server holds a share
         // of the senders on top of its listeners; group 0's (the
-        // broadcaster) is on the first server.
+        // broadcaster) is on the first server, and each group's on the
+        // first of the group's servers.
         Role::Sender(g) if spec.scenario == Scenario::Million => spec.endpoint.listener_server(g),
         Role::Sender(_) | Role::Echo => spec.endpoint.server,
     };
@@ -366,15 +371,18 @@ async fn open_one(worker: &Worker, index: usize, role: Role) -> anyhow::Result<C
     Ok(conn)
 }
 
-/// How often a connection sends a Ping, as the official clients do: the
-/// server closes a connection it has heard nothing from for its client
-/// timeout (30 s by default), and idle connections are held for minutes.
-const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// How often a connection sends a Ping, as the official clients do (every
+/// 15 s unless the run says otherwise): the server closes a connection it
+/// has heard nothing from for its client timeout, and idle connections are
+/// held for minutes.
+fn keep_alive(spec: &WorkerSpec) -> Duration {
+    Duration::from_millis(spec.keep_alive_ms.max(1))
+}
 
 /// When a connection sends its first Ping: spread over one interval by its
 /// index, so that connections opened together do not ping together.
-fn first_ping(index: usize) -> Instant {
-    Instant::now() + KEEP_ALIVE.mul_f64((index % 1000) as f64 / 1000.0)
+fn first_ping(spec: &WorkerSpec, index: usize) -> Instant {
+    Instant::now() + keep_alive(spec).mul_f64((index % 1000) as f64 / 1000.0)
 }
 
 /// One connection's life: react to phases by role, consume what arrives.
@@ -389,6 +397,7 @@ async fn connection_task(
     // published before this task first runs still shows as a change.
     let mut phase: Option<Arc<PhaseRun>> = None;
     let pings = worker.spec.endpoint.kind == ServerKind::Tidings;
+    let interval = keep_alive(&worker.spec);
     loop {
         tokio::select! {
             // Phase changes first: a message must never be judged against
@@ -418,7 +427,7 @@ async fn connection_task(
                 }
             }
             () = sleep_until(next_ping), if pings => {
-                next_ping = Instant::now() + KEEP_ALIVE;
+                next_ping = Instant::now() + interval;
                 if let Err(error) = conn.send(&HubMessage::Ping).await {
                     if let Some(run) = &phase {
                         run.error(format!("{error:#}"));
@@ -550,7 +559,7 @@ impl Drop for Busy<'_> {
     }
 }
 
-/// A fan-out sender: `per_sender` messages at even intervals, offset by the
+/// A fan-out sender: its share of the phase's messages at even intervals, offset by the
 /// group so senders do not fire together. Reads completions meanwhile.
 async fn send_loop(
     worker: &Worker,
@@ -573,11 +582,12 @@ async fn send_loop(
     let senders = if broadcast { 1 } else { spec.groups() };
     let protocol = spec.endpoint.protocol;
     let length = run.end - run.start;
-    let interval = length / run.per_sender.max(1) as u32;
+    let messages = run.messages_of(spec, group);
+    let interval = length / messages.max(1) as u32;
     let offset = interval.mul_f64(group as f64 / senders as f64);
     let group_name = spec.group_name(group);
     let mut out = Vec::with_capacity(256);
-    for seq in 0..run.per_sender {
+    for seq in 0..messages {
         let at = run.start + offset + interval * seq as u32;
         loop {
             tokio::select! {
