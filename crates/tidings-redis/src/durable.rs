@@ -229,6 +229,21 @@ impl RedisJournal {
     }
 }
 
+impl Drop for RedisJournal {
+    fn drop(&mut self) {
+        // Forgotten when the connection's writer lets it go (the
+        // connection ended, or moved to another server), unless a newer
+        // journal of the same connection took its place.
+        let mut journals = self.core.journals.lock();
+        if journals
+            .get(&self.id)
+            .is_some_and(|entry| std::ptr::eq(entry.as_ptr(), self))
+        {
+            journals.remove(&self.id);
+        }
+    }
+}
+
 fn retention_ms(options: &RedisOptions) -> i64 {
     i64::try_from(options.durable.unwrap_or_default().as_millis()).unwrap_or(i64::MAX)
 }
