@@ -1,0 +1,451 @@
+// What the durability mode of the Redis backplane (`--redis-durable-ms`)
+// costs, measured against the mode off. Per round and mode, a fresh
+// `redis-server` on a free port and one tidings server (`--test-hub
+// --redis …`, plus `--redis-durable-ms` when on) serve official-client
+// connections built with `withStatefulReconnect()` over WebSockets (JSON):
+//
+// * echo: `--echo-clients` clients each invoke `Echo` back-to-back;
+// * broadcast: `--listeners` listeners receive what one sender broadcasts
+//   (`Broadcast`, each invocation awaited before the next); every listener
+//   must receive every broadcast once, in order, or the run fails.
+//
+// Each phase warms up, then measures for `--seconds`: messages (echo) or
+// deliveries at the listeners (broadcast) per second, the CPU time of the
+// server (/proc/<pid>/stat) and of Redis (INFO cpu) per message, the
+// commands Redis ran (INFO commandstats), and Redis memory (INFO memory):
+// before and after the window, and once the phase's clients closed.
+// Rounds alternate the modes (off, on, off, on, …) so that drifting load
+// on a shared machine hits both alike.
+//
+//   node durability-cost.mjs                         3 rounds of each mode, 50 echo clients,
+//                                                    300 listeners, 10 s after 2 s warm-up
+//   node durability-cost.mjs --rounds 1 --seconds 2  shorter
+//   node durability-cost.mjs --benchmarks ../../BENCHMARKS.md   also writes the section
+//                                                    between the durability markers
+//   node durability-cost.mjs --json                  the rows as JSON on stdout (nothing else)
+//
+// TIDINGS_BIN names the server binary (default: target/release/tidings).
+
+import { execFileSync } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { readFile, writeFile } from "node:fs/promises";
+import net from "node:net";
+import os from "node:os";
+import { relative } from "node:path";
+import { pathToFileURL } from "node:url";
+import * as signalR from "@microsoft/signalr";
+import { startProgram } from "../server.mjs";
+import { startRedis } from "./cluster.mjs";
+
+const BIN = process.env.TIDINGS_BIN ?? new URL("../../target/release/tidings", import.meta.url).pathname;
+export const RETENTION_MS = 60000;
+const TICKS = Number(execFileSync("getconf", ["CLK_TCK"]).toString().trim()) || 100;
+/** The argument of every Echo and Broadcast besides its number: 64 bytes. */
+const TEXT = "x".repeat(64);
+export const BEGIN = "<!-- durability:begin (written by `bash scripts/bench.sh --durability`) -->";
+export const END = "<!-- durability:end -->";
+
+export const DEFAULTS = { rounds: 3, echoClients: 50, listeners: 300, seconds: 10, warmup: 2 };
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** CPU seconds (user + system) of process `pid` so far. */
+function processCpu(pid) {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  // Fields after the command name (which may hold spaces) start at state.
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / TICKS;
+}
+
+/** One command to the Redis at `port`, its reply (a bulk string or status) as text. */
+function redisCommand(port, ...args) {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, "127.0.0.1");
+    let buffer = Buffer.alloc(0);
+    socket.on("connect", () => {
+      socket.write(`*${args.length}\r\n${args.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join("")}`);
+    });
+    socket.on("data", (data) => {
+      buffer = Buffer.concat([buffer, data]);
+      const line = buffer.indexOf("\r\n");
+      if (line < 0) return;
+      const head = buffer.subarray(0, line).toString();
+      if (head[0] === "$") {
+        const length = Number(head.slice(1));
+        if (buffer.length < line + 2 + length) return;
+        resolve(buffer.subarray(line + 2, line + 2 + length).toString());
+      } else if (head[0] === "-") {
+        reject(new Error(head));
+      } else {
+        resolve(head.slice(1));
+      }
+      socket.destroy();
+    });
+    socket.on("error", reject);
+  });
+}
+
+/** Redis's CPU seconds, memory in use, keys and commands run so far. */
+async function redisSnapshot(port) {
+  const info = await redisCommand(port, "INFO", "all");
+  const fields = new Map();
+  for (const line of info.split("\r\n")) {
+    const colon = line.indexOf(":");
+    if (colon > 0) fields.set(line.slice(0, colon), line.slice(colon + 1));
+  }
+  const commands = {};
+  for (const [key, value] of fields) {
+    if (key.startsWith("cmdstat_")) commands[key.slice(8)] = Number(/calls=(\d+)/.exec(value)[1]);
+  }
+  const keyspace = /keys=(\d+)/.exec(fields.get("db0") ?? "");
+  return {
+    cpu: Number(fields.get("used_cpu_user")) + Number(fields.get("used_cpu_sys")),
+    memory: Number(fields.get("used_memory")),
+    keys: keyspace ? Number(keyspace[1]) : 0,
+    commands,
+  };
+}
+
+/** CPU of both processes and Redis's state at one instant. */
+async function snapshot(server, redisPort) {
+  const redis = await redisSnapshot(redisPort);
+  const client = process.cpuUsage();
+  return { at: performance.now(), server: processCpu(server.child.pid), client: (client.user + client.system) / 1e6, redis };
+}
+
+/** The figures of the window between two snapshots, for `count` messages. */
+function window(before, after, count) {
+  const calls = (name) => (after.redis.commands[name] ?? 0) - (before.redis.commands[name] ?? 0);
+  const total = Object.keys(after.redis.commands)
+    .filter((name) => name !== "info")
+    .reduce((sum, name) => sum + calls(name), 0);
+  const seconds = (after.at - before.at) / 1000;
+  return {
+    count,
+    seconds,
+    rate: count / seconds,
+    serverCpuUs: ((after.server - before.server) * 1e6) / count,
+    redisCpuUs: ((after.redis.cpu - before.redis.cpu) * 1e6) / count,
+    redisCommands: total / count,
+    xadd: calls("xadd") / count,
+    memoryGrowth: after.redis.memory - before.redis.memory,
+    clientLoad: (after.client - before.client) / seconds,
+  };
+}
+
+function build(url) {
+  return new signalR.HubConnectionBuilder()
+    .withUrl(`${url}/hubs/test`, { transport: signalR.HttpTransportType.WebSockets, skipNegotiation: false })
+    .withStatefulReconnect()
+    .configureLogging(signalR.LogLevel.None)
+    .build();
+}
+
+/** Starts `n` stateful connections, `parallel` at a time; `setup` runs on each before its start. */
+async function connectMany(url, n, setup = () => {}, parallel = 25) {
+  const connections = new Array(n);
+  let nextIndex = 0;
+  await Promise.all(
+    Array.from({ length: Math.min(parallel, n) }, async () => {
+      while (nextIndex < n) {
+        const i = nextIndex++;
+        const connection = build(url);
+        setup(connection, i);
+        await connection.start();
+        connections[i] = connection;
+      }
+    }),
+  );
+  return connections;
+}
+
+async function stopAll(connections) {
+  await Promise.all(connections.map((c) => c.stop()));
+}
+
+/** Waits until `condition()` holds or `ms` passed; whether it holds. */
+async function within(ms, condition) {
+  const deadline = Date.now() + ms;
+  while (!condition()) {
+    if (Date.now() > deadline) return false;
+    await sleep(20);
+  }
+  return true;
+}
+
+async function echoPhase(server, redisPort, options) {
+  const clients = await connectMany(server.url, options.echoClients);
+  let count = 0;
+  let running = true;
+  const loops = clients.map(async (connection, i) => {
+    let n = 0;
+    while (running) {
+      const reply = await connection.invoke("Echo", { n, client: i, text: TEXT });
+      if (reply.n !== n) throw new Error(`echo ${n} of client ${i} answered ${JSON.stringify(reply)}`);
+      n += 1;
+      count += 1;
+    }
+  });
+  await sleep(options.warmup * 1000);
+  const start = count;
+  const before = await snapshot(server, redisPort);
+  await sleep(options.seconds * 1000);
+  const end = count;
+  const after = await snapshot(server, redisPort);
+  running = false;
+  await Promise.all(loops);
+  await stopAll(clients);
+  // The records of closed connections are removed as they end.
+  await sleep(500);
+  const closed = await redisSnapshot(redisPort);
+  return { ...window(before, after, end - start), memoryBefore: before.redis.memory, memoryClosed: closed.memory, keysClosed: closed.keys };
+}
+
+async function broadcastPhase(server, redisPort, options) {
+  const received = new Array(options.listeners).fill(0);
+  const faults = [];
+  const listeners = await connectMany(server.url, options.listeners, (connection, i) => {
+    connection.on("Broadcast", (message) => {
+      if (message.n !== received[i]) {
+        faults.push(`listener ${i} expected broadcast ${received[i]}, got ${message.n}`);
+      }
+      received[i] += 1;
+    });
+  });
+  const [sender] = await connectMany(server.url, 1);
+  const total = () => received.reduce((a, b) => a + b, 0);
+  let sent = 0;
+  let running = true;
+  const loop = (async () => {
+    while (running) {
+      await sender.invoke("Broadcast", { n: sent, text: TEXT });
+      sent += 1;
+    }
+  })();
+  await sleep(options.warmup * 1000);
+  const start = total();
+  const sentStart = sent;
+  const before = await snapshot(server, redisPort);
+  await sleep(options.seconds * 1000);
+  const end = total();
+  const sentEnd = sent;
+  const after = await snapshot(server, redisPort);
+  running = false;
+  await loop;
+  const arrived = await within(30000, () => received.every((r) => r >= sent));
+  const missing = received.reduce((sum, r) => sum + Math.max(0, sent - r), 0);
+  const extra = received.reduce((sum, r) => sum + Math.max(0, r - sent), 0);
+  await stopAll([...listeners, sender]);
+  await sleep(500);
+  const closed = await redisSnapshot(redisPort);
+  return {
+    ...window(before, after, end - start),
+    broadcasts: (sentEnd - sentStart) / ((after.at - before.at) / 1000),
+    sent,
+    owed: sent * options.listeners,
+    missing,
+    extra,
+    allArrived: arrived && missing === 0 && extra === 0 && faults.length === 0,
+    faults: faults.slice(0, 5),
+    memoryBefore: before.redis.memory,
+    memoryClosed: closed.memory,
+    keysClosed: closed.keys,
+  };
+}
+
+/** One round of one mode: its own Redis and server, echo then broadcast. */
+async function runMode(durable, round, options) {
+  const redis = await startRedis();
+  const redisPort = Number(new URL(redis.url).port);
+  const baseline = (await redisSnapshot(redisPort)).memory;
+  const args = ["--listen", "127.0.0.1:0", "--test-hub", "--redis", redis.url];
+  if (durable) args.push("--redis-durable-ms", String(RETENTION_MS));
+  const server = await startProgram(BIN, args);
+  try {
+    const echo = await echoPhase(server, redisPort, options);
+    const broadcast = await broadcastPhase(server, redisPort, options);
+    return { mode: durable ? "on" : "off", round, baseline, echo, broadcast };
+  } finally {
+    await server.stop();
+    await redis.stop();
+  }
+}
+
+/** Every round of both modes, interleaved: off, on, off, on, … */
+export async function measure(options = {}, log = () => {}) {
+  const o = { ...DEFAULTS, ...options };
+  const rows = [];
+  for (let round = 1; round <= o.rounds; round += 1) {
+    for (const durable of [false, true]) {
+      const row = await runMode(durable, round, o);
+      log(`round ${round}, mode ${row.mode}: echo ${row.echo.rate.toFixed(0)} msg/s, broadcast ${row.broadcast.rate.toFixed(0)} deliveries/s`);
+      rows.push(row);
+    }
+  }
+  return { options: o, rows };
+}
+
+const median = (values) => {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+};
+
+const kib = (bytes) => `${(bytes / 1024).toFixed(0)}`;
+const percent = (load) => `${(load * 100).toFixed(0)} %`;
+const fixed = (value, digits) => (Number.isFinite(value) ? value.toFixed(digits) : "–");
+
+/** The per-round tables and the median ratios, as Markdown. */
+export function report({ options, rows }) {
+  const lines = [];
+  lines.push(
+    `#### Echo: ${options.echoClients} clients, each invoking \`Echo\` back-to-back (${options.seconds} s after ${options.warmup} s warm-up)`,
+    "",
+    "| round | mode | messages/s | server CPU µs/msg | Redis CPU µs/msg | Redis commands/msg | XADD/msg | Redis memory before → after window (KiB) | after clients closed (KiB) | client CPU |",
+    "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+  );
+  for (const r of rows) {
+    const e = r.echo;
+    lines.push(
+      `| ${r.round} | ${r.mode} | ${fixed(e.rate, 0)} | ${fixed(e.serverCpuUs, 1)} | ${fixed(e.redisCpuUs, 1)} | ${fixed(e.redisCommands, 2)} | ${fixed(e.xadd, 2)} | ${kib(e.memoryBefore)} → ${kib(e.memoryBefore + e.memoryGrowth)} | ${kib(e.memoryClosed)} | ${percent(e.clientLoad)} |`,
+    );
+  }
+  lines.push(
+    "",
+    `#### Broadcast: ${options.listeners} listeners, one sender invoking \`Broadcast\` back-to-back (${options.seconds} s after ${options.warmup} s warm-up)`,
+    "",
+    "| round | mode | deliveries/s | broadcasts/s | all arrived | server CPU µs/delivery | Redis CPU µs/delivery | Redis commands/broadcast | XADD/broadcast | Redis memory before → after window (KiB) | after clients closed (KiB) | client CPU |",
+    "|--:|---|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|",
+  );
+  for (const r of rows) {
+    const b = r.broadcast;
+    lines.push(
+      `| ${r.round} | ${r.mode} | ${fixed(b.rate, 0)} | ${fixed(b.broadcasts, 0)} | ${b.allArrived ? `yes (${b.owed})` : `NO: ${b.missing} missing, ${b.extra} extra of ${b.owed}`} | ${fixed(b.serverCpuUs, 2)} | ${fixed(b.redisCpuUs, 2)} | ${fixed(b.redisCommands * options.listeners, 2)} | ${fixed(b.xadd * options.listeners, 2)} | ${kib(b.memoryBefore)} → ${kib(b.memoryBefore + b.memoryGrowth)} | ${kib(b.memoryClosed)} | ${percent(b.clientLoad)} |`,
+    );
+  }
+  // Per round, on / off of the same round; the median over the rounds.
+  const ratio = (pick) => {
+    const ratios = [];
+    for (let round = 1; round <= options.rounds; round += 1) {
+      const off = rows.find((r) => r.round === round && r.mode === "off");
+      const on = rows.find((r) => r.round === round && r.mode === "on");
+      if (off && on && pick(off) > 0) ratios.push(pick(on) / pick(off));
+    }
+    return ratios.length ? median(ratios) : NaN;
+  };
+  const medianOf = (mode, pick) => median(rows.filter((r) => r.mode === mode).map(pick));
+  const figure = (name, pick, digits, unit = "") => {
+    const off = medianOf("off", pick);
+    const on = medianOf("on", pick);
+    return `| ${name} | ${fixed(off, digits)}${unit} | ${fixed(on, digits)}${unit} | ${fixed(ratio(pick), 2)} |`;
+  };
+  const total = (phase) => (r) => r[phase].serverCpuUs + r[phase].redisCpuUs;
+  const memoryPer = (phase) => (r) => r[phase].memoryGrowth / r[phase].count;
+  lines.push(
+    "",
+    "#### Medians over the rounds; ratio = median of the per-round ratios on / off",
+    "",
+    "| figure | off | on | on / off |",
+    "|---|--:|--:|--:|",
+    figure("echo messages/s", (r) => r.echo.rate, 0),
+    figure("echo server CPU µs/msg", (r) => r.echo.serverCpuUs, 1),
+    figure("echo Redis CPU µs/msg", (r) => r.echo.redisCpuUs, 1),
+    figure("echo server + Redis CPU µs/msg", total("echo"), 1),
+    figure("echo Redis memory growth in the window, bytes/msg", memoryPer("echo"), 1),
+    figure("broadcast deliveries/s", (r) => r.broadcast.rate, 0),
+    figure("broadcast server CPU µs/delivery", (r) => r.broadcast.serverCpuUs, 2),
+    figure("broadcast Redis CPU µs/delivery", (r) => r.broadcast.redisCpuUs, 2),
+    figure("broadcast server + Redis CPU µs/delivery", total("broadcast"), 2),
+    figure("broadcast Redis memory growth in the window, bytes/delivery", memoryPer("broadcast"), 1),
+    figure("Redis memory after the broadcast clients closed (KiB)", (r) => r.broadcast.memoryClosed / 1024, 0),
+  );
+  return lines.join("\n");
+}
+
+function machine() {
+  const cpus = os.cpus();
+  const load = os.loadavg().map((l) => l.toFixed(2)).join(" ");
+  return `${cpus.length} × ${cpus[0]?.model.trim() ?? "unknown CPU"}, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB; load average at start ${load}`;
+}
+
+/** The generated part of the section (between the markers). */
+export function section(result, { date, machine: host, command, binary, node, redisVersion }) {
+  return [
+    `### Run of ${date} (\`${command}\`)`,
+    "",
+    `${host}. Server binary \`${binary}\`, Node ${node}, redis-server ${redisVersion}; JSON protocol over WebSockets, every client built with \`withStatefulReconnect()\`; mode on = \`--redis-durable-ms ${RETENTION_MS}\`; a fresh redis-server and server per round and mode; arguments of 64 bytes of text plus a number. Redis memory is \`used_memory\` of INFO (a fresh instance holds about 1 MiB); client CPU is that of the Node process running every client (100 % = one core).`,
+    "",
+    report(result),
+  ].join("\n");
+}
+
+/** Replaces what lies between the markers in the file at `path` (or appends the section). */
+export async function writeSection(path, text) {
+  const old = await readFile(path, "utf8");
+  const start = old.indexOf(BEGIN);
+  const end = old.indexOf(END);
+  let out;
+  if (start < 0 || end < start) {
+    out = `${old.trimEnd()}\n\n## Durability mode: what it costs\n\n${BEGIN}\n${text}\n${END}\n`;
+  } else {
+    out = `${old.slice(0, start + BEGIN.length)}\n${text}\n${old.slice(end)}`;
+  }
+  await writeFile(path, out);
+}
+
+function parseArgs(argv) {
+  const options = {};
+  let benchmarks = null;
+  let json = false;
+  const names = { "--rounds": "rounds", "--echo-clients": "echoClients", "--listeners": "listeners", "--seconds": "seconds", "--warmup": "warmup" };
+  for (let i = 0; i < argv.length; i += 1) {
+    const arg = argv[i];
+    if (arg in names) {
+      const value = Number(argv[++i]);
+      if (!Number.isFinite(value) || value <= 0) throw new Error(`${arg} needs a positive number`);
+      options[names[arg]] = value;
+    } else if (arg === "--benchmarks") {
+      benchmarks = argv[++i];
+    } else if (arg === "--json") {
+      json = true;
+    } else {
+      throw new Error(`unknown argument ${arg}`);
+    }
+  }
+  return { options, benchmarks, json };
+}
+
+async function main() {
+  const { options, benchmarks, json } = parseArgs(process.argv.slice(2));
+  const host = machine();
+  const started = new Date();
+  const result = await measure(options, json ? () => {} : (line) => console.error(line));
+  if (json) {
+    console.log(JSON.stringify(result));
+  } else {
+    const redisVersion = /v=(\S+)/.exec(execFileSync("redis-server", ["--version"]).toString())?.[1] ?? "unknown";
+    const text = section(result, {
+      date: `${started.toISOString().slice(0, 16).replace("T", " ")} UTC`,
+      machine: host,
+      command: process.env.DURABILITY_COST_COMMAND ?? `node tests/js/durability-cost.mjs ${process.argv.slice(2).join(" ")}`.trim(),
+      binary: relative(new URL("../..", import.meta.url).pathname, BIN),
+      node: process.version,
+      redisVersion,
+    });
+    console.log(text);
+    if (benchmarks) await writeSection(benchmarks, text);
+  }
+  const broken = result.rows.filter((r) => !r.broadcast.allArrived);
+  if (broken.length) {
+    for (const r of broken) console.error(`round ${r.round}, mode ${r.mode}: deliveries missing or out of order: ${r.broadcast.faults.join("; ")}`);
+    process.exit(1);
+  }
+  process.exit(0);
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1]).href) {
+  main().catch((error) => {
+    console.error(error);
+    process.exit(2);
+  });
+}
