@@ -120,7 +120,12 @@ function window(before, after, count) {
     .filter((name) => name !== "info")
     .reduce((sum, name) => sum + calls(name), 0);
   const seconds = (after.at - before.at) / 1000;
+  const byName = {};
+  for (const name of Object.keys(after.redis.commands)) {
+    if (name !== "info" && calls(name) > 0) byName[name] = calls(name);
+  }
   return {
+    byName,
     count,
     seconds,
     rate: count / seconds,
@@ -321,6 +326,19 @@ export function report({ options, rows }) {
     const b = r.broadcast;
     lines.push(
       `| ${r.round} | ${r.mode} | ${fixed(b.rate, 0)} | ${fixed(b.broadcasts, 0)} | ${b.allArrived ? `yes (${b.owed})` : `NO: ${b.missing} missing, ${b.extra} extra of ${b.owed}`} | ${fixed(b.serverCpuUs, 2)} | ${fixed(b.redisCpuUs, 2)} | ${fixed(b.redisCommands * options.listeners, 2)} | ${fixed(b.xadd * options.listeners, 2)} | ${kib(b.memoryBefore)} → ${kib(b.memoryBefore + b.memoryGrowth)} | ${kib(b.memoryClosed)} | ${percent(b.clientLoad)} |`,
+    );
+  }
+  // Which commands the mode on adds, in its last round.
+  const lastOn = rows.filter((r) => r.mode === "on").at(-1);
+  if (lastOn) {
+    const spell = (byName, per) =>
+      Object.entries(byName)
+        .sort((a, b) => b[1] - a[1])
+        .map(([name, calls]) => `${name.toUpperCase()} ${Number((calls / per).toPrecision(3))}`)
+        .join(", ");
+    lines.push(
+      "",
+      `Redis commands in the window of round ${lastOn.round}, mode on: per echo message ${spell(lastOn.echo.byName, lastOn.echo.count)}; per broadcast ${spell(lastOn.broadcast.byName, lastOn.broadcast.count / options.listeners)}.`,
     );
   }
   // Per round, on / off of the same round; the median over the rounds.
