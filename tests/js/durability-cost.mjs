@@ -57,32 +57,96 @@ function processCpu(pid) {
   return (Number(fields[11]) + Number(fields[12])) / TICKS;
 }
 
-/** One command to the Redis at `port`, its reply (a bulk string or status) as text. */
-function redisCommand(port, ...args) {
+/** Parses one RESP reply at `at` of `buffer`: [value, next offset], or null if incomplete. */
+function parseReply(buffer, at) {
+  const line = buffer.indexOf("\r\n", at);
+  if (line < 0) return null;
+  const head = buffer.subarray(at, line).toString();
+  const rest = line + 2;
+  switch (head[0]) {
+    case "+":
+      return [head.slice(1), rest];
+    case "-":
+      return [new Error(head.slice(1)), rest];
+    case ":":
+      return [Number(head.slice(1)), rest];
+    case "$": {
+      const length = Number(head.slice(1));
+      if (length < 0) return [null, rest];
+      if (buffer.length < rest + length + 2) return null;
+      return [buffer.subarray(rest, rest + length).toString(), rest + length + 2];
+    }
+    case "*": {
+      const count = Number(head.slice(1));
+      const items = [];
+      let offset = rest;
+      for (let i = 0; i < count; i += 1) {
+        const item = parseReply(buffer, offset);
+        if (item === null) return null;
+        items.push(item[0]);
+        offset = item[1];
+      }
+      return [items, offset];
+    }
+    default:
+      throw new Error(`unexpected reply from Redis: ${head}`);
+  }
+}
+
+/** Sends `commands` (arrays of arguments) to the Redis at `port` on one connection; their replies. */
+function redisCommands(port, commands) {
+  if (commands.length === 0) return Promise.resolve([]);
   return new Promise((resolve, reject) => {
     const socket = net.connect(port, "127.0.0.1");
     let buffer = Buffer.alloc(0);
+    const replies = [];
     socket.on("connect", () => {
-      socket.write(`*${args.length}\r\n${args.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join("")}`);
+      const encode = (args) => `*${args.length}\r\n${args.map((a) => `$${Buffer.byteLength(String(a))}\r\n${a}\r\n`).join("")}`;
+      socket.write(commands.map(encode).join(""));
     });
     socket.on("data", (data) => {
       buffer = Buffer.concat([buffer, data]);
-      const line = buffer.indexOf("\r\n");
-      if (line < 0) return;
-      const head = buffer.subarray(0, line).toString();
-      if (head[0] === "$") {
-        const length = Number(head.slice(1));
-        if (buffer.length < line + 2 + length) return;
-        resolve(buffer.subarray(line + 2, line + 2 + length).toString());
-      } else if (head[0] === "-") {
-        reject(new Error(head));
-      } else {
-        resolve(head.slice(1));
+      let reply;
+      while (replies.length < commands.length && (reply = parseReply(buffer, 0)) !== null) {
+        replies.push(reply[0]);
+        buffer = buffer.subarray(reply[1]);
       }
-      socket.destroy();
+      if (replies.length === commands.length) {
+        socket.destroy();
+        const error = replies.find((r) => r instanceof Error);
+        if (error) reject(error);
+        else resolve(replies);
+      }
     });
     socket.on("error", reject);
   });
+}
+
+async function redisCommand(port, ...args) {
+  const [reply] = await redisCommands(port, [args]);
+  return reply;
+}
+
+/**
+ * What the durability mode keeps in Redis, by kind of key: the number of
+ * keys, the stream entries they hold and their bytes (MEMORY USAGE).
+ */
+async function durableKeys(port) {
+  const keys = await redisCommand(port, "KEYS", "*tidings:*");
+  const kinds = { journal: /tidings:journal:/, record: /tidings:durable:/, log: /tidings:log:/ };
+  const held = {};
+  for (const kind of Object.keys(kinds)) held[kind] = { keys: 0, entries: 0, bytes: 0 };
+  const ours = keys.map((key) => [key, Object.keys(kinds).find((kind) => kinds[kind].test(key))]).filter(([, kind]) => kind);
+  const replies = await redisCommands(
+    port,
+    ours.flatMap(([key, kind]) => [["MEMORY", "USAGE", key, "SAMPLES", "0"], kind === "record" ? ["HLEN", key] : ["XLEN", key]]),
+  );
+  ours.forEach(([, kind], i) => {
+    held[kind].keys += 1;
+    held[kind].bytes += replies[2 * i] ?? 0;
+    held[kind].entries += kind === "record" ? 0 : replies[2 * i + 1] ?? 0;
+  });
+  return held;
 }
 
 /** Redis's CPU seconds, memory in use, keys and commands run so far. */
@@ -133,7 +197,6 @@ function window(before, after, count) {
     redisCpuUs: ((after.redis.cpu - before.redis.cpu) * 1e6) / count,
     redisCommands: total / count,
     xadd: calls("xadd") / count,
-    memoryGrowth: after.redis.memory - before.redis.memory,
     clientLoad: (after.client - before.client) / seconds,
   };
 }
@@ -178,6 +241,23 @@ async function within(ms, condition) {
   return true;
 }
 
+/**
+ * Redis memory of a phase: used_memory at the window's edges, what the
+ * durable keys held at its end (clients live) and once its clients closed.
+ */
+async function memory(redisPort, before, after, live) {
+  // The records and journals of closed connections are removed as they end.
+  await sleep(500);
+  const closed = await redisSnapshot(redisPort);
+  return {
+    memoryBefore: before.redis.memory,
+    memoryAfter: after.redis.memory,
+    memoryClosed: closed.memory,
+    live,
+    kept: await durableKeys(redisPort),
+  };
+}
+
 async function echoPhase(server, redisPort, options) {
   const clients = await connectMany(server.url, options.echoClients);
   let count = 0;
@@ -197,13 +277,11 @@ async function echoPhase(server, redisPort, options) {
   await sleep(options.seconds * 1000);
   const end = count;
   const after = await snapshot(server, redisPort);
+  const live = await durableKeys(redisPort);
   running = false;
   await Promise.all(loops);
   await stopAll(clients);
-  // The records of closed connections are removed as they end.
-  await sleep(500);
-  const closed = await redisSnapshot(redisPort);
-  return { ...window(before, after, end - start), memoryBefore: before.redis.memory, memoryClosed: closed.memory, keysClosed: closed.keys };
+  return { ...window(before, after, end - start), ...(await memory(redisPort, before, after, live)) };
 }
 
 async function broadcastPhase(server, redisPort, options) {
@@ -235,15 +313,15 @@ async function broadcastPhase(server, redisPort, options) {
   const end = total();
   const sentEnd = sent;
   const after = await snapshot(server, redisPort);
+  const live = await durableKeys(redisPort);
   running = false;
   await loop;
   const arrived = await within(30000, () => received.every((r) => r >= sent));
   const missing = received.reduce((sum, r) => sum + Math.max(0, sent - r), 0);
   const extra = received.reduce((sum, r) => sum + Math.max(0, r - sent), 0);
   await stopAll([...listeners, sender]);
-  await sleep(500);
-  const closed = await redisSnapshot(redisPort);
   return {
+    ...(await memory(redisPort, before, after, live)),
     ...window(before, after, end - start),
     broadcasts: (sentEnd - sentStart) / ((after.at - before.at) / 1000),
     sent,
@@ -252,9 +330,6 @@ async function broadcastPhase(server, redisPort, options) {
     extra,
     allArrived: arrived && missing === 0 && extra === 0 && faults.length === 0,
     faults: faults.slice(0, 5),
-    memoryBefore: before.redis.memory,
-    memoryClosed: closed.memory,
-    keysClosed: closed.keys,
   };
 }
 
@@ -306,27 +381,44 @@ export function report({ options, rows }) {
   lines.push(
     `#### Echo: ${options.echoClients} clients, each invoking \`Echo\` back-to-back (${options.seconds} s after ${options.warmup} s warm-up)`,
     "",
-    "| round | mode | messages/s | server CPU µs/msg | Redis CPU µs/msg | Redis commands/msg | XADD/msg | Redis memory before → after window (KiB) | after clients closed (KiB) | client CPU |",
-    "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    "| round | mode | messages/s | server CPU µs/msg | Redis CPU µs/msg | Redis commands/msg | XADD/msg | client CPU |",
+    "|--:|---|--:|--:|--:|--:|--:|--:|",
   );
   for (const r of rows) {
     const e = r.echo;
     lines.push(
-      `| ${r.round} | ${r.mode} | ${fixed(e.rate, 0)} | ${fixed(e.serverCpuUs, 1)} | ${fixed(e.redisCpuUs, 1)} | ${fixed(e.redisCommands, 2)} | ${fixed(e.xadd, 2)} | ${kib(e.memoryBefore)} → ${kib(e.memoryBefore + e.memoryGrowth)} | ${kib(e.memoryClosed)} | ${percent(e.clientLoad)} |`,
+      `| ${r.round} | ${r.mode} | ${fixed(e.rate, 0)} | ${fixed(e.serverCpuUs, 1)} | ${fixed(e.redisCpuUs, 1)} | ${fixed(e.redisCommands, 2)} | ${fixed(e.xadd, 2)} | ${percent(e.clientLoad)} |`,
     );
   }
   lines.push(
     "",
     `#### Broadcast: ${options.listeners} listeners, one sender invoking \`Broadcast\` back-to-back (${options.seconds} s after ${options.warmup} s warm-up)`,
     "",
-    "| round | mode | deliveries/s | broadcasts/s | all arrived | server CPU µs/delivery | Redis CPU µs/delivery | Redis commands/broadcast | XADD/broadcast | Redis memory before → after window (KiB) | after clients closed (KiB) | client CPU |",
-    "|--:|---|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|",
+    "| round | mode | deliveries/s | broadcasts/s | all arrived | server CPU µs/delivery | Redis CPU µs/delivery | Redis commands/broadcast | XADD/broadcast | client CPU |",
+    "|--:|---|--:|--:|---|--:|--:|--:|--:|--:|",
   );
   for (const r of rows) {
     const b = r.broadcast;
     lines.push(
-      `| ${r.round} | ${r.mode} | ${fixed(b.rate, 0)} | ${fixed(b.broadcasts, 0)} | ${b.allArrived ? `yes (${b.owed})` : `NO: ${b.missing} missing, ${b.extra} extra of ${b.owed}`} | ${fixed(b.serverCpuUs, 2)} | ${fixed(b.redisCpuUs, 2)} | ${fixed(b.redisCommands * options.listeners, 2)} | ${fixed(b.xadd * options.listeners, 2)} | ${kib(b.memoryBefore)} → ${kib(b.memoryBefore + b.memoryGrowth)} | ${kib(b.memoryClosed)} | ${percent(b.clientLoad)} |`,
+      `| ${r.round} | ${r.mode} | ${fixed(b.rate, 0)} | ${fixed(b.broadcasts, 0)} | ${b.allArrived ? `yes (${b.owed})` : `NO: ${b.missing} missing, ${b.extra} extra of ${b.owed}`} | ${fixed(b.serverCpuUs, 2)} | ${fixed(b.redisCpuUs, 2)} | ${fixed(b.redisCommands * options.listeners, 2)} | ${fixed(b.xadd * options.listeners, 2)} | ${percent(b.clientLoad)} |`,
     );
+  }
+  const held = (h) => `${h.keys} / ${h.entries} / ${kib(h.bytes)}`;
+  lines.push(
+    "",
+    "#### Redis memory (KiB; durable keys as keys / stream entries / KiB of MEMORY USAGE)",
+    "",
+    "| round | mode | phase | used_memory before → after window | journals at the window's end | publish log at the window's end | used_memory once the clients closed | records + journals left | publish log left |",
+    "|--:|---|---|--:|--:|--:|--:|--:|--:|",
+  );
+  for (const r of rows) {
+    for (const phase of ["echo", "broadcast"]) {
+      const m = r[phase];
+      const left = { keys: m.kept.record.keys + m.kept.journal.keys, entries: m.kept.journal.entries, bytes: m.kept.record.bytes + m.kept.journal.bytes };
+      lines.push(
+        `| ${r.round} | ${r.mode} | ${phase} | ${kib(m.memoryBefore)} → ${kib(m.memoryAfter)} | ${held(m.live.journal)} | ${held(m.live.log)} | ${kib(m.memoryClosed)} | ${held(left)} | ${held(m.kept.log)} |`,
+      );
+    }
   }
   // Which commands the mode on adds, in its last round.
   const lastOn = rows.filter((r) => r.mode === "on").at(-1);
@@ -355,10 +447,13 @@ export function report({ options, rows }) {
   const figure = (name, pick, digits, unit = "") => {
     const off = medianOf("off", pick);
     const on = medianOf("on", pick);
-    return `| ${name} | ${fixed(off, digits)}${unit} | ${fixed(on, digits)}${unit} | ${fixed(ratio(pick), 2)} |`;
+    // Against an off figure that rounds to nothing a ratio says nothing.
+    const shown = Number(fixed(off, digits)) !== 0 ? fixed(ratio(pick), 2) : "–";
+    return `| ${name} | ${fixed(off, digits)}${unit} | ${fixed(on, digits)}${unit} | ${shown} |`;
   };
   const total = (phase) => (r) => r[phase].serverCpuUs + r[phase].redisCpuUs;
-  const memoryPer = (phase) => (r) => r[phase].memoryGrowth / r[phase].count;
+  // Bytes per stream entry; NaN where there is none.
+  const perEntry = (h) => (h.entries > 0 ? h.bytes / h.entries : NaN);
   lines.push(
     "",
     "#### Medians over the rounds; ratio = median of the per-round ratios on / off",
@@ -369,13 +464,16 @@ export function report({ options, rows }) {
     figure("echo server CPU µs/msg", (r) => r.echo.serverCpuUs, 1),
     figure("echo Redis CPU µs/msg", (r) => r.echo.redisCpuUs, 1),
     figure("echo server + Redis CPU µs/msg", total("echo"), 1),
-    figure("echo Redis memory growth in the window, bytes/msg", memoryPer("echo"), 1),
+    figure("echo Redis used_memory at the window's end (KiB)", (r) => r.echo.memoryAfter / 1024, 0),
+    figure("echo journal bytes per unacknowledged message (live)", (r) => perEntry(r.echo.live.journal), 0),
     figure("broadcast deliveries/s", (r) => r.broadcast.rate, 0),
     figure("broadcast server CPU µs/delivery", (r) => r.broadcast.serverCpuUs, 2),
     figure("broadcast Redis CPU µs/delivery", (r) => r.broadcast.redisCpuUs, 2),
     figure("broadcast server + Redis CPU µs/delivery", total("broadcast"), 2),
-    figure("broadcast Redis memory growth in the window, bytes/delivery", memoryPer("broadcast"), 1),
-    figure("Redis memory after the broadcast clients closed (KiB)", (r) => r.broadcast.memoryClosed / 1024, 0),
+    figure("broadcast Redis used_memory at the window's end (KiB)", (r) => r.broadcast.memoryAfter / 1024, 0),
+    figure("broadcast journal bytes per unacknowledged message (live)", (r) => perEntry(r.broadcast.live.journal), 0),
+    figure("publish log bytes per broadcast (kept for the retention)", (r) => perEntry(r.broadcast.kept.log), 0),
+    figure("Redis used_memory once every client closed (KiB)", (r) => r.broadcast.memoryClosed / 1024, 0),
   );
   return lines.join("\n");
 }

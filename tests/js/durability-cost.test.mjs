@@ -1,7 +1,7 @@
 // The durability-cost benchmark (durability-cost.mjs) at a tiny size: in
 // both modes every broadcast reaches every listener once, in order, and
 // only the mode on writes to Redis streams (one XADD per echo reply: the
-// reply is journaled before it is written). `bash scripts/bench.sh
+// reply is journaled before it is written) and keeps a publish log. `bash scripts/bench.sh
 // --durability` runs the full size and records it in BENCHMARKS.md.
 
 import { test } from "node:test";
@@ -24,4 +24,8 @@ test("durability cost: both modes deliver everything, only the mode on journals"
   // window's edges, read a moment apart, blur the count a little).
   assert.ok(on.echo.xadd > 0.9 && on.echo.xadd < 1.1, `mode on: ${on.echo.xadd} XADD per echo`);
   assert.ok(on.broadcast.xadd > 0);
+  // The publish log keeps every broadcast for the retention, after the
+  // clients are gone; without the mode there is none.
+  assert.ok(on.broadcast.kept.log.entries >= on.broadcast.sent, `${on.broadcast.kept.log.entries} logged of ${on.broadcast.sent}`);
+  assert.equal(off.broadcast.kept.log.keys, 0);
 });
