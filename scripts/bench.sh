@@ -20,6 +20,16 @@
 #       --idle-seconds 60 --group-rate 400,300,200,100,50 --drain 120
 #       # the run in BENCHMARKS.md: keep-alive 60 s both ways, group rates
 #       # stepped down until one keeps the p99 under one second
+#
+# The durability scenario (tests/js/durability-cost.mjs) measures what the
+# Redis durability mode (--redis-durable-ms) costs against the mode off:
+# echo and broadcast throughput, server and Redis CPU per message, Redis
+# commands and memory, over rounds that alternate the modes, each with a
+# redis-server and one server of its own; it writes the "Durability mode:
+# what it costs" section of BENCHMARKS.md (between its markers only):
+#
+#   bash scripts/bench.sh --durability                    # 3 rounds of each mode (about 5 minutes)
+#   bash scripts/bench.sh --durability --rounds 1 --seconds 5
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -p tidings-server -p tidings-bench
@@ -29,5 +39,19 @@ if [[ "${1:-}" == "--million" ]]; then
     shift
     exec target/release/tidings-bench million --benchmarks-md BENCHMARKS.md \
         --json bench-results/million.json "$@"
+fi
+if [[ "${1:-}" == "--durability" ]]; then
+    shift
+    if ! command -v redis-server > /dev/null; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq && apt-get install -y -qq redis-server > /dev/null
+    fi
+    if [[ ! -d tests/js/node_modules ]]; then
+        (cd tests/js && npm ci --no-audit --no-fund)
+    fi
+    export TIDINGS_BIN="$PWD/target/release/tidings"
+    export DURABILITY_COST_COMMAND="bash scripts/bench.sh --durability${*:+ $*}"
+    cd tests/js
+    exec node durability-cost.mjs --benchmarks ../../BENCHMARKS.md "$@"
 fi
 exec target/release/tidings-bench suite --out-dir bench-results "$@"
