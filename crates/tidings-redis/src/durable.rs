@@ -118,7 +118,21 @@ struct Writes {
 #[derive(Default)]
 struct Progress {
     recorded: (u64, u64),
-    recorded_at: u64,
+    /// When the keys' time to live was last renewed (ms; 0: never).
+    renewed_at: u64,
+}
+
+impl Progress {
+    /// Whether the keys' time to live is due for renewal (a third of the
+    /// retention after the last), noting it renewed if so: renewing on
+    /// every write would double the commands per message.
+    fn renew(&mut self, now: u64, retention: u64) -> bool {
+        if self.renewed_at != 0 && now.saturating_sub(self.renewed_at) < retention / 3 {
+            return false;
+        }
+        self.renewed_at = now;
+        true
+    }
 }
 
 impl RedisJournal {
@@ -278,8 +292,15 @@ impl Journal for RedisJournal {
                 .collect();
             fields.push(("next".into(), (last.sequence_id + 1).to_string()));
             pipe.hset_multiple(&self.record, &fields).ignore();
-            pipe.pexpire(&self.journal, retention_ms(options)).ignore();
-            pipe.pexpire(&self.record, retention_ms(options)).ignore();
+            let retention = retention_ms(options);
+            if self
+                .progress
+                .lock()
+                .renew(now_ms(), retention.unsigned_abs())
+            {
+                pipe.pexpire(&self.journal, retention).ignore();
+                pipe.pexpire(&self.record, retention).ignore();
+            }
             self.send(pipe).await;
         })
     }
@@ -287,17 +308,16 @@ impl Journal for RedisJournal {
     fn progress(&self, first_unacknowledged: u64, received: u64) {
         let now = now_ms();
         let retention = u64::try_from(retention_ms(&self.core.link.options)).unwrap_or(u64::MAX);
-        {
+        let renew = {
             let mut progress = self.progress.lock();
-            // Unchanged: only keep the record alive.
-            if progress.recorded == (first_unacknowledged, received)
-                && now.saturating_sub(progress.recorded_at) < retention / 3
-            {
+            let renew = progress.renew(now, retention);
+            // Unchanged, and the keys' time to live not due: nothing to do.
+            if progress.recorded == (first_unacknowledged, received) && !renew {
                 return;
             }
             progress.recorded = (first_unacknowledged, received);
-            progress.recorded_at = now;
-        }
+            renew
+        };
         let Some(this) = self
             .core
             .journals
@@ -316,8 +336,10 @@ impl Journal for RedisJournal {
                 .arg(format!("{first_unacknowledged}-0"))
                 .ignore();
             pipe.hset(&this.record, "received", received).ignore();
-            pipe.pexpire(&this.journal, retention).ignore();
-            pipe.pexpire(&this.record, retention).ignore();
+            if renew {
+                pipe.pexpire(&this.journal, retention).ignore();
+                pipe.pexpire(&this.record, retention).ignore();
+            }
             this.send(pipe).await;
         });
     }
@@ -633,6 +655,16 @@ fn reaches(id: &str, groups: &[String], kind: &ChannelKind, envelope: &Envelope)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_time_to_live_is_renewed_at_first_then_every_third_of_the_retention() {
+        let mut progress = Progress::default();
+        assert!(progress.renew(1_000, 60_000), "the first write sets it");
+        assert!(!progress.renew(1_001, 60_000));
+        assert!(!progress.renew(20_999, 60_000));
+        assert!(progress.renew(21_000, 60_000));
+        assert!(!progress.renew(21_500, 60_000));
+    }
 
     #[test]
     fn a_mark_names_its_publisher_and_number() {

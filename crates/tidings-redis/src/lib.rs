@@ -94,6 +94,32 @@
 //! Each server keeps its connections, users and groups in Redis hashes and
 //! sets, tagged with its server id; a server whose heartbeat stops is
 //! purged by the others.
+//!
+//! ## When a server crashes: the durability mode
+//!
+//! A server shutting down hands its stateful-reconnect connections over to
+//! another server ([`tidings::Handover`]). A server that crashes cannot;
+//! with [`RedisOptions::durable`] it need not. Each stateful connection's
+//! numbered messages are recorded in a Redis stream before they are
+//! written to its socket, and every publish is appended to the publishing
+//! server's log, both kept for the retention. The server a client
+//! re-attaches to after a crash claims the connection, replays the record
+//! under the original numbers and adds what the logs hold that the dead
+//! server had not delivered: every message exactly once. Each message to
+//! such a connection then costs a Redis write before it is sent
+//! (BENCHMARKS.md, "Durability mode: what it costs"); a single Redis node
+//! only.
+//!
+//! ```no_run
+//! # fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use tidings_redis::RedisOptions;
+//!
+//! let options = RedisOptions::new("redis://127.0.0.1:6379")
+//!     .advertise("10.0.0.1:5000")
+//!     .durable(Duration::from_secs(60));
+//! # let _ = options; Ok(()) }
+//! ```
 
 mod connection;
 mod durable;
