@@ -97,6 +97,15 @@ impl Server {
     }
 }
 
+/// Sends 0..80 to `group`, 100 per second; gives the sender back.
+async fn send_numbered(sender: HubConnection, group: &'static str) -> Result<HubConnection> {
+    for i in 0..80 {
+        sender.invoke::<()>("SendToGroup", (group, i)).await?;
+        sleep(Duration::from_millis(10)).await;
+    }
+    Ok(sender)
+}
+
 async fn client(url: &str, protocol: Protocol, stateful: bool) -> Result<HubConnection> {
     let mut builder = HubConnectionBuilder::new(format!("{url}/hubs/test"))
         .with_transport(TransportType::WebSockets)
@@ -130,13 +139,7 @@ async fn a_stateful_connection_moves_when_its_server_shuts_down() -> Result<()> 
 
         // Group messages from the second server, 100 per second.
         let sender = client(&second.url, protocol, false).await?;
-        let publisher = tokio::spawn(async move {
-            for i in 0..80 {
-                sender.invoke::<()>("SendToGroup", ("moving", i)).await?;
-                sleep(Duration::from_millis(10)).await;
-            }
-            anyhow::Ok(sender)
-        });
+        let publisher = tokio::spawn(send_numbered(sender, "moving"));
 
         sleep(Duration::from_millis(250)).await;
         proxy.retarget(&second.url);
@@ -208,13 +211,7 @@ async fn a_stateful_connection_survives_a_kill_9_in_the_durability_mode() -> Res
         // Group messages from the second server, 100 per second, before,
         // during and after the crash.
         let sender = client(&second.url, protocol, false).await?;
-        let publisher = tokio::spawn(async move {
-            for i in 0..80 {
-                sender.invoke::<()>("SendToGroup", ("durable", i)).await?;
-                sleep(Duration::from_millis(10)).await;
-            }
-            anyhow::Ok(sender)
-        });
+        let publisher = tokio::spawn(send_numbered(sender, "durable"));
 
         sleep(Duration::from_millis(250)).await;
         proxy.retarget(&second.url);

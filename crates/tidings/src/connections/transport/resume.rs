@@ -159,27 +159,12 @@ pub(crate) struct Reattach {
 /// Runs a stateful connection whose first socket completed the opening.
 pub(crate) async fn serve<C: Application>(
     served: Arc<Served<C>>,
-    (mut sink, stream): (Sink, Source),
+    (sink, stream): (Sink, Source),
     mut init: ConnectionInit,
     (accepted, leftover): (Accepted<C::Opened>, Vec<u8>),
     (reattach, framing): (Reattach, Option<Arc<dyn ResumeFraming>>),
 ) {
     let options = &served.options;
-    let format = init.format;
-    // The opening's answer is written before anything is numbered: it is
-    // not an application message and is never replayed.
-    if let Some(reply) = accepted.reply {
-        let written = match frame_message(format, reply) {
-            Some(answer) => matches!(
-                timeout(options.transport_send_timeout, sink.send(answer)).await,
-                Ok(Ok(()))
-            ),
-            None => false,
-        };
-        if !written {
-            return;
-        }
-    }
     let moves = served.hands_over;
     if moves {
         // The connection outlives the server's shutdown until another
@@ -193,7 +178,7 @@ pub(crate) async fn serve<C: Application>(
     let session = Start::Opened(leftover, accepted.opened);
     let (_, run) = start(
         served,
-        Some((sink, stream)),
+        Some((sink, stream, accepted.reply)),
         init,
         (resume, framing, keep_alive),
         reattach,
@@ -252,7 +237,7 @@ type Parts = (
 /// and the connection's task: session, writer and pump side by side.
 fn start<C: Application>(
     served: Arc<Served<C>>,
-    socket: Option<(Sink, Source)>,
+    socket: Option<(Sink, Source, Option<Bytes>)>,
     init: ConnectionInit,
     (resume, framing, keep_alive): Parts,
     reattach: Reattach,
@@ -279,9 +264,9 @@ fn start<C: Application>(
     let registered = reattach.registry.insert(reattach.token, entry.clone());
     tracing::debug!(connection_id = %connection.id(), "stateful reconnect enabled");
 
-    let (sink, source) = match socket {
-        Some((sink, source)) => (Some(sink), Some((0, source))),
-        None => (None, None),
+    let (sink, source, answer) = match socket {
+        Some((sink, source, answer)) => (Some(sink), Some((0, source)), answer),
+        None => (None, None, None),
     };
     let adopted = sink.is_none();
     let leaving = resume
@@ -319,6 +304,7 @@ fn start<C: Application>(
         ended: ended.clone(),
         journal,
         entries: Vec::new(),
+        answer,
     };
     let (pieces_tx, pieces_rx) = mpsc::unbounded_channel();
     let limit = read_ahead_limit(options);
@@ -356,7 +342,16 @@ fn start<C: Application>(
             drop(registered);
             ended.cancel();
         };
-        tokio::join!(pump.run(), writer.run(keep_alive_for_writer), session);
+        // The session first, on every poll: its first registers the
+        // connection (a hub: with its lifetime manager) before the writer
+        // sends the opening's answer, so a message sent to everyone once
+        // the client's `start()` returned reaches it.
+        tokio::join!(
+            biased;
+            session,
+            pump.run(),
+            writer.run(keep_alive_for_writer)
+        );
     };
     (entry, run)
 }
@@ -655,6 +650,9 @@ struct Writer {
     journal: Option<Arc<dyn Journal>>,
     /// The messages of the current flush, for the journal.
     entries: Vec<JournalEntry>,
+    /// The opening's answer, written first (before anything is numbered:
+    /// it is not an application message and is never replayed).
+    answer: Option<Bytes>,
 }
 
 impl Writer {
@@ -676,6 +674,16 @@ impl Writer {
         let greeting = sleep_until(Instant::now() + GREETING_GRACE);
         tokio::pin!(greeting);
         let spoke = Arc::clone(&self.spoke);
+        if let Some(answer) = self.answer.take() {
+            self.write(answer).await;
+            if self.sink.is_none() {
+                // The session ends with the abort and cleans up as usual.
+                self.connection.abort_with(AbortReason::Transport(
+                    "the opening's answer could not be sent".to_owned(),
+                ));
+                return self.finish();
+            }
+        }
         // A connection taken over starts with its first server's unacknowledged
         // messages: recorded here too, so that it survives this server.
         if let Some(journal) = &self.journal {
