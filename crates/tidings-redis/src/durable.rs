@@ -120,6 +120,9 @@ struct Progress {
     recorded: (u64, u64),
     /// When the keys' time to live was last renewed (ms; 0: never).
     renewed_at: u64,
+    /// Whether the journal's stream, created by the first append, has
+    /// been given its time to live.
+    journal_expires: bool,
 }
 
 impl Progress {
@@ -293,11 +296,12 @@ impl Journal for RedisJournal {
             fields.push(("next".into(), (last.sequence_id + 1).to_string()));
             pipe.hset_multiple(&self.record, &fields).ignore();
             let retention = retention_ms(options);
-            if self
-                .progress
-                .lock()
-                .renew(now_ms(), retention.unsigned_abs())
-            {
+            let renew = {
+                let mut progress = self.progress.lock();
+                let first = !std::mem::replace(&mut progress.journal_expires, true);
+                progress.renew(now_ms(), retention.unsigned_abs()) || first
+            };
+            if renew {
                 pipe.pexpire(&self.journal, retention).ignore();
                 pipe.pexpire(&self.record, retention).ignore();
             }

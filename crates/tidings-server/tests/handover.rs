@@ -106,6 +106,33 @@ async fn send_numbered(sender: HubConnection, group: &'static str) -> Result<Hub
     Ok(sender)
 }
 
+/// Expects what [`send_numbered`] sent, each once, in order.
+async fn the_numbered(received: &mut Received, protocol: Protocol) -> Result<()> {
+    for i in 0..80 {
+        assert_eq!(next(received).await?, json!(i), "{protocol}");
+    }
+    Ok(())
+}
+
+/// Sends one more message to `group`: it arrives, and nothing arrives twice.
+async fn after_the_numbered(
+    sender: &HubConnection,
+    group: &str,
+    received: &mut Received,
+    protocol: Protocol,
+) -> Result<()> {
+    sender.invoke::<()>("SendToGroup", (group, "after")).await?;
+    assert_eq!(next(received).await?, json!("after"), "{protocol}");
+    sleep(Duration::from_millis(200)).await;
+    assert!(
+        received.try_recv().is_err(),
+        "{protocol}: a message arrived twice"
+    );
+    Ok(())
+}
+
+type Received = tokio::sync::mpsc::UnboundedReceiver<Value>;
+
 async fn client(url: &str, protocol: Protocol, stateful: bool) -> Result<HubConnection> {
     let mut builder = HubConnectionBuilder::new(format!("{url}/hubs/test"))
         .with_transport(TransportType::WebSockets)
@@ -146,9 +173,7 @@ async fn a_stateful_connection_moves_when_its_server_shuts_down() -> Result<()> 
         first.terminate()?;
         let sender = timeout(WAIT, publisher).await???;
 
-        for i in 0..80 {
-            assert_eq!(next(&mut received).await?, json!(i), "{protocol}");
-        }
+        the_numbered(&mut received, protocol).await?;
         let mut items = Vec::new();
         while let Some(item) = timeout(WAIT, counted.next())
             .await
@@ -161,15 +186,7 @@ async fn a_stateful_connection_moves_when_its_server_shuts_down() -> Result<()> 
         // The same connection, now on the second server, still in its group.
         let now: String = moving.invoke("GetConnectionId", ()).await?;
         assert_eq!(now, id, "{protocol}");
-        sender
-            .invoke::<()>("SendToGroup", ("moving", "after"))
-            .await?;
-        assert_eq!(next(&mut received).await?, json!("after"), "{protocol}");
-        sleep(Duration::from_millis(200)).await;
-        assert!(
-            received.try_recv().is_err(),
-            "{protocol}: a message arrived twice"
-        );
+        after_the_numbered(&sender, "moving", &mut received, protocol).await?;
         // The first server let go of it and exited.
         let mut first = first;
         let exited = timeout(WAIT, first.child.wait()).await??;
@@ -218,21 +235,11 @@ async fn a_stateful_connection_survives_a_kill_9_in_the_durability_mode() -> Res
         first.signal("-KILL")?;
         let sender = timeout(WAIT, publisher).await???;
 
-        for i in 0..80 {
-            assert_eq!(next(&mut received).await?, json!(i), "{protocol}");
-        }
+        the_numbered(&mut received, protocol).await?;
         // The same connection, now on the second server, still in its group.
         let now: String = surviving.invoke("GetConnectionId", ()).await?;
         assert_eq!(now, id, "{protocol}");
-        sender
-            .invoke::<()>("SendToGroup", ("durable", "after"))
-            .await?;
-        assert_eq!(next(&mut received).await?, json!("after"), "{protocol}");
-        sleep(Duration::from_millis(200)).await;
-        assert!(
-            received.try_recv().is_err(),
-            "{protocol}: a message arrived twice"
-        );
+        after_the_numbered(&sender, "durable", &mut received, protocol).await?;
         surviving.stop().await;
         sender.stop().await;
     }
