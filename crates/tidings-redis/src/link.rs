@@ -104,6 +104,11 @@ struct Outbox {
     /// until Redis took them (or the send failed), and dropping the oldest
     /// must skip them, or the publisher would remove unsent ones.
     in_flight: usize,
+    /// How many messages at the front were sent in a batch that failed.
+    /// Redis may have published some of them before it went away, so they
+    /// are sent again (receivers drop by number what they had) and never
+    /// dropped: a dropped message must be one that no client received.
+    attempted: usize,
 }
 
 impl Outbox {
@@ -112,16 +117,29 @@ impl Outbox {
         self.queue.len() < options.buffer_messages && self.bytes + size <= options.buffer_bytes
     }
 
+    /// The batch of the first `count` messages failed: they are sent again.
+    fn failed(&mut self, count: usize) {
+        self.in_flight = 0;
+        self.attempted = self.attempted.max(count);
+    }
+
+    /// The messages at the front that dropping the oldest must skip: the
+    /// batch in flight, and those sent before in a batch that failed.
+    fn protected(&self) -> usize {
+        self.in_flight.max(self.attempted)
+    }
+
     /// Whether a message of `size` bytes would fit once every message not
-    /// in flight is gone.
+    /// protected is gone.
     fn could_fit(&self, size: usize, options: &RedisOptions) -> bool {
-        let in_flight: usize = self
+        let protected = self.protected();
+        let bytes: usize = self
             .queue
             .iter()
-            .take(self.in_flight)
+            .take(protected)
             .map(|p| p.payload.len())
             .sum();
-        self.in_flight < options.buffer_messages && in_flight + size <= options.buffer_bytes
+        protected < options.buffer_messages && bytes + size <= options.buffer_bytes
     }
 }
 
@@ -352,7 +370,7 @@ impl Link {
                 DropPolicy::DropNewest => false,
                 DropPolicy::DropOldest if outbox.could_fit(payload.len(), options) => {
                     while !outbox.fits(payload.len(), options) {
-                        let oldest = outbox.in_flight;
+                        let oldest = outbox.protected();
                         let Some(old) = outbox.queue.remove(oldest) else {
                             break;
                         };
@@ -816,6 +834,7 @@ async fn publish_loop(link: Arc<Link>) {
             Ok(Ok(())) => {
                 let mut outbox = lock(&link.outbox);
                 outbox.in_flight = 0;
+                outbox.attempted = outbox.attempted.saturating_sub(count);
                 for _ in 0..count {
                     if let Some(publish) = outbox.queue.pop_front() {
                         outbox.bytes -= publish.payload.len();
@@ -834,12 +853,12 @@ async fn publish_loop(link: Arc<Link>) {
                     .fetch_add(count as u64, Ordering::Relaxed);
             }
             Ok(Err(error)) => {
-                lock(&link.outbox).in_flight = 0;
+                lock(&link.outbox).failed(count);
                 tracing::debug!(%error, "publish failed; kept for after the reconnect");
                 wait_for_new_epoch(&link, &mut state, epoch).await;
             }
             Err(_) => {
-                lock(&link.outbox).in_flight = 0;
+                lock(&link.outbox).failed(count);
                 tracing::debug!("publish timed out; kept for after the reconnect");
                 wait_for_new_epoch(&link, &mut state, epoch).await;
             }
@@ -908,4 +927,36 @@ async fn wait_for_peers(link: &Link, connection: &mut Connection) {
     tracing::info!(
         "not every server re-registered within the resubscribe grace; publishing anyway"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outbox(messages: usize) -> Outbox {
+        let mut outbox = Outbox::default();
+        for i in 0..messages {
+            outbox.queue.push_back(Publish {
+                channel: format!("c{i}"),
+                payload: Bytes::from_static(b"0123456789"),
+            });
+            outbox.bytes += 10;
+        }
+        outbox
+    }
+
+    #[test]
+    fn a_batch_that_failed_is_never_dropped() {
+        let options = RedisOptions::new("redis://127.0.0.1").buffer(4, 1 << 20);
+        let mut outbox = outbox(4);
+        outbox.in_flight = 3;
+        assert_eq!(outbox.protected(), 3);
+        // Redis went away mid-batch: some of it may have been published.
+        outbox.failed(3);
+        assert_eq!(outbox.in_flight, 0);
+        assert_eq!(outbox.protected(), 3, "still protected after the failure");
+        assert!(outbox.could_fit(10, &options), "the fourth may go");
+        outbox.attempted = 4;
+        assert!(!outbox.could_fit(10, &options), "nothing may go");
+    }
 }
