@@ -47,6 +47,7 @@ use tidings::{
 
 use crate::{
     RedisOptions,
+    handover::Hold,
     link::now_ms,
     manager::HubCore,
     wire::{ChannelKind, Envelope},
@@ -99,8 +100,12 @@ fn parse_mark(mark: &[u8]) -> Option<(&str, u64)> {
 /// A stateful connection's journal in Redis (see the module docs).
 pub(crate) struct RedisJournal {
     core: Arc<HubCore>,
+    /// Itself, for the writes its synchronous calls spawn.
+    me: std::sync::Weak<RedisJournal>,
     /// The connection id.
     id: String,
+    /// How long its keys live without renewal (ms).
+    retention: i64,
     record: String,
     journal: String,
     /// Sends one pipeline at a time, in order; the record is created by
@@ -140,8 +145,8 @@ impl Progress {
 
 impl RedisJournal {
     /// A journal for `connection`, whose record starts with this server's
-    /// position now (taken under the delivery lock: no message reaches the
-    /// connection in between).
+    /// position now (the connection is not registered yet: nothing has
+    /// reached it).
     pub(crate) fn new(
         core: &Arc<HubCore>,
         connection: &ConnectionHandle,
@@ -152,10 +157,7 @@ impl RedisJournal {
         let record = record_key(options, token);
         let journal = journal_key(options, token);
         let retention = retention_ms(options);
-        let (own, seen) = {
-            let _delivery = core.delivery.read();
-            core.link.position()
-        };
+        let (own, seen) = core.link.position();
         let principal = connection.principal();
         let claims: Vec<(&str, &str)> = principal.claims().collect();
         let expires = principal.expires_at().and_then(|at| {
@@ -192,9 +194,11 @@ impl RedisJournal {
         create.del(&[&record, &journal]).ignore();
         create.hset_multiple(&record, &fields).ignore();
         create.pexpire(&record, retention).ignore();
-        let this = Arc::new(RedisJournal {
+        let this = Arc::new_cyclic(|me| RedisJournal {
             core: Arc::clone(core),
+            me: me.clone(),
             id: connection.id().to_owned(),
+            retention,
             record,
             journal,
             writes: tokio::sync::Mutex::new(Writes {
@@ -234,6 +238,12 @@ impl RedisJournal {
         }
     }
 
+    /// Renews the time to live of its keys in `pipe`.
+    fn expire(&self, pipe: &mut redis::Pipeline) {
+        pipe.pexpire(&self.journal, self.retention).ignore();
+        pipe.pexpire(&self.record, self.retention).ignore();
+    }
+
     /// Records the connection's groups (after a change).
     pub(crate) fn set_groups(self: &Arc<Self>, groups: Vec<String>) {
         let this = Arc::clone(self);
@@ -271,7 +281,6 @@ impl Journal for RedisJournal {
             let Some(last) = entries.last() else {
                 return;
             };
-            let options = &self.core.link.options;
             let mut pipe = redis::pipe();
             let mut position: BTreeMap<&str, u64> = BTreeMap::new();
             for entry in entries {
@@ -295,26 +304,22 @@ impl Journal for RedisJournal {
                 .collect();
             fields.push(("next".into(), (last.sequence_id + 1).to_string()));
             pipe.hset_multiple(&self.record, &fields).ignore();
-            let retention = retention_ms(options);
             let renew = {
                 let mut progress = self.progress.lock();
                 let first = !std::mem::replace(&mut progress.journal_expires, true);
-                progress.renew(now_ms(), retention.unsigned_abs()) || first
+                progress.renew(now_ms(), self.retention.unsigned_abs()) || first
             };
             if renew {
-                pipe.pexpire(&self.journal, retention).ignore();
-                pipe.pexpire(&self.record, retention).ignore();
+                self.expire(&mut pipe);
             }
             self.send(pipe).await;
         })
     }
 
     fn progress(&self, first_unacknowledged: u64, received: u64) {
-        let now = now_ms();
-        let retention = u64::try_from(retention_ms(&self.core.link.options)).unwrap_or(u64::MAX);
         let renew = {
             let mut progress = self.progress.lock();
-            let renew = progress.renew(now, retention);
+            let renew = progress.renew(now_ms(), self.retention.unsigned_abs());
             // Unchanged, and the keys' time to live not due: nothing to do.
             if progress.recorded == (first_unacknowledged, received) && !renew {
                 return;
@@ -322,17 +327,10 @@ impl Journal for RedisJournal {
             progress.recorded = (first_unacknowledged, received);
             renew
         };
-        let Some(this) = self
-            .core
-            .journals
-            .lock()
-            .get(self.id.as_str())
-            .and_then(|w| w.upgrade())
-        else {
+        let Some(this) = self.me.upgrade() else {
             return;
         };
         tokio::spawn(async move {
-            let retention = retention_ms(&this.core.link.options);
             let mut pipe = redis::pipe();
             pipe.cmd("XTRIM")
                 .arg(&this.journal)
@@ -341,21 +339,15 @@ impl Journal for RedisJournal {
                 .ignore();
             pipe.hset(&this.record, "received", received).ignore();
             if renew {
-                pipe.pexpire(&this.journal, retention).ignore();
-                pipe.pexpire(&this.record, retention).ignore();
+                this.expire(&mut pipe);
             }
             this.send(pipe).await;
         });
     }
 
     fn end(&self) {
-        let Some(this) = self
-            .core
-            .journals
-            .lock()
-            .remove(self.id.as_str())
-            .and_then(|w| w.upgrade())
-        else {
+        // (It leaves the hub's table when dropped.)
+        let Some(this) = self.me.upgrade() else {
             return;
         };
         tokio::spawn(async move {
@@ -569,6 +561,8 @@ impl HubCore {
         protocol: Protocol,
     ) -> Option<Vec<Missed>> {
         let options = &self.link.options;
+        // Whom a logged message reaches: as a hold decides for what arrives live.
+        let held = Hold::new(user.map(str::to_owned), groups.to_vec());
         let mut kinds: HashMap<String, ChannelKind> = HashMap::new();
         kinds.insert(self.channels.all(), ChannelKind::All);
         kinds.insert(
@@ -621,8 +615,7 @@ impl HubCore {
                 let Some(seq) = envelope.seq else {
                     continue;
                 };
-                if seq <= last || envelope.close.is_some() || !reaches(id, groups, kind, &envelope)
-                {
+                if seq <= last || envelope.close.is_some() || !held.receives(id, kind, &envelope) {
                     continue;
                 }
                 let message = SerializedMessage::from_frames(envelope.json, envelope.msgpack);
@@ -639,20 +632,6 @@ impl HubCore {
         }
         missed.sort_by(|a, b| (a.at, &a.origin, a.seq).cmp(&(b.at, &b.origin, b.seq)));
         Some(missed)
-    }
-}
-
-/// Whether a message on `kind` reaches connection `id` in `groups`.
-fn reaches(id: &str, groups: &[String], kind: &ChannelKind, envelope: &Envelope) -> bool {
-    let excluded = || envelope.excluded.iter().any(|e| e == id);
-    match kind {
-        ChannelKind::All => !excluded(),
-        ChannelKind::Group(_) => {
-            !excluded() && !envelope.earlier.iter().any(|e| groups.contains(e))
-        }
-        ChannelKind::User(_) => true,
-        ChannelKind::Connection(_) => envelope.result.is_none(),
-        _ => false,
     }
 }
 
@@ -679,29 +658,19 @@ mod tests {
 
     #[test]
     fn a_group_message_reaches_a_member_once() {
-        let groups = vec!["a".to_owned(), "b".to_owned()];
+        let held = Hold::new(None, vec!["a".to_owned(), "b".to_owned()]);
         let envelope = Envelope {
             earlier: vec!["a".to_owned()],
             ..Default::default()
         };
         // Sent to a, then b: the member of both got it through a.
-        assert!(!reaches(
-            "c1",
-            &groups,
-            &ChannelKind::Group("b".into()),
-            &envelope
-        ));
-        assert!(reaches(
-            "c1",
-            &groups,
-            &ChannelKind::Group("a".into()),
-            &Envelope::default()
-        ));
+        assert!(!held.receives("c1", &ChannelKind::Group("b".into()), &envelope));
+        assert!(held.receives("c1", &ChannelKind::Group("a".into()), &Envelope::default()));
         let excluded = Envelope {
             excluded: vec!["c1".to_owned()],
             ..Default::default()
         };
-        assert!(!reaches("c1", &groups, &ChannelKind::All, &excluded));
-        assert!(reaches("c2", &groups, &ChannelKind::All, &excluded));
+        assert!(!held.receives("c1", &ChannelKind::All, &excluded));
+        assert!(held.receives("c2", &ChannelKind::All, &excluded));
     }
 }

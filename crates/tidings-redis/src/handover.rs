@@ -52,6 +52,15 @@ struct Kept {
 }
 
 impl Hold {
+    /// What is held for a connection of `user` in `groups`, nothing kept yet.
+    pub(crate) fn new(user: Option<String>, groups: Vec<String>) -> Hold {
+        Hold {
+            user,
+            groups,
+            kept: Vec::new(),
+        }
+    }
+
     pub(crate) fn in_group(&self, group: &str) -> bool {
         self.groups.iter().any(|g| g == group)
     }
@@ -61,7 +70,7 @@ impl Hold {
     }
 
     /// Whether a message on `kind` reaches the connection `id`.
-    fn receives(&self, id: &str, kind: &ChannelKind, envelope: &Envelope) -> bool {
+    pub(crate) fn receives(&self, id: &str, kind: &ChannelKind, envelope: &Envelope) -> bool {
         let excluded = || envelope.excluded.iter().any(|e| e == id);
         match kind {
             ChannelKind::All => !excluded(),
@@ -211,11 +220,7 @@ impl Handover for RedisLifetimeManager {
                 let _order = core.membership.lock();
                 core.holds.lock().insert(
                     connection_id.to_owned(),
-                    Hold {
-                        user: user_id.map(str::to_owned),
-                        groups: groups.to_vec(),
-                        kept: Vec::new(),
-                    },
+                    Hold::new(user_id.map(str::to_owned), groups.to_vec()),
                 );
                 core.hold_count(1);
                 let mut generation = core.want(
