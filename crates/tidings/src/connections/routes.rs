@@ -201,21 +201,13 @@ impl<C: Application> Endpoint<C> {
                         && let Some(uri) = cluster::uri_at(&request, &address)
                         && let Some(frozen) = handover::adopt(&self.served, uri, &address).await
                     {
-                        return Err(Here {
-                            request,
-                            claimed: None,
-                            adopted: Some(frozen),
-                        });
+                        return Err(Here::adopting(request, frozen));
                     }
                     // Or its server died: resumed from what it recorded.
                     if !cluster::answers(&address).await
                         && let Some(frozen) = self.served.app.recover(&token).await
                     {
-                        return Err(Here {
-                            request,
-                            claimed: None,
-                            adopted: Some(frozen),
-                        });
+                        return Err(Here::adopting(request, frozen));
                     }
                 }
                 let stop = self.served.shutdown.token().clone();
@@ -225,11 +217,7 @@ impl<C: Application> Endpoint<C> {
                 // A stateful connection of a server that died and left the
                 // cluster's registry may have been recorded.
                 if websocket && let Some(frozen) = self.served.app.recover(&token).await {
-                    return Err(Here {
-                        request,
-                        claimed: None,
-                        adopted: Some(frozen),
-                    });
+                    return Err(Here::adopting(request, frozen));
                 }
                 Ok(text(StatusCode::NOT_FOUND, "No Connection with that ID"))
             }
@@ -430,8 +418,20 @@ impl<C: Application> Endpoint<C> {
 struct Here {
     request: Request,
     claimed: Option<Arc<str>>,
-    /// A stateful connection taken over from a server shutting down.
+    /// A stateful connection taken over from a server shutting down, or
+    /// recovered from what a crashed one recorded.
     adopted: Option<frozen::Frozen>,
+}
+
+impl Here {
+    /// The socket of a stateful connection that runs here from now on.
+    fn adopting(request: Request, frozen: frozen::Frozen) -> Here {
+        Here {
+            request,
+            claimed: None,
+            adopted: Some(frozen),
+        }
+    }
 }
 
 /// The connection token of a transport request (`?id=`).

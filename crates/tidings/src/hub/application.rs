@@ -41,6 +41,16 @@ fn groups(value: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The hub's part of a connection's state when it moves to another server
+/// (read back by `reopen` and `run_adopted`).
+fn moving_state(protocol: Protocol, groups: &[String], position: Value) -> Value {
+    json!({
+        "protocol": protocol.name(),
+        "groups": groups,
+        "position": position,
+    })
+}
+
 /// The hub protocol of a connection, from how its WebSocket frames
 /// messages (the handshake chose one from the other).
 fn protocol_of(connection: &Connection) -> Protocol {
@@ -113,11 +123,7 @@ impl<H: Hub> Application for HubHandler<H> {
             let handle = ConnectionHandle::new(connection.clone(), protocol);
             let groups = handover.local_groups(connection.id());
             let position = handover.freeze(&handle).await?;
-            Some(json!({
-                "protocol": protocol.name(),
-                "groups": groups,
-                "position": position,
-            }))
+            Some(moving_state(protocol, &groups, position))
         })
     }
 
@@ -175,11 +181,7 @@ impl<H: Hub> Application for HubHandler<H> {
                 recovered.first_id,
                 &recovered.frames,
                 recovered.received,
-                json!({
-                    "protocol": recovered.protocol.name(),
-                    "groups": recovered.groups,
-                    "position": recovered.position,
-                }),
+                moving_state(recovered.protocol, &recovered.groups, recovered.position),
             ))
         })
     }
