@@ -667,6 +667,24 @@ fn distinct_tidings_runs(reports: &[Report]) -> Vec<&Report> {
     seen
 }
 
+/// Each round's ratio of tidings' figure to the baseline's, the rounds
+/// paired in run order (the same machine conditions): "a, b, c".
+fn per_round(
+    tidings: &[&Report],
+    raw: &[&Report],
+    figure: impl Fn(&Report) -> Option<f64>,
+) -> String {
+    tidings
+        .iter()
+        .zip(raw)
+        .map(|(t, raw)| match (figure(t), figure(raw)) {
+            (Some(t), Some(raw)) => format!("{:.2}", ratio(t, raw)),
+            _ => "–".to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn verdict(met: bool) -> &'static str {
     if met { "**met**" } else { "**missed**" }
 }
@@ -768,11 +786,12 @@ fn markdown(results: &Results) -> String {
             let per_second = |r: &Report| format!("{:.0}", r.throughput);
             let _ = writeln!(
                 out,
-                "- echo, {protocol}: {:.0}/s vs raw {:.0}/s = {r:.2} × (target ≥ {ECHO_TARGET}; rounds: tidings {}, raw {}): {}",
+                "- echo, {protocol}: {:.0}/s vs raw {:.0}/s = {r:.2} × (target ≥ {ECHO_TARGET}; rounds: tidings {}, raw {}; ratio per round {}): {}",
                 t.throughput,
                 raw.throughput,
                 listed(&t_rounds, per_second),
                 listed(&raw_rounds, per_second),
+                per_round(&t_rounds, &raw_rounds, |r| Some(r.throughput)),
                 verdict(r >= ECHO_TARGET && t_rounds.iter().all(|t| t.errors == 0))
             );
         }
@@ -848,10 +867,11 @@ fn markdown(results: &Results) -> String {
             };
             let _ = writeln!(
                 out,
-                "- broadcast to {} at {rate}/s, {protocol}: delivered {delivered}/{expected} over {} rounds, {:.0}/s = {r:.2} × raw (target ≥ {BROADCAST_TARGET}), p99 {:.2} ms vs raw {:.2} ms (rounds: tidings {}, raw {}{evidence}): {}{within_noise}",
+                "- broadcast to {} at {rate}/s, {protocol}: delivered {delivered}/{expected} over {} rounds, {:.0}/s = {r:.2} × raw (target ≥ {BROADCAST_TARGET}; ratio per round {}), p99 {:.2} ms vs raw {:.2} ms (rounds: tidings {}, raw {}{evidence}): {}{within_noise}",
                 t.connections,
                 t_rounds.len(),
                 t.throughput,
+                per_round(&t_rounds, &raw_rounds, |r| Some(r.throughput)),
                 t.latency.p99_ms,
                 raw.latency.p99_ms,
                 listed(&t_rounds, p99),
@@ -924,6 +944,29 @@ fn markdown(results: &Results) -> String {
                 three.latency.p99_ms,
                 three.ops,
                 three.expected.unwrap_or(0),
+            );
+        }
+        // The connect storm: reported, no target. tidings' figure is a
+        // whole SignalR connection (negotiate, WebSocket, handshake), the
+        // baseline's a WebSocket accepted.
+        if let (Some(t), Some(raw)) = (
+            find(
+                results,
+                Scenario::Connect,
+                ServerKind::Tidings,
+                protocol,
+                None,
+            ),
+            find(results, Scenario::Connect, ServerKind::Raw, protocol, None),
+        ) {
+            let _ = writeln!(
+                out,
+                "- connect storm, {protocol}: tidings {:.0} connections/s (negotiate, WebSocket, handshake; p99 {:.2} ms) vs raw {:.0} WebSocket accepts/s (p99 {:.2} ms) = {:.2} × (reported)",
+                t.throughput,
+                t.latency.p99_ms,
+                raw.throughput,
+                raw.latency.p99_ms,
+                ratio(t.throughput, raw.throughput),
             );
         }
         for kind in [ServerKind::Raw, ServerKind::Tidings] {
@@ -1075,10 +1118,11 @@ fn cpu_line(
         format!("; raw-tws {tws:.2} µs, rounds {}", listed(&tws_rounds, us))
     });
     Some(format!(
-        "- server CPU per {what}, {at}, {protocol}: tidings {t:.2} µs vs raw {raw:.2} µs = {:.2} × (target ≤ raw; rounds: tidings {}, raw {}{second}): {}\n",
+        "- server CPU per {what}, {at}, {protocol}: tidings {t:.2} µs vs raw {raw:.2} µs = {:.2} × (target ≤ raw; rounds: tidings {}, raw {}; ratio per round {}{second}): {}\n",
         ratio(t, raw),
         listed(&t_rounds, us),
         listed(&raw_rounds, us),
+        per_round(&t_rounds, &raw_rounds, |r| r.server_cpu_us),
         verdict(t <= raw)
     ))
 }
