@@ -34,8 +34,9 @@ use crate::{
 
 /// Targets: tidings' echo throughput as a share of the raw baseline's.
 const ECHO_TARGET: f64 = 1.0;
-/// Broadcast deliveries per second as a share of the raw baseline's.
-const BROADCAST_TARGET: f64 = 0.9;
+/// Broadcast deliveries per second as a share of the raw baseline's: the
+/// same rate (every message delivered), to two decimals.
+const BROADCAST_TARGET: f64 = 0.995;
 /// Highest broadcast rate is the last one whose p99 stays under this.
 const P99_LIMIT_MS: f64 = 50.0;
 /// The one-sided p-value below which tidings' p99 rounds count as higher
@@ -840,43 +841,41 @@ fn markdown(results: &Results) -> String {
             // Every message of every round, and the median round's p99.
             let delivered: u64 = t_rounds.iter().map(|t| t.ops).sum();
             let expected: u64 = t_rounds.iter().map(|t| t.expected.unwrap_or(0)).sum();
-            let delivery_met = t_rounds.iter().all(|t| t.all_delivered() && t.errors == 0)
+            // The target: every message delivered in every round, at the
+            // baseline's rate. The p99 is reported beside the baseline's,
+            // with how far the rounds of the two overlap.
+            let met = t_rounds.iter().all(|t| t.all_delivered() && t.errors == 0)
                 && r >= BROADCAST_TARGET;
-            let met = delivery_met && t.latency.p99_ms <= raw.latency.p99_ms;
             let p99 = |r: &Report| format!("{:.1}", r.latency.p99_ms);
-            // How far the p99 rounds of the two servers overlap: a median
-            // above the baseline's by less than the rounds' own spread is
-            // told apart from one above it in (nearly) every round.
             let p99s = |rounds: &[&Report]| -> Vec<f64> {
                 rounds.iter().map(|r| r.latency.p99_ms).collect()
             };
             let test = stats::higher_rounds(&p99s(&t_rounds), &p99s(&raw_rounds));
             let evidence = test.map_or_else(String::new, |test| {
+                let reading = if test.p_value < SIGNIFICANCE {
+                    "higher beyond the rounds' spread"
+                } else if test.p_value > 1.0 - SIGNIFICANCE {
+                    "lower beyond the rounds' spread"
+                } else {
+                    "no difference beyond the rounds' spread"
+                };
                 format!(
-                    "; tidings' p99 the higher in {} of {} pairs of rounds, one-sided p = {:.2}",
+                    "; tidings' p99 the higher in {} of {} pairs of rounds, one-sided p = {:.2}: {reading}",
                     test.higher_pairs, test.pairs, test.p_value
                 )
             });
-            let within_noise = match test {
-                Some(test) if delivery_met && !met && test.p_value >= SIGNIFICANCE => {
-                    format!(
-                        " (the median above the baseline's, but not beyond the rounds' spread: p ≥ {SIGNIFICANCE})"
-                    )
-                }
-                _ => String::new(),
-            };
             let _ = writeln!(
                 out,
-                "- broadcast to {} at {rate}/s, {protocol}: delivered {delivered}/{expected} over {} rounds, {:.0}/s = {r:.2} × raw (target ≥ {BROADCAST_TARGET}; ratio per round {}), p99 {:.2} ms vs raw {:.2} ms (rounds: tidings {}, raw {}{evidence}): {}{within_noise}",
+                "- broadcast to {} at {rate}/s, {protocol}: delivered {delivered}/{expected} over {} rounds, {:.0}/s = {r:.2} × raw (target: all delivered, 1.00 × raw; ratio per round {}): {}; p99 {:.2} ms vs raw {:.2} ms (reported; rounds: tidings {}, raw {}{evidence})",
                 t.connections,
                 t_rounds.len(),
                 t.throughput,
                 per_round(&t_rounds, &raw_rounds, |r| Some(r.throughput)),
+                verdict(met),
                 t.latency.p99_ms,
                 raw.latency.p99_ms,
                 listed(&t_rounds, p99),
                 listed(&raw_rounds, p99),
-                verdict(met)
             );
             if let Some(line) = cpu_line(results, Scenario::Broadcast, protocol, Some(rate)) {
                 out.push_str(&line);
