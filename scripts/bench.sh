@@ -5,7 +5,7 @@
 # JSON and MessagePack. Results: bench-results/results.json, results.md
 # (the tables of BENCHMARKS.md) and latency plots (SVG).
 #
-#   bash scripts/bench.sh                  # the full suite (about 25 minutes)
+#   bash scripts/bench.sh                  # the full suite (about 32 minutes)
 #   bash scripts/bench.sh --quick          # a short run to check the tools
 #   bash scripts/bench.sh --scenarios echo,idle --protocols json
 #
