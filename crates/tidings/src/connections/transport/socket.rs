@@ -7,7 +7,9 @@
 //! ASP.NET Core answers with 1000 (normal closure). The echo is written
 //! inside the library, so the write half of the connection rewrites it:
 //! the server's own Close frames always carry a status, and the only empty
-//! one is that echo.
+//! one is that echo. Written bytes are looked at only once the client's
+//! Close frame has been read (the read half watches for it), so that the
+//! frames of a connection's life cost no scan.
 
 use std::{
     io,
@@ -135,7 +137,17 @@ const NORMAL_CLOSURE: [u8; 3] = [2, 0x03, 0xE8];
 /// frame the WebSocket library echoes into one with status 1000.
 pub(crate) struct NormalClose<S> {
     inner: S,
+    /// Where the written bytes stand in the outgoing frames. A write that
+    /// took its whole buffer ends between two frames: the WebSocket library
+    /// buffers whole frames and hands each write all it holds. So the
+    /// position is known without a scan except after a partial write.
     frames: FrameScan,
+    /// Where the read bytes stand in the incoming frames, until the
+    /// client's Close frame shows up.
+    incoming: FrameScan,
+    /// The client's Close frame was read: the library's echo may follow,
+    /// and written bytes are scanned for it.
+    peer_closed: bool,
     /// Rewritten bytes still to be written, and how many were.
     pending: Option<usize>,
 }
@@ -145,6 +157,8 @@ impl<S> NormalClose<S> {
         NormalClose {
             inner,
             frames: FrameScan::default(),
+            incoming: FrameScan::default(),
+            peer_closed: false,
             pending: None,
         }
     }
@@ -170,7 +184,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for NormalClose<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        if !self.peer_closed {
+            // Read before the library sees it, so before it queues its echo.
+            self.peer_closed = self.incoming.finds_close(&buf.filled()[before..]);
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -181,6 +201,18 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for NormalClose<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         ready!(self.poll_pending(cx))?;
+        if !self.peer_closed {
+            // No echo can come yet: the bytes go as they are. (The
+            // server's own Close frames carry a status, so the scan of a
+            // partial write cannot stop at one.)
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
+            if n == buf.len() {
+                self.frames = FrameScan::default();
+            } else {
+                self.frames.advance(&buf[..n]);
+            }
+            return Poll::Ready(Ok(n));
+        }
         let mut probe = self.frames;
         let close_at = probe.advance(buf);
         let end = close_at.unwrap_or(buf.len());
@@ -228,6 +260,9 @@ struct FrameScan {
 
 /// First header byte of an unfragmented Close frame.
 const FIN_CLOSE: u8 = 0x88;
+/// The opcode bits of a frame's first byte, and a Close frame's opcode.
+const OPCODE: u8 = 0x0F;
+const CLOSE: u8 = 0x08;
 
 impl FrameScan {
     /// Moves past `bytes`, stopping before the length byte of an empty
@@ -254,6 +289,31 @@ impl FrameScan {
             }
         }
         None
+    }
+
+    /// Moves past `bytes` of incoming frames; true once a Close frame's
+    /// header begins among them.
+    fn finds_close(&mut self, bytes: &[u8]) -> bool {
+        let mut i = 0;
+        while i < bytes.len() {
+            if self.payload > 0 {
+                let skip = self.payload.min((bytes.len() - i) as u64);
+                self.payload -= skip;
+                i += skip as usize;
+                continue;
+            }
+            if self.have == 0 && bytes[i] & OPCODE == CLOSE {
+                return true;
+            }
+            self.header[self.have] = bytes[i];
+            self.have += 1;
+            i += 1;
+            if let Some(payload) = self.complete() {
+                self.have = 0;
+                self.payload = payload;
+            }
+        }
+        false
     }
 
     /// The payload length, once the whole header has been read.
@@ -288,20 +348,35 @@ impl FrameScan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A client's Close frame without a status (masked, as a client's are).
+    const CLIENT_CLOSE: [u8; 6] = [FIN_CLOSE, 0x80, 1, 2, 3, 4];
+    /// A client's Text frame whose payload (mask of zeros) holds the bytes
+    /// of a Close frame's header.
+    const CLIENT_TEXT: [u8; 8] = [0x81, 0x82, 0, 0, 0, 0, FIN_CLOSE, FIN_CLOSE];
 
     /// What the connection carries for `writes`, written one after another
-    /// into a sink that takes at most `chunk` bytes per write.
-    async fn carried(writes: &[&[u8]], chunk: usize) -> anyhow::Result<Vec<u8>> {
-        let (client, mut server) = tokio::io::duplex(chunk);
-        let mut io = NormalClose::new(client);
+    /// into a sink that takes at most `chunk` bytes per write; the client's
+    /// Text and Close frames are read before write number `close_at`.
+    async fn carried(writes: &[&[u8]], close_at: usize, chunk: usize) -> anyhow::Result<Vec<u8>> {
+        let (inner, peer) = tokio::io::duplex(chunk);
+        let (mut from_server, mut to_server) = tokio::io::split(peer);
+        let mut io = NormalClose::new(inner);
         let reader = tokio::spawn(async move {
             let mut out = Vec::new();
-            tokio::io::AsyncReadExt::read_to_end(&mut server, &mut out)
-                .await
-                .map(|_| out)
+            from_server.read_to_end(&mut out).await.map(|_| out)
         });
-        for write in writes {
+        for (i, write) in writes.iter().enumerate() {
+            if i == close_at {
+                let sent = [CLIENT_TEXT.as_slice(), &CLIENT_CLOSE].concat();
+                let mut read = vec![0; sent.len()];
+                let (written, got) =
+                    tokio::join!(to_server.write_all(&sent), io.read_exact(&mut read));
+                written?;
+                got?;
+                assert_eq!(read, sent);
+            }
             io.write_all(write).await?;
         }
         io.shutdown().await?;
@@ -318,16 +393,44 @@ mod tests {
         let writes: [&[u8]; 3] = [&[0x81, 2, b'h', b'i'], &binary, &[FIN_CLOSE, 0]];
         let mut expected = writes[..2].concat();
         expected.extend([FIN_CLOSE, 2, 0x03, 0xE8]);
-        for chunk in [1, 3, 1024] {
-            assert_eq!(carried(&writes, chunk).await?, expected, "chunk {chunk}");
+        // The client's Close read before any of them, or after the frames
+        // that came before the echo (written whole, or a few bytes at a
+        // time when the sink takes less).
+        for close_at in [0, 1, 2] {
+            for chunk in [1, 3, 1024] {
+                let what = format!("close read before write {close_at}, chunk {chunk}");
+                assert_eq!(carried(&writes, close_at, chunk).await?, expected, "{what}");
+            }
         }
-        // Split anywhere, even between its two bytes.
+        // Once the client's Close was read, split anywhere, even between
+        // its two bytes.
         let all = writes.concat();
         let (a, b) = all.split_at(all.len() - 1);
-        assert_eq!(carried(&[a, b], 7).await?, expected);
+        assert_eq!(carried(&[a, b], 0, 7).await?, expected);
         // A Close frame with a status is left as it is.
         let with_status: &[u8] = &[FIN_CLOSE, 2, 0x03, 0xF3];
-        assert_eq!(carried(&[with_status], 2).await?, with_status);
+        assert_eq!(carried(&[with_status], 0, 2).await?, with_status);
         Ok(())
+    }
+
+    #[tokio::test]
+    async fn written_bytes_pass_unread_until_the_client_closes() -> anyhow::Result<()> {
+        // Nothing is rewritten before the client's Close frame was read:
+        // the library echoes only a Close it received.
+        let writes: [&[u8]; 2] = [&[0x81, 2, b'h', b'i'], &[FIN_CLOSE, 0]];
+        assert_eq!(carried(&writes, usize::MAX, 3).await?, writes.concat());
+        Ok(())
+    }
+
+    #[test]
+    fn a_close_frame_is_found_among_incoming_frames() {
+        let incoming = [CLIENT_TEXT.as_slice(), &CLIENT_CLOSE].concat();
+        // Whole, or a byte at a time: the Text frame's payload is skipped.
+        let mut whole = FrameScan::default();
+        assert!(whole.finds_close(&incoming));
+        let mut bytes = FrameScan::default();
+        let found = incoming.iter().position(|b| bytes.finds_close(&[*b]));
+        assert_eq!(found, Some(CLIENT_TEXT.len()));
+        assert!(!FrameScan::default().finds_close(&CLIENT_TEXT));
     }
 }
