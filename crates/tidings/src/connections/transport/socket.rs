@@ -268,6 +268,21 @@ impl FrameScan {
     /// Moves past `bytes`, stopping before the length byte of an empty
     /// Close frame if one is among them (its index is returned).
     fn advance(&mut self, bytes: &[u8]) -> Option<usize> {
+        self.walk(bytes, |header, byte| header == [FIN_CLOSE] && byte == 0)
+    }
+
+    /// Moves past `bytes` of incoming frames; true once a Close frame's
+    /// header begins among them.
+    fn finds_close(&mut self, bytes: &[u8]) -> bool {
+        self.walk(bytes, |header, byte| {
+            header.is_empty() && byte & OPCODE == CLOSE
+        })
+        .is_some()
+    }
+
+    /// Moves past `bytes`, skipping payloads, until `stop` holds for a
+    /// header byte (given the header bytes before it); that byte's index.
+    fn walk(&mut self, bytes: &[u8], stop: impl Fn(&[u8], u8) -> bool) -> Option<usize> {
         let mut i = 0;
         while i < bytes.len() {
             if self.payload > 0 {
@@ -277,7 +292,7 @@ impl FrameScan {
                 continue;
             }
             let byte = bytes[i];
-            if self.have == 1 && self.header[0] == FIN_CLOSE && byte == 0 {
+            if stop(&self.header[..self.have], byte) {
                 return Some(i);
             }
             self.header[self.have] = byte;
@@ -289,31 +304,6 @@ impl FrameScan {
             }
         }
         None
-    }
-
-    /// Moves past `bytes` of incoming frames; true once a Close frame's
-    /// header begins among them.
-    fn finds_close(&mut self, bytes: &[u8]) -> bool {
-        let mut i = 0;
-        while i < bytes.len() {
-            if self.payload > 0 {
-                let skip = self.payload.min((bytes.len() - i) as u64);
-                self.payload -= skip;
-                i += skip as usize;
-                continue;
-            }
-            if self.have == 0 && bytes[i] & OPCODE == CLOSE {
-                return true;
-            }
-            self.header[self.have] = bytes[i];
-            self.have += 1;
-            i += 1;
-            if let Some(payload) = self.complete() {
-                self.have = 0;
-                self.payload = payload;
-            }
-        }
-        false
     }
 
     /// The payload length, once the whole header has been read.
