@@ -111,6 +111,7 @@ fn endpoint<H: tidings::Hub>(
 /// instead of 16 (BENCHMARKS.md, "Idle memory per connection"). A server
 /// of many small connections gains little from huge pages' fewer TLB
 /// misses. The flag covers the whole process, its threads included.
+///
 /// Done first thing, so that as little as possible is mapped before; the
 /// outcome is logged once logging is set up.
 fn no_huge_pages() -> Result<(), String> {
